@@ -1,0 +1,163 @@
+"""greenbus: a message bus for greenlets that never reorders messages.
+
+Every subscriber owns a FIFO channel; an emit is an append and never waits for
+a receiver.  The module-level functions use a default bus, made on first use
+by the calling OS thread::
+
+    import greenbus
+
+    @greenbus.on("sensors.*.temp")
+    def show(msg):
+        print(msg.topic, msg.data)
+
+    greenbus.emit("sensors.room1.temp", 21.5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+from .bus import (
+    Bus,
+    BusState,
+    BusStatistics,
+    Message,
+    Subscription,
+    SubscriptionStatistics,
+)
+from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow
+from .exceptions import (
+    BusClosed,
+    ChannelClosed,
+    ChannelEmpty,
+    ChannelError,
+    ChannelFull,
+    EndOfChannel,
+    GreenbusError,
+    InvalidOption,
+    InvalidTopic,
+    NoReplyTo,
+    NoResponders,
+    ReceiveTimeout,
+    RequestTimeout,
+    SlowConsumer,
+    WrongThread,
+)
+from .topics import pattern_matches, validate_pattern, validate_topic
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAXSIZE",
+    "Bus",
+    "BusClosed",
+    "BusState",
+    "BusStatistics",
+    "Channel",
+    "ChannelClosed",
+    "ChannelEmpty",
+    "ChannelError",
+    "ChannelFull",
+    "ChannelStatistics",
+    "EndOfChannel",
+    "GreenbusError",
+    "InvalidOption",
+    "InvalidTopic",
+    "Message",
+    "NoReplyTo",
+    "NoResponders",
+    "Overflow",
+    "ReceiveTimeout",
+    "RequestTimeout",
+    "SlowConsumer",
+    "Subscription",
+    "SubscriptionStatistics",
+    "WrongThread",
+    "__version__",
+    "default_bus",
+    "emit",
+    "on",
+    "once",
+    "pattern_matches",
+    "request",
+    "subscribe",
+    "validate_pattern",
+    "validate_topic",
+]
+
+H = TypeVar("H", bound=Callable[[Message], object])
+
+_default: Bus | None = None
+
+
+def default_bus() -> Bus:
+    """The bus the module-level functions use.
+
+    Made on first call, owned by the calling OS thread.  If it has been
+    closed, a new one replaces it.
+    """
+    global _default
+    bus = _default
+    if bus is None or bus.closed:
+        bus = _default = Bus("default")
+    return bus
+
+
+def emit(
+    topic: str,
+    data: Any = None,
+    *,
+    headers: Mapping[str, Any] | None = None,
+    reply_to: str | None = None,
+) -> int:
+    """:meth:`Bus.emit` on the default bus."""
+    return default_bus().emit(topic, data, headers=headers, reply_to=reply_to)
+
+
+def subscribe(
+    pattern: str,
+    handler: Callable[[Message], object] | None = None,
+    *,
+    maxsize: int | None = DEFAULT_MAXSIZE,
+    overflow: Overflow | str = Overflow.BLOCK,
+) -> Subscription:
+    """:meth:`Bus.subscribe` on the default bus."""
+    return default_bus().subscribe(pattern, handler, maxsize=maxsize, overflow=overflow)
+
+
+@overload
+def on(pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
+
+
+@overload
+def on(pattern: str, handler: H, **opts: Any) -> H: ...
+
+
+def on(pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
+    """:meth:`Bus.on` on the default bus (a decorator when ``handler`` is omitted)."""
+    return default_bus().on(pattern, handler, **opts)
+
+
+@overload
+def once(pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
+
+
+@overload
+def once(pattern: str, handler: H, **opts: Any) -> H: ...
+
+
+def once(pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
+    """:meth:`Bus.once` on the default bus."""
+    return default_bus().once(pattern, handler, **opts)
+
+
+def request(
+    topic: str,
+    data: Any = None,
+    *,
+    timeout: float = 1.0,
+    headers: Mapping[str, Any] | None = None,
+) -> Message:
+    """:meth:`Bus.request` on the default bus."""
+    return default_bus().request(topic, data, timeout=timeout, headers=headers)

@@ -1,0 +1,169 @@
+"""Hand work from any OS thread to a gevent hub's thread, keeping order.
+
+Internal.  A :class:`ThreadPortal` belongs to one hub (the thread that made
+it).  ``submit(item)`` may be called from any OS thread: it appends to a
+thread-safe deque and, at most once per batch, wakes the hub with
+``loop.run_callback_threadsafe``.  A pump greenlet on the hub calls
+``handler(item)`` for each item in FIFO order; the handler may block
+cooperatively (a full channel), which only delays later items, never
+reorders them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.monkey import get_original
+
+__all__ = ["ThreadPortal", "get_ident"]
+
+#: The real OS thread id, even when ``threading`` is monkey-patched.
+get_ident: Callable[[], int] = get_original("_thread", "get_ident")
+
+logger = logging.getLogger("greenbus.portal")
+
+
+class ThreadPortal:
+    """Run ``handler(item)`` on the creating thread's hub for items from any thread.
+
+    Args:
+        handler: called on the hub's thread, in a dedicated greenlet, once per
+            item, in submission order.  Exceptions go to ``on_error``.
+        on_error: called with ``(exc, item)`` when ``handler`` raises.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Any], object],
+        on_error: Callable[[BaseException, Any], None],
+        name: str = "portal",
+    ) -> None:
+        self._handler = handler
+        self._on_error = on_error
+        self._name = name
+        self._items: deque[Any] = deque()
+        self._hub = gevent.get_hub()
+        self._thread = get_ident()
+        self._scheduled = False
+        self._event = Event()
+        self._pump: gevent.Greenlet | None = None
+        self._closed = False
+        self.submitted = 0
+
+    @property
+    def pending(self) -> int:
+        """Items submitted but not yet handled."""
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"<ThreadPortal {self._name} pending={len(self._items)} closed={self._closed}>"
+
+    def submit(self, item: Any) -> None:
+        """Queue ``item`` for the hub thread.  Thread-safe; never blocks."""
+        self._items.append(item)
+        self.submitted += 1
+        # The flag is cleared on the hub *before* it drains, so an item
+        # appended after the clear schedules a new wake-up: none is lost.
+        if not self._scheduled:
+            self._scheduled = True
+            self._hub.loop.run_callback_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        # On the hub: never block here, just wake (or start) the pump.
+        self._scheduled = False
+        if self._closed:
+            return
+        if self._pump is None:
+            self._pump = gevent.spawn(self._run)
+        self._event.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._event.wait()
+            self._event.clear()
+            self.drain()
+
+    def drain(self) -> None:
+        """Handle every queued item now, on the calling (hub-thread) greenlet."""
+        items = self._items
+        while items:
+            item = items.popleft()
+            try:
+                self._handler(item)
+            except Exception as exc:  # the submitting thread is gone; report here
+                self._on_error(exc, item)
+
+    def close(self) -> None:
+        """Handle what is queued, then stop the pump.  Idempotent."""
+        if self._closed:
+            return
+        self.drain()
+        self._closed = True
+        if self._pump is not None and self._pump is not gevent.getcurrent():
+            self._pump.kill(block=False)
+
+
+def _call_job(job: Callable[[], object]) -> None:
+    job()
+
+
+def _log_job_error(exc: BaseException, job: object) -> None:
+    logger.error("job %r handed to a hub thread failed", job, exc_info=exc)
+
+
+def job_portal() -> ThreadPortal:
+    """A portal running zero-argument callables on the calling thread's hub."""
+    return ThreadPortal(_call_job, _log_job_error, "jobs")
+
+
+class HubThread:
+    """A daemon OS thread that runs a gevent hub for greenlets of other threads.
+
+    Used where the caller's own thread cannot be trusted to run its hub
+    (plain ``threading`` code without monkey-patching, whose threads block
+    in ``join()`` or ``time.sleep``).  One is shared per process; see
+    :meth:`shared`.
+    """
+
+    _shared: HubThread | None = None
+    _shared_lock = get_original("threading", "Lock")()
+
+    def __init__(self, name: str = "greenbus-hub") -> None:
+        real_thread = get_original("threading", "Thread")
+        ready = get_original("threading", "Event")()
+        self.portal: ThreadPortal
+        self.ident = 0
+        self._ready = ready
+        self._thread = real_thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    @classmethod
+    def shared(cls) -> HubThread:
+        """The process-wide hub thread, started on first use."""
+        with cls._shared_lock:
+            if cls._shared is None or not cls._shared._thread.is_alive():
+                cls._shared = cls()
+            return cls._shared
+
+    def _main(self) -> None:
+        hub = gevent.get_hub()
+        # A referenced async watcher keeps the loop running while idle.
+        self._keepalive = hub.loop.async_()
+        stop = Event()
+        self._keepalive.start(stop.set)
+        self.portal = job_portal()
+        self.ident = get_ident()
+        self._ready.set()
+        stop.wait()
+        self.portal.close()
+        self._keepalive.close()
+
+    def submit(self, job: Callable[[], object]) -> None:
+        """Run ``job()`` in a greenlet of the hub thread.  Thread-safe, FIFO."""
+        self.portal.submit(job)

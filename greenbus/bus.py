@@ -1,0 +1,898 @@
+"""The in-process bus: routing, fan-out, request/reply and the error hook.
+
+Data flows one way: ``emit`` looks the topic up in the :class:`TopicIndex`
+(one dict lookup for a topic seen before) and appends one tuple to each
+matching subscription's :class:`Channel`.  Each subscription with a handler
+owns one greenlet that takes items from its channel in order and calls the
+handler, one message at a time.  ``emit`` never runs a handler and never
+switches greenlets, except when a ``block`` channel is full.
+
+The ordering contract is stated in ``docs/ordering.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar, overload
+
+import gevent
+from greenlet import getcurrent
+
+from ._portal import ThreadPortal, get_ident
+from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow
+from .exceptions import (
+    BusClosed,
+    ChannelClosed,
+    ChannelFull,
+    EndOfChannel,
+    InvalidOption,
+    NoReplyTo,
+    NoResponders,
+    ReceiveTimeout,
+    RequestTimeout,
+    SlowConsumer,
+    WrongThread,
+)
+from .topics import TopicIndex, validate_pattern, validate_topic
+
+__all__ = [
+    "Bus",
+    "BusState",
+    "BusStatistics",
+    "ErrorHook",
+    "Handler",
+    "Message",
+    "Subscription",
+    "SubscriptionStatistics",
+]
+
+logger = logging.getLogger("greenbus.bus")
+
+_EMPTY_HEADERS: Mapping[str, Any] = MappingProxyType({})
+_tuple_new = tuple.__new__
+
+#: Yield to other greenlets after this many back-to-back deliveries, so one
+#: subscriber with a deep backlog cannot starve the rest of the process.
+_FAIR_BATCH = 64
+
+
+class Message(tuple):
+    """One delivered message.  Immutable, and shared by every subscriber.
+
+    Attributes:
+        topic: the concrete topic it was emitted on.
+        data: the payload, passed by reference (not copied).
+        headers: a read-only mapping, empty if none were given.
+        reply_to: the inbox topic of a request, or None.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        topic: str,
+        data: Any = None,
+        headers: Mapping[str, Any] | None = None,
+        reply_to: str | None = None,
+        bus: Bus | None = None,
+    ) -> Message:
+        return _tuple_new(cls, (topic, data, headers, reply_to, bus))
+
+    @property
+    def topic(self) -> str:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def data(self) -> Any:
+        return self[1]
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        headers = self[2]
+        return _EMPTY_HEADERS if headers is None else MappingProxyType(headers)
+
+    @property
+    def reply_to(self) -> str | None:
+        return self[3]  # type: ignore[no-any-return]
+
+    def reply(self, data: Any = None, *, headers: Mapping[str, Any] | None = None) -> int:
+        """Emit ``data`` to this request's ``reply_to`` topic on the same bus.
+
+        Returns:
+            how many subscriptions received the reply (0 if the requester
+            has given up).
+
+        Raises:
+            NoReplyTo: this message is not a request.
+        """
+        reply_to = self[3]
+        if reply_to is None:
+            raise NoReplyTo(self[0])
+        bus = self[4]
+        if bus is None:
+            raise NoReplyTo(self[0])
+        return bus.emit(reply_to, data, headers=headers)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        extra = f", reply_to={self[3]!r}" if self[3] is not None else ""
+        if self[2]:
+            extra += f", headers={self[2]!r}"
+        return f"Message(topic={self[0]!r}, data={self[1]!r}{extra})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self[:4] == other[:4]
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self[:4] != other[:4]
+
+    def __hash__(self) -> int:
+        return hash((self[0], self[3]))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Message, (self[0], self[1], self[2], self[3]))
+
+
+class Handler(Protocol):
+    def __call__(self, msg: Message, /) -> object: ...
+
+
+class ErrorHook(Protocol):
+    def __call__(
+        self, exc: BaseException, subscription: Subscription, message: Message | None, /
+    ) -> object: ...
+
+
+H = TypeVar("H", bound=Callable[[Message], object])
+
+
+class BusState(enum.IntEnum):
+    """A bus's life: OPEN -> CLOSING -> CLOSED."""
+
+    OPEN = 0
+    #: ``close()`` is draining subscriptions; emit/subscribe raise BusClosed.
+    CLOSING = 1
+    CLOSED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatistics:
+    """A snapshot of one subscription's counters."""
+
+    id: int
+    pattern: str
+    handler: str | None
+    active: bool
+    pending: int
+    maxsize: int | None
+    overflow: str
+    delivered: int
+    dropped: int
+    discarded: int
+    rejected: int
+    high_water: int
+    handler_errors: int
+    slow_consumer_events: int
+
+
+@dataclass(frozen=True, slots=True)
+class BusStatistics:
+    """A snapshot of a bus's counters (see :meth:`Bus.stats`)."""
+
+    name: str
+    state: str
+    subscriptions: tuple[SubscriptionStatistics, ...]
+    #: Messages handed in from other OS threads, and those still waiting.
+    thread_emits: int
+    thread_pending: int
+    #: Errors from thread emits that could not be raised in their thread.
+    thread_errors: int
+
+    @property
+    def pending(self) -> int:
+        return sum(s.pending for s in self.subscriptions)
+
+    @property
+    def delivered(self) -> int:
+        return sum(s.delivered for s in self.subscriptions)
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self.subscriptions)
+
+
+_sub_ids = itertools.count(1)
+
+
+class Subscription:
+    """Interest in a pattern, with its own FIFO channel.
+
+    Made by :meth:`Bus.subscribe`.  With a handler, a greenlet of its own
+    calls ``handler(msg)`` for each message, in order, one at a time.
+    Without one, consume it with :meth:`get` or by iterating::
+
+        with bus.subscribe("jobs.>") as sub:
+            for msg in sub:
+                ...
+
+    Iteration ends when the subscription or its bus is closed (after the
+    bus has delivered what was queued).  A context manager: leaving the
+    ``with`` block closes it.
+    """
+
+    __slots__ = (
+        "id",
+        "pattern",
+        "handler",
+        "_bus",
+        "_channel",
+        "_put",
+        "_greenlet",
+        "_active",
+        "_handler_errors",
+        "_slow_events",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        bus: Bus,
+        pattern: str,
+        handler: Callable[[Message], object] | None,
+        maxsize: int | None,
+        overflow: Overflow | str,
+    ) -> None:
+        self.id = next(_sub_ids)
+        self.pattern = pattern
+        self.handler = handler
+        self._bus = bus
+        self._channel: Channel[tuple[Any, ...]] = Channel(
+            maxsize, overflow, on_overflow=self._on_overflow
+        )
+        # The bound method is stored once: the topic index holds it, and
+        # emit calls it without an attribute lookup per subscriber.
+        self._put = self._channel.put
+        self._greenlet: gevent.Greenlet | None = None
+        self._active = True
+        self._handler_errors = 0
+        self._slow_events = 0
+
+    # -- introspection -----------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`close` (or the bus's close)."""
+        return self._active
+
+    @property
+    def pending(self) -> int:
+        """Messages queued and not yet taken by the consumer."""
+        return len(self._channel)
+
+    @property
+    def delivered(self) -> int:
+        """Messages taken by the consumer (handler calls started, or ``get`` returns)."""
+        return self._channel._delivered
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped by the ``drop_oldest``/``drop_newest`` policies."""
+        return self._channel._dropped
+
+    @property
+    def maxsize(self) -> int | None:
+        return self._channel.maxsize
+
+    @property
+    def overflow(self) -> Overflow:
+        return self._channel.overflow
+
+    def statistics(self) -> SubscriptionStatistics:
+        """A frozen snapshot of this subscription's counters."""
+        ch: ChannelStatistics = self._channel.statistics()
+        return SubscriptionStatistics(
+            id=self.id,
+            pattern=self.pattern,
+            handler=_callable_name(self.handler) if self.handler is not None else None,
+            active=self._active,
+            pending=ch.pending,
+            maxsize=ch.maxsize,
+            overflow=ch.overflow,
+            delivered=ch.delivered,
+            dropped=ch.dropped,
+            discarded=ch.discarded,
+            rejected=ch.rejected,
+            high_water=ch.high_water,
+            handler_errors=self._handler_errors,
+            slow_consumer_events=self._slow_events,
+        )
+
+    def __repr__(self) -> str:
+        who = f" handler={_callable_name(self.handler)}" if self.handler is not None else ""
+        state = "active" if self._active else "closed"
+        return (
+            f"<Subscription #{self.id} {self.pattern!r}{who} {state} "
+            f"pending={len(self._channel)} delivered={self.delivered} dropped={self.dropped}>"
+        )
+
+    # -- consuming ---------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Message:
+        """Return the next message, waiting for one.
+
+        Args:
+            timeout: seconds to wait at most; None waits forever.
+
+        Raises:
+            ReceiveTimeout: nothing arrived in time.
+            EndOfChannel: the subscription (or its bus) is closed and drained.
+            InvalidOption: this subscription has a handler; its messages go there.
+        """
+        if self.handler is not None:
+            raise InvalidOption("get()", self.pattern, "a subscription without a handler")
+        return _tuple_new(Message, self._channel.get(timeout))  # type: ignore[no-any-return]
+
+    def get_nowait(self) -> Message:
+        """Return the next message at once.
+
+        Raises:
+            ChannelEmpty: nothing is queued.
+            EndOfChannel: closed and drained.
+        """
+        if self.handler is not None:
+            raise InvalidOption("get_nowait()", self.pattern, "a subscription without a handler")
+        return _tuple_new(Message, self._channel.get_nowait())  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until the subscription or its bus is closed."""
+        get = self.get
+        while True:
+            try:
+                yield get()
+            except EndOfChannel:
+                return
+
+    def _run(self) -> None:
+        # The handler greenlet: one at a time, in order, never overlapping.
+        channel = self._channel
+        get = channel.get
+        queue = channel._queue
+        handler = self.handler
+        assert handler is not None
+        report = self._bus._report_handler_error
+        count = 0
+        while True:
+            try:
+                item = get()
+            except EndOfChannel:
+                return
+            msg = _tuple_new(Message, item)
+            try:
+                handler(msg)
+            except Exception as exc:
+                self._handler_errors += 1
+                report(exc, self, msg)
+            count += 1
+            if count >= _FAIR_BATCH:
+                count = 0
+                if queue:
+                    gevent.sleep(0)
+
+    def _on_overflow(self, channel: Channel[Any]) -> None:
+        self._slow_events += 1
+        self._bus._report_slow_consumer(self)
+
+    # -- closing -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop delivery.  Idempotent.
+
+        Nothing is delivered after it returns (a handler call already
+        running finishes).  Queued messages are discarded and counted in
+        ``statistics().discarded``.
+
+        Raises:
+            WrongThread: called from an OS thread other than the bus's.
+        """
+        if not self._active:
+            return
+        self._bus._remove(self)
+        self._active = False
+        channel = self._channel
+        channel.close()
+        n = channel.discard()
+        if n:
+            logger.debug("%r closed with %d undelivered message(s) discarded", self, n)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _callable_name(fn: object) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else repr(fn)
+
+
+_bus_ids = itertools.count(1)
+
+
+class Bus:
+    """An in-process publish/subscribe bus for greenlets.
+
+    A bus belongs to the OS thread (and gevent hub) that creates it.  Its
+    handlers run in greenlets of that thread.  ``emit`` may be called from
+    any OS thread; everything else must be called from the owning thread.
+
+    Args:
+        name: shown in ``repr``, logs and statistics.
+        on_error: the error hook, see :attr:`on_error`.
+    """
+
+    def __init__(self, name: str | None = None, *, on_error: ErrorHook | None = None) -> None:
+        number = next(_bus_ids)
+        self.name = name if name is not None else f"bus-{number}"
+        #: Called as ``on_error(exc, subscription, message)`` when a handler
+        #: raises (``message`` is the message it was handling) and with a
+        #: :class:`SlowConsumer` (``message`` None) on the first drop of an
+        #: overflow episode.  Both are logged on ``greenbus.bus`` as well.
+        #: Replace it freely; if it raises, that is logged too.
+        self.on_error: ErrorHook | None = on_error
+        self._index: TopicIndex[Callable[[tuple[Any, ...]], bool]] = TopicIndex()
+        self._routes = self._index.cache
+        self._subs: dict[Subscription, None] = {}
+        self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription] = {}
+        self._state = BusState.OPEN
+        self._thread = get_ident()
+        self._portal = ThreadPortal(self._emit_handoff, self._report_thread_error, self.name)
+        self._thread_errors = 0
+        self._inbox_prefix = f"_INBOX.{number}x{id(self):x}"
+        self._inbox_seq = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Bus {self.name!r} {self._state.name.lower()} "
+            f"subscriptions={len(self._subs)} patterns={len(self._index.patterns())}>"
+        )
+
+    @property
+    def state(self) -> BusState:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has begun."""
+        return self._state is not BusState.OPEN
+
+    # -- publishing --------------------------------------------------------
+
+    def emit(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        reply_to: str | None = None,
+    ) -> int:
+        """Queue a message to every subscription whose pattern matches ``topic``.
+
+        Never runs a handler and never switches greenlets, except when a
+        matching subscription with ``overflow="block"`` is full: then it waits
+        cooperatively for room, like a send on a full Go channel.
+
+        From another OS thread, the message is handed to the bus's thread and
+        routed there, in that thread's order; the return value is then the
+        number of subscriptions matching at hand-off, and errors that happen
+        on delivery (``ChannelFull``) go to :attr:`on_error`.
+
+        Args:
+            topic: a concrete topic (no wildcards).
+            data: any object; passed by reference.
+            headers: optional mapping, copied.
+            reply_to: optional inbox topic a responder should reply to.
+
+        Returns:
+            how many subscriptions the message was queued to.
+
+        Raises:
+            InvalidTopic: ``topic`` (or ``reply_to``) is malformed.
+            BusClosed: the bus is closing or closed.
+            ChannelFull: a matching subscription is full and its policy is
+                ``"error"``, or it is ``"block"`` and the caller cannot wait
+                (the gevent hub, or that subscription's own handler).  The
+                message was still offered to every other subscription;
+                ``exc.delivered`` says to how many.
+        """
+        if self._thread != get_ident():
+            return self._emit_from_thread(topic, data, headers, reply_to)
+        if self._state is not BusState.OPEN:
+            raise BusClosed(self.name)
+        try:
+            route = self._routes.get(topic)
+        except TypeError:
+            route = None
+        if route is None:
+            route = self._index.match(topic)
+        if headers is not None or reply_to is not None:
+            headers, reply_to = _check_extras(headers, reply_to)
+        item = (topic, data, headers, reply_to, self)
+        n = 0
+        try:
+            for put in route:
+                if put(item):
+                    n += 1
+        except (ChannelFull, ChannelClosed) as exc:
+            return self._emit_rest(route, put, item, n, exc)
+        return n
+
+    def _emit_rest(
+        self,
+        route: tuple[Callable[[tuple[Any, ...]], bool], ...],
+        failed: Callable[[tuple[Any, ...]], bool],
+        item: tuple[Any, ...],
+        n: int,
+        exc: ChannelFull | ChannelClosed,
+    ) -> int:
+        # Slow path: a subscription refused the message.  Offer it to the
+        # others anyway, then report every full one in a single ChannelFull.
+        full: list[str] = []
+        first: ChannelFull | None = None
+        if isinstance(exc, ChannelFull):
+            first = exc
+            full.append(self._by_put[failed].pattern if failed in self._by_put else "?")
+        start = next(i for i, put in enumerate(route) if put is failed) + 1
+        for put in route[start:]:
+            try:
+                if put(item):
+                    n += 1
+            except ChannelFull as error:
+                first = first or error
+                full.append(self._by_put[put].pattern if put in self._by_put else "?")
+            except ChannelClosed:
+                pass  # closed while we waited on another subscription: it left
+        if first is not None:
+            raise ChannelFull(first.maxsize, first.reason, delivered=n, full=tuple(full))
+        return n
+
+    def _emit_from_thread(
+        self,
+        topic: str,
+        data: Any,
+        headers: Mapping[str, Any] | None,
+        reply_to: str | None,
+    ) -> int:
+        if self._state is not BusState.OPEN:
+            raise BusClosed(self.name)
+        matched = len(self._index.match_uncached(topic))  # validates, thread-safe read
+        if headers is not None or reply_to is not None:
+            headers, reply_to = _check_extras(headers, reply_to)
+        self._portal.submit((topic, data, headers, reply_to))
+        return matched
+
+    def _emit_handoff(self, item: tuple[Any, ...]) -> None:
+        topic, data, headers, reply_to = item
+        if self._state is BusState.CLOSED:
+            raise BusClosed(self.name)
+        # The bus may be CLOSING (close() drains the portal before it closes
+        # the channels): deliver, since the emit was accepted while open.
+        route = self._index.match(topic)
+        msg = (topic, data, headers, reply_to, self)
+        n = 0
+        first: ChannelFull | None = None
+        for put in route:
+            try:
+                if put(msg):
+                    n += 1
+            except ChannelFull as exc:
+                first = first or exc
+            except ChannelClosed:
+                pass
+        if first is not None:
+            raise ChannelFull(first.maxsize, first.reason, delivered=n)
+
+    def _report_thread_error(self, exc: BaseException, item: tuple[Any, ...]) -> None:
+        self._thread_errors += 1
+        logger.error(
+            "%s: emit on %r from another thread failed on delivery: %s", self.name, item[0], exc
+        )
+
+    # -- subscribing -------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Message], object] | None = None,
+        *,
+        maxsize: int | None = DEFAULT_MAXSIZE,
+        overflow: Overflow | str = Overflow.BLOCK,
+    ) -> Subscription:
+        """Subscribe to every topic ``pattern`` matches.
+
+        Args:
+            pattern: a topic, or a pattern with ``*`` (one token) and ``>``
+                (one or more trailing tokens).
+            handler: called as ``handler(msg)`` in the subscription's own
+                greenlet, once per message, in order.  Without one, consume
+                the subscription with ``get()`` or iteration.
+            maxsize: channel capacity in messages; None for unbounded.
+            overflow: ``"block"`` (lossless backpressure), ``"drop_oldest"``,
+                ``"drop_newest"`` or ``"error"``.
+
+        Returns:
+            the :class:`Subscription` (also a context manager).
+
+        Raises:
+            InvalidTopic: malformed pattern.
+            InvalidOption: bad ``maxsize``, ``overflow`` or non-callable handler.
+            BusClosed: the bus is closing or closed.
+            WrongThread: called from another OS thread.
+        """
+        self._check_thread("subscribe()")
+        if self._state is not BusState.OPEN:
+            raise BusClosed(self.name)
+        validate_pattern(pattern)
+        if handler is not None and not callable(handler):
+            raise InvalidOption("handler", handler, "a callable taking one Message, or None")
+        sub = Subscription(self, pattern, handler, maxsize, overflow)
+        self._index.add(pattern, sub._put)
+        self._subs[sub] = None
+        self._by_put[sub._put] = sub
+        if handler is not None:
+            greenlet = gevent.Greenlet(sub._run)
+            greenlet.name = f"greenbus:{self.name}:{pattern}"
+            sub._greenlet = greenlet
+            sub._channel.owner = greenlet
+            greenlet.start()
+        return sub
+
+    @overload
+    def on(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, pattern: str, handler: H, **opts: Any) -> H: ...
+
+    def on(self, pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
+        """Subscribe ``handler`` to ``pattern``; usable as a decorator.
+
+        ``opts`` are those of :meth:`subscribe`.  Returns the handler itself
+        (so a decorated function stays a function); undo with :meth:`off`.
+        """
+        if handler is None:
+
+            def decorator(fn: H) -> H:
+                self.subscribe(pattern, fn, **opts)
+                return fn
+
+            return decorator
+        self.subscribe(pattern, handler, **opts)
+        return handler
+
+    @overload
+    def once(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
+
+    @overload
+    def once(self, pattern: str, handler: H, **opts: Any) -> H: ...
+
+    def once(self, pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
+        """Like :meth:`on`, but the handler runs for the first message only.
+
+        The subscription closes itself before the handler runs, so later
+        messages are not delivered to it even if they were already queued.
+        """
+        if handler is None:
+
+            def decorator(fn: H) -> H:
+                self.once(pattern, fn, **opts)
+                return fn
+
+            return decorator
+        if not callable(handler):
+            raise InvalidOption("handler", handler, "a callable taking one Message")
+        holder: list[Subscription] = []
+
+        def run_once(msg: Message) -> object:
+            holder[0].close()
+            return handler(msg)
+
+        sub = self.subscribe(pattern, run_once, **opts)
+        sub.handler = handler  # statistics, repr and off() see the user's function
+        holder.append(sub)
+        return handler
+
+    def off(self, pattern: str, handler: Callable[[Message], object] | None = None) -> int:
+        """Close the subscriptions on exactly ``pattern`` (with ``handler``, if given).
+
+        Returns:
+            how many were closed.
+        """
+        self._check_thread("off()")
+        subs = [
+            s
+            for s in self._subs
+            if s.pattern == pattern and (handler is None or s.handler == handler)
+        ]
+        for sub in subs:
+            sub.close()
+        return len(subs)
+
+    def _remove(self, sub: Subscription) -> None:
+        self._check_thread("Subscription.close()")
+        if self._subs.pop(sub, 0) is None:
+            self._index.remove(sub.pattern, sub._put)
+            self._by_put.pop(sub._put, None)
+
+    # -- request/reply -----------------------------------------------------
+
+    def request(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        timeout: float = 1.0,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """Emit a request and wait for the first reply.
+
+        A private inbox subscription receives the replies; responders answer
+        with :meth:`Message.reply`.  Later replies are discarded.
+
+        Args:
+            timeout: seconds to wait for the reply (after the request was queued).
+
+        Returns:
+            the first reply.
+
+        Raises:
+            NoResponders: no subscription matched ``topic`` at send time.
+            RequestTimeout: no reply within ``timeout`` (also a TimeoutError).
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise InvalidOption("timeout", timeout, "a number of seconds >= 0")
+        inbox = f"{self._inbox_prefix}.{next(self._inbox_seq)}"
+        with self.subscribe(inbox, maxsize=None) as sub:
+            if self.emit(topic, data, headers=headers, reply_to=inbox) == 0:
+                raise NoResponders(topic)
+            try:
+                return sub.get(timeout=timeout)
+            except ReceiveTimeout:
+                raise RequestTimeout(topic, timeout) from None
+
+    # -- errors ------------------------------------------------------------
+
+    def _report_handler_error(self, exc: Exception, sub: Subscription, msg: Message) -> None:
+        logger.error(
+            "%s: handler %s of subscription #%d %r raised on topic %r",
+            self.name,
+            _callable_name(sub.handler),
+            sub.id,
+            sub.pattern,
+            msg.topic,
+            exc_info=exc,
+        )
+        self._call_hook(exc, sub, msg)
+
+    def _report_slow_consumer(self, sub: Subscription) -> None:
+        channel = sub._channel
+        exc = SlowConsumer(sub.pattern, channel.maxsize, channel.overflow.value, channel._dropped)
+        logger.warning("%s: %s (subscription #%d)", self.name, exc, sub.id)
+        self._call_hook(exc, sub, None)
+
+    def _call_hook(self, exc: BaseException, sub: Subscription, msg: Message | None) -> None:
+        hook = self.on_error
+        if hook is None:
+            return
+        try:
+            hook(exc, sub, msg)
+        except Exception:
+            logger.exception("%s: the on_error hook itself raised", self.name)
+
+    # -- introspection -----------------------------------------------------
+
+    def topics(self) -> list[str]:
+        """The patterns subscribed to now, sorted."""
+        return sorted(self._index.patterns())
+
+    def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
+        """The active subscriptions (on exactly ``pattern``, if given), oldest first."""
+        if pattern is None:
+            return list(self._subs)
+        return [s for s in self._subs if s.pattern == pattern]
+
+    def matching(self, topic: str) -> list[Subscription]:
+        """The active subscriptions a message on ``topic`` would be queued to."""
+        validate_topic(topic)
+        return [self._by_put[put] for put in self._index.match(topic)]
+
+    def stats(self) -> BusStatistics:
+        """A frozen snapshot: per subscription, pending, delivered, dropped, high water…"""
+        return BusStatistics(
+            name=self.name,
+            state=self._state.name.lower(),
+            subscriptions=tuple(s.statistics() for s in self._subs),
+            thread_emits=self._portal.submitted,
+            thread_pending=self._portal.pending,
+            thread_errors=self._thread_errors,
+        )
+
+    # -- closing -----------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued, then stop every subscription.  Idempotent.
+
+        New emits and subscriptions raise :class:`BusClosed` from the moment
+        this is called.  Messages handed in from other threads are routed
+        first.  Handler greenlets finish their queues; subscriptions without
+        a handler keep their queued messages for their consumers, whose
+        iteration then ends.
+
+        Args:
+            timeout: seconds to wait for handlers to drain; None waits for
+                all.  Handlers still running after it are killed and their
+                remaining messages discarded (counted, and logged).
+
+        Raises:
+            WrongThread: called from another OS thread.
+        """
+        self._check_thread("close()")
+        if self._state is not BusState.OPEN:
+            return
+        self._state = BusState.CLOSING
+        self._portal.close()
+        subs = list(self._subs)
+        for sub in subs:
+            sub._channel.close()
+        current = getcurrent()
+        greenlets = [
+            s._greenlet for s in subs if s._greenlet is not None and s._greenlet is not current
+        ]
+        gevent.joinall(greenlets, timeout=timeout)
+        for sub in subs:
+            g = sub._greenlet
+            if g is not None and g is not current and not g.dead:
+                g.kill(block=True)
+                n = sub._channel.discard()
+                logger.warning(
+                    "%s: subscription #%d %r did not drain within %s s; %d message(s) discarded",
+                    self.name,
+                    sub.id,
+                    sub.pattern,
+                    timeout,
+                    n,
+                )
+            self._index.remove(sub.pattern, sub._put)
+            self._by_put.pop(sub._put, None)
+            sub._active = False
+        self._subs.clear()
+        self._state = BusState.CLOSED
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_thread(self, what: str) -> None:
+        if self._thread != get_ident():
+            raise WrongThread(what)
+
+
+def _check_extras(
+    headers: Mapping[str, Any] | None, reply_to: str | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    if headers is not None:
+        if not isinstance(headers, Mapping):
+            raise InvalidOption("headers", headers, "a mapping or None")
+        headers = dict(headers) if headers else None
+    if reply_to is not None:
+        validate_topic(reply_to)
+    return headers, reply_to  # type: ignore[return-value]

@@ -1,0 +1,516 @@
+"""A greenlet-safe FIFO channel with a bounded buffer and overflow policies.
+
+This is the queue every subscription owns.  It knows nothing of topics.
+
+Design (see ``docs/ordering.md``):
+
+* The buffer is a ``collections.deque``.  ``put`` on the fast path is an
+  append plus one flag check: it never switches greenlets and never runs the
+  consumer.  When a consumer is parked, ``put`` schedules one hub callback
+  that wakes it; further puts before it runs cost nothing more (the wake-up is
+  batched, and the woken consumer drains everything that is queued without
+  going back through the hub).
+* Waiters (parked getters, and putters blocked on a full channel under
+  ``overflow="block"``) wait in FIFO deques, are woken from the hub with
+  their own waiter object as the switch value (any other value is an invalid
+  switch and is reported), and are removed in ``finally`` if they leave early
+  (timeout, kill).
+* Putters are strictly FIFO: while one waits for room, later putters queue
+  behind it, so a full channel never reorders.
+* The hub never blocks: ``put`` on a full ``block`` channel raises
+  :class:`ChannelFull` when called on the hub (from a loop callback) or by the
+  channel's own consumer (which would wait for itself), instead of
+  deadlocking.
+* ``close()`` is idempotent: puts then raise :class:`ChannelClosed`, getters
+  drain what is queued and then get :class:`EndOfChannel`; every parked waiter
+  is woken.
+
+The vocabulary follows trio's memory channels; the waiter discipline follows
+``gevent.queue``.  Note that gevent's own ``gevent.queue.Channel`` is a
+rendezvous (unbuffered) channel; this one is a buffer.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from gevent import Timeout, get_hub
+from greenlet import getcurrent
+
+from .exceptions import (
+    ChannelClosed,
+    ChannelEmpty,
+    ChannelFull,
+    EndOfChannel,
+    InvalidOption,
+    ReceiveTimeout,
+)
+
+__all__ = ["Channel", "ChannelStatistics", "Overflow", "DEFAULT_MAXSIZE"]
+
+T = TypeVar("T")
+
+#: Default capacity of a subscription's channel (messages).
+DEFAULT_MAXSIZE = 65536
+
+
+class Overflow(str, enum.Enum):
+    """What ``put`` does when the channel is full."""
+
+    #: Wait cooperatively for room (lossless backpressure, like a full Go channel).
+    BLOCK = "block"
+    #: Drop the oldest queued item to make room; count it.
+    DROP_OLDEST = "drop_oldest"
+    #: Drop the item being put; count it.
+    DROP_NEWEST = "drop_newest"
+    #: Raise :class:`ChannelFull` to the putter.
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_POLICIES = ", ".join(repr(p.value) for p in Overflow)
+
+
+def _check_overflow(overflow: object) -> Overflow:
+    try:
+        return Overflow(overflow)
+    except ValueError:
+        raise InvalidOption("overflow", overflow, f"one of {_POLICIES}") from None
+
+
+def _check_maxsize(maxsize: object) -> int | None:
+    if maxsize is None:
+        return None
+    if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+        raise InvalidOption("maxsize", maxsize, "a positive int, or None for unbounded")
+    return maxsize
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatistics:
+    """A snapshot of a channel's counters (see :meth:`Channel.statistics`)."""
+
+    #: Items queued now.
+    pending: int
+    #: Capacity, or None if unbounded.
+    maxsize: int | None
+    #: The overflow policy's name.
+    overflow: str
+    #: Items handed to a consumer so far.
+    delivered: int
+    #: Items dropped by ``drop_oldest``/``drop_newest``.
+    dropped: int
+    #: Items discarded by :meth:`Channel.discard` or refused to a putter that
+    #: was waiting when the channel closed.
+    discarded: int
+    #: Puts refused with :class:`ChannelFull`.
+    rejected: int
+    #: The largest ``pending`` ever observed.
+    high_water: int
+    #: Greenlets parked in ``get``.
+    waiting_getters: int
+    #: Greenlets parked in ``put`` (``block`` policy, channel full).
+    waiting_putters: int
+    #: True once :meth:`Channel.close` was called.
+    closed: bool
+
+
+class _Waiter:
+    # One parked greenlet.  ``parked`` guards against stale wake-ups (a waiter
+    # that left through a timeout or a kill must not be switched into later).
+    __slots__ = ("greenlet", "item", "parked", "served")
+
+    def __init__(self, greenlet: object, item: object = None) -> None:
+        self.greenlet = greenlet
+        self.item = item
+        self.parked = False
+        self.served = False
+
+    def wake(self) -> None:
+        if self.parked:
+            self.parked = False
+            self.greenlet.switch(self)  # type: ignore[attr-defined]
+
+
+class Channel(Generic[T]):
+    """A FIFO buffer between greenlets of one OS thread.
+
+    Args:
+        maxsize: capacity in items; ``None`` means unbounded.  Must be a
+            positive int otherwise (there is no magic 0).
+        overflow: an :class:`Overflow` policy or its name: ``"block"``
+            (default), ``"drop_oldest"``, ``"drop_newest"`` or ``"error"``.
+        on_overflow: called with the channel on the first drop of an
+            overflow episode.  The episode ends once the consumer has brought
+            ``pending`` down to half the capacity.
+
+    Raises:
+        InvalidOption: for a bad ``maxsize`` or ``overflow``.
+    """
+
+    __slots__ = (
+        "_queue",
+        "_maxsize",
+        "_limit",
+        "_overflow",
+        "_fast",
+        "_closed",
+        "_getters",
+        "_putters",
+        "_notify_scheduled",
+        "_hub",
+        "_run_callback",
+        "_delivered",
+        "_dropped",
+        "_discarded",
+        "_rejected",
+        "_high_water",
+        "_overflowing",
+        "_on_overflow",
+        "owner",
+    )
+
+    def __init__(
+        self,
+        maxsize: int | None = DEFAULT_MAXSIZE,
+        overflow: Overflow | str = Overflow.BLOCK,
+        *,
+        on_overflow: Callable[[Channel[T]], None] | None = None,
+    ) -> None:
+        self._maxsize = _check_maxsize(maxsize)
+        self._overflow = _check_overflow(overflow)
+        if on_overflow is not None and not callable(on_overflow):
+            raise InvalidOption("on_overflow", on_overflow, "a callable or None")
+        self._limit = sys.maxsize if self._maxsize is None else self._maxsize
+        self._queue: deque[T] = deque()
+        # True while put() may take the fast path: open, and no putter waiting.
+        self._fast = True
+        self._closed = False
+        self._getters: deque[_Waiter] = deque()
+        self._putters: deque[_Waiter] = deque()
+        self._notify_scheduled = False
+        self._hub = get_hub()
+        self._run_callback = self._hub.loop.run_callback
+        self._delivered = 0
+        self._dropped = 0
+        self._discarded = 0
+        self._rejected = 0
+        self._high_water = 0
+        self._overflowing = False
+        self._on_overflow = on_overflow
+        #: The greenlet that consumes this channel, if there is exactly one
+        #: (a subscription's handler greenlet).  A full ``block`` put from it
+        #: raises ChannelFull instead of waiting for itself forever.
+        self.owner: object = None
+
+    # -- introspection -----------------------------------------------------
+
+    @property
+    def maxsize(self) -> int | None:
+        return self._maxsize
+
+    @property
+    def overflow(self) -> Overflow:
+        return self._overflow
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def statistics(self) -> ChannelStatistics:
+        """Return a frozen snapshot of the counters."""
+        pending = len(self._queue)
+        return ChannelStatistics(
+            pending=pending,
+            maxsize=self._maxsize,
+            overflow=self._overflow.value,
+            delivered=self._delivered,
+            dropped=self._dropped,
+            discarded=self._discarded,
+            rejected=self._rejected,
+            high_water=max(self._high_water, pending),
+            waiting_getters=sum(1 for w in self._getters if w.parked),
+            waiting_putters=sum(1 for w in self._putters if w.parked),
+            closed=self._closed,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        size = "unbounded" if self._maxsize is None else f"maxsize={self._maxsize}"
+        return (
+            f"<Channel {state} pending={len(self._queue)} {size} "
+            f"overflow={self._overflow.value} getters={len(self._getters)} "
+            f"putters={len(self._putters)} dropped={self._dropped}>"
+        )
+
+    # -- putting -----------------------------------------------------------
+
+    def put(self, item: T) -> bool:
+        """Queue ``item``; return True if it was queued, False if dropped.
+
+        Never switches greenlets, except under ``overflow="block"`` when the
+        channel is full: then it waits cooperatively for room (FIFO among
+        waiting putters).
+
+        Raises:
+            ChannelClosed: the channel is closed (also if it is closed while
+                this put waits).
+            ChannelFull: ``overflow="error"`` and full; or ``"block"``, full,
+                and the caller cannot wait (it is the gevent hub, or the
+                channel's own consumer).
+        """
+        queue = self._queue
+        if self._fast and len(queue) < self._limit:
+            queue.append(item)
+            if self._getters and not self._notify_scheduled:
+                self._notify_scheduled = True
+                self._run_callback(self._notify)
+            return True
+        return self._put_slow(item, True)
+
+    def put_nowait(self, item: T) -> bool:
+        """Like :meth:`put`, but a full ``block`` channel raises :class:`ChannelFull`."""
+        queue = self._queue
+        if self._fast and len(queue) < self._limit:
+            queue.append(item)
+            if self._getters and not self._notify_scheduled:
+                self._notify_scheduled = True
+                self._run_callback(self._notify)
+            return True
+        return self._put_slow(item, False)
+
+    def _put_slow(self, item: T, block: bool) -> bool:
+        if self._closed:
+            raise ChannelClosed()
+        queue = self._queue
+        if len(queue) < self._limit and not self._putters:
+            queue.append(item)
+            self._schedule_notify()
+            return True
+        policy = self._overflow
+        if policy is Overflow.DROP_OLDEST:
+            queue.popleft()
+            queue.append(item)
+            self._high_water = self._limit
+            self._drop()
+            return True
+        if policy is Overflow.DROP_NEWEST:
+            self._high_water = self._limit
+            self._drop()
+            return False
+        if policy is Overflow.ERROR:
+            self._rejected += 1
+            raise ChannelFull(self._maxsize, "channel is full (overflow='error')")
+        # Overflow.BLOCK
+        current = getcurrent()
+        if not block or current is self._hub or current is self.owner:
+            self._rejected += 1
+        if not block:
+            raise ChannelFull(self._maxsize, "channel is full and put_nowait() cannot wait")
+        if current is self._hub:
+            raise ChannelFull(
+                self._maxsize, "channel is full and the gevent hub (a loop callback) must not wait"
+            )
+        if current is self.owner:
+            raise ChannelFull(
+                self._maxsize, "channel is full and its own consumer cannot wait for itself"
+            )
+        return self._wait_for_room(current, item)
+
+    def _wait_for_room(self, current: object, item: T) -> bool:
+        waiter = _Waiter(current, item)
+        self._putters.append(waiter)
+        self._fast = False
+        waiter.parked = True
+        try:
+            token = self._hub.switch()
+        finally:
+            waiter.parked = False
+            if not waiter.served:
+                try:
+                    self._putters.remove(waiter)
+                except ValueError:
+                    pass
+                self._reset_fast()
+        if token is not waiter:
+            raise AssertionError(f"invalid switch into a putter waiting on {self!r}: {token!r}")
+        if not waiter.served:
+            # Woken by close(): the item was never queued.
+            self._discarded += 1
+            raise ChannelClosed()
+        return True
+
+    def _drop(self) -> None:
+        self._dropped += 1
+        if not self._overflowing:
+            self._overflowing = True
+            if self._on_overflow is not None:
+                self._on_overflow(self)
+
+    def _reset_fast(self) -> None:
+        self._fast = not self._closed and not self._putters
+
+    # -- getting -----------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> T:
+        """Return the oldest item, waiting for one if the channel is empty.
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits forever.
+
+        Raises:
+            EndOfChannel: the channel is closed and drained.
+            ReceiveTimeout: nothing arrived within ``timeout``.
+            ChannelEmpty: called on the gevent hub, which must never wait.
+        """
+        queue = self._queue
+        if queue:
+            n = len(queue)
+            item = queue.popleft()
+            self._delivered += 1
+            if n > self._high_water:
+                self._high_water = n
+            if self._putters or self._overflowing:
+                self._after_get(n - 1)
+            return item
+        return self._get_slow(timeout)
+
+    def get_nowait(self) -> T:
+        """Return the oldest item at once.
+
+        Raises:
+            ChannelEmpty: nothing is queued (and the channel is open).
+            EndOfChannel: the channel is closed and drained.
+        """
+        if self._queue:
+            return self.get()
+        if self._closed:
+            raise EndOfChannel()
+        raise ChannelEmpty()
+
+    def _get_slow(self, timeout: float | None) -> T:
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+                raise InvalidOption("timeout", timeout, "a number of seconds >= 0, or None")
+        current = getcurrent()
+        if current is self._hub and not self._queue and not self._closed:
+            raise ChannelEmpty()
+        timer = None
+        if timeout is not None:
+            timer = Timeout(timeout)
+            timer.start()
+        try:
+            while True:
+                if self._queue:
+                    return self.get()
+                if self._closed:
+                    raise EndOfChannel()
+                if timeout == 0:
+                    raise ReceiveTimeout(0)
+                waiter = _Waiter(current)
+                self._getters.append(waiter)
+                waiter.parked = True
+                try:
+                    token = self._hub.switch()
+                except Timeout as exc:
+                    if exc is not timer:
+                        raise
+                    raise ReceiveTimeout(timeout) from None  # type: ignore[arg-type]
+                finally:
+                    if waiter.parked:
+                        waiter.parked = False
+                        try:
+                            self._getters.remove(waiter)
+                        except ValueError:
+                            pass
+                if token is not waiter:
+                    raise AssertionError(
+                        f"invalid switch into a getter waiting on {self!r}: {token!r}"
+                    )
+        finally:
+            if timer is not None:
+                timer.close()
+
+    def _after_get(self, pending: int) -> None:
+        if self._overflowing and pending <= self._limit // 2:
+            self._overflowing = False
+        putters = self._putters
+        if putters:
+            queue = self._queue
+            limit = self._limit
+            while putters and len(queue) < limit:
+                waiter = putters.popleft()
+                if not waiter.parked:
+                    continue
+                queue.append(waiter.item)  # type: ignore[arg-type]
+                waiter.served = True
+                self._run_callback(waiter.wake)
+            self._reset_fast()
+
+    def __iter__(self) -> Iterator[T]:
+        """Yield items until the channel is closed and drained."""
+        while True:
+            try:
+                yield self.get()
+            except EndOfChannel:
+                return
+
+    # -- waking ------------------------------------------------------------
+
+    def _schedule_notify(self) -> None:
+        if self._getters and not self._notify_scheduled:
+            self._notify_scheduled = True
+            self._run_callback(self._notify)
+
+    def _notify(self) -> None:
+        # Runs on the hub.  Wakes parked getters while there is something for
+        # them (an item, or the end of the channel).
+        self._notify_scheduled = False
+        getters = self._getters
+        queue = self._queue
+        while getters and (queue or self._closed):
+            getters.popleft().wake()
+
+    # -- closing -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse further puts; let getters drain what is queued, then end.
+
+        Idempotent.  Putters waiting for room are woken with
+        :class:`ChannelClosed` (their items are counted as discarded);
+        parked getters are woken and see :class:`EndOfChannel` once the
+        buffer is empty.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._fast = False
+        putters = self._putters
+        while putters:
+            waiter = putters.popleft()
+            if waiter.parked:
+                self._run_callback(waiter.wake)
+        self._schedule_notify()
+
+    def discard(self) -> int:
+        """Drop everything queued now; return how many items that was.
+
+        Discarded items are counted in ``statistics().discarded``.
+        """
+        n = len(self._queue)
+        self._queue.clear()
+        self._discarded += n
+        self._overflowing = False
+        if self._putters:
+            self._after_get(0)
+        return n

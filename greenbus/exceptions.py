@@ -1,0 +1,227 @@
+"""Every error greenbus raises, under one root.
+
+The hierarchy::
+
+    GreenbusError
+    ├── InvalidTopic                (also ValueError)   a malformed topic or pattern
+    ├── InvalidOption               (also ValueError)   a bad maxsize/overflow/handler/timeout
+    ├── NoReplyTo                   (also ValueError)   Message.reply() on a message that is not a request
+    ├── WrongThread                 (also RuntimeError) a call that must run on the bus's own thread
+    ├── ChannelError
+    │   ├── ChannelFull                                 a bounded channel could not take an item
+    │   ├── ChannelEmpty                                get_nowait() found nothing
+    │   ├── ChannelClosed                               put() after *you* closed the channel
+    │   └── EndOfChannel                                the channel was closed and is drained (clean end)
+    ├── BusClosed                                       emit/subscribe/request on a closed bus
+    ├── NoResponders                                    request() matched no subscription
+    ├── ReceiveTimeout              (also TimeoutError) get(timeout=...) expired
+    │   └── RequestTimeout                              request(timeout=...) expired
+    └── SlowConsumer                                    reported (not raised) to Bus.on_error
+                                                        on the first drop of an overflow episode
+
+Exceptions carry structured attributes and build their message from them, so a
+caller can branch on ``exc.maxsize`` rather than parse text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BusClosed",
+    "ChannelClosed",
+    "ChannelEmpty",
+    "ChannelError",
+    "ChannelFull",
+    "EndOfChannel",
+    "GreenbusError",
+    "InvalidOption",
+    "InvalidTopic",
+    "NoReplyTo",
+    "NoResponders",
+    "ReceiveTimeout",
+    "RequestTimeout",
+    "SlowConsumer",
+    "WrongThread",
+]
+
+
+class GreenbusError(Exception):
+    """Root of every exception greenbus raises."""
+
+
+class InvalidTopic(GreenbusError, ValueError):
+    """A topic or pattern breaks the grammar in ``docs/ordering.md``.
+
+    Attributes:
+        topic: the offending value.
+        problem: what is wrong with it, in words.
+    """
+
+    def __init__(self, topic: object, problem: str) -> None:
+        self.topic = topic
+        self.problem = problem
+        super().__init__(f"invalid topic {topic!r}: {problem}")
+
+
+class InvalidOption(GreenbusError, ValueError):
+    """An argument such as ``maxsize``, ``overflow`` or ``handler`` is invalid.
+
+    Attributes:
+        name: the argument's name.
+        value: the rejected value.
+    """
+
+    def __init__(self, name: str, value: object, expected: str) -> None:
+        self.name = name
+        self.value = value
+        self.expected = expected
+        super().__init__(f"invalid {name}={value!r}: expected {expected}")
+
+
+class NoReplyTo(GreenbusError, ValueError):
+    """``Message.reply()`` was called on a message that carries no ``reply_to``."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        super().__init__(f"message on {topic!r} has no reply_to: it is not a request")
+
+
+class WrongThread(GreenbusError, RuntimeError):
+    """A call that must run on the bus's own OS thread was made from another one."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{what} must be called from the OS thread that owns the bus "
+            "(only emit() may be called from other threads)"
+        )
+
+
+class ChannelError(GreenbusError):
+    """Base of the channel errors."""
+
+
+class ChannelFull(ChannelError):
+    """A bounded channel could not take an item.
+
+    Raised by ``put`` under ``overflow="error"``, and under ``overflow="block"``
+    where waiting is impossible (on the gevent hub, or by the channel's own
+    consumer, which would wait for itself).  ``Bus.emit`` raises it after it has
+    offered the message to every other matching subscription.
+
+    Attributes:
+        maxsize: the capacity of the (first) full channel.
+        reason: why it could not wait or take the item.
+        delivered: for ``Bus.emit``, how many subscriptions did receive the message.
+        full: for ``Bus.emit``, the patterns of the subscriptions that were full.
+    """
+
+    def __init__(
+        self,
+        maxsize: int | None,
+        reason: str = "channel is full",
+        *,
+        delivered: int | None = None,
+        full: tuple[str, ...] = (),
+    ) -> None:
+        self.maxsize = maxsize
+        self.reason = reason
+        self.delivered = delivered
+        self.full = full
+        text = f"{reason} (maxsize={maxsize})"
+        if full:
+            text += f"; full subscriptions: {', '.join(map(repr, full))}"
+        if delivered is not None:
+            text += f"; delivered to {delivered} other subscription(s)"
+        super().__init__(text)
+
+
+class ChannelEmpty(ChannelError):
+    """``get_nowait()`` found no item."""
+
+    def __init__(self) -> None:
+        super().__init__("channel is empty")
+
+
+class ChannelClosed(ChannelError):
+    """``put`` on a channel that was closed (by its owner, i.e. you)."""
+
+    def __init__(self, what: str = "channel") -> None:
+        super().__init__(f"{what} is closed")
+
+
+class EndOfChannel(ChannelError):
+    """The channel was closed and every item has been received: a clean end."""
+
+    def __init__(self) -> None:
+        super().__init__("end of channel: it is closed and drained")
+
+
+class BusClosed(GreenbusError):
+    """The bus is closing or closed; it takes no new messages or subscriptions."""
+
+    def __init__(self, name: str = "bus") -> None:
+        self.name = name
+        super().__init__(f"{name} is closed")
+
+
+class NoResponders(GreenbusError):
+    """``request()`` found no subscription matching its topic at send time."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        super().__init__(f"no subscription matches {topic!r}: nobody can reply")
+
+
+class ReceiveTimeout(GreenbusError, TimeoutError):
+    """Waiting for a message took longer than the given timeout.
+
+    Attributes:
+        timeout: the timeout in seconds.
+    """
+
+    def __init__(self, timeout: float, what: str = "no message received") -> None:
+        self.timeout = timeout
+        super().__init__(f"{what} within {timeout:g} s")
+
+
+class RequestTimeout(ReceiveTimeout):
+    """``request()`` got no reply within its timeout.
+
+    Attributes:
+        topic: the request's topic.
+        timeout: the timeout in seconds.
+    """
+
+    def __init__(self, topic: str, timeout: float) -> None:
+        self.topic = topic
+        super().__init__(timeout, f"no reply to request on {topic!r}")
+
+
+class SlowConsumer(GreenbusError):
+    """A subscription dropped messages because its channel was full.
+
+    Never raised: it is passed to ``Bus.on_error`` and logged once at the
+    start of an overflow episode.  The episode ends when the subscriber has
+    caught up to half its capacity; the next drop after that starts a new one.
+
+    Attributes:
+        pattern: the subscription's pattern.
+        maxsize: its capacity.
+        overflow: its overflow policy.
+        dropped: how many messages it had dropped in total when reported.
+    """
+
+    def __init__(self, pattern: str, maxsize: int | None, overflow: str, dropped: int) -> None:
+        self.pattern = pattern
+        self.maxsize = maxsize
+        self.overflow = overflow
+        self.dropped = dropped
+        super().__init__(
+            f"slow consumer on {pattern!r}: channel full (maxsize={maxsize}), "
+            f"dropping under overflow={overflow!r}; {dropped} dropped so far"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.pattern, self.maxsize, self.overflow, self.dropped))
