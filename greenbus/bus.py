@@ -454,6 +454,7 @@ class Bus:
         self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription] = {}
         self._state = BusState.OPEN
         self._thread = get_ident()
+        self._open_in = self._thread
         self._portal = ThreadPortal(self._emit_handoff, self._report_thread_error, self.name)
         self._thread_errors = 0
         self._inbox_prefix = f"_INBOX.{number}x{id(self):x}"
@@ -513,15 +514,13 @@ class Bus:
                 message was still offered to every other subscription;
                 ``exc.delivered`` says to how many.
         """
-        if self._thread != get_ident():
-            return self._emit_from_thread(topic, data, headers, reply_to)
-        if self._state is not BusState.OPEN:
-            raise BusClosed(self.name)
+        # One comparison covers both rare cases: _open_in is the owning
+        # thread's id while the bus is open, and 0 once it closes.
+        if get_ident() != self._open_in:
+            return self._emit_other(topic, data, headers, reply_to)
         try:
-            route = self._routes.get(topic)
-        except TypeError:
-            route = None
-        if route is None:
+            route = self._routes[topic]
+        except (KeyError, TypeError):
             route = self._index.match(topic)
         if headers is not None or reply_to is not None:
             headers, reply_to = _check_extras(headers, reply_to)
@@ -534,6 +533,17 @@ class Bus:
         except (ChannelFull, ChannelClosed) as exc:
             return self._emit_rest(route, put, item, n, exc)
         return n
+
+    def _emit_other(
+        self,
+        topic: str,
+        data: Any,
+        headers: Mapping[str, Any] | None,
+        reply_to: str | None,
+    ) -> int:
+        if self._state is not BusState.OPEN:
+            raise BusClosed(self.name)
+        return self._emit_from_thread(topic, data, headers, reply_to)
 
     def _emit_rest(
         self,
@@ -847,6 +857,7 @@ class Bus:
         if self._state is not BusState.OPEN:
             return
         self._state = BusState.CLOSING
+        self._open_in = 0
         self._portal.close()
         subs = list(self._subs)
         for sub in subs:

@@ -118,7 +118,9 @@ class EventEmitter(pyee.EventEmitter):
         else:
             self._submit(lambda: self._deliver(f, args, kwargs))
 
-    def _deliver(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _deliver(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         # On the home thread.
         if self._closed:
             logger.warning("emit after shutdown(): call of %r dropped", f)
@@ -135,7 +137,9 @@ class EventEmitter(pyee.EventEmitter):
         try:
             self.emit("error", exc)
         except Exception:
-            logger.error("listener %r raised and no 'error' listener took it", listener, exc_info=exc)
+            logger.error(
+                "listener %r raised and no 'error' listener took it", listener, exc_info=exc
+            )
 
     # -- removal closes the listener's greenlet once its queue is drained ---
 

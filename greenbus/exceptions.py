@@ -5,13 +5,13 @@ The hierarchy::
     GreenbusError
     ├── InvalidTopic                (also ValueError)   a malformed topic or pattern
     ├── InvalidOption               (also ValueError)   a bad maxsize/overflow/handler/timeout
-    ├── NoReplyTo                   (also ValueError)   Message.reply() on a message that is not a request
+    ├── NoReplyTo                   (also ValueError)   reply() to a message that is no request
     ├── WrongThread                 (also RuntimeError) a call that must run on the bus's own thread
     ├── ChannelError
     │   ├── ChannelFull                                 a bounded channel could not take an item
     │   ├── ChannelEmpty                                get_nowait() found nothing
     │   ├── ChannelClosed                               put() after *you* closed the channel
-    │   └── EndOfChannel                                the channel was closed and is drained (clean end)
+    │   └── EndOfChannel                                closed and drained: a clean end
     ├── BusClosed                                       emit/subscribe/request on a closed bus
     ├── NoResponders                                    request() matched no subscription
     ├── ReceiveTimeout              (also TimeoutError) get(timeout=...) expired

@@ -58,7 +58,9 @@ def _check_common(value: object, kind: str) -> list[str]:
     tokens = value.split(".")
     for i, token in enumerate(tokens):
         if not token:
-            raise InvalidTopic(value, f"empty token at position {i} (leading, trailing or double dot)")
+            raise InvalidTopic(
+                value, f"empty token at position {i} (leading, trailing or double dot)"
+            )
     return tokens
 
 
@@ -169,8 +171,7 @@ class TopicIndex(Generic[T]):
 
     def __repr__(self) -> str:
         return (
-            f"<TopicIndex patterns={len(self._count)} values={len(self)} "
-            f"cached={len(self._cache)}>"
+            f"<TopicIndex patterns={len(self._count)} values={len(self)} cached={len(self._cache)}>"
         )
 
     @property
@@ -202,10 +203,10 @@ class TopicIndex(Generic[T]):
             node = self._child(node, token)
         last = tokens[-1]
         if last == ">":
-            node.tail = node.tail + (entry,)
+            node.tail = (*node.tail, entry)
         else:
             node = self._child(node, last)
-            node.here = node.here + (entry,)
+            node.here = (*node.here, entry)
         self._count[pattern] = self._count.get(pattern, 0) + 1
         self._invalidate(pattern)
 
@@ -330,10 +331,10 @@ def _walk(node: _Node, tokens: list[str], i: int, out: list) -> None:
 
 def _iter_node(node: _Node, prefix: list[str]) -> Iterator[tuple[str, object]]:
     for _, value in node.tail:
-        yield ".".join(prefix + [">"]), value
+        yield ".".join([*prefix, ">"]), value
     for _, value in node.here:
         yield ".".join(prefix), value
     for token, child in list(node.children.items()):
-        yield from _iter_node(child, prefix + [token])
+        yield from _iter_node(child, [*prefix, token])
     if node.star is not None:
-        yield from _iter_node(node.star, prefix + ["*"])
+        yield from _iter_node(node.star, [*prefix, "*"])
