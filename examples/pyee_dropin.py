@@ -1,0 +1,76 @@
+"""threads_pyee.py with one change: the import.
+
+``from greenbus.compat import EventEmitter`` replaces
+``from pyee import EventEmitter``; nothing else in the code changes.  emit now
+appends to each listener's greenlet channel and returns: it no longer holds
+thread1 while handlers run.  The round trip is still set by thread2's 10 ms
+polling loop, which this example keeps on purpose: see threads_greenbus.py
+for the code without it.
+
+Run: ``python examples/pyee_dropin.py``
+"""
+
+import queue
+import threading
+import time
+
+from _scenario import N, report
+from greenbus.compat import EventEmitter
+
+
+class Thread1(threading.Thread):
+    def __init__(self, ee):
+        super().__init__(name="thread1")
+        self.ee = ee
+        self.sent = {}
+        self.block_us = []
+        self.rtt_us = {}
+        self.all_replied = threading.Event()
+        ee.on("reply", self.on_reply)
+
+    def on_reply(self, i):
+        self.rtt_us[i] = (time.perf_counter() - self.sent[i]) * 1e6
+        if len(self.rtt_us) == N:
+            self.all_replied.set()
+
+    def run(self):
+        for i in range(N):
+            self.sent[i] = start = time.perf_counter()
+            self.ee.emit("data", i)
+            self.block_us.append((time.perf_counter() - start) * 1e6)
+            time.sleep(0.01)
+        self.all_replied.wait(timeout=5)
+
+
+class Thread2(threading.Thread):
+    def __init__(self, ee):
+        super().__init__(name="thread2")
+        self.ee = ee
+        self.q = queue.Queue()
+        self.stopped = threading.Event()
+        ee.on("data", self.on_data)
+
+    def on_data(self, i):
+        self.q.put(i)
+
+    def run(self):
+        while not self.stopped.is_set():
+            while not self.q.empty():
+                self.ee.emit("reply", self.q.get_nowait())
+            time.sleep(0.01)
+
+
+def main():
+    ee = EventEmitter()
+    thread1, thread2 = Thread1(ee), Thread2(ee)
+    thread2.start()
+    thread1.start()
+    thread1.join()
+    thread2.stopped.set()
+    thread2.join()
+    title = f"{EventEmitter.__module__}.EventEmitter, two OS threads, 10 ms polling"
+    report(title, thread1.block_us, thread1.rtt_us)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1508 @@
+"""Tests for greenbus.bus: Bus, Subscription and Message, against their contract.
+
+Real gevent greenlets and real (unpatched) OS threads; nothing is mocked.
+Tests wait on conditions (``wait_until``, ``sub.get(timeout=...)``), never on
+the clock, and assert no durations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import gevent
+import pytest
+from gevent.event import Event
+from waiting import OSThread, call_in_thread, wait_until
+
+import greenbus
+from greenbus import (
+    Bus,
+    BusClosed,
+    BusState,
+    ChannelEmpty,
+    ChannelFull,
+    EndOfChannel,
+    GreenbusError,
+    InvalidOption,
+    InvalidTopic,
+    Message,
+    NoReplyTo,
+    NoResponders,
+    ReceiveTimeout,
+    RequestTimeout,
+    SlowConsumer,
+    Subscription,
+    WrongThread,
+)
+
+
+def drain(sub: Subscription) -> list[object]:
+    """Everything queued on a handler-less subscription now, as data."""
+    out = []
+    while True:
+        try:
+            out.append(sub.get_nowait().data)
+        except (ChannelEmpty, EndOfChannel):
+            return out
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "greenbus.bus" and r.levelno == level]
+
+
+# -- emit ----------------------------------------------------------------------
+
+
+def test_emit_returns_how_many_subscriptions_it_queued_to(bus):
+    bus.subscribe("a.b")
+    bus.subscribe("a.*")
+    bus.subscribe("a.>")
+    bus.subscribe("x.y")
+
+    assert bus.emit("a.b", 1) == 3
+    assert bus.emit("a.c") == 2
+    assert bus.emit("a.b.c") == 1
+    assert bus.emit("nobody.listens") == 0
+
+
+def test_emit_never_runs_a_handler_inline_nor_switches_greenlets(bus):
+    calls = []
+    bus.on("a", lambda msg: calls.append(msg.data))
+    other_ran = []
+    gevent.spawn(other_ran.append, True)  # runs at the first switch to the hub
+
+    for i in range(100):
+        assert bus.emit("a", i) == 1
+
+    assert calls == []
+    assert other_ran == []
+    wait_until(lambda: len(calls) == 100)
+    assert calls == list(range(100))
+
+
+def test_a_slow_handler_does_not_hold_up_the_emitter(bus):
+    release = Event()
+    bus.on("slow", lambda msg: release.wait())
+
+    # Each emit returns while the handler is still stuck on the first message.
+    assert [bus.emit("slow", i) for i in range(5)] == [1] * 5
+    gevent.sleep(0)
+    assert [bus.emit("slow", i) for i in range(5, 10)] == [1] * 5
+    assert bus.subscriptions()[0].pending == 9
+    release.set()
+    wait_until(lambda: bus.subscriptions()[0].delivered == 10)
+
+
+# -- Message -------------------------------------------------------------------
+
+
+def test_a_message_carries_its_topic_data_headers_and_reply_to(bus):
+    sub = bus.subscribe("a.*")
+    payload = {"k": [1, 2]}
+
+    bus.emit("a.b", payload, headers={"h": 1}, reply_to="inbox.1")
+
+    msg = sub.get(timeout=5)
+    assert isinstance(msg, Message)
+    assert msg.topic == "a.b"
+    assert msg.data is payload
+    assert dict(msg.headers) == {"h": 1}
+    assert msg.reply_to == "inbox.1"
+
+
+def test_message_headers_are_an_empty_mapping_when_none_were_given(bus):
+    sub = bus.subscribe("a")
+    bus.emit("a", 1)
+    bus.emit("a", 2, headers={})
+
+    for msg in (sub.get(timeout=5), sub.get(timeout=5)):
+        assert isinstance(msg.headers, Mapping)
+        assert dict(msg.headers) == {}
+        assert msg.reply_to is None
+
+
+def test_message_headers_are_read_only(bus):
+    sub = bus.subscribe("a")
+    bus.emit("a", headers={"h": 1})
+    msg = sub.get(timeout=5)
+
+    with pytest.raises(TypeError):
+        msg.headers["h"] = 2  # type: ignore[index]
+    assert msg.headers["h"] == 1
+
+
+def test_the_emitter_mutating_its_headers_dict_later_is_not_seen(bus):
+    sub = bus.subscribe("a")
+    headers = {"h": 1}
+    bus.emit("a", headers=headers)
+
+    headers["h"] = 2
+    headers["new"] = True
+
+    assert dict(sub.get(timeout=5).headers) == {"h": 1}
+
+
+def test_every_subscriber_sees_the_same_payload_object(bus):
+    first = bus.subscribe("a")
+    second = bus.subscribe("a")
+    payload = object()
+    bus.emit("a", payload)
+
+    assert first.get(timeout=5).data is payload
+    assert second.get(timeout=5).data is payload
+
+
+def test_reply_on_a_message_that_is_not_a_request_raises_no_reply_to(bus):
+    sub = bus.subscribe("a")
+    bus.emit("a", 1)
+    msg = sub.get(timeout=5)
+
+    with pytest.raises(NoReplyTo) as info:
+        msg.reply(2)
+    assert isinstance(info.value, ValueError)
+    assert "'a'" in str(info.value)
+
+
+# -- subscriptions without a handler -------------------------------------------
+
+
+def test_a_subscription_without_a_handler_is_read_with_get_get_nowait_and_iteration(bus):
+    sub = bus.subscribe("a")
+    for i in range(4):
+        bus.emit("a", i)
+
+    assert sub.get(timeout=5).data == 0
+    assert sub.get().data == 1
+    assert sub.get_nowait().data == 2
+    got = []
+    for msg in sub:
+        got.append(msg.data)
+        if len(got) == 1:
+            bus.emit("a", 4)
+        if msg.data == 4:
+            break
+    assert got == [3, 4]
+
+
+def test_get_nowait_on_an_empty_subscription_raises_channel_empty(bus):
+    sub = bus.subscribe("a")
+
+    with pytest.raises(ChannelEmpty):
+        sub.get_nowait()
+
+
+def test_get_with_a_timeout_raises_receive_timeout_which_is_a_timeout_error(bus):
+    sub = bus.subscribe("a")
+
+    with pytest.raises(ReceiveTimeout) as info:
+        sub.get(timeout=0.01)
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.timeout == 0.01
+
+
+def test_get_waits_for_a_message_emitted_by_another_greenlet(bus):
+    sub = bus.subscribe("a")
+    gevent.spawn(bus.emit, "a", "later")
+
+    assert sub.get(timeout=5).data == "later"
+
+
+def test_get_on_a_subscription_with_a_handler_raises_invalid_option(bus):
+    sub = bus.subscribe("a", lambda msg: None)
+
+    with pytest.raises(InvalidOption):
+        sub.get(timeout=0)
+    with pytest.raises(InvalidOption):
+        sub.get_nowait()
+
+
+def test_a_subscription_exposes_its_pattern_pending_delivered_and_dropped(bus):
+    sub = bus.subscribe("a.*", maxsize=2, overflow="drop_newest")
+    for i in range(3):
+        bus.emit("a.x", i)
+
+    assert sub.pattern == "a.*"
+    assert sub.maxsize == 2
+    assert sub.overflow == "drop_newest"
+    assert (sub.pending, sub.delivered, sub.dropped) == (2, 0, 1)
+    sub.get_nowait()
+    assert (sub.pending, sub.delivered, sub.dropped) == (1, 1, 1)
+
+
+def test_the_default_is_a_block_subscription_of_65536_messages(bus):
+    sub = bus.subscribe("a")
+
+    assert sub.maxsize == greenbus.DEFAULT_MAXSIZE == 65536
+    assert sub.overflow == greenbus.Overflow.BLOCK
+
+
+# -- subscriptions with a handler ----------------------------------------------
+
+
+def test_a_handler_runs_one_message_at_a_time_in_emission_order(bus):
+    active = 0
+    peak = 0
+    seen = []
+
+    def handler(msg):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        for _ in range(msg.data % 3 + 1):
+            gevent.sleep(0)  # let the publisher emit more while we are busy
+        seen.append(msg.data)
+        active -= 1
+
+    bus.on("work", handler)
+
+    def publish():
+        for i in range(60):
+            bus.emit("work", i)
+            if i % 4 == 0:
+                gevent.sleep(0)
+
+    gevent.spawn(publish)
+    wait_until(lambda: len(seen) == 60)
+    assert seen == list(range(60))
+    assert peak == 1
+
+
+def test_a_handler_runs_in_its_own_greenlet(bus):
+    where = []
+    bus.on("a", lambda msg: where.append(gevent.getcurrent()))
+    bus.emit("a")
+
+    wait_until(lambda: where)
+    assert where[0] is not gevent.getcurrent()
+    assert where[0] is not gevent.get_hub()
+
+
+def test_each_subscription_has_its_own_handler_greenlet(bus):
+    release = Event()
+    fast = []
+    bus.on("a", lambda msg: release.wait())
+    bus.on("a", lambda msg: fast.append(msg.data))
+
+    for i in range(3):
+        bus.emit("a", i)
+
+    # The first handler is stuck; the second is not held up by it.
+    wait_until(lambda: fast == [0, 1, 2])
+    release.set()
+
+
+# -- on, once, off -------------------------------------------------------------
+
+
+def test_on_works_as_a_decorator_and_returns_the_function(bus):
+    seen = []
+
+    @bus.on("a.*", maxsize=10)
+    def handler(msg):
+        seen.append(msg.topic)
+
+    assert callable(handler)
+    assert handler.__name__ == "handler"
+    assert bus.subscriptions()[0].maxsize == 10
+    bus.emit("a.b")
+    wait_until(lambda: seen == ["a.b"])
+
+
+def test_on_works_as_a_direct_call_and_returns_the_handler(bus):
+    seen = []
+    handler = seen.append
+
+    assert bus.on("a", handler) is handler
+    bus.emit("a", 1)
+    wait_until(lambda: len(seen) == 1)
+    assert seen[0].data == 1
+
+
+def test_once_calls_its_handler_exactly_once_even_with_several_messages_queued(bus):
+    calls = []
+    assert bus.once("a", calls.append) == calls.append
+    for i in range(5):
+        assert bus.emit("a", i) == 1
+
+    wait_until(lambda: calls)
+    wait_until(lambda: not bus.subscriptions("a"))
+    assert [m.data for m in calls] == [0]
+    assert bus.emit("a", 99) == 0
+    assert [m.data for m in calls] == [0]
+
+
+def test_once_works_as_a_decorator(bus):
+    calls = []
+
+    @bus.once("a")
+    def handler(msg):
+        calls.append(msg.data)
+
+    bus.emit("a", 1)
+    bus.emit("a", 2)
+    wait_until(lambda: calls)
+    wait_until(lambda: not bus.subscriptions())
+    assert calls == [1]
+
+
+def test_once_with_a_handler_that_is_not_callable_raises_invalid_option(bus):
+    with pytest.raises(InvalidOption) as info:
+        bus.once("a", 42)  # type: ignore[arg-type]
+    assert info.value.name == "handler"
+
+
+def test_off_closes_the_subscriptions_of_a_pattern_and_handler(bus):
+    kept = []
+    removed = []
+    bus.on("a", kept.append)
+    bus.on("a", removed.append)
+    bus.on("b", removed.append)
+
+    assert bus.off("a", lambda msg: None) == 0
+    assert bus.off("a", removed.append) == 1
+
+    assert [s.pattern for s in bus.subscriptions()] == ["a", "b"]
+    assert bus.emit("a", 1) == 1
+    assert bus.emit("b", 2) == 1
+    wait_until(lambda: kept and removed)
+    assert [m.data for m in kept] == [1]
+    assert [m.data for m in removed] == [2]
+
+
+def test_off_without_a_handler_closes_every_subscription_on_the_pattern(bus):
+    bus.on("a", lambda msg: None)
+    bus.subscribe("a")
+    bus.subscribe("a.>")
+
+    assert bus.off("a") == 2
+    assert bus.topics() == ["a.>"]
+
+
+def test_off_undoes_a_once_by_its_handler(bus):
+    calls = []
+    bus.once("a", calls.append)
+
+    assert bus.off("a", calls.append) == 1
+    assert bus.emit("a") == 0
+
+
+# -- closing a subscription ----------------------------------------------------
+
+
+def test_closing_a_subscription_is_idempotent_and_removes_it_from_the_bus(bus):
+    sub = bus.subscribe("a")
+    other = bus.subscribe("a")
+
+    sub.close()
+    sub.close()
+
+    assert not sub.active
+    assert bus.subscriptions() == [other]
+    assert bus.emit("a") == 1
+
+
+def test_a_closed_subscription_delivers_nothing_more_even_what_was_queued(bus):
+    sub = bus.subscribe("a")
+    for i in range(3):
+        bus.emit("a", i)
+
+    sub.close()
+
+    with pytest.raises(EndOfChannel):
+        sub.get_nowait()
+    with pytest.raises(EndOfChannel):
+        sub.get(timeout=5)
+    assert list(sub) == []
+    stats = sub.statistics()
+    assert (stats.delivered, stats.discarded, stats.pending) == (0, 3, 0)
+
+
+def test_a_closed_handler_subscription_never_calls_its_handler_for_queued_messages(bus):
+    closed_calls = []
+    witness_calls = []
+    sub = bus.subscribe("a", closed_calls.append)
+    bus.subscribe("a", witness_calls.append)
+    for i in range(3):
+        bus.emit("a", i)
+
+    sub.close()
+
+    # The witness subscription received the same messages after the close.
+    wait_until(lambda: len(witness_calls) == 3)
+    assert closed_calls == []
+    assert sub.delivered == 0
+    assert sub.statistics().discarded == 3
+
+
+def test_a_handler_closing_its_own_subscription_gets_no_further_message(bus):
+    calls = []
+
+    def handler(msg):
+        calls.append(msg.data)
+        sub.close()
+
+    sub = bus.subscribe("a", handler)
+    for i in range(3):
+        bus.emit("a", i)
+
+    wait_until(lambda: not bus.subscriptions())
+    bus.subscribe("a")  # a witness, so the emit below has somewhere to go
+    bus.emit("a", 3)
+    gevent.sleep(0)
+    assert calls == [0]
+
+
+def test_leaving_a_subscription_context_closes_it(bus):
+    with bus.subscribe("a") as sub:
+        bus.emit("a", 1)
+        assert sub.get(timeout=5).data == 1
+        assert sub.active
+
+    assert not sub.active
+    assert bus.subscriptions() == []
+    assert bus.emit("a") == 0
+
+
+def test_a_consumer_parked_in_iteration_is_released_when_its_subscription_closes(bus):
+    sub = bus.subscribe("a")
+    consumer = gevent.spawn(list, sub)
+    gevent.sleep(0)
+    assert not consumer.ready()
+
+    sub.close()
+
+    assert consumer.get(timeout=5) == []
+
+
+# -- overflow policies ---------------------------------------------------------
+
+
+def test_a_full_block_subscription_makes_emit_wait_cooperatively_and_lose_nothing(bus):
+    sub = bus.subscribe("a", maxsize=1)
+    assert bus.emit("a", 0) == 1
+    emitter = gevent.spawn(bus.emit, "a", 1)
+
+    gevent.sleep(0)  # one turn of the hub: the emitter runs and parks
+    assert not emitter.ready()
+
+    assert sub.get(timeout=5).data == 0
+    assert emitter.get(timeout=5) == 1
+    assert sub.get(timeout=5).data == 1
+    assert sub.dropped == 0
+
+
+def test_several_emitters_waiting_on_a_full_subscription_are_served_in_order(bus):
+    sub = bus.subscribe("a", maxsize=1)
+    bus.emit("a", 0)
+    emitters = []
+    for i in range(1, 6):
+        emitters.append(gevent.spawn(bus.emit, "a", i))
+        gevent.sleep(0)  # each parks before the next starts
+
+    got = [sub.get(timeout=5).data for _ in range(6)]
+
+    assert got == [0, 1, 2, 3, 4, 5]
+    gevent.joinall(emitters, timeout=5, raise_error=True)
+
+
+def test_an_unbounded_subscription_takes_everything_without_waiting(bus):
+    sub = bus.subscribe("a", maxsize=None)
+
+    for i in range(greenbus.DEFAULT_MAXSIZE + 10):
+        bus.emit("a", i)
+
+    assert sub.maxsize is None
+    assert sub.pending == greenbus.DEFAULT_MAXSIZE + 10
+    assert sub.dropped == 0
+
+
+def test_drop_newest_keeps_the_queued_messages_and_counts_the_drops(bus):
+    sub = bus.subscribe("a", maxsize=2, overflow="drop_newest")
+
+    assert [bus.emit("a", i) for i in range(5)] == [1, 1, 0, 0, 0]
+
+    assert drain(sub) == [0, 1]
+    assert sub.dropped == 3
+
+
+def test_drop_oldest_keeps_the_newest_messages_and_counts_the_drops(bus):
+    sub = bus.subscribe("a", maxsize=2, overflow="drop_oldest")
+
+    assert [bus.emit("a", i) for i in range(5)] == [1] * 5
+
+    assert drain(sub) == [3, 4]
+    assert sub.dropped == 3
+
+
+def test_overflow_error_raises_channel_full_after_offering_the_message_to_the_others(bus):
+    full = bus.subscribe("a.*", maxsize=1, overflow="error")
+    other = bus.subscribe("a.b")
+    bus.emit("a.b", 0)
+
+    with pytest.raises(ChannelFull) as info:
+        bus.emit("a.b", 1)
+
+    assert info.value.maxsize == 1
+    assert info.value.delivered == 1
+    assert info.value.full == ("a.*",)
+    assert drain(other) == [0, 1]
+    assert drain(full) == [0]
+    assert full.statistics().rejected == 1
+
+
+def test_a_slow_consumer_is_reported_once_per_overflow_episode_not_per_drop(bus, caplog):
+    reports = []
+    bus.on_error = lambda exc, sub, msg: reports.append((exc, sub, msg))
+    sub = bus.subscribe("a", maxsize=4, overflow="drop_newest")
+
+    with caplog.at_level(logging.WARNING, logger="greenbus.bus"):
+        for i in range(10):
+            bus.emit("a", i)
+
+    assert sub.dropped == 6
+    assert len(reports) == 1
+    exc, who, message = reports[0]
+    assert isinstance(exc, SlowConsumer)
+    assert who is sub
+    assert message is None
+    assert (exc.pattern, exc.maxsize, exc.overflow, exc.dropped) == ("a", 4, "drop_newest", 1)
+    assert len(records(caplog, logging.WARNING)) == 1
+    assert bus.stats().subscriptions[0].slow_consumer_events == 1
+
+    # Catching up to half the capacity ends the episode; the next drop starts another.
+    sub.get_nowait()
+    sub.get_nowait()
+    for i in range(10, 20):
+        bus.emit("a", i)
+
+    assert len(reports) == 2
+    assert reports[1][0].dropped == 7
+    assert bus.stats().subscriptions[0].slow_consumer_events == 2
+
+
+def test_drop_oldest_reports_a_slow_consumer_once_for_a_handler_that_lags(bus):
+    reports = []
+    bus.on_error = lambda exc, sub, msg: reports.append(exc)
+    seen = []
+    sub = bus.subscribe("a", seen.append, maxsize=3, overflow="drop_oldest")
+
+    for i in range(10):
+        bus.emit("a", i)
+
+    wait_until(lambda: len(seen) == 3)
+    assert [m.data for m in seen] == [7, 8, 9]
+    assert sub.dropped == 7
+    assert [type(e) for e in reports] == [SlowConsumer]
+
+
+# -- the hub never blocks ------------------------------------------------------
+
+
+def test_emit_from_a_hub_callback_into_a_full_block_subscription_raises_channel_full(bus):
+    full = bus.subscribe("a", maxsize=1)
+    other = bus.subscribe("a")
+    bus.emit("a", 0)
+    outcome = []
+
+    def on_the_hub():
+        try:
+            outcome.append(bus.emit("a", 1))
+        except ChannelFull as exc:
+            outcome.append(exc)
+
+    gevent.get_hub().loop.run_callback(on_the_hub)
+    wait_until(lambda: outcome)
+
+    exc = outcome[0]
+    assert isinstance(exc, ChannelFull)
+    assert exc.delivered == 1
+    assert exc.full == ("a",)
+    assert "hub" in exc.reason
+    assert drain(other) == [0, 1]
+    assert drain(full) == [0]
+
+
+def test_emit_from_a_hub_callback_with_room_delivers(bus):
+    sub = bus.subscribe("a", maxsize=1)
+    outcome = []
+    gevent.get_hub().loop.run_callback(lambda: outcome.append(bus.emit("a", 1)))
+
+    assert sub.get(timeout=5).data == 1
+    assert outcome == [1]
+
+
+def test_a_handler_emitting_into_its_own_full_block_subscription_gets_channel_full(bus):
+    outcome = []
+
+    def handler(msg):
+        if msg.data != "start":
+            return
+        outcome.append(bus.emit("loop", "echo1"))  # fits: the channel is empty now
+        try:
+            bus.emit("loop", "echo2")
+        except ChannelFull as exc:
+            outcome.append(exc)
+
+    bus.subscribe("loop", handler, maxsize=1)
+    witness = bus.subscribe("loop")
+    bus.emit("loop", "start")
+
+    wait_until(lambda: len(outcome) == 2)
+    assert outcome[0] == 2
+    exc = outcome[1]
+    assert isinstance(exc, ChannelFull)
+    assert exc.delivered == 1
+    assert exc.full == ("loop",)
+    assert drain(witness) == ["start", "echo1", "echo2"]
+
+
+# -- failure isolation ---------------------------------------------------------
+
+
+def test_a_handler_exception_never_reaches_the_emitter_nor_stops_the_subscription(bus, caplog):
+    seen = []
+
+    def handler(msg):
+        if msg.data == 1:
+            raise RuntimeError("boom")
+        seen.append(msg.data)
+
+    bus.on("a", handler)
+    with caplog.at_level(logging.ERROR, logger="greenbus.bus"):
+        for i in range(4):
+            assert bus.emit("a", i) == 1
+        wait_until(lambda: len(seen) == 3)
+
+    assert seen == [0, 2, 3]
+
+
+def test_a_handler_exception_is_logged_and_passed_to_on_error(caplog):
+    reports = []
+    error = ValueError("bad payload")
+
+    def handler(msg):
+        raise error
+
+    with Bus("hooked", on_error=lambda *args: reports.append(args)) as bus:
+        sub = bus.subscribe("a.*", handler)
+        with caplog.at_level(logging.ERROR, logger="greenbus.bus"):
+            bus.emit("a.b", 7)
+            wait_until(lambda: reports)
+
+        assert len(reports) == 1
+        exc, who, msg = reports[0]
+        assert exc is error
+        assert who is sub
+        assert (msg.topic, msg.data) == ("a.b", 7)
+        [record] = records(caplog, logging.ERROR)
+        assert record.exc_info is not None
+        assert record.exc_info[1] is error
+        assert "a.b" in record.getMessage()
+        assert bus.stats().subscriptions[0].handler_errors == 1
+
+
+def test_an_on_error_hook_that_raises_is_logged_and_not_propagated(bus, caplog):
+    seen = []
+
+    def hook(exc, sub, msg):
+        raise KeyError("hook is broken")
+
+    def handler(msg):
+        seen.append(msg.data)
+        raise RuntimeError("handler is broken")
+
+    bus.on_error = hook
+    bus.on("a", handler)
+    with caplog.at_level(logging.ERROR, logger="greenbus.bus"):
+        bus.emit("a", 1)
+        bus.emit("a", 2)
+        wait_until(lambda: len(seen) == 2)
+
+    hook_logs = [r for r in records(caplog, logging.ERROR) if "on_error" in r.getMessage()]
+    assert len(hook_logs) == 2
+    assert isinstance(hook_logs[0].exc_info[1], KeyError)
+    assert bus.stats().subscriptions[0].handler_errors == 2
+
+
+def test_an_on_error_hook_that_raises_on_a_slow_consumer_does_not_reach_the_emitter(bus, caplog):
+    def hook(exc, sub, msg):
+        raise RuntimeError("hook is broken")
+
+    bus.on_error = hook
+    sub = bus.subscribe("a", maxsize=1, overflow="drop_oldest")
+    with caplog.at_level(logging.WARNING, logger="greenbus.bus"):
+        assert bus.emit("a", 1) == 1
+        assert bus.emit("a", 2) == 1
+
+    assert drain(sub) == [2]
+    assert any("on_error" in r.getMessage() for r in records(caplog, logging.ERROR))
+
+
+# -- request/reply -------------------------------------------------------------
+
+
+def test_request_returns_the_reply(bus):
+    bus.on("math.double", lambda msg: msg.reply(msg.data * 2))
+
+    reply = bus.request("math.double", 21)
+
+    assert reply.data == 42
+    assert reply.topic.startswith("_INBOX.")
+
+
+def test_request_returns_the_first_reply_and_discards_later_ones(bus):
+    def responder(msg):
+        assert msg.reply("first") == 1
+        assert msg.reply("second") == 1
+
+    bus.on("q", responder)
+
+    assert bus.request("q", timeout=5).data == "first"
+    assert [s.pattern for s in bus.subscriptions()] == ["q"]
+
+
+def test_a_reply_can_carry_headers(bus):
+    bus.on("q", lambda msg: msg.reply(msg.data, headers={"status": "ok"}))
+
+    reply = bus.request("q", 1, headers={"trace": "x"}, timeout=5)
+
+    assert dict(reply.headers) == {"status": "ok"}
+
+
+def test_a_responder_sees_the_request_headers_and_reply_to(bus):
+    requests = []
+
+    def responder(msg):
+        requests.append(msg)
+        msg.reply()
+
+    bus.on("q", responder)
+    bus.request("q", headers={"trace": "x"}, timeout=5)
+
+    assert dict(requests[0].headers) == {"trace": "x"}
+    assert requests[0].reply_to.startswith("_INBOX.")
+
+
+def test_a_handler_less_subscription_can_answer_a_request(bus):
+    server = bus.subscribe("q")
+
+    def serve():
+        msg = server.get(timeout=5)
+        msg.reply(msg.data + 1)
+
+    gevent.spawn(serve)
+    assert bus.request("q", 1, timeout=5).data == 2
+
+
+def test_request_with_no_matching_subscription_raises_no_responders(bus):
+    bus.subscribe("other")
+
+    with pytest.raises(NoResponders) as info:
+        bus.request("nobody", 1)
+
+    assert info.value.topic == "nobody"
+    assert [s.pattern for s in bus.subscriptions()] == ["other"]
+
+
+def test_request_without_a_reply_raises_request_timeout_which_is_a_timeout_error(bus):
+    bus.subscribe("silent")
+
+    with pytest.raises(RequestTimeout) as info:
+        bus.request("silent", 1, timeout=0.01)
+
+    assert isinstance(info.value, ReceiveTimeout)
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.topic == "silent"
+    assert info.value.timeout == 0.01
+    assert [s.pattern for s in bus.subscriptions()] == ["silent"]
+
+
+def test_a_reply_after_the_requester_gave_up_reaches_nobody(bus):
+    release = Event()
+    late = []
+
+    def responder(msg):
+        release.wait()
+        late.append(msg.reply("too late"))
+
+    bus.on("slow", responder)
+    with pytest.raises(RequestTimeout):
+        bus.request("slow", timeout=0.01)
+    release.set()
+
+    wait_until(lambda: late)
+    assert late == [0]
+
+
+@pytest.mark.parametrize("timeout", [-1, "1", None, True])
+def test_request_with_an_invalid_timeout_raises_invalid_option(bus, timeout):
+    bus.on("q", lambda msg: msg.reply())
+
+    with pytest.raises(InvalidOption) as info:
+        bus.request("q", timeout=timeout)
+    assert info.value.name == "timeout"
+
+
+# -- the default bus -----------------------------------------------------------
+
+
+def test_module_level_functions_use_the_default_bus(default_bus):
+    seen = []
+
+    @greenbus.on("sensors.*.temp")
+    def show(msg):
+        seen.append((msg.topic, msg.data))
+
+    sub = greenbus.subscribe("sensors.>")
+
+    assert greenbus.default_bus() is default_bus
+    assert default_bus.topics() == ["sensors.*.temp", "sensors.>"]
+    assert greenbus.emit("sensors.room1.temp", 21.5) == 2
+    assert sub.get(timeout=5).data == 21.5
+    wait_until(lambda: seen)
+    assert seen == [("sensors.room1.temp", 21.5)]
+
+
+def test_module_level_once_and_request_use_the_default_bus(default_bus):
+    calls = []
+    greenbus.once("ping", calls.append)
+    greenbus.on("math.double", lambda msg: msg.reply(msg.data * 2))
+
+    greenbus.emit("ping", 1)
+    greenbus.emit("ping", 2)
+
+    assert greenbus.request("math.double", 21, timeout=5).data == 42
+    wait_until(lambda: calls)
+    assert [m.data for m in calls] == [1]
+    assert default_bus.topics() == ["math.double"]
+
+
+def test_the_default_bus_is_replaced_once_it_is_closed(default_bus):
+    assert greenbus.default_bus() is default_bus
+    default_bus.close()
+
+    fresh = greenbus.default_bus()
+
+    assert fresh is not default_bus
+    assert not fresh.closed
+    assert greenbus.emit("a") == 0
+
+
+# -- closing the bus -----------------------------------------------------------
+
+
+def test_close_delivers_what_is_queued_then_stops_the_handlers(bus):
+    seen = []
+
+    def handler(msg):
+        gevent.sleep(0)
+        seen.append(msg.data)
+
+    bus.on("a", handler)
+    for i in range(20):
+        bus.emit("a", i)
+
+    bus.close()
+
+    assert seen == list(range(20))
+    assert bus.state is BusState.CLOSED
+    assert bus.subscriptions() == []
+
+
+def test_emit_subscribe_and_request_after_close_raise_bus_closed(bus):
+    bus.on("a", lambda msg: None)
+    bus.close()
+
+    with pytest.raises(BusClosed):
+        bus.emit("a")
+    with pytest.raises(BusClosed):
+        bus.subscribe("a")
+    with pytest.raises(BusClosed):
+        bus.on("a", lambda msg: None)
+    with pytest.raises(BusClosed):
+        bus.request("a")
+
+
+def test_close_is_idempotent(bus):
+    sub = bus.subscribe("a")
+    bus.emit("a", 1)
+
+    bus.close()
+    bus.close()
+    bus.close(timeout=0)
+
+    assert bus.closed
+    assert bus.stats().state == "closed"
+    assert drain(sub) == [1]
+
+
+def test_close_with_a_timeout_kills_a_stuck_handler_and_discards_the_rest(bus, caplog):
+    started = []
+    exited = []
+
+    def stuck(msg):
+        started.append(msg.data)
+        try:
+            Event().wait()  # never set
+        finally:
+            exited.append(msg.data)
+
+    sub = bus.subscribe("a", stuck)
+    for i in range(3):
+        bus.emit("a", i)
+    wait_until(lambda: started)
+
+    with caplog.at_level(logging.WARNING, logger="greenbus.bus"):
+        bus.close(timeout=0.01)
+
+    assert started == [0]
+    assert exited == [0]
+    stats = sub.statistics()
+    assert (stats.delivered, stats.discarded, stats.pending) == (1, 2, 0)
+    assert not stats.active
+    [warning] = records(caplog, logging.WARNING)
+    assert "2 message(s) discarded" in warning.getMessage()
+
+
+def test_close_from_inside_a_handler_does_not_deadlock(bus):
+    seen = []
+    closed = []
+
+    def handler(msg):
+        seen.append(msg.data)
+        if msg.data == 0:
+            bus.close()
+            closed.append(bus.state)
+
+    bus.on("a", handler)
+    for i in range(3):
+        bus.emit("a", i)
+
+    wait_until(lambda: closed)
+    assert closed == [BusState.CLOSED]
+    wait_until(lambda: len(seen) == 3)
+    assert seen == [0, 1, 2]
+    with pytest.raises(BusClosed):
+        bus.emit("a", 3)
+
+
+def test_close_from_inside_a_handler_waits_for_the_other_handlers(bus):
+    other = []
+
+    def slow(msg):
+        for _ in range(5):
+            gevent.sleep(0)
+        other.append(msg.data)
+
+    bus.on("b", slow)
+    bus.on("a", lambda msg: bus.close())
+    bus.emit("b", 1)
+    bus.emit("b", 2)
+    bus.emit("a")
+
+    wait_until(lambda: bus.state is BusState.CLOSED)
+    assert other == [1, 2]
+
+
+def test_iterating_a_handlerless_subscription_ends_after_close_has_drained_it(bus):
+    sub = bus.subscribe("a")
+    for i in range(3):
+        bus.emit("a", i)
+
+    bus.close()
+
+    assert [m.data for m in sub] == [0, 1, 2]
+    assert not sub.active
+
+
+def test_a_consumer_parked_in_iteration_is_released_by_close(bus):
+    sub = bus.subscribe("a")
+    consumer = gevent.spawn(lambda: [m.data for m in sub])
+    gevent.sleep(0)
+    bus.emit("a", 1)
+
+    bus.close()
+
+    assert consumer.get(timeout=5) == [1]
+
+
+def test_an_emitter_waiting_on_a_full_subscription_is_released_by_close(bus):
+    sub = bus.subscribe("a", maxsize=1)
+    bus.emit("a", 0)
+    emitter = gevent.spawn(bus.emit, "a", 1)
+    gevent.sleep(0)
+    assert not emitter.ready()
+
+    bus.close()
+
+    emitter.join(timeout=5)
+    assert emitter.ready()
+    assert sub.statistics().discarded == 1
+    assert [m.data for m in sub] == [0]
+
+
+def test_a_bus_used_as_a_context_manager_is_closed_on_exit():
+    seen = []
+    with Bus("ctx") as bus:
+        bus.on("a", seen.append)
+        bus.emit("a", 1)
+
+    assert bus.closed
+    assert [m.data for m in seen] == [1]
+
+
+# -- introspection -------------------------------------------------------------
+
+
+def test_topics_lists_the_subscribed_patterns_sorted_without_duplicates(bus):
+    bus.subscribe("b")
+    bus.subscribe("a.>")
+    bus.subscribe("b")
+    closing = bus.subscribe("c")
+
+    closing.close()
+
+    assert bus.topics() == ["a.>", "b"]
+
+
+def test_subscriptions_lists_the_active_ones_oldest_first_optionally_by_pattern(bus):
+    first = bus.subscribe("a")
+    second = bus.subscribe("b")
+    third = bus.subscribe("a")
+
+    assert bus.subscriptions() == [first, second, third]
+    assert bus.subscriptions("a") == [first, third]
+    assert bus.subscriptions("zzz") == []
+
+
+def test_matching_returns_the_subscriptions_a_topic_would_reach_in_subscription_order(bus):
+    exact = bus.subscribe("a.b.c")
+    star = bus.subscribe("a.*.c")
+    bus.subscribe("a.*")
+    tail = bus.subscribe("a.>")
+    bus.subscribe("b.>")
+
+    assert bus.matching("a.b.c") == [exact, star, tail]
+    assert bus.matching("q") == []
+    with pytest.raises(InvalidTopic):
+        bus.matching("a.*")
+
+
+def test_stats_reports_pending_delivered_dropped_and_high_water_per_subscription(bus):
+    sub = bus.subscribe("a", maxsize=3, overflow="drop_newest")
+    for i in range(5):
+        bus.emit("a", i)
+    sub.get_nowait()
+
+    stats = bus.stats()
+
+    assert stats.name == bus.name
+    assert stats.state == "open"
+    [s] = stats.subscriptions
+    assert (s.pattern, s.pending, s.delivered, s.dropped, s.high_water) == ("a", 2, 1, 2, 3)
+    assert (s.maxsize, s.overflow, s.handler) == (3, "drop_newest", None)
+    assert (s.handler_errors, s.slow_consumer_events) == (0, 1)
+    assert (stats.pending, stats.delivered, stats.dropped) == (2, 1, 2)
+
+
+def test_stats_counts_handler_errors_and_names_the_handler(bus, caplog):
+    def flaky(msg):
+        raise RuntimeError(msg.data)
+
+    bus.on("a", flaky)
+    with caplog.at_level(logging.CRITICAL, logger="greenbus.bus"):
+        for i in range(3):
+            bus.emit("a", i)
+        wait_until(lambda: bus.stats().delivered == 3)
+        gevent.sleep(0)
+
+    [s] = bus.stats().subscriptions
+    assert s.handler_errors == 3
+    assert s.handler.endswith("flaky")
+
+
+def test_high_water_remembers_the_deepest_backlog(bus):
+    sub = bus.subscribe("a")
+    for i in range(5):
+        bus.emit("a", i)
+    drain(sub)
+    bus.emit("a", 5)
+
+    [s] = bus.stats().subscriptions
+    assert (s.pending, s.delivered, s.high_water) == (1, 5, 5)
+
+
+def test_the_repr_of_a_bus_shows_its_name_state_and_size(bus):
+    bus.subscribe("a")
+    bus.subscribe("a")
+    bus.subscribe("b")
+
+    text = repr(bus)
+
+    assert bus.name in text
+    assert "open" in text
+    assert "subscriptions=3" in text
+    assert "patterns=2" in text
+    bus.close()
+    assert "closed" in repr(bus)
+
+
+def test_the_repr_of_a_subscription_shows_its_pattern_handler_and_counters(bus):
+    def on_temp(msg):
+        pass
+
+    handled = bus.subscribe("sensors.*", on_temp)
+    plain = bus.subscribe("a", maxsize=1, overflow="drop_newest")
+    bus.emit("a")
+    bus.emit("a")
+
+    assert "'sensors.*'" in repr(handled)
+    assert "on_temp" in repr(handled)
+    assert f"#{handled.id}" in repr(handled)
+    assert "pending=1" in repr(plain)
+    assert "dropped=1" in repr(plain)
+    plain.close()
+    assert "closed" in repr(plain)
+
+
+# -- bad input -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("topic", "problem"),
+    [
+        ("", "empty"),
+        ("a..b", "empty token"),
+        (".a", "empty token"),
+        ("a.", "empty token"),
+        ("a b", "whitespace"),
+        ("a.\nb", "control character"),
+        ("a.*", "wildcard"),
+        ("a.>", "wildcard"),
+        ("a*", "reserved for wildcards"),
+        (5, "str"),
+        (None, "str"),
+    ],
+)
+def test_emit_on_an_invalid_topic_raises_invalid_topic_naming_the_problem(bus, topic, problem):
+    with pytest.raises(InvalidTopic) as info:
+        bus.emit(topic)  # type: ignore[arg-type]
+
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, GreenbusError)
+    assert info.value.topic == topic
+    assert problem in info.value.problem
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("", "empty"),
+        ("a..b", "empty token"),
+        ("a.>.b", "'>' must be the last token"),
+        ("a.b*", "whole tokens"),
+        ("a\tb", "whitespace"),
+        (b"a", "str"),
+    ],
+)
+def test_subscribe_to_an_invalid_pattern_raises_invalid_topic_naming_the_problem(
+    bus, pattern, problem
+):
+    with pytest.raises(InvalidTopic) as info:
+        bus.subscribe(pattern)  # type: ignore[arg-type]
+
+    assert isinstance(info.value, ValueError)
+    assert problem in str(info.value)
+    assert bus.subscriptions() == []
+
+
+def test_an_invalid_reply_to_raises_invalid_topic(bus):
+    with pytest.raises(InvalidTopic):
+        bus.emit("a", reply_to="inbox.*")
+
+
+@pytest.mark.parametrize("maxsize", [0, -1, 1.5, "10", True])
+def test_an_invalid_maxsize_raises_invalid_option(bus, maxsize):
+    with pytest.raises(InvalidOption) as info:
+        bus.subscribe("a", maxsize=maxsize)
+
+    assert isinstance(info.value, ValueError)
+    assert info.value.name == "maxsize"
+    assert info.value.value == maxsize
+    assert bus.subscriptions() == []
+
+
+@pytest.mark.parametrize("overflow", ["bogus", "BLOCK", None, 3])
+def test_an_invalid_overflow_raises_invalid_option(bus, overflow):
+    with pytest.raises(InvalidOption) as info:
+        bus.subscribe("a", overflow=overflow)
+
+    assert isinstance(info.value, ValueError)
+    assert info.value.name == "overflow"
+    assert "drop_oldest" in str(info.value)
+
+
+@pytest.mark.parametrize("subscribe", ["subscribe", "on"])
+def test_a_handler_that_is_not_callable_raises_invalid_option(bus, subscribe):
+    with pytest.raises(InvalidOption) as info:
+        getattr(bus, subscribe)("a", "not callable")
+
+    assert isinstance(info.value, ValueError)
+    assert info.value.name == "handler"
+    assert bus.subscriptions() == []
+
+
+@pytest.mark.parametrize("headers", [[("a", 1)], "h=1", 42])
+def test_headers_that_are_not_a_mapping_raise_invalid_option(bus, headers):
+    sub = bus.subscribe("a")
+
+    with pytest.raises(InvalidOption) as info:
+        bus.emit("a", headers=headers)
+
+    assert isinstance(info.value, ValueError)
+    assert info.value.name == "headers"
+    assert sub.pending == 0
+
+
+# -- OS threads (no monkey-patching) -------------------------------------------
+
+
+def test_emit_from_an_os_thread_is_delivered_in_that_threads_order(bus):
+    sub = bus.subscribe("t.x")
+
+    def produce():
+        return [bus.emit("t.x", i) for i in range(300)]
+
+    producer = OSThread(produce)
+    got = [sub.get(timeout=5).data for _ in range(300)]
+
+    assert got == list(range(300))
+    assert producer.join() == [1] * 300
+
+
+def test_emit_from_an_os_thread_reaches_handlers_and_wildcards(bus):
+    exact = []
+    wild = []
+    bus.on("t.x", lambda msg: exact.append(msg.data))
+    bus.on("t.>", lambda msg: wild.append(msg.data))
+
+    call_in_thread(lambda: [bus.emit("t.x", i) for i in range(50)])
+
+    wait_until(lambda: len(exact) == 50 and len(wild) == 50)
+    assert exact == wild == list(range(50))
+
+
+def test_several_os_threads_each_keep_their_own_order(bus):
+    threads = 4
+    per_thread = 250
+    everything = bus.subscribe("t.*", maxsize=None)
+    own = [bus.subscribe(f"t.{n}") for n in range(threads)]
+
+    def produce(n):
+        for i in range(per_thread):
+            bus.emit(f"t.{n}", (n, i))
+
+    producers = [OSThread(produce, n) for n in range(threads)]
+    for producer in producers:
+        producer.join()
+    wait_until(lambda: everything.pending == threads * per_thread)
+
+    merged = drain(everything)
+    for n in range(threads):
+        assert [i for (who, i) in merged if who == n] == list(range(per_thread))
+        assert drain(own[n]) == [(n, i) for i in range(per_thread)]
+    assert bus.stats().thread_emits == threads * per_thread
+
+
+def test_a_thread_emit_into_a_full_block_subscription_waits_and_loses_nothing(bus):
+    sub = bus.subscribe("t", maxsize=2)
+
+    producer = OSThread(lambda: [bus.emit("t", i) for i in range(100)])
+    producer.join()  # emits from a thread never wait: they are handed over
+    got = [sub.get(timeout=5).data for _ in range(100)]
+
+    assert got == list(range(100))
+    assert sub.dropped == 0
+
+
+def test_stats_count_the_emits_handed_in_from_other_threads(bus):
+    sub = bus.subscribe("t")
+    bus.emit("t", "local")
+
+    call_in_thread(lambda: [bus.emit("t", i) for i in range(7)])
+    wait_until(lambda: sub.pending == 8)
+
+    stats = bus.stats()
+    assert stats.thread_emits == 7
+    assert stats.thread_pending == 0
+    assert stats.thread_errors == 0
+
+
+def test_emit_from_a_thread_returns_how_many_subscriptions_match(bus):
+    bus.subscribe("t.x")
+    bus.subscribe("t.*")
+
+    assert call_in_thread(bus.emit, "t.x", 1) == 2
+    assert call_in_thread(bus.emit, "t.y", 1) == 1
+    assert call_in_thread(bus.emit, "u", 1) == 0
+
+
+def test_emit_from_a_thread_validates_its_arguments_in_that_thread(bus):
+    with pytest.raises(InvalidTopic):
+        call_in_thread(bus.emit, "a..b")
+    with pytest.raises(InvalidOption):
+        call_in_thread(bus.emit, "a", headers=["no"])
+    assert bus.stats().thread_emits == 0
+
+
+def test_the_emitters_headers_are_copied_at_a_thread_emit(bus):
+    sub = bus.subscribe("t")
+    headers = {"h": 1}
+
+    def produce():
+        bus.emit("t", headers=headers)
+        headers["h"] = 2
+
+    call_in_thread(produce)
+
+    assert dict(sub.get(timeout=5).headers) == {"h": 1}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda bus: bus.subscribe("a"),
+        lambda bus: bus.on("a", print),
+        lambda bus: bus.off("a"),
+        lambda bus: bus.close(),
+        lambda bus: bus.subscriptions("a")[0].close(),
+        lambda bus: bus.request("a"),
+    ],
+    ids=["subscribe", "on", "off", "close", "subscription.close", "request"],
+)
+def test_calls_other_than_emit_from_another_thread_raise_wrong_thread(bus, call):
+    sub = bus.subscribe("a")
+
+    with pytest.raises(WrongThread) as info:
+        call_in_thread(call, bus)
+
+    assert isinstance(info.value, RuntimeError)
+    assert not bus.closed
+    assert bus.subscriptions() == [sub]
+
+
+def test_emit_from_a_thread_after_close_raises_bus_closed(bus):
+    bus.subscribe("t")
+    bus.close()
+
+    with pytest.raises(BusClosed):
+        call_in_thread(bus.emit, "t", 1)
+    assert bus.stats().thread_emits == 0
+
+
+def test_close_routes_the_emits_already_handed_in_from_threads(bus):
+    sub = bus.subscribe("t")
+    call_in_thread(lambda: [bus.emit("t", i) for i in range(10)])
+
+    bus.close()  # without letting the hub run first
+
+    assert [m.data for m in sub] == list(range(10))
+
+
+def test_close_delivers_a_thread_emit_that_is_waiting_for_room_in_a_block_subscription(bus):
+    # Issue contract: close() "delivers what is queued"; an emit accepted from
+    # a thread is queued in the bus.  Here the hand-off is parked on a full
+    # maxsize=1 channel while its handler is busy when close() is called.
+    release = Event()
+    seen = []
+
+    def handler(msg):
+        seen.append(msg.data)
+        if msg.data == 0:
+            release.wait()
+
+    sub = bus.subscribe("t", handler, maxsize=1)
+    bus.emit("t", 0)
+    wait_until(lambda: seen == [0])
+    bus.emit("t", 1)  # fills the channel
+    call_in_thread(bus.emit, "t", 2)
+    wait_until(lambda: bus.stats().thread_pending == 0)  # the hand-off is parked on the channel
+
+    release.set()
+    bus.close()
+
+    assert seen == [0, 1, 2]
+    assert sub.statistics().discarded == 0
+
+
+# -- ordering (see also tests/test_ordering.py) -------------------------------
+
+
+def test_exact_and_wildcard_subscribers_receive_one_publishers_messages_in_order(bus):
+    exact = bus.subscribe("o.a")
+    star = bus.subscribe("o.*")
+    tail = bus.subscribe("o.>")
+    handled = []
+    bus.on("o.*", lambda msg: handled.append(msg.data))
+    topics = ["o.a", "o.b", "o.a", "o.c.d", "o.a", "o.b"] * 10
+
+    for i, topic in enumerate(topics):
+        bus.emit(topic, i)
+
+    wait_until(lambda: len(handled) == sum(t.count(".") == 1 for t in topics))
+    assert drain(exact) == [i for i, t in enumerate(topics) if t == "o.a"]
+    assert drain(star) == handled == [i for i, t in enumerate(topics) if t.count(".") == 1]
+    assert drain(tail) == list(range(len(topics)))
+
+
+def test_interleaved_greenlet_publishers_keep_their_order_for_every_subscriber(bus):
+    small = bus.subscribe("p.>", maxsize=2)
+    big = bus.subscribe("p.*", maxsize=None)
+    seen = []
+
+    def slow(msg):
+        gevent.sleep(0)
+        seen.append(msg.data)
+
+    bus.on("p.*", slow, maxsize=3)
+
+    def publish(n):
+        for i in range(40):
+            bus.emit(f"p.{n}", (n, i))
+            if i % 3 == n:
+                gevent.sleep(0)
+
+    publishers = [gevent.spawn(publish, n) for n in range(3)]
+    got_small = [small.get(timeout=5).data for _ in range(120)]
+    gevent.joinall(publishers, timeout=5, raise_error=True)
+    wait_until(lambda: len(seen) == 120)
+
+    for got in (got_small, drain(big), seen):
+        for n in range(3):
+            assert [i for (who, i) in got if who == n] == list(range(40))
+
+
+def test_drops_are_counted_and_never_reorder_what_is_kept(bus):
+    seen = []
+
+    def slow(msg):
+        gevent.sleep(0)
+        seen.append(msg.data)
+
+    sub = bus.subscribe("d", slow, maxsize=4, overflow="drop_oldest")
+
+    def publish():
+        for i in range(200):
+            bus.emit("d", i)
+            if i % 7 == 0:
+                gevent.sleep(0)
+
+    gevent.spawn(publish).join()
+    wait_until(lambda: len(seen) + sub.dropped == 200)
+
+    assert seen == sorted(seen)
+    assert len(set(seen)) == len(seen)
+    assert sub.dropped > 0
+    assert seen[-1] == 199
