@@ -17,6 +17,7 @@ import threading  # noqa: E402  (after patching, on purpose)
 import time  # noqa: E402
 
 import greenbus  # noqa: E402
+
 from _scenario import N, report  # noqa: E402
 
 

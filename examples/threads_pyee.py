@@ -14,8 +14,9 @@ import queue
 import threading
 import time
 
-from _scenario import N, report
 from pyee import EventEmitter
+
+from _scenario import N, report
 
 
 class Thread1(threading.Thread):
