@@ -4,12 +4,15 @@ This is the queue every subscription owns.  It knows nothing of topics.
 
 Design (see ``docs/ordering.md``):
 
-* The buffer is a ``collections.deque``.  ``put`` on the fast path is an
-  append plus one flag check: it never switches greenlets and never runs the
-  consumer.  When a consumer is parked, ``put`` schedules one hub callback
-  that wakes it; further puts before it runs cost nothing more (the wake-up is
-  batched, and the woken consumer drains everything that is queued without
-  going back through the hub).
+* The buffer is a ``collections.deque``.  ``put`` on the fast path is one
+  comparison, an append and one flag check: it never switches greenlets and
+  never runs the consumer.  When a consumer is parked, ``put`` marks the
+  channel ready in its hub's run queue (:class:`_Scheduler`); further puts
+  before the consumer runs cost nothing more (the wake-up is batched, and the
+  woken consumer drains everything queued without going back to the hub).
+  The consumer runs when the putting greenlet parks: it switches straight to
+  the ready consumer if it parks in a channel, otherwise the hub does it in a
+  callback.
 * Waiters (parked getters, and putters blocked on a full channel under
   ``overflow="block"``) wait in FIFO deques, are woken from the hub with
   their own waiter object as the switch value (any other value is an invalid
@@ -481,13 +484,13 @@ class Channel(Generic[T]):
         if timeout is not None:
             return self._get_timed(timeout)
         current = getcurrent()
-        if current is self._hub:
-            raise ChannelEmpty()
         while True:
             if self._queue:
                 return self.get()
             if self._closed:
                 raise EndOfChannel()
+            if current is self._hub:
+                raise ChannelEmpty()
             self._park_getter(current, None)
 
     def _get_timed(self, timeout: float) -> T:
@@ -498,7 +501,9 @@ class Channel(Generic[T]):
         if self._closed:
             raise EndOfChannel()
         current = getcurrent()
-        if current is self._hub or timeout == 0:
+        if current is self._hub:
+            raise ChannelEmpty()
+        if timeout == 0:
             raise ReceiveTimeout(timeout)
         timer = Timeout(timeout)
         timer.start()
@@ -620,6 +625,8 @@ class Channel(Generic[T]):
         Discarded items are counted in ``statistics().discarded``.
         """
         n = len(self._queue)
+        if n > self._high_water:
+            self._high_water = n
         self._queue.clear()
         self._discarded += n
         self._overflowing = False

@@ -41,7 +41,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _WILDCARD_CHARS = re.compile(r"[*>]")
 
 
@@ -211,7 +211,12 @@ class TopicIndex(Generic[T]):
         self._invalidate(pattern)
 
     def remove(self, pattern: str, value: T) -> bool:
-        """Remove one ``value`` added under ``pattern``; False if it was not there."""
+        """Remove one ``value`` added under ``pattern``; False if it was not there.
+
+        Values are matched by identity (``is``), not equality.
+        """
+        if not isinstance(pattern, str):
+            return False
         tokens = pattern.split(".")
         path: list[tuple[_Node, str]] = []
         node: _Node | None = self._root

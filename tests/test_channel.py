@@ -8,6 +8,7 @@ never assert on elapsed time.
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import gevent
 import pytest
@@ -60,13 +61,6 @@ def results(greenlets):
     gevent.joinall(greenlets, timeout=PATIENCE, raise_error=True)
     assert all(g.dead for g in greenlets), "a greenlet did not finish in time"
     return [g.value for g in greenlets]
-
-
-def wait_until(predicate, timeout=PATIENCE):
-    """Yield to other greenlets until ``predicate()`` holds."""
-    with gevent.Timeout(timeout, AssertionError(f"condition never held: {predicate}")):
-        while not predicate():
-            gevent.sleep(0)
 
 
 def run_on_hub(function, *args):
@@ -275,13 +269,148 @@ def test_an_invalid_timeout_is_rejected(timeout):
     assert info.value.name == "timeout"
 
 
-def test_get_on_the_hub_from_an_empty_channel_raises_channel_empty():
+@pytest.mark.parametrize("timeout", [None, PATIENCE])
+def test_get_on_the_hub_from_an_empty_channel_raises_channel_empty(timeout):
+    # The docstring of get(): "ChannelEmpty: called on the gevent hub, which
+    # must never wait" -- with or without a timeout, the hub did not wait.
     channel = Channel()
-    where, outcome = run_on_hub(channel.get)
+    where, outcome = run_on_hub(channel.get, timeout)
     assert where is gevent.get_hub()
-    assert isinstance(outcome, ChannelEmpty)
+    assert isinstance(outcome, ChannelEmpty), outcome
     channel.put("x")
-    assert run_on_hub(channel.get)[1] == "x"
+    assert run_on_hub(channel.get, timeout)[1] == "x"
+
+
+def test_a_closed_channel_ends_cleanly_on_the_hub_too():
+    channel = Channel()
+    channel.put(1)
+    channel.close()
+    assert run_on_hub(list, channel)[1] == [1]
+    outcome = run_on_hub(channel.get)[1]
+    assert isinstance(outcome, EndOfChannel), outcome
+
+
+# -- waking by direct switch ----------------------------------------------------
+#
+# A greenlet that parks in a channel switches straight to a ready getter
+# instead of going through the hub, within a budget; these tests drive that
+# path by parking in channels rather than in gevent.sleep().
+
+
+def test_getters_woken_while_the_producer_parks_in_a_channel_are_served_in_order(spawn):
+    channel, done = Channel(), Channel()
+    served = []
+
+    def getter(name):
+        served.append((name, channel.get()))
+        done.put(name)
+
+    for name in "abc":
+        spawn(getter, name)
+    gevent.sleep(0)
+    for item in range(3):
+        channel.put(item)
+    assert served == []
+    finished = [done.get(timeout=PATIENCE) for _ in range(3)]
+    assert served == [("a", 0), ("b", 1), ("c", 2)]
+    assert finished == ["a", "b", "c"]
+
+
+def test_a_getter_whose_item_was_taken_keeps_waiting_when_the_taker_parks_in_a_channel(spawn):
+    channel, other = Channel(), Channel()
+    getter = parked_getter(spawn, channel)
+    channel.put("x")
+    assert channel.get() == "x"  # taken before the getter was woken
+    spawn(other.put, "go")
+    assert other.get(timeout=PATIENCE) == "go"  # parks in a channel, not in the hub
+    assert not getter.dead
+    assert channel.statistics().waiting_getters == 1
+    channel.put("y")
+    assert results([getter]) == ["y"]
+
+
+def test_a_long_ping_pong_between_two_greenlets_delivers_everything_in_order(spawn):
+    pings, pongs = Channel(), Channel()
+
+    def echo():
+        for item in pings:
+            pongs.put(item)
+        pongs.close()
+
+    spawn(echo)
+    got = []
+    # Many times the direct-switch budget, so the hub fallback is taken too.
+    for i in range(1000):
+        pings.put(i)
+        got.append(pongs.get(timeout=PATIENCE))
+    pings.close()
+    assert got == list(range(1000))
+    assert list(pongs) == []  # echo saw the end and closed its side
+
+
+def test_a_busy_ping_pong_does_not_starve_other_greenlets(spawn):
+    progress = []
+    got = []
+
+    def bystander():
+        while True:
+            progress.append(len(got))
+            gevent.sleep(0)
+
+    spawn(bystander)
+    gevent.sleep(0)
+    pings, pongs = Channel(), Channel()
+
+    def echo():
+        for item in pings:
+            pongs.put(item)
+
+    spawn(echo)
+    for i in range(1000):
+        pings.put(i)
+        got.append(pongs.get(timeout=PATIENCE))
+    assert got == list(range(1000))
+    during = [n for n in progress if 0 < n < 1000]
+    assert during, "the bystander never ran while the ping-pong was busy"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_pipeline_of_small_blocking_channels_loses_and_reorders_nothing(spawn, seed):
+    rng = random.Random(seed)
+    stages = 4
+    channels = [Channel(rng.randint(1, 3), "block") for _ in range(stages + 1)]
+    producers = 3
+    per_producer = 60
+
+    def produce(name):
+        for i in range(per_producer):
+            channels[0].put((name, i))
+            if rng.random() < 0.2:
+                gevent.sleep(0)
+
+    def relay(inbox, outbox):
+        for item in inbox:
+            outbox.put(item)
+            if rng.random() < 0.1:
+                gevent.sleep(0)
+        outbox.close()
+
+    relays = [spawn(relay, channels[i], channels[i + 1]) for i in range(stages)]
+    workers = [spawn(produce, name) for name in range(producers)]
+
+    received = []
+    finished = spawn(lambda: received.extend(channels[-1]))
+    results(workers)
+    channels[0].close()
+    results([*relays, finished])
+
+    assert len(received) == producers * per_producer
+    for name in range(producers):
+        assert [i for n, i in received if n == name] == list(range(per_producer))
+    for channel in channels:
+        stats = channel.statistics()
+        assert (stats.pending, stats.dropped, stats.discarded) == (0, 0, 0)
+        assert (stats.waiting_getters, stats.waiting_putters) == (0, 0)
 
 
 # -- overflow="block" ---------------------------------------------------------------
@@ -876,7 +1005,9 @@ def test_an_invalid_maxsize_is_rejected_with_a_clear_message(maxsize):
     assert isinstance(exc, ValueError)
     assert isinstance(exc, GreenbusError)
     assert (exc.name, exc.value) == ("maxsize", maxsize)
-    assert str(exc) == f"invalid maxsize={maxsize!r}: expected a positive int, or None for unbounded"
+    assert (
+        str(exc) == f"invalid maxsize={maxsize!r}: expected a positive int, or None for unbounded"
+    )
 
 
 @pytest.mark.parametrize("overflow", ["BLOCK", "drop", "", None, 1, ["block"]])
