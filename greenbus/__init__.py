@@ -13,10 +13,11 @@ by the calling OS thread::
     greenbus.emit("sensors.room1.temp", 21.5)
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, overload
+from collections.abc import Callable as _Callable
+from collections.abc import Mapping as _Mapping
+from typing import Any as _Any
+from typing import TypeVar as _TypeVar
+from typing import overload as _overload
 
 from .bus import (
     Bus,
@@ -86,7 +87,7 @@ __all__ = [
     "validate_topic",
 ]
 
-H = TypeVar("H", bound=Callable[[Message], object])
+_H = _TypeVar("_H", bound=_Callable[[Message], object])
 
 _default: Bus | None = None
 
@@ -106,9 +107,9 @@ def default_bus() -> Bus:
 
 def emit(
     topic: str,
-    data: Any = None,
+    data: _Any = None,
     *,
-    headers: Mapping[str, Any] | None = None,
+    headers: _Mapping[str, _Any] | None = None,
     reply_to: str | None = None,
 ) -> int:
     """:meth:`Bus.emit` on the default bus."""
@@ -117,7 +118,7 @@ def emit(
 
 def subscribe(
     pattern: str,
-    handler: Callable[[Message], object] | None = None,
+    handler: _Callable[[Message], object] | None = None,
     *,
     maxsize: int | None = DEFAULT_MAXSIZE,
     overflow: Overflow | str = Overflow.BLOCK,
@@ -126,38 +127,38 @@ def subscribe(
     return default_bus().subscribe(pattern, handler, maxsize=maxsize, overflow=overflow)
 
 
-@overload
-def on(pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
+@_overload
+def on(pattern: str, handler: None = None, **opts: _Any) -> _Callable[[_H], _H]: ...
 
 
-@overload
-def on(pattern: str, handler: H, **opts: Any) -> H: ...
+@_overload
+def on(pattern: str, handler: _H, **opts: _Any) -> _H: ...
 
 
-def on(pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
+def on(pattern: str, handler: _H | None = None, **opts: _Any) -> _H | _Callable[[_H], _H]:
     """:meth:`Bus.on` on the default bus (a decorator when ``handler`` is omitted)."""
     return default_bus().on(pattern, handler, **opts)
 
 
-@overload
-def once(pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
+@_overload
+def once(pattern: str, handler: None = None, **opts: _Any) -> _Callable[[_H], _H]: ...
 
 
-@overload
-def once(pattern: str, handler: H, **opts: Any) -> H: ...
+@_overload
+def once(pattern: str, handler: _H, **opts: _Any) -> _H: ...
 
 
-def once(pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
+def once(pattern: str, handler: _H | None = None, **opts: _Any) -> _H | _Callable[[_H], _H]:
     """:meth:`Bus.once` on the default bus."""
     return default_bus().once(pattern, handler, **opts)
 
 
 def request(
     topic: str,
-    data: Any = None,
+    data: _Any = None,
     *,
     timeout: float = 1.0,
-    headers: Mapping[str, Any] | None = None,
+    headers: _Mapping[str, _Any] | None = None,
 ) -> Message:
     """:meth:`Bus.request` on the default bus."""
     return default_bus().request(topic, data, timeout=timeout, headers=headers)

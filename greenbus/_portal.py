@@ -52,8 +52,11 @@ class ThreadPortal:
         self._scheduled = False
         self._event = Event()
         self._pump: gevent.Greenlet | None = None
+        self._closing = False
         self._closed = False
+        #: Items submitted so far, and items lost at close (see close()).
         self.submitted = 0
+        self.lost = 0
 
     @property
     def pending(self) -> int:
@@ -77,35 +80,65 @@ class ThreadPortal:
         # On the hub: never block here, just wake (or start) the pump.
         self._scheduled = False
         if self._closed:
+            self._drop_stranded()
             return
         if self._pump is None:
             self._pump = gevent.spawn(self._run)
         self._event.set()
 
     def _run(self) -> None:
-        while not self._closed:
+        # The only consumer of the deque, so hand-offs stay FIFO even while
+        # a handler call blocks (a full channel) and close() is waiting.
+        items = self._items
+        while True:
             self._event.wait()
             self._event.clear()
-            self.drain()
+            while items:
+                item = items.popleft()
+                try:
+                    self._handler(item)
+                except Exception as exc:  # the submitting thread is gone; report here
+                    self._on_error(exc, item)
+            if self._closing:
+                return
 
-    def drain(self) -> None:
-        """Handle every queued item now, on the calling (hub-thread) greenlet."""
-        items = self._items
-        while items:
-            item = items.popleft()
-            try:
-                self._handler(item)
-            except Exception as exc:  # the submitting thread is gone; report here
-                self._on_error(exc, item)
+    def close(self, timeout: float | None = None) -> int:
+        """Handle what is queued (in order, on the pump), then stop.  Idempotent.
 
-    def close(self) -> None:
-        """Handle what is queued, then stop the pump.  Idempotent."""
+        Args:
+            timeout: seconds to wait for the pump to finish; None waits.
+
+        Returns:
+            how many items were lost: still queued (or being handled) when
+            the timeout ran out.  They are logged.
+        """
         if self._closed:
-            return
-        self.drain()
+            return 0
+        self._closing = True
+        if self._pump is None:
+            self._pump = gevent.spawn(self._run)
+        self._event.set()
+        self._pump.join(timeout)
+        lost = 0
+        if not self._pump.dead:
+            self._pump.kill(block=True)
+            lost = 1  # the item the pump was handling when killed
+            self.lost += 1
+            logger.warning("%s: hand-off pump killed after %s s; 1 item lost", self._name, timeout)
         self._closed = True
-        if self._pump is not None and self._pump is not gevent.getcurrent():
-            self._pump.kill(block=False)
+        return lost + self._drop_stranded()
+
+    def _drop_stranded(self) -> int:
+        # Items submitted after close() (a thread that raced the close) or
+        # left behind by a timeout: count and log them, never drop silently.
+        n = 0
+        while self._items:
+            self._items.popleft()
+            n += 1
+        if n:
+            self.lost += n
+            logger.warning("%s: %d hand-off(s) from other threads lost at close", self._name, n)
+        return n
 
 
 def _call_job(job: Callable[[], object]) -> None:

@@ -195,6 +195,8 @@ class BusStatistics:
     thread_pending: int
     #: Errors from thread emits that could not be raised in their thread.
     thread_errors: int
+    #: Thread emits lost because they raced close() or its timeout ran out.
+    thread_lost: int
 
     @property
     def pending(self) -> int:
@@ -360,13 +362,13 @@ class Subscription:
             except EndOfChannel:
                 return
 
-    def _run(self) -> None:
+    def _run(self, handler: Callable[[Message], object]) -> None:
         # The handler greenlet: one at a time, in order, never overlapping.
+        # ``handler`` is passed in, not read from self.handler, which once()
+        # replaces with the user's function for display.
         channel = self._channel
         get = channel.get
         queue = channel._queue
-        handler = self.handler
-        assert handler is not None
         report = self._bus._report_handler_error
         count = 0
         while True:
@@ -494,7 +496,8 @@ class Bus:
         From another OS thread, the message is handed to the bus's thread and
         routed there, in that thread's order; the return value is then the
         number of subscriptions matching at hand-off, and errors that happen
-        on delivery (``ChannelFull``) go to :attr:`on_error`.
+        on delivery (``ChannelFull``) cannot reach the caller: they are
+        logged and counted in ``stats().thread_errors``.
 
         Args:
             topic: a concrete topic (no wildcards).
@@ -658,7 +661,7 @@ class Bus:
         self._subs[sub] = None
         self._by_put[sub._put] = sub
         if handler is not None:
-            greenlet = gevent.Greenlet(sub._run)
+            greenlet = gevent.Greenlet(sub._run, handler)
             greenlet.name = f"greenbus:{self.name}:{pattern}"
             sub._greenlet = greenlet
             sub._channel.owner = greenlet
@@ -832,6 +835,7 @@ class Bus:
             thread_emits=self._portal.submitted,
             thread_pending=self._portal.pending,
             thread_errors=self._thread_errors,
+            thread_lost=self._portal.lost,
         )
 
     # -- closing -----------------------------------------------------------
@@ -858,7 +862,8 @@ class Bus:
             return
         self._state = BusState.CLOSING
         self._open_in = 0
-        self._portal.close()
+        # Route what other threads handed in first: those emits were accepted.
+        self._portal.close(timeout)
         subs = list(self._subs)
         for sub in subs:
             sub._channel.close()

@@ -40,11 +40,12 @@ from typing import Any
 
 import gevent
 import pyee
+from gevent.event import Event as GeventEvent
 from gevent.monkey import get_original, is_module_patched
 
 from ._portal import HubThread, ThreadPortal, get_ident, job_portal
 from .channel import Channel, Overflow
-from .exceptions import ChannelClosed, EndOfChannel
+from .exceptions import BusClosed, ChannelClosed, EndOfChannel
 
 __all__ = ["EventEmitter"]
 
@@ -52,14 +53,13 @@ logger = logging.getLogger("greenbus.compat")
 
 
 class _Feed:
-    # One listener's channel and greenlet.
+    # One listener's channel and greenlet.  Items are (event, args, kwargs),
+    # or _Marker objects used by shutdown() to detect quiescence.
     __slots__ = ("channel", "greenlet", "listener")
 
     def __init__(self, emitter: EventEmitter, listener: Callable[..., Any]) -> None:
         self.listener = listener
-        self.channel: Channel[tuple[tuple[Any, ...], dict[str, Any]]] = Channel(
-            emitter._maxsize, emitter._overflow
-        )
+        self.channel: Channel[Any] = Channel(emitter._maxsize, emitter._overflow)
         self.greenlet = gevent.spawn(self._run, emitter)
         self.channel.owner = self.greenlet
 
@@ -68,13 +68,30 @@ class _Feed:
         listener = self.listener
         while True:
             try:
-                args, kwargs = get()
+                item = get()
             except EndOfChannel:
                 return
+            if type(item) is _Marker:
+                item.event.set()
+                continue
+            event, args, kwargs = item
             try:
                 listener(*args, **kwargs)
             except Exception as exc:
-                emitter._listener_failed(listener, exc)
+                emitter._listener_failed(event, listener, exc)
+
+
+class _Marker:
+    # Queued behind every call by shutdown(): when it is taken, everything
+    # emitted before it has been handled.
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = GeventEvent()
+
+
+def _is_once(fn: Callable[..., Any]) -> bool:
+    return getattr(fn, "_greenbus_once", False) is True
 
 
 class EventEmitter(pyee.EventEmitter):
@@ -85,6 +102,9 @@ class EventEmitter(pyee.EventEmitter):
         overflow: what emit does when a listener's channel is full (see
             :class:`greenbus.Overflow`); ``"block"`` by default, which waits
             and loses nothing.
+
+    Raises:
+        InvalidOption: for a bad ``maxsize`` or ``overflow``.
     """
 
     def __init__(
@@ -95,6 +115,7 @@ class EventEmitter(pyee.EventEmitter):
         self._maxsize = maxsize
         self._overflow = overflow
         self._feeds: dict[Callable[..., Any], _Feed] = {}
+        self._shutting_down = False
         self._closed = False
         if is_module_patched("threading"):
             portal: ThreadPortal = job_portal()
@@ -108,32 +129,96 @@ class EventEmitter(pyee.EventEmitter):
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("greenbus.compat.EventEmitter cannot be pickled")
 
-    # -- the one hook pyee lets variants override --------------------------
+    # -- emitting -----------------------------------------------------------
+
+    def once(self, event: str, f: Callable[..., Any] | None = None) -> Callable[..., Any]:
+        """As in pyee: ``f`` gets the next ``event`` only.
+
+        The listener is removed when that event is *emitted* (not when the
+        call runs later in its greenlet), so exactly one event reaches it,
+        and the next emit returns False if it was the last listener.
+        """
+
+        def wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call_once(*args: Any, **kwargs: Any) -> Any:
+                return fn(*args, **kwargs)
+
+            call_once._greenbus_once = True  # type: ignore[attr-defined]
+            self._add_event_handler(event, fn, call_once)
+            return fn
+
+        return wrapper if f is None else wrapper(f)
+
+    def _call_handlers(self, event: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        # pyee's loop over the listeners, plus the event name for each call
+        # (so an 'error' listener's own failure is not fed back to it) and
+        # emit-time removal of once listeners, under the same lock.
+        if self._closed or (self._shutting_down and get_ident() != self._home):
+            # While shutdown() drains, listeners (on the home thread) may
+            # still emit; nobody else may.
+            raise BusClosed("greenbus.compat.EventEmitter (shut down)")
+        with self._lock:
+            handlers = self._events.get(event)
+            if not handlers:
+                return False
+            calls = list(handlers.items())
+            fired = [(k, v) for k, v in calls if _is_once(v)]
+            for k, _ in fired:
+                pyee.EventEmitter._remove_listener(self, event, k)
+        for _, v in calls:
+            self._dispatch(event, v, args, kwargs)
+        if fired:
+            self._retire([v for _, v in fired])
+        return True
 
     def _emit_run(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        # pyee's per-listener hook, kept for callers that use it directly.
+        self._dispatch(None, f, args, kwargs)
+
+    def _dispatch(
+        self,
+        event: str | None,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         if get_ident() == self._home:
-            self._deliver(f, args, kwargs)
+            self._deliver(event, f, args, kwargs)
         else:
-            self._submit(lambda: self._deliver(f, args, kwargs))
+            self._submit(lambda: self._deliver(event, f, args, kwargs))
 
     def _deliver(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        event: str | None,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> None:
         # On the home thread.
         if self._closed:
-            logger.warning("emit after shutdown(): call of %r dropped", f)
+            logger.warning("event %r for listener %r arrived after shutdown(); dropped", event, f)
             return
         feed = self._feeds.get(f)
-        if feed is None or feed.channel.closed:
+        fresh = feed is None
+        if feed is None:
             feed = self._feeds[f] = _Feed(self, f)
         try:
-            feed.channel.put((args, kwargs))
+            feed.channel.put((event, args, kwargs))
         except ChannelClosed:
             logger.warning("listener %r was removed while emit waited; call dropped", f)
+        if fresh and f not in self._live():
+            # A once listener (removed at emit time) or one removed while
+            # this call was handed over: run what is queued, then stop.
+            self._close_feed(f)
 
-    def _listener_failed(self, listener: Callable[..., Any], exc: Exception) -> None:
+    def _listener_failed(
+        self, event: str | None, listener: Callable[..., Any], exc: Exception
+    ) -> None:
+        if event == "error":
+            logger.error("'error' listener %r raised", listener, exc_info=exc)
+            return
         try:
             self.emit("error", exc)
         except Exception:
@@ -158,14 +243,20 @@ class EventEmitter(pyee.EventEmitter):
         super().remove_all_listeners(event)
         self._retire(wrapped)
 
+    def _live(self) -> set[Callable[..., Any]]:
+        return {v for handlers in list(self._events.values()) for v in list(handlers.values())}
+
+    def _close_feed(self, fn: Callable[..., Any]) -> None:
+        feed = self._feeds.pop(fn, None)
+        if feed is not None:
+            feed.channel.close()  # drains what was emitted before, then ends
+
     def _retire(self, wrapped: list[Callable[..., Any]]) -> None:
         def retire() -> None:
-            live = {v for handlers in self._events.values() for v in handlers.values()}
+            live = self._live()
             for fn in wrapped:
                 if fn not in live:
-                    feed = self._feeds.pop(fn, None)
-                    if feed is not None:
-                        feed.channel.close()  # drains what was emitted before removal
+                    self._close_feed(fn)
 
         if get_ident() == self._home:
             retire()
@@ -175,41 +266,71 @@ class EventEmitter(pyee.EventEmitter):
     # -- lifecycle ----------------------------------------------------------
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop taking calls; deliver what is queued; stop the greenlets.
+        """Stop taking events, deliver what is queued, stop the greenlets.
+
+        Events that listeners emit while the queues drain (an ``error``
+        event, a chained event) are delivered too, each listener still one
+        call at a time and in order.  After it, ``emit`` raises
+        :class:`greenbus.BusClosed` (a ``RuntimeError``, as
+        ``ExecutorEventEmitter`` raises after its shutdown).
 
         Args:
             wait: block until every queued call has run.
         """
-
-        def stop() -> None:
-            # Listeners may still emit while the queues drain (an ``error``
-            # event, a chained event): those are delivered too, round after
-            # round, until nothing is left.  Only then is the emitter closed.
-            current = gevent.getcurrent()
-            while self._feeds:
-                feeds = list(self._feeds.values())
-                self._feeds.clear()
-                for feed in feeds:
-                    feed.channel.close()
-                if not wait:
-                    break
-                gevent.joinall([f.greenlet for f in feeds if f.greenlet is not current])
-            self._closed = True
-
+        self._shutting_down = True
         if get_ident() == self._home:
-            stop()
+            if wait:
+                self._stop()
+            else:
+                gevent.spawn(self._stop)
             return
         done = get_original("threading", "Event")()
 
         def stop_and_signal() -> None:
             try:
-                stop()
+                self._stop()
             finally:
                 done.set()
 
         self._submit(stop_and_signal)
         if wait:
             done.wait()
+
+    def _stop(self) -> None:
+        # On the home thread.  Put a marker behind every queue and wait for
+        # all of them; repeat while listeners keep emitting (new calls or new
+        # feeds appeared meanwhile).  Once a round finds nothing new, the
+        # emitter is quiescent: close and join.
+        if self._closed:
+            return
+        current = gevent.getcurrent()
+        while True:
+            before = {f: feed.channel._delivered for f, feed in self._feeds.items()}
+            markers = []
+            for feed in list(self._feeds.values()):
+                if feed.greenlet is current:
+                    continue
+                marker = _Marker()
+                try:
+                    feed.channel.put(marker)
+                except ChannelClosed:
+                    continue
+                markers.append(marker)
+            for marker in markers:
+                marker.event.wait()
+            after = {f: feed.channel._delivered for f, feed in self._feeds.items()}
+            # Each marker counts as one delivery; anything beyond is new work.
+            settled = after.keys() == before.keys() and all(
+                after[f] - before[f] <= 1 for f in after
+            )
+            if settled:
+                break
+        self._closed = True
+        feeds = list(self._feeds.values())
+        self._feeds.clear()
+        for feed in feeds:
+            feed.channel.close()
+        gevent.joinall([f.greenlet for f in feeds if f.greenlet is not current])
 
     def __enter__(self) -> EventEmitter:
         return self

@@ -12,7 +12,7 @@ The hierarchy::
     │   ├── ChannelEmpty                                get_nowait() found nothing
     │   ├── ChannelClosed                               put() after *you* closed the channel
     │   └── EndOfChannel                                closed and drained: a clean end
-    ├── BusClosed                                       emit/subscribe/request on a closed bus
+    ├── BusClosed                   (also RuntimeError) emit/subscribe/request on a closed bus
     ├── NoResponders                                    request() matched no subscription
     ├── ReceiveTimeout              (also TimeoutError) get(timeout=...) expired
     │   └── RequestTimeout                              request(timeout=...) expired
@@ -158,7 +158,7 @@ class EndOfChannel(ChannelError):
         super().__init__("end of channel: it is closed and drained")
 
 
-class BusClosed(GreenbusError):
+class BusClosed(GreenbusError, RuntimeError):
     """The bus is closing or closed; it takes no new messages or subscriptions."""
 
     def __init__(self, name: str = "bus") -> None:

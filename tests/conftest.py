@@ -8,7 +8,6 @@ import pytest
 
 import greenbus
 
-
 # -- buses (tests/test_bus.py, tests/test_ordering.py) ------------------------
 
 

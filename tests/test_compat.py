@@ -10,6 +10,7 @@ interpreter in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -26,7 +27,7 @@ import gevent.event
 import pyee
 import pytest
 
-from greenbus import InvalidOption
+from greenbus import BusClosed, InvalidOption
 from greenbus.compat import EventEmitter
 
 TIMEOUT = 5.0
@@ -41,6 +42,25 @@ def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> boo
             return False
         time.sleep(0.001)
     return True
+
+
+@contextlib.contextmanager
+def hub_thread_held(ee: EventEmitter) -> Iterator[None]:
+    """Block the shared hub thread for real: no listener runs inside the block."""
+    held = threading.Event()
+    let_go = threading.Event()
+
+    def hold() -> None:
+        held.set()
+        let_go.wait(TIMEOUT)
+
+    ee.on("hold", hold)
+    ee.emit("hold")
+    assert held.wait(TIMEOUT)
+    try:
+        yield
+    finally:
+        let_go.set()
 
 
 @pytest.fixture
@@ -253,7 +273,9 @@ def test_one_listeners_calls_never_overlap(ee: EventEmitter) -> None:
 
 def test_a_slow_listener_does_not_delay_a_fast_one(ee: EventEmitter) -> None:
     # The slow listener waits cooperatively, in gevent, for a 'release' event
-    # that the test emits only after checking the fast listener.
+    # that the test emits only after checking the fast listener.  (Unpatched,
+    # a listener blocked for real, in time.sleep, holds the whole shared hub
+    # thread, and with it every listener of every emitter.)
     release = gevent.event.Event()
     slow_started = threading.Event()
     slow_done: list[int] = []
@@ -298,28 +320,30 @@ def test_listeners_of_every_emitter_run_in_one_shared_daemon_thread(
 def test_once_runs_exactly_once_when_several_events_were_emitted_before_it_ran(
     ee: EventEmitter,
 ) -> None:
-    # The 'hold' listener blocks the hub thread for real, so nothing runs
-    # until all five events have been emitted.
-    held = threading.Event()
-    let_go = threading.Event()
     calls: list[int] = []
-
-    def hold() -> None:
-        held.set()
-        let_go.wait(TIMEOUT)
-
-    ee.on("hold", hold)
     ee.once("data", calls.append)
-    ee.emit("hold")
-    assert held.wait(TIMEOUT)
 
-    returned = [ee.emit("data", i) for i in range(5)]
-    let_go.set()
+    with hub_thread_held(ee):
+        for i in range(5):
+            ee.emit("data", i)
     ee.shutdown()
 
-    assert returned == [True] * 5  # the once listener was still attached each time
     assert calls == [0]
     assert ee.listeners("data") == []
+
+
+def test_emit_returns_false_once_the_once_listener_has_had_its_event_like_pyee(
+    ee: EventEmitter,
+) -> None:
+    reference = pyee.EventEmitter()
+    reference.once("data", lambda i: None)
+    ee.once("data", lambda i: None)
+
+    with hub_thread_held(ee):
+        returned = [ee.emit("data", i) for i in range(3)]
+
+    assert [reference.emit("data", i) for i in range(3)] == [True, False, False]
+    assert returned == [True, False, False]
 
 
 def test_remove_listener_stops_later_deliveries_but_keeps_earlier_ones(ee: EventEmitter) -> None:
@@ -394,9 +418,10 @@ def test_a_once_listener_removed_after_an_emit_still_gets_that_event(
     calls: list[int] = []
     ee.once("data", calls.append)
 
-    assert ee.emit("data", 0) is True
-    remove(ee, calls.append)
-    assert ee.emit("data", 1) is False
+    with hub_thread_held(ee):
+        assert ee.emit("data", 0) is True
+        remove(ee, calls.append)
+        assert ee.emit("data", 1) is False
     ee.shutdown()
 
     assert calls == [0]
@@ -444,6 +469,85 @@ def test_a_listener_exception_without_an_error_listener_is_logged(
     assert record.exc_info is not None and record.exc_info[1] is boom
 
 
+RAISING_ERROR_LISTENER = textwrap.dedent(
+    """
+    import json
+    import logging
+    import threading
+    import time
+
+    from greenbus.compat import EventEmitter
+
+    logged = []
+    handler = logging.Handler()
+    handler.emit = logged.append
+    logging.getLogger("greenbus.compat").addHandler(handler)
+
+    ee = EventEmitter()
+    other = EventEmitter()
+    error_calls = []
+    other_got = threading.Event()
+
+
+    def broken_error_listener(exc):
+        error_calls.append(type(exc).__name__)
+        raise RuntimeError("the error listener broke")
+
+
+    def fragile():
+        raise ValueError("boom")
+
+
+    ee.on("error", broken_error_listener)
+    ee.on("data", fragile)
+    other.on("ping", other_got.set)
+    ee.emit("data")
+    deadline = time.monotonic() + 5
+    while not error_calls and time.monotonic() < deadline:
+        time.sleep(0.001)
+    other.emit("ping")  # can the shared hub thread still run other emitters?
+    other_delivered = other_got.wait(2)
+
+
+    def shut_down_both():
+        other.shutdown()
+        ee.shutdown()
+
+
+    stopper = threading.Thread(target=shut_down_both, daemon=True)
+    stopper.start()
+    stopper.join(2)
+    print(json.dumps({
+        "other_emitter_delivered": other_delivered,
+        "shutdown_returned": not stopper.is_alive(),
+        "error_listener_calls": error_calls[:3],
+        "logged": [r.exc_info[1].args[0] for r in logged if r.exc_info][:3],
+    }))
+    """
+)
+
+
+def test_an_error_listener_that_raises_is_logged_and_not_fed_its_own_exception() -> None:
+    # In a subprocess: if the error loops, it takes the shared hub thread with it.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", RAISING_ERROR_LISTENER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome == {
+        "other_emitter_delivered": True,
+        "shutdown_returned": True,
+        "error_listener_calls": ["ValueError"],
+        "logged": ["the error listener broke"],
+    }
+
+
 # -- shutdown and the context manager ----------------------------------------
 
 
@@ -479,7 +583,7 @@ def test_shutdown_keeps_a_listeners_order_and_one_call_at_a_time_while_draining(
 ) -> None:
     # 'relay' re-emits each 'a' as 'b', slowly, so it is still emitting when
     # shutdown starts draining.  The 'b' listener holds its first call until
-    # the relay is done, so its queue is still full when those later 'b'
+    # the relay is done, so that call is still running when the later 'b'
     # events arrive: they must queue behind it, not run beside it.
     count = 200
     relay_done = gevent.event.Event()
@@ -497,10 +601,10 @@ def test_shutdown_keeps_a_listeners_order_and_one_call_at_a_time_while_draining(
         nonlocal active, most_active
         active += 1
         most_active = max(most_active, active)
-        seen.append(i)
         if i == 0:
             relay_done.wait(TIMEOUT)
         gevent.sleep(0)
+        seen.append(i)
         active -= 1
 
     ee.on("a", relay)
@@ -510,26 +614,23 @@ def test_shutdown_keeps_a_listeners_order_and_one_call_at_a_time_while_draining(
         ee.emit("a", i)
     ee.shutdown(wait=True)
 
-    assert most_active == 1
     assert seen == list(range(count + 1))
+    assert most_active == 1
 
 
-def test_emits_after_shutdown_are_dropped_with_a_warning(
-    ee: EventEmitter, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="greenbus.compat")
+def test_emit_after_shutdown_raises_like_executor_event_emitter(ee: EventEmitter) -> None:
     seen: list[int] = []
     ee.on("data", seen.append)
     ee.emit("data", 0)
     ee.shutdown()
 
-    ee.emit("data", 1)
+    with pytest.raises(BusClosed) as excinfo:
+        ee.emit("data", 1)
 
-    # The warning is logged where the call is dropped, so once it is there
-    # the call can no longer be delivered.
-    assert wait_until(lambda: any("after shutdown" in r.getMessage() for r in caplog.records))
+    # pyee's ExecutorEventEmitter raises RuntimeError after shutdown; so do we.
+    assert isinstance(excinfo.value, RuntimeError)
+    assert "shut down" in str(excinfo.value)
     assert seen == [0]
-    assert {r.name for r in caplog.records} == {"greenbus.compat"}
 
 
 def test_shutdown_twice_is_harmless(ee: EventEmitter) -> None:

@@ -48,7 +48,7 @@ def test_all_lists_each_name_once() -> None:
 def test_every_public_attribute_is_listed_in_all() -> None:
     unlisted = sorted(public_attributes(greenbus) - set(greenbus.__all__))
 
-    assert unlisted == []
+    assert unlisted == [], f"public in greenbus but missing from __all__: {unlisted}"
 
 
 def test_compat_exports_only_the_event_emitter() -> None:
