@@ -23,7 +23,9 @@ greenlets), in greenlets of the creating thread's hub.  Without patching, in
 a shared daemon "hub thread", because plain threads block in ``join()`` and
 ``time.sleep`` and would never let a hub run; emits from any thread are
 handed to it in order.  Either way, listeners run in greenlets, not in the
-emitting thread.
+emitting thread.  Without patching, a listener that blocks the OS thread
+for real (``time.sleep``) holds the shared hub thread, and so every other
+listener, until it returns; it never holds the emitter.
 
 ``on``, ``once``, ``remove_listener``, ``remove_all_listeners``,
 ``listeners``, ``event_names`` and the ``new_listener`` event behave as in
