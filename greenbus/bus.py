@@ -16,7 +16,7 @@ import enum
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar, overload
 
@@ -164,22 +164,16 @@ class BusState(enum.IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class SubscriptionStatistics:
-    """A snapshot of one subscription's counters."""
+class SubscriptionStatistics(ChannelStatistics):
+    """A snapshot of one subscription's counters: its channel's, plus these."""
 
     id: int
     pattern: str
     handler: str | None
     active: bool
-    pending: int
-    maxsize: int | None
-    overflow: str
-    delivered: int
-    dropped: int
-    discarded: int
-    rejected: int
-    high_water: int
+    #: Handler calls that raised (each logged and passed to on_error).
     handler_errors: int
+    #: Overflow episodes reported as SlowConsumer.
     slow_consumer_events: int
 
 
@@ -299,20 +293,13 @@ class Subscription:
 
     def statistics(self) -> SubscriptionStatistics:
         """A frozen snapshot of this subscription's counters."""
-        ch: ChannelStatistics = self._channel.statistics()
+        channel = self._channel.statistics()
         return SubscriptionStatistics(
+            **{f.name: getattr(channel, f.name) for f in fields(ChannelStatistics)},
             id=self.id,
             pattern=self.pattern,
             handler=_callable_name(self.handler) if self.handler is not None else None,
             active=self._active,
-            pending=ch.pending,
-            maxsize=ch.maxsize,
-            overflow=ch.overflow,
-            delivered=ch.delivered,
-            dropped=ch.dropped,
-            discarded=ch.discarded,
-            rejected=ch.rejected,
-            high_water=ch.high_water,
             handler_errors=self._handler_errors,
             slow_consumer_events=self._slow_events,
         )
@@ -544,9 +531,15 @@ class Bus:
         headers: Mapping[str, Any] | None,
         reply_to: str | None,
     ) -> int:
+        # The bus is closed, or this is another OS thread: validate here,
+        # hand the message to the bus's thread, report what matches now.
         if self._state is not BusState.OPEN:
             raise BusClosed(self.name)
-        return self._emit_from_thread(topic, data, headers, reply_to)
+        matched = len(self._index.match_uncached(topic))  # validates, thread-safe read
+        if headers is not None or reply_to is not None:
+            headers, reply_to = _check_extras(headers, reply_to)
+        self._portal.submit((topic, data, headers, reply_to, self))
+        return matched
 
     def _emit_rest(
         self,
@@ -556,62 +549,48 @@ class Bus:
         n: int,
         exc: ChannelFull | ChannelClosed,
     ) -> int:
-        # Slow path: a subscription refused the message.  Offer it to the
-        # others anyway, then report every full one in a single ChannelFull.
+        # Slow path of emit: a subscription refused the message.
         full: list[str] = []
-        first: ChannelFull | None = None
+        first = None
         if isinstance(exc, ChannelFull):
             first = exc
-            full.append(self._by_put[failed].pattern if failed in self._by_put else "?")
+            full.append(self._pattern_of(failed))
         start = next(i for i, put in enumerate(route) if put is failed) + 1
-        for put in route[start:]:
+        return self._offer(route[start:], item, n, full, first)
+
+    def _offer(
+        self,
+        route: tuple[Callable[[tuple[Any, ...]], bool], ...],
+        item: tuple[Any, ...],
+        n: int = 0,
+        full: list[str] | None = None,
+        first: ChannelFull | None = None,
+    ) -> int:
+        # Offer the message to every subscription in route even if some are
+        # full, then report all the full ones in a single ChannelFull.
+        full = [] if full is None else full
+        for put in route:
             try:
                 if put(item):
                     n += 1
             except ChannelFull as error:
                 first = first or error
-                full.append(self._by_put[put].pattern if put in self._by_put else "?")
+                full.append(self._pattern_of(put))
             except ChannelClosed:
                 pass  # closed while we waited on another subscription: it left
         if first is not None:
             raise ChannelFull(first.maxsize, first.reason, delivered=n, full=tuple(full))
         return n
 
-    def _emit_from_thread(
-        self,
-        topic: str,
-        data: Any,
-        headers: Mapping[str, Any] | None,
-        reply_to: str | None,
-    ) -> int:
-        if self._state is not BusState.OPEN:
-            raise BusClosed(self.name)
-        matched = len(self._index.match_uncached(topic))  # validates, thread-safe read
-        if headers is not None or reply_to is not None:
-            headers, reply_to = _check_extras(headers, reply_to)
-        self._portal.submit((topic, data, headers, reply_to))
-        return matched
+    def _pattern_of(self, put: Callable[[tuple[Any, ...]], bool]) -> str:
+        sub = self._by_put.get(put)
+        return sub.pattern if sub is not None else "?"
 
     def _emit_handoff(self, item: tuple[Any, ...]) -> None:
-        topic, data, headers, reply_to = item
-        if self._state is BusState.CLOSED:
-            raise BusClosed(self.name)
-        # The bus may be CLOSING (close() drains the portal before it closes
-        # the channels): deliver, since the emit was accepted while open.
-        route = self._index.match(topic)
-        msg = (topic, data, headers, reply_to, self)
-        n = 0
-        first: ChannelFull | None = None
-        for put in route:
-            try:
-                if put(msg):
-                    n += 1
-            except ChannelFull as exc:
-                first = first or exc
-            except ChannelClosed:
-                pass
-        if first is not None:
-            raise ChannelFull(first.maxsize, first.reason, delivered=n)
+        # On the bus's thread, in the portal's pump greenlet.  The bus may be
+        # CLOSING (close() drains the portal before it closes the channels):
+        # deliver, since the emit was accepted while the bus was open.
+        self._offer(self._index.match(item[0]), item)
 
     def _report_thread_error(self, exc: BaseException, item: tuple[Any, ...]) -> None:
         self._thread_errors += 1

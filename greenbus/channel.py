@@ -361,14 +361,8 @@ class Channel(Generic[T]):
 
     def put_nowait(self, item: T) -> bool:
         """Like :meth:`put`, but a full ``block`` channel raises :class:`ChannelFull`."""
-        queue = self._queue
-        if len(queue) < self._room:
-            queue.append(item)
-            if self._wake_needed:
-                self._wake_needed = False
-                self._notify_scheduled = True
-                self._scheduler.schedule(self)
-            return True
+        if len(self._queue) < self._room:
+            return self.put(item)
         return self._put_slow(item, False)
 
     def _put_slow(self, item: T, block: bool) -> bool:
@@ -483,15 +477,35 @@ class Channel(Generic[T]):
     def _get_slow(self, timeout: float | None) -> T:
         if timeout is not None:
             return self._get_timed(timeout)
+        # Inlined park loop: this is half of every ping-pong round trip.
         current = getcurrent()
-        while True:
-            if self._queue:
-                return self.get()
+        queue = self._queue
+        getters = self._getters
+        while not queue:
             if self._closed:
                 raise EndOfChannel()
             if current is self._hub:
                 raise ChannelEmpty()
-            self._park_getter(current, None)
+            waiter = _Waiter(current)
+            getters.append(waiter)
+            if not self._notify_scheduled:
+                self._wake_needed = True
+            waiter.parked = True
+            try:
+                token = self._scheduler.switch_out()
+            finally:
+                if waiter.parked:
+                    # Left early (a kill): take our place out of the line.
+                    waiter.parked = False
+                    try:
+                        getters.remove(waiter)
+                    except ValueError:
+                        pass
+            if token is not waiter:
+                raise AssertionError(
+                    f"invalid switch into a getter waiting on {self!r}: {token!r}"
+                )
+        return self.get()
 
     def _get_timed(self, timeout: float) -> T:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
@@ -508,38 +522,13 @@ class Channel(Generic[T]):
         timer = Timeout(timeout)
         timer.start()
         try:
-            while True:
-                if self._queue:
-                    return self.get()
-                if self._closed:
-                    raise EndOfChannel()
-                self._park_getter(current, timer)
+            return self._get_slow(None)
         except Timeout as exc:
             if exc is not timer:
                 raise
             raise ReceiveTimeout(timeout) from None
         finally:
             timer.close()
-
-    def _park_getter(self, current: object, timer: Timeout | None) -> None:
-        # Park until a put (or close) wakes us; the caller re-checks the queue.
-        waiter = _Waiter(current)
-        self._getters.append(waiter)
-        if not self._notify_scheduled:
-            self._wake_needed = True
-        waiter.parked = True
-        try:
-            token = self._scheduler.switch_out()
-        finally:
-            if waiter.parked:
-                # Left early (timeout, kill): take our place out of the line.
-                waiter.parked = False
-                try:
-                    self._getters.remove(waiter)
-                except ValueError:
-                    pass
-        if token is not waiter:
-            raise AssertionError(f"invalid switch into a getter waiting on {self!r}: {token!r}")
 
     def _after_get(self, pending: int) -> None:
         if self._overflowing and pending <= self._limit // 2:
