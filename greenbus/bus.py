@@ -43,6 +43,7 @@ from .topics import TopicIndex, validate_pattern, validate_topic
 __all__ = [
     "Bus",
     "BusState",
+    "Forward",
     "BusStatistics",
     "ErrorHook",
     "Handler",
@@ -413,6 +414,48 @@ def _callable_name(fn: object) -> str:
     return name if isinstance(name, str) else repr(fn)
 
 
+class Forward:
+    """A subscription that hands messages to a sink instead of a channel.
+
+    Made by :meth:`Bus.forward`, for transports: the hub forwards each
+    matching message into a remote peer's outbound queue.  A context manager.
+    """
+
+    __slots__ = ("_active", "_bus", "_put", "id", "pattern", "sink")
+
+    def __init__(self, bus: Bus, pattern: str, sink: Callable[[Message], bool]) -> None:
+        self.id = next(_sub_ids)
+        self.pattern = pattern
+        self.sink = sink
+        self._bus = bus
+        self._active = True
+
+        def put(item: tuple[Any, ...]) -> bool:
+            return sink(_tuple_new(Message, item))
+
+        self._put = put
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def close(self) -> None:
+        """Stop forwarding.  Idempotent."""
+        if self._active:
+            self._bus._remove_forward(self)
+            self._active = False
+
+    def __enter__(self) -> Forward:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "closed"
+        return f"<Forward #{self.id} {self.pattern!r} to {_callable_name(self.sink)} {state}>"
+
+
 _bus_ids = itertools.count(1)
 
 
@@ -440,6 +483,7 @@ class Bus:
         self._index: TopicIndex[Callable[[tuple[Any, ...]], bool]] = TopicIndex()
         self._routes = self._index.cache
         self._subs: dict[Subscription, None] = {}
+        self._forwards: dict[Forward, None] = {}
         self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription] = {}
         self._state = BusState.OPEN
         self._thread = get_ident()
@@ -511,6 +555,10 @@ class Bus:
         try:
             route = self._routes[topic]
         except (KeyError, TypeError):
+            route = None
+        if route is None:
+            # Outside the except block, so an InvalidTopic raised by the
+            # validation in match() is not chained to the cache's KeyError.
             route = self._index.match(topic)
         if headers is not None or reply_to is not None:
             headers, reply_to = _check_extras(headers, reply_to)
@@ -717,6 +765,44 @@ class Bus:
             sub.close()
         return len(subs)
 
+    def forward(self, pattern: str, sink: Callable[[Message], bool]) -> Forward:
+        """Call ``sink(msg)`` inside :meth:`emit` for each message matching ``pattern``.
+
+        For transports, which forward messages into their own outbound
+        queues: the sink runs in the emitter's greenlet, so it must only
+        queue the message (never block, never run user code) and return
+        True if it queued it (emit's return value counts it).  Exceptions
+        it raises reach the emitter.  Ordering is the emitter's order, as
+        for every subscription.
+
+        Returns:
+            a :class:`Forward`; close it to stop.
+
+        Raises:
+            InvalidTopic, InvalidOption, BusClosed, WrongThread: as :meth:`subscribe`.
+        """
+        self._check_thread("forward()")
+        if self._state is not BusState.OPEN:
+            raise BusClosed(self.name)
+        validate_pattern(pattern)
+        if not callable(sink):
+            raise InvalidOption("sink", sink, "a callable taking one Message")
+        fwd = Forward(self, pattern, sink)
+        self._index.add(pattern, fwd._put)
+        self._forwards[fwd] = None
+        self._by_put[fwd._put] = fwd  # type: ignore[assignment]
+        return fwd
+
+    def forwards(self) -> list[Forward]:
+        """The active forwarding subscriptions, oldest first."""
+        return list(self._forwards)
+
+    def _remove_forward(self, fwd: Forward) -> None:
+        self._check_thread("Forward.close()")
+        if self._forwards.pop(fwd, 0) is None:
+            self._index.remove(fwd.pattern, fwd._put)
+            self._by_put.pop(fwd._put, None)
+
     def _remove(self, sub: Subscription) -> None:
         self._check_thread("Subscription.close()")
         if self._subs.pop(sub, 0) is None:
@@ -868,6 +954,8 @@ class Bus:
             self._by_put.pop(sub._put, None)
             sub._active = False
         self._subs.clear()
+        for fwd in list(self._forwards):
+            fwd.close()
         self._state = BusState.CLOSED
 
     def __enter__(self) -> Bus:
