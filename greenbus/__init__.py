@@ -19,10 +19,13 @@ from typing import Any as _Any
 from typing import TypeVar as _TypeVar
 from typing import overload as _overload
 
+from ._version import __version__
+from .bridge import HubConfig, HubServer, RemoteBus, connect, serve
 from .bus import (
     Bus,
     BusState,
     BusStatistics,
+    Forward,
     Message,
     Subscription,
     SubscriptionStatistics,
@@ -38,16 +41,18 @@ from .exceptions import (
     GreenbusError,
     InvalidOption,
     InvalidTopic,
+    LocalProtocolError,
     NoReplyTo,
     NoResponders,
+    ProtocolError,
     ReceiveTimeout,
+    RemoteError,
+    RemoteProtocolError,
     RequestTimeout,
     SlowConsumer,
     WrongThread,
 )
 from .topics import pattern_matches, validate_pattern, validate_topic
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAXSIZE",
@@ -56,6 +61,12 @@ __all__ = [
     "BusState",
     "BusStatistics",
     "Channel",
+    "Forward",
+    "HubConfig",
+    "HubServer",
+    "RemoteBus",
+    "RemoteError",
+    "RemoteProtocolError",
     "ChannelClosed",
     "ChannelEmpty",
     "ChannelError",
@@ -65,9 +76,11 @@ __all__ = [
     "GreenbusError",
     "InvalidOption",
     "InvalidTopic",
+    "LocalProtocolError",
     "Message",
     "NoReplyTo",
     "NoResponders",
+    "ProtocolError",
     "Overflow",
     "ReceiveTimeout",
     "RequestTimeout",
@@ -76,12 +89,14 @@ __all__ = [
     "SubscriptionStatistics",
     "WrongThread",
     "__version__",
+    "connect",
     "default_bus",
     "emit",
     "on",
     "once",
     "pattern_matches",
     "request",
+    "serve",
     "subscribe",
     "validate_pattern",
     "validate_topic",

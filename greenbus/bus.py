@@ -44,6 +44,7 @@ __all__ = [
     "Bus",
     "BusState",
     "Forward",
+    "Subscriber",
     "BusStatistics",
     "ErrorHook",
     "Handler",
@@ -241,12 +242,14 @@ class Subscription:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Any,
         pattern: str,
         handler: Callable[[Message], object] | None,
         maxsize: int | None,
         overflow: Overflow | str,
     ) -> None:
+        # ``bus`` is a Bus, or the remote client: an owner with ``name``,
+        # ``_remove(sub)``, ``_report_handler_error`` and ``_report_slow_consumer``.
         self.id = next(_sub_ids)
         self.pattern = pattern
         self.handler = handler
@@ -261,6 +264,12 @@ class Subscription:
         self._active = True
         self._handler_errors = 0
         self._slow_events = 0
+        if handler is not None:
+            greenlet = gevent.Greenlet(self._run, handler)
+            greenlet.name = f"greenbus:{bus.name}:{pattern}"
+            self._greenlet = greenlet
+            self._channel.owner = greenlet
+            greenlet.start()
 
     # -- introspection -----------------------------------------------------
 
@@ -459,7 +468,88 @@ class Forward:
 _bus_ids = itertools.count(1)
 
 
-class Bus:
+class Subscriber:
+    """``on``/``once``/``off``, shared by :class:`Bus` and the remote client.
+
+    Built on the subclass's ``subscribe(pattern, handler, **opts)`` and
+    ``subscriptions(pattern)``.
+    """
+
+    def subscribe(
+        self, pattern: str, handler: Callable[[Message], object] | None = None, **opts: Any
+    ) -> Subscription:
+        raise NotImplementedError
+
+    def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
+        raise NotImplementedError
+
+    @overload
+    def on(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, pattern: str, handler: H, **opts: Any) -> H: ...
+
+    def on(self, pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
+        """Subscribe ``handler`` to ``pattern``; usable as a decorator.
+
+        ``opts`` are those of :meth:`subscribe`.  Returns the handler itself
+        (so a decorated function stays a function); undo with :meth:`off`.
+        """
+        if handler is None:
+
+            def decorator(fn: H) -> H:
+                self.subscribe(pattern, fn, **opts)
+                return fn
+
+            return decorator
+        self.subscribe(pattern, handler, **opts)
+        return handler
+
+    @overload
+    def once(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
+
+    @overload
+    def once(self, pattern: str, handler: H, **opts: Any) -> H: ...
+
+    def once(self, pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
+        """Like :meth:`on`, but the handler runs for the first message only.
+
+        The subscription closes itself before the handler runs, so later
+        messages are not delivered to it even if they were already queued.
+        """
+        if handler is None:
+
+            def decorator(fn: H) -> H:
+                self.once(pattern, fn, **opts)
+                return fn
+
+            return decorator
+        if not callable(handler):
+            raise InvalidOption("handler", handler, "a callable taking one Message")
+        holder: list[Subscription] = []
+
+        def run_once(msg: Message) -> object:
+            holder[0].close()
+            return handler(msg)
+
+        sub = self.subscribe(pattern, run_once, **opts)
+        sub.handler = handler  # statistics, repr and off() see the user's function
+        holder.append(sub)
+        return handler
+
+    def off(self, pattern: str, handler: Callable[[Message], object] | None = None) -> int:
+        """Close the subscriptions on exactly ``pattern`` (with ``handler``, if given).
+
+        Returns:
+            how many were closed.
+        """
+        subs = [s for s in self.subscriptions(pattern) if handler is None or s.handler == handler]
+        for sub in subs:
+            sub.close()
+        return len(subs)
+
+
+class Bus(Subscriber):
     """An in-process publish/subscribe bus for greenlets.
 
     A bus belongs to the OS thread (and gevent hub) that creates it.  Its
@@ -687,83 +777,7 @@ class Bus:
         self._index.add(pattern, sub._put)
         self._subs[sub] = None
         self._by_put[sub._put] = sub
-        if handler is not None:
-            greenlet = gevent.Greenlet(sub._run, handler)
-            greenlet.name = f"greenbus:{self.name}:{pattern}"
-            sub._greenlet = greenlet
-            sub._channel.owner = greenlet
-            greenlet.start()
         return sub
-
-    @overload
-    def on(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
-
-    @overload
-    def on(self, pattern: str, handler: H, **opts: Any) -> H: ...
-
-    def on(self, pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
-        """Subscribe ``handler`` to ``pattern``; usable as a decorator.
-
-        ``opts`` are those of :meth:`subscribe`.  Returns the handler itself
-        (so a decorated function stays a function); undo with :meth:`off`.
-        """
-        if handler is None:
-
-            def decorator(fn: H) -> H:
-                self.subscribe(pattern, fn, **opts)
-                return fn
-
-            return decorator
-        self.subscribe(pattern, handler, **opts)
-        return handler
-
-    @overload
-    def once(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
-
-    @overload
-    def once(self, pattern: str, handler: H, **opts: Any) -> H: ...
-
-    def once(self, pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
-        """Like :meth:`on`, but the handler runs for the first message only.
-
-        The subscription closes itself before the handler runs, so later
-        messages are not delivered to it even if they were already queued.
-        """
-        if handler is None:
-
-            def decorator(fn: H) -> H:
-                self.once(pattern, fn, **opts)
-                return fn
-
-            return decorator
-        if not callable(handler):
-            raise InvalidOption("handler", handler, "a callable taking one Message")
-        holder: list[Subscription] = []
-
-        def run_once(msg: Message) -> object:
-            holder[0].close()
-            return handler(msg)
-
-        sub = self.subscribe(pattern, run_once, **opts)
-        sub.handler = handler  # statistics, repr and off() see the user's function
-        holder.append(sub)
-        return handler
-
-    def off(self, pattern: str, handler: Callable[[Message], object] | None = None) -> int:
-        """Close the subscriptions on exactly ``pattern`` (with ``handler``, if given).
-
-        Returns:
-            how many were closed.
-        """
-        self._check_thread("off()")
-        subs = [
-            s
-            for s in self._subs
-            if s.pattern == pattern and (handler is None or s.handler == handler)
-        ]
-        for sub in subs:
-            sub.close()
-        return len(subs)
 
     def forward(self, pattern: str, sink: Callable[[Message], bool]) -> Forward:
         """Call ``sink(msg)`` inside :meth:`emit` for each message matching ``pattern``.

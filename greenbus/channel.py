@@ -502,9 +502,7 @@ class Channel(Generic[T]):
                     except ValueError:
                         pass
             if token is not waiter:
-                raise AssertionError(
-                    f"invalid switch into a getter waiting on {self!r}: {token!r}"
-                )
+                raise AssertionError(f"invalid switch into a getter waiting on {self!r}: {token!r}")
         return self.get()
 
     def _get_timed(self, timeout: float) -> T:

@@ -2,6 +2,9 @@
 
 Subcommands:
 
+* ``greenbus serve``: run a WebSocket hub (``--host``, ``--port``, ``--token``...).
+* ``greenbus pub TOPIC JSON``: publish one message to a hub.
+* ``greenbus sub PATTERN``: print one JSON line per message from a hub.
 * ``greenbus demo``: run the classic two-thread pyee scenario, its one-import
   port to ``greenbus.compat``, and its greenbus rewrite, and print them side
   by side (the scripts live in ``examples/``).
@@ -13,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -110,11 +116,141 @@ def bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return subprocess.call([sys.executable, "-m", "perf", *extra], cwd=root, env=env)
 
 
+DEFAULT_URL = "ws://127.0.0.1:8765/"
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Run a hub until SIGINT/SIGTERM."""
+    import gevent
+
+    from .bridge.server import serve
+    from .bus import Bus
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    token = args.token or os.environ.get("GREENBUS_TOKEN") or None
+    bus = Bus("hub")
+    hub = serve(
+        bus,
+        args.host,
+        args.port,
+        token=token,
+        max_message_size=args.max_message_size,
+        max_connections=args.max_connections,
+        max_pending=args.max_pending,
+        slow_policy=args.slow_policy,
+        max_subscriptions=args.max_subscriptions,
+    )
+    hub.start()
+    host, port = hub.address
+    # Scripts (and the tests) read this line to learn the port when --port 0.
+    print(f"greenbus hub listening on ws://{host}:{port}/", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("greenbus.cli").warning(
+            "listening on %s: reachable from other machines%s",
+            host,
+            "" if token else " and no token is set",
+        )
+
+    def stop() -> None:
+        hub.stop()
+        bus.close(timeout=5)
+
+    gevent.signal_handler(signal.SIGTERM, stop)
+    gevent.signal_handler(signal.SIGINT, stop)
+    hub.serve_forever()
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .bridge.client import connect
+
+    token = args.token or os.environ.get("GREENBUS_TOKEN") or None
+    client = connect(args.url, token=token, name=f"greenbus-{args.command}", timeout=args.timeout)
+    if not client.connected:
+        client.close(timeout=0)
+        raise SystemExit(f"greenbus {args.command}: cannot connect to {args.url}")
+    return client
+
+
+def pub_command(args: argparse.Namespace) -> int:
+    """Publish one message (JSON data) and exit once it is written."""
+    try:
+        data = json.loads(args.json)
+    except ValueError as exc:
+        raise SystemExit(
+            f"greenbus pub: DATA must be JSON ({exc}); quote strings: '\"hi\"'"
+        ) from None
+    client = _client(args)
+    try:
+        client.emit(args.topic, data)
+    finally:
+        client.close(timeout=args.timeout)
+    return 0
+
+
+def sub_command(args: argparse.Namespace) -> int:
+    """Print one JSON line per message until interrupted (or --count)."""
+    client = _client(args)
+    sub = client.subscribe(args.pattern)
+    seen = 0
+    try:
+        for msg in sub:
+            line = {"topic": msg.topic, "data": msg.data}
+            if msg.headers:
+                line["headers"] = dict(msg.headers)
+            if msg.reply_to is not None:
+                line["reply_to"] = msg.reply_to
+            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close(timeout=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greenbus", description="greenbus: a message bus for greenlets."
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="run a WebSocket hub")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks one)")
+    serve.add_argument("--token", help="require this token in hello (or set GREENBUS_TOKEN)")
+    serve.add_argument(
+        "--max-message-size", type=int, default=1 << 20, help="bytes (default 1 MiB)"
+    )
+    serve.add_argument("--max-connections", type=int, default=10_000)
+    serve.add_argument("--max-pending", type=int, default=10_000, help="messages queued per peer")
+    serve.add_argument("--slow-policy", choices=("close", "drop_oldest"), default="close")
+    serve.add_argument("--max-subscriptions", type=int, default=1000, help="per peer")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    for name, helptext in (
+        ("pub", "publish one message to a hub"),
+        ("sub", "print messages from a hub"),
+    ):
+        cmd = commands.add_parser(name, help=helptext)
+        if name == "pub":
+            cmd.add_argument("topic")
+            cmd.add_argument(
+                "json", metavar="DATA", help="the data, as JSON (e.g. '\"hi\"' or '{\"t\": 21}')"
+            )
+        else:
+            cmd.add_argument("pattern", help="a topic or a pattern with * and >")
+            cmd.add_argument("--count", type=int, default=0, help="exit after this many messages")
+        cmd.add_argument("--url", default=DEFAULT_URL, help=f"hub URL (default {DEFAULT_URL})")
+        cmd.add_argument("--token", help="token for the hub (or set GREENBUS_TOKEN)")
+        cmd.add_argument("--timeout", type=float, default=5.0, help="seconds to connect")
+
     commands.add_parser("demo", help="run the two-thread pyee/greenbus comparison side by side")
     commands.add_parser("bench", help="run the benchmark suite (options as python -m perf)")
     return parser
@@ -126,7 +262,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         return bench(parser.parse_args(argv[:1]), argv[1:])
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo(args)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    commands = {"serve": serve_command, "pub": pub_command, "sub": sub_command, "demo": demo}
+    return commands[args.command](args)

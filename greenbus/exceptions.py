@@ -16,6 +16,10 @@ The hierarchy::
     ├── NoResponders                                    request() matched no subscription
     ├── ReceiveTimeout              (also TimeoutError) get(timeout=...) expired
     │   └── RequestTimeout                              request(timeout=...) expired
+    ├── ProtocolError               (also ValueError)   wire protocol v1 violated; who broke it:
+    │   ├── RemoteProtocolError                         ... the peer sent it (with an error code)
+    │   └── LocalProtocolError                          ... we tried to send it (e.g. data not JSON)
+    ├── RemoteError                                     the hub answered with an error frame
     └── SlowConsumer                                    reported (not raised) to Bus.on_error
                                                         on the first drop of an overflow episode
 
@@ -37,9 +41,13 @@ __all__ = [
     "GreenbusError",
     "InvalidOption",
     "InvalidTopic",
+    "LocalProtocolError",
     "NoReplyTo",
     "NoResponders",
+    "ProtocolError",
     "ReceiveTimeout",
+    "RemoteError",
+    "RemoteProtocolError",
     "RequestTimeout",
     "SlowConsumer",
     "WrongThread",
@@ -197,6 +205,44 @@ class RequestTimeout(ReceiveTimeout):
     def __init__(self, topic: str, timeout: float) -> None:
         self.topic = topic
         super().__init__(timeout, f"no reply to request on {topic!r}")
+
+
+class ProtocolError(GreenbusError, ValueError):
+    """Base of the wire protocol errors (see ``docs/protocol.md``)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something protocol v1 does not allow.
+
+    Attributes:
+        code: the ``ErrorCode`` to answer with (a ``str`` enum).
+        reason: human-readable detail.
+        id: the offending frame's ``id``, if it could be read.
+    """
+
+    def __init__(self, code: Any, reason: str, id: Any = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.id = id
+        super().__init__(f"{getattr(code, 'value', code)}: {reason}")
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to encode something protocol v1 does not allow."""
+
+
+class RemoteError(GreenbusError):
+    """The hub answered with an ``error`` frame (the client passes it to ``on_error``).
+
+    Attributes:
+        code: the error code (an ``ErrorCode`` when known, else the raw string).
+        reason: the hub's explanation.
+    """
+
+    def __init__(self, code: Any, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"hub error {getattr(code, 'value', code)}: {reason}")
 
 
 class SlowConsumer(GreenbusError):

@@ -1,0 +1,356 @@
+"""One WebSocket connection driven by gevent: a reader and a writer greenlet.
+
+A thin driver around the ``websockets`` library's sans-I/O protocol objects
+(``ServerProtocol``/``ClientProtocol``): the reader greenlet feeds socket
+bytes in and hands complete text messages to a callback; the writer greenlet
+is the only one that writes to the socket, so two senders can never
+interleave frames.  It batches: everything queued when it wakes is framed
+and written with one ``sendall``.
+
+It knows no routing and no JSON: items queued with :meth:`Connection.send`
+are strings, or objects turned into strings by the ``serialize`` callable
+given at construction (run in the writer greenlet, so encoding costs are
+never paid by the caller).
+
+Close codes follow RFC 6455 section 7.4.1: invalid UTF-8 1007, a binary
+message 1003, a message over ``max_size`` 1009 (enforced by ``websockets``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gevent
+import gevent.event
+from gevent import Timeout
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, State
+
+from ..channel import Channel
+from ..exceptions import EndOfChannel
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger("greenbus.bridge.connection")
+
+#: Bytes read from the socket per recv().
+READ_SIZE = 65536
+#: Queued items framed per write, at most.
+MAX_BATCH = 1024
+
+
+class _Flush:
+    # Queued by the reader when the protocol has control frames to send
+    # (pong, close): the writer then flushes even with nothing else queued.
+    __slots__ = ()
+
+
+_FLUSH = _Flush()
+
+
+class Connection:
+    """Drive ``protocol`` over ``sock`` with one reader and one writer greenlet.
+
+    Args:
+        sock: a connected gevent socket, past the opening handshake.
+        protocol: the ``websockets`` protocol object, in state OPEN.
+        on_text: called in the reader greenlet with each complete text message.
+        on_close: called once, in the reader greenlet, when the connection is
+            over (with the close code the peer saw or sent, or 1006).
+        serialize: turns queued non-string items into text (writer greenlet).
+        name: for logs and repr.
+        ping_interval: send a ping after this many idle seconds (None: never).
+        ping_timeout: close with 1011 if no data arrives this long after a ping.
+        close_timeout: how long to wait for the peer's close frame / EOF.
+        recv: reads up to n bytes (default ``sock.recv``); e.g. a buffered
+            reader's ``read1`` when a server read ahead during the handshake.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: Protocol,
+        *,
+        on_text: Callable[[str], None],
+        on_close: Callable[[int], None],
+        serialize: Callable[[Any], str | None] | None = None,
+        name: str = "connection",
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 5.0,
+        recv: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self.sock = sock
+        self._recv_bytes = recv if recv is not None else sock.recv
+        self.protocol = protocol
+        self.name = name
+        self._on_text = on_text
+        self._on_close = on_close
+        self._serialize = serialize
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._close_timeout = close_timeout
+        # Unbounded here: the owner (the hub's peer) enforces its limits
+        # before queueing, and control flushes must always fit.
+        self._out: Channel[Any] = Channel(None)
+        self._fragments: list[bytes] = []
+        self._fragment_size = 0
+        self._reader: gevent.Greenlet | None = None
+        self._writer: gevent.Greenlet | None = None
+        self._closed_event = gevent.event.Event()
+        self.sent = 0
+        self.received = 0
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.close_code: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Connection {self.name} {self.protocol.state.name.lower()} "
+            f"queued={len(self._out)} sent={self.sent} received={self.received}>"
+        )
+
+    @property
+    def open(self) -> bool:
+        return self.protocol.state is State.OPEN
+
+    @property
+    def pending(self) -> int:
+        """Items queued and not yet written."""
+        return len(self._out)
+
+    def start(self, initial_events: Sequence[Any] = ()) -> None:
+        """Start the reader and writer greenlets.
+
+        Args:
+            initial_events: frames the protocol already parsed (data that
+                arrived with the handshake), handled first.
+        """
+        self._writer = gevent.spawn(self._write_loop)
+        self._reader = gevent.spawn(self._read_loop, list(initial_events))
+
+    def run(self) -> None:
+        """Start, then wait until the connection is over (for a server handler)."""
+        self.start()
+        self.wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the connection is over; True if it is."""
+        return self._closed_event.wait(timeout)
+
+    # -- sending ---------------------------------------------------------------
+
+    def send(self, item: Any) -> bool:
+        """Queue a text message (or an item for ``serialize``); never blocks.
+
+        Returns False if the connection is no longer open (nothing queued).
+        """
+        if self.protocol.state is not State.OPEN:
+            return False
+        return self._out.put(item)
+
+    def discard_pending(self) -> int:
+        """Drop everything queued and not yet written; return how many."""
+        return self._out.discard()
+
+    def drop_oldest(self) -> bool:
+        """Drop the oldest queued item; False if nothing was queued."""
+        queue = self._out._queue
+        if not queue:
+            return False
+        queue.popleft()
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake after what is already queued."""
+        if self.protocol.state is State.OPEN:
+            # Queued behind pending items, so they are written first.
+            self._out.put(_CloseRequest(code, reason))
+
+    def abort(self) -> None:
+        """Close the TCP connection at once."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- the writer ------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        out = self._out
+        get = out.get
+        queue = out._queue
+        protocol = self.protocol
+        serialize = self._serialize
+        try:
+            while True:
+                try:
+                    item = get()
+                except EndOfChannel:
+                    return
+                batch = [item]
+                while queue and len(batch) < MAX_BATCH:
+                    batch.append(get())
+                for item in batch:
+                    if item is _FLUSH:
+                        continue
+                    if isinstance(item, _CloseRequest):
+                        if protocol.state is State.OPEN:
+                            protocol.send_close(item.code, item.reason)
+                        continue
+                    if protocol.state is not State.OPEN:
+                        continue
+                    text = item if isinstance(item, str) else serialize(item)  # type: ignore[misc]
+                    if text is None:
+                        continue  # the serializer refused it (and counted it)
+                    protocol.send_text(text.encode())
+                    self.sent += 1
+                if not self._flush():
+                    return
+        except Exception:
+            logger.exception("%s: writer failed", self.name)
+            self.abort()
+
+    def _flush(self) -> bool:
+        # Write what the protocol has queued, in one sendall.  Returns False
+        # once the write side is finished (EOF sent or socket broken).
+        chunks = self.protocol.data_to_send()
+        if not chunks:
+            return True
+        data = b"".join(chunks)
+        eof = chunks[-1] == b""
+        try:
+            if data:
+                self.sock.sendall(data)
+                self.bytes_out += len(data)
+            if eof:
+                self.sock.shutdown(socket.SHUT_WR)
+                return False
+        except OSError as exc:
+            logger.debug("%s: write failed: %s", self.name, exc)
+            self.abort()
+            return False
+        return True
+
+    # -- the reader ------------------------------------------------------------
+
+    def _read_loop(self, initial_events: list[Any]) -> None:
+        protocol = self.protocol
+        try:
+            for event in initial_events:
+                self._handle(event)
+            while True:
+                data = self._recv()
+                if data:
+                    self.bytes_in += len(data)
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                for event in protocol.events_received():
+                    self._handle(event)
+                self._out.put(_FLUSH)
+                if not data or protocol.state is State.CLOSED:
+                    break
+                if protocol.close_expected():
+                    self._wait_for_eof()
+                    break
+        except Exception:
+            logger.exception("%s: reader failed", self.name)
+        finally:
+            self._finish()
+
+    def _recv(self) -> bytes:
+        # Idle keepalive: after ping_interval seconds without data, ping, and
+        # give up after ping_timeout more (close 1011, as websockets does).
+        interval = self._ping_interval
+        if interval is None:
+            return self._recv_raw(None)
+        with Timeout(interval, False):
+            return self._recv_raw(None)
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_ping(b"greenbus")
+            self._out.put(_FLUSH)
+        with Timeout(self._ping_timeout, False):
+            return self._recv_raw(None)
+        logger.info("%s: no pong within %s s; closing", self.name, self._ping_timeout)
+        if self.protocol.state is State.OPEN:
+            self.protocol.fail(1011, "keepalive ping timeout")
+            self._out.put(_FLUSH)
+        return self._recv_raw(self._close_timeout)
+
+    def _recv_raw(self, timeout: float | None) -> bytes:
+        try:
+            if timeout is None:
+                return self._recv_bytes(READ_SIZE)
+            with Timeout(timeout, False):
+                return self._recv_bytes(READ_SIZE)
+            return b""
+        except OSError:
+            return b""
+
+    def _wait_for_eof(self) -> None:
+        # We sent a close frame (or failed the connection): the peer should
+        # close the TCP stream; don't wait for it forever.
+        self._out.put(_FLUSH)
+        with Timeout(self._close_timeout, False):
+            while self._recv_raw(None):
+                pass
+
+    def _handle(self, frame: Frame) -> None:
+        protocol = self.protocol
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.CONT:
+            if opcode is Opcode.TEXT and self._fragments:
+                return  # websockets already failed the connection
+            if not frame.fin:
+                self._fragments.append(frame.data)
+                return
+            if self._fragments:
+                self._fragments.append(frame.data)
+                data = b"".join(self._fragments)
+                self._fragments.clear()
+            else:
+                data = frame.data
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
+                return
+            self.received += 1
+            # Not gated on the state: a message parsed in the same read as
+            # the peer's close frame came before it and must be delivered.
+            self._on_text(text)
+        elif opcode is Opcode.BINARY:
+            protocol.fail(1003, "binary messages are not supported; send JSON text")
+
+    def _finish(self) -> None:
+        protocol = self.protocol
+        self.close_code = (
+            protocol.close_rcvd.code
+            if protocol.close_rcvd is not None
+            else protocol.close_sent.code
+            if protocol.close_sent is not None
+            else 1006
+        )
+        self._out.close()
+        if self._writer is not None:
+            self._writer.join(timeout=self._close_timeout)
+            if not self._writer.dead:
+                self._writer.kill(block=False)
+        self.abort()
+        try:
+            self._on_close(self.close_code)
+        except Exception:
+            logger.exception("%s: on_close callback failed", self.name)
+        self._closed_event.set()
+
+
+class _CloseRequest:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason

@@ -1,0 +1,300 @@
+"""One remote peer attached to a bus: protocol events in, bus calls out.
+
+The glue between a :class:`~greenbus.bridge.connection.Connection` (bytes
+and frames) and a :class:`~greenbus.Bus` (routing), driven by the sans-I/O
+:class:`~greenbus.protocol.HubSession`.  A remote ``sub`` becomes a
+:meth:`Bus.forward` whose sink appends ``(sid, message)`` to the peer's
+outbound queue: the emitter never waits for the peer, and every message to
+one peer, whatever its sid, leaves in emit order.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+
+from ..bus import Bus, Forward, Message
+from ..exceptions import BusClosed, ChannelFull
+from ..protocol import (
+    CloseCode,
+    Error,
+    ErrorCode,
+    HubSession,
+    Id,
+    LocalProtocolError,
+    Pub,
+    SessionLimits,
+    SessionState,
+    Sub,
+    Unsub,
+    encode,
+    encode_msg,
+)
+from .connection import Connection
+
+__all__ = ["Peer", "PeerLimits", "PeerStatistics"]
+
+logger = logging.getLogger("greenbus.bridge.peer")
+
+_peer_ids = itertools.count(1)
+
+#: Slow-consumer policies for a peer's outbound queue.
+SLOW_POLICIES = ("close", "drop_oldest")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLimits:
+    """Per-peer limits on the hub (see docs/limits.md)."""
+
+    #: Messages queued to the peer and not yet written, at most.
+    max_pending: int = 10_000
+    #: What happens past max_pending: "close" (error slow_consumer, close
+    #: 1013) or "drop_oldest" (drop and count).
+    slow_policy: str = "close"
+    #: Seconds a peer has to send hello when a token is required.
+    hello_timeout: float = 5.0
+    session: SessionLimits = field(default_factory=SessionLimits)
+
+    def __post_init__(self) -> None:
+        if self.slow_policy not in SLOW_POLICIES:
+            raise ValueError(
+                f"slow_policy must be one of {SLOW_POLICIES}, not {self.slow_policy!r}"
+            )
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, not {self.max_pending!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatistics:
+    id: str
+    name: str | None
+    address: str
+    subscriptions: tuple[str, ...]
+    pending: int
+    received: int
+    sent: int
+    dropped: int
+    errors: int
+
+
+class Peer:
+    """A remote peer of the hub.  Made by the server per WebSocket connection."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        server_name: str,
+        address: str,
+        limits: PeerLimits,
+        authenticate: Callable[[str | None], bool] | None,
+        on_gone: Callable[[Peer], None],
+        counters: dict[str, int],
+    ) -> None:
+        self.id = f"p{next(_peer_ids)}"
+        self.address = address
+        self.bus = bus
+        self.limits = limits
+        self.session = HubSession(
+            server=server_name,
+            peer=self.id,
+            authenticate=authenticate,
+            limits=limits.session,
+        )
+        self.connection: Connection | None = None
+        self.forwards: dict[Id, Forward] = {}
+        self.dropped = 0
+        self.encode_errors = 0
+        self._slow = False
+        self._gone = False
+        self._on_gone = on_gone
+        self._counters = counters
+        self._hello_timer: gevent.Greenlet | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Peer {self.id} {self.session.name or ''} {self.address} subs={len(self.forwards)}>"
+        )
+
+    @property
+    def name(self) -> str | None:
+        return self.session.name
+
+    def attach(self, connection: Connection) -> None:
+        """Bind the connection (made with this peer's callbacks)."""
+        self.connection = connection
+        if self.session.state is SessionState.AWAITING_HELLO:
+            self._hello_timer = gevent.spawn_later(self.limits.hello_timeout, self._hello_deadline)
+
+    def statistics(self) -> PeerStatistics:
+        conn = self.connection
+        return PeerStatistics(
+            id=self.id,
+            name=self.session.name,
+            address=self.address,
+            subscriptions=tuple(f.pattern for f in self.forwards.values()),
+            pending=conn.pending if conn is not None else 0,
+            received=conn.received if conn is not None else 0,
+            sent=conn.sent if conn is not None else 0,
+            dropped=self.dropped,
+            errors=self.session.errors,
+        )
+
+    # -- from the peer -------------------------------------------------------
+
+    def on_text(self, text: str) -> None:
+        """Apply one message from the peer (reader greenlet)."""
+        session = self.session
+        event = session.receive(text)
+        if event is not None:
+            try:
+                self._apply(event)
+            except BusClosed:
+                session.close(CloseCode.GOING_AWAY, "hub shutting down")
+        for frame in session.take_outbox():
+            self._send_control(frame)
+        if session.close_code is not None:
+            self._count_error_codes()
+            self.connection.close(int(session.close_code), session.close_reason)  # type: ignore[union-attr]
+
+    def _apply(self, event: Sub | Unsub | Pub) -> None:
+        session = self.session
+        if isinstance(event, Pub):
+            self._counters["messages_in"] += 1
+            try:
+                self.bus.emit(
+                    event.topic, event.data, headers=event.headers, reply_to=event.reply_to
+                )
+            except ChannelFull as exc:
+                # A local subscriber with overflow="error" refused it; the
+                # others got it.  The publisher is not at fault.
+                logger.info("%s: pub on %r: %s", self.id, event.topic, exc)
+            session.ack(event)
+        elif isinstance(event, Sub):
+            sink = functools.partial(self._deliver, event.sid)
+            self.forwards[event.sid] = self.bus.forward(event.topic, sink)
+            session.ack(event)
+        else:
+            forward = self.forwards.pop(event.sid, None)
+            if forward is not None:
+                forward.close()
+            session.ack(event)
+
+    def _hello_deadline(self) -> None:
+        if self.session.state is SessionState.AWAITING_HELLO and self.connection is not None:
+            self.session.outbox.append(
+                encode(Error(ErrorCode.UNAUTHORIZED, "no hello with a token in time"))
+            )
+            self.session.close(CloseCode.POLICY, "unauthorized")
+            self.on_text_done()
+
+    def on_text_done(self) -> None:
+        for frame in self.session.take_outbox():
+            self._send_control(frame)
+        if self.session.close_code is not None and self.connection is not None:
+            self._count_error_codes()
+            self.connection.close(int(self.session.close_code), self.session.close_reason)
+
+    def _count_error_codes(self) -> None:
+        key = f"closed_{int(self.session.close_code or 0)}"
+        self._counters[key] = self._counters.get(key, 0) + 1
+
+    def _send_control(self, frame: str) -> None:
+        # Acks, errors and pongs share the FIFO with messages, so a client
+        # sees its ack after every message routed before it.
+        conn = self.connection
+        if conn is not None:
+            conn.send(frame)
+
+    # -- to the peer ---------------------------------------------------------
+
+    def _deliver(self, sid: Id, msg: Message) -> bool:
+        # The Forward sink: runs inside bus.emit, in the emitter's greenlet.
+        # Only queue; never block, never switch.
+        conn = self.connection
+        if conn is None or self._gone or self._slow:
+            return False
+        if conn.pending >= self.limits.max_pending:
+            if self.limits.slow_policy == "drop_oldest":
+                conn.drop_oldest()
+                self._drop()
+            else:
+                self._slow_consumer()
+                return False
+        return conn.send((sid, msg))
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._counters["dropped"] += 1
+        if self.dropped == 1 or self.dropped % 10_000 == 0:
+            logger.warning(
+                "%s %s: slow consumer, dropping oldest (%d dropped so far)",
+                self.id,
+                self.address,
+                self.dropped,
+            )
+
+    def _slow_consumer(self) -> None:
+        self._slow = True
+        conn = self.connection
+        assert conn is not None
+        lost = conn.discard_pending()
+        self.dropped += lost
+        self._counters["dropped"] += lost
+        self._counters["slow_consumers"] += 1
+        logger.warning(
+            "%s %s: slow consumer (%d messages pending); closing with 1013, %d dropped",
+            self.id,
+            self.address,
+            self.limits.max_pending,
+            lost,
+        )
+        conn.send(
+            encode(
+                Error(
+                    ErrorCode.SLOW_CONSUMER,
+                    f"more than {self.limits.max_pending} messages pending; closing",
+                )
+            )
+        )
+        conn.close(int(CloseCode.TRY_AGAIN_LATER), "slow consumer")
+
+    def serialize(self, item: Any) -> str | None:
+        """Encode a queued ``(sid, message)`` (the connection's writer calls it)."""
+        sid, msg = item
+        headers = msg.headers
+        try:
+            text = encode_msg(
+                sid, msg.topic, msg.data, dict(headers) if headers else None, msg.reply_to
+            )
+        except LocalProtocolError as exc:
+            self.encode_errors += 1
+            self._counters["encode_errors"] += 1
+            logger.error("%s: message on %r not sent: %s", self.id, msg.topic, exc)
+            return None
+        self._counters["messages_out"] += 1
+        return text
+
+    # -- the end -------------------------------------------------------------
+
+    def on_close(self, code: int) -> None:
+        """The connection is over: leave nothing behind."""
+        if self._gone:
+            return
+        self._gone = True
+        if self._hello_timer is not None:
+            self._hello_timer.kill(block=False)
+        for forward in self.forwards.values():
+            try:
+                forward.close()
+            except Exception:  # the bus may be closing on another path
+                logger.debug("%s: closing %r failed", self.id, forward, exc_info=True)
+        self.forwards.clear()
+        logger.info("%s %s disconnected (code %s)", self.id, self.address, code)
+        self._on_gone(self)

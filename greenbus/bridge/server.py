@@ -1,0 +1,427 @@
+"""The WebSocket hub: attaches remote peers to a bus over one TCP port.
+
+``gevent.server.StreamServer`` accepts connections; each gets one greenlet
+for the opening handshake (``websockets``' sans-I/O ``ServerProtocol``),
+then a :class:`~greenbus.bridge.connection.Connection` (a reader and a
+writer greenlet) and a :class:`~greenbus.bridge.peer.Peer` binding it to the
+bus.  Plain HTTP on the same port serves ``GET /health`` (JSON) and
+``GET /metrics`` (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gevent import Timeout
+from gevent.server import StreamServer
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
+
+from .._version import __version__
+from ..bus import Bus
+from ..protocol import SessionLimits
+from .connection import Connection
+from .peer import Peer, PeerLimits
+
+__all__ = ["HubConfig", "HubServer", "serve"]
+
+logger = logging.getLogger("greenbus.bridge.server")
+
+#: Default maximum message size (bytes), as in ``websockets``.
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Everything that configures a hub (see docs/limits.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    name: str = "greenbus"
+    #: Shared secret; None lets anonymous peers in (hello optional).
+    token: str | None = None
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_connections: int = 10_000
+    handshake_timeout: float = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    peer: PeerLimits = field(default_factory=PeerLimits)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port <= 65535):
+            raise ValueError(f"port must be 0..65535, not {self.port!r}")
+        if self.max_message_size < 64:
+            raise ValueError(f"max_message_size must be >= 64 bytes, not {self.max_message_size!r}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, not {self.max_connections!r}")
+
+
+class HubServer:
+    """A hub serving ``bus`` to WebSocket peers.
+
+    Args:
+        bus: the bus remote peers publish to and subscribe on.
+        config: a :class:`HubConfig`; keyword arguments override its fields.
+    """
+
+    def __init__(self, bus: Bus, config: HubConfig | None = None, **overrides: Any) -> None:
+        base = config or HubConfig()
+        if overrides:
+            base = HubConfig(**{**base.__dict__, **overrides})
+        self.config = base
+        self.bus = bus
+        self.peers: dict[str, Peer] = {}
+        self.counters: dict[str, int] = {
+            "connections_total": 0,
+            "connections_refused": 0,
+            "messages_in": 0,
+            "messages_out": 0,
+            "dropped": 0,
+            "slow_consumers": 0,
+            "encode_errors": 0,
+            "http_requests": 0,
+        }
+        self._server: StreamServer | None = None
+        self._started_at = time.monotonic()
+        token = base.token
+        self._authenticate: Callable[[str | None], bool] | None = None
+        if token is not None:
+            expected = token.encode()
+
+            def authenticate(given: str | None) -> bool:
+                # Constant time, and the token is never logged.
+                return given is not None and hmac.compare_digest(given.encode(), expected)
+
+            self._authenticate = authenticate
+
+    def __repr__(self) -> str:
+        return f"<HubServer {self.url} peers={len(self.peers)}>"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually bound (port 0 picks a free one)."""
+        if self._server is None:
+            return (self.config.host, self.config.port)
+        return self._server.address[:2]  # type: ignore[no-any-return]
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"ws://{host}:{port}/"
+
+    def start(self) -> HubServer:
+        """Bind and start accepting in the background; returns self."""
+        if self._server is not None:
+            return self
+        self._server = StreamServer((self.config.host, self.config.port), self._handle)
+        self._server.start()
+        self._started_at = time.monotonic()
+        logger.info(
+            "greenbus hub %s listening on %s (%s)",
+            self.config.name,
+            self.url,
+            "token required" if self.config.token else "no token: anonymous peers allowed",
+        )
+        return self
+
+    def serve_forever(self) -> None:
+        """Start (if needed) and serve until :meth:`stop` or KeyboardInterrupt."""
+        self.start()
+        assert self._server is not None
+        self._server._stop_event.wait()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every peer with 1001 (going away), wait for them."""
+        server = self._server
+        if server is None:
+            return
+        server.close()
+        peers = list(self.peers.values())
+        for peer in peers:
+            if peer.connection is not None:
+                peer.connection.close(1001, "hub shutting down")
+        deadline = time.monotonic() + timeout
+        for peer in peers:
+            if peer.connection is not None:
+                if not peer.connection.wait(max(0.0, deadline - time.monotonic())):
+                    peer.connection.abort()
+        server.stop(timeout=max(0.0, deadline - time.monotonic()))
+        self._server = None
+        logger.info("greenbus hub %s stopped", self.config.name)
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- per connection ---------------------------------------------------------
+
+    def _handle(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        where = f"{address[0]}:{address[1]}"
+        cfg = self.config
+        protocol = ServerProtocol(max_size=cfg.max_message_size)
+        request = self._read_request(sock, protocol, where)
+        if request is None:
+            sock.close()
+            return
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            self._send(sock, protocol, self._http(request))
+            sock.close()
+            return
+        if len(self.peers) >= cfg.max_connections:
+            self.counters["connections_refused"] += 1
+            logger.warning("%s refused: %d connections (max_connections)", where, len(self.peers))
+            self._send(sock, protocol, protocol.reject(503, "too many connections\n"))
+            sock.close()
+            return
+        response = protocol.accept(request)
+        self._send(sock, protocol, response)
+        if response.status_code != 101:
+            sock.close()
+            return
+        self.run_peer(sock, protocol, where)
+
+    def run_peer(
+        self,
+        sock: socket.socket,
+        protocol: Protocol,
+        where: str,
+        recv: Callable[[int], bytes] | None = None,
+    ) -> None:
+        """Serve one WebSocket peer whose opening handshake is done; return when it leaves.
+
+        Transports call this: the hub's own listener after its handshake,
+        and the WSGI adapter after gevent-websocket's.
+
+        Args:
+            sock: the connected socket (the writer writes to it).
+            protocol: a ``websockets`` protocol object in state OPEN.
+            where: the peer's address, for logs.
+            recv: reads bytes (default ``sock.recv``); the WSGI adapter
+                passes its buffered reader so no byte read ahead is lost.
+        """
+        cfg = self.config
+        self.counters["connections_total"] += 1
+        peer = Peer(
+            self.bus,
+            server_name=cfg.name,
+            address=where,
+            limits=cfg.peer,
+            authenticate=self._authenticate,
+            on_gone=self._forget,
+            counters=self.counters,
+        )
+        connection = Connection(
+            sock,
+            protocol,
+            on_text=peer.on_text,
+            on_close=peer.on_close,
+            serialize=peer.serialize,
+            name=f"{peer.id}@{where}",
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            recv=recv,
+        )
+        self.peers[peer.id] = peer
+        peer.attach(connection)
+        logger.info("%s connected from %s", peer.id, where)
+        connection.run()
+
+    def _forget(self, peer: Peer) -> None:
+        self.peers.pop(peer.id, None)
+
+    def _read_request(
+        self, sock: socket.socket, protocol: ServerProtocol, where: str
+    ) -> Request | None:
+        with Timeout(self.config.handshake_timeout, False):
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return None
+                if not data:
+                    return None
+                protocol.receive_data(data)
+                for event in protocol.events_received():
+                    if isinstance(event, Request):
+                        return event
+                if protocol.handshake_exc is not None:
+                    logger.info("%s: bad HTTP request: %s", where, protocol.handshake_exc)
+                    self._send(sock, protocol, protocol.reject(400, "bad request\n"))
+                    return None
+        logger.info(
+            "%s: no complete HTTP request within %s s", where, self.config.handshake_timeout
+        )
+        return None
+
+    def _send(self, sock: socket.socket, protocol: ServerProtocol, response: Response) -> None:
+        protocol.send_response(response)
+        data = b"".join(protocol.data_to_send())
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+
+    # -- plain HTTP ---------------------------------------------------------------
+
+    def _http(self, request: Request) -> Response:
+        answer = _http_answer(self, request.path.split("?", 1)[0])
+        if answer is None:
+            answer = (404, "Not Found", "text/plain; charset=utf-8", b"not found\n")
+        return _response(*answer)
+
+    def health(self) -> dict[str, Any]:
+        """The ``/health`` document."""
+        return {
+            "status": "ok",
+            "server": self.config.name,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "connections": len(self.peers),
+            "bus": self.bus.name,
+        }
+
+    def metrics(self) -> str:
+        """The ``/metrics`` text, Prometheus exposition format 0.0.4."""
+        c = self.counters
+        peers = [p.statistics() for p in self.peers.values()]
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP greenbus_{name} {help_}")
+            lines.append(f"# TYPE greenbus_{name} {kind}")
+            for labels, value in samples:
+                lines.append(f"greenbus_{name}{labels} {value}")
+
+        metric("connections", "gauge", "Open WebSocket connections.", [("", len(peers))])
+        metric(
+            "connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            [("", c["connections_total"])],
+        )
+        metric(
+            "connections_refused_total",
+            "counter",
+            "Connections refused by max_connections.",
+            [("", c["connections_refused"])],
+        )
+        metric(
+            "remote_subscriptions",
+            "gauge",
+            "Subscriptions held by remote peers.",
+            [("", sum(len(p.subscriptions) for p in peers))],
+        )
+        metric(
+            "local_subscriptions",
+            "gauge",
+            "In-process subscriptions on the hub's bus.",
+            [("", len(self.bus.subscriptions()))],
+        )
+        metric(
+            "messages_in_total",
+            "counter",
+            "pub messages received from peers.",
+            [("", c["messages_in"])],
+        )
+        metric(
+            "messages_out_total",
+            "counter",
+            "msg messages written to peers.",
+            [("", c["messages_out"])],
+        )
+        metric(
+            "dropped_total",
+            "counter",
+            "Messages to peers dropped (slow consumers).",
+            [("", c["dropped"])],
+        )
+        metric(
+            "slow_consumers_total",
+            "counter",
+            "Peers closed with 1013 as slow consumers.",
+            [("", c["slow_consumers"])],
+        )
+        metric(
+            "encode_errors_total",
+            "counter",
+            "Messages not JSON-encodable, not sent.",
+            [("", c["encode_errors"])],
+        )
+        closes = sorted((k[len("closed_") :], v) for k, v in c.items() if k.startswith("closed_"))
+        metric(
+            "protocol_closes_total",
+            "counter",
+            "Connections the hub closed, by close code.",
+            [(f'{{code="{code}"}}', v) for code, v in closes],
+        )
+        metric(
+            "queue_depth",
+            "gauge",
+            "Messages queued to each peer.",
+            [(f'{{peer="{p.id}"}}', p.pending) for p in peers],
+        )
+        metric(
+            "peer_dropped_total",
+            "counter",
+            "Messages dropped per peer.",
+            [(f'{{peer="{p.id}"}}', p.dropped) for p in peers],
+        )
+        return "\n".join(lines) + "\n"
+
+
+def _http_answer(hub: HubServer, path: str) -> tuple[int, str, str, bytes] | None:
+    # The hub's plain-HTTP routes, shared by its listener and the WSGI adapter.
+    hub.counters["http_requests"] += 1
+    if path == "/health":
+        return (200, "OK", "application/json", json.dumps(hub.health()).encode())
+    if path == "/metrics":
+        return (200, "OK", "text/plain; version=0.0.4; charset=utf-8", hub.metrics().encode())
+    return None
+
+
+def _response(status: int, reason: str, content_type: str, body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+            ("Server", f"greenbus/{__version__}"),
+        ]
+    )
+    return Response(status, reason, headers, body)
+
+
+def serve(bus: Bus, host: str = "127.0.0.1", port: int = 8765, **options: Any) -> HubServer:
+    """Make a hub for ``bus`` (not started: call ``start()`` or use ``with``).
+
+    ``options`` are the fields of :class:`HubConfig` (``token``,
+    ``max_message_size``, ...) and, for the per-peer limits, ``max_pending``,
+    ``slow_policy``, ``hello_timeout``, ``max_subscriptions``, ``max_errors``.
+    """
+    peer_fields = {
+        k: options.pop(k) for k in ("max_pending", "slow_policy", "hello_timeout") if k in options
+    }
+    session_fields = {
+        k: options.pop(k) for k in ("max_subscriptions", "max_errors", "max_depth") if k in options
+    }
+    if session_fields:
+        peer_fields["session"] = SessionLimits(**session_fields)
+    config = HubConfig(host=host, port=port, peer=PeerLimits(**peer_fields), **options)
+    return HubServer(bus, config)

@@ -1,0 +1,82 @@
+"""Serve the hub from a WSGI app that runs on gevent-websocket.
+
+For apps that already serve WSGI through ``gevent.pywsgi.WSGIServer`` with
+``geventwebsocket.handler.WebSocketHandler`` (the ``[wsgi]`` extra)::
+
+    from gevent.pywsgi import WSGIServer
+    from geventwebsocket.handler import WebSocketHandler
+    from greenbus.bridge.wsgi import hub_app
+
+    app = hub_app(bus, fallback=my_flask_app)
+    WSGIServer(("127.0.0.1", 8765), app, handler_class=WebSocketHandler).serve_forever()
+
+gevent-websocket performs the HTTP upgrade; from then on the adapter drives
+the socket itself, with the same ``websockets`` sans-I/O protocol and the
+same :class:`~greenbus.bridge.connection.Connection` as the hub's own
+listener, so it keeps their guarantees where gevent-websocket 0.10.1 is weak
+(measured here): close frames keep their status code, messages over
+``max_message_size`` are refused with 1009 before being read, invalid UTF-8
+gets 1007, pings are answered while the app is busy, and a single writer
+greenlet owns the socket (no ``ConcurrentObjectUseError``).  See
+``docs/transports.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from websockets.protocol import SERVER, Protocol, State
+
+from ..bus import Bus
+from .server import HubConfig, HubServer, _http_answer
+
+__all__ = ["hub_app"]
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def hub_app(
+    bus: Bus,
+    config: HubConfig | None = None,
+    *,
+    path: str = "/",
+    fallback: WSGIApp | None = None,
+    **overrides: Any,
+) -> WSGIApp:
+    """A WSGI app serving the hub's WebSocket protocol at ``path``.
+
+    Plain HTTP requests to ``/health`` and ``/metrics`` are answered as by
+    the hub; any other request goes to ``fallback`` (404 without one).  The
+    returned app has a ``.hub`` attribute: the :class:`HubServer` holding
+    the peers, counters and limits (its own listener is never started).
+    """
+    hub = HubServer(bus, config, **overrides)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        ws = environ.get("wsgi.websocket")
+        if ws is not None and environ.get("PATH_INFO", "/") == path:
+            handler = ws.handler
+            where = "{}:{}".format(*handler.client_address[:2])
+            protocol = Protocol(SERVER, state=State.OPEN, max_size=hub.config.max_message_size)
+            try:
+                hub.run_peer(handler.socket, protocol, where, recv=handler.rfile.read1)
+            finally:
+                # The connection sent its own close frame (with its code);
+                # gevent-websocket must not send another one.
+                ws.closed = True
+            return []
+        answer = _http_answer(hub, environ.get("PATH_INFO", "/"))
+        if answer is None:
+            if fallback is not None:
+                return fallback(environ, start_response)
+            answer = (404, "Not Found", "text/plain; charset=utf-8", b"not found\n")
+        status, reason, content_type, body = answer
+        start_response(
+            f"{status} {reason}",
+            [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    app.hub = hub  # type: ignore[attr-defined]
+    return app

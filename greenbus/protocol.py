@@ -1,0 +1,616 @@
+"""Wire protocol v1, sans-I/O: text in, events out; events in, text out.
+
+No sockets, no gevent: this module turns the text of one WebSocket message
+into a typed event (or a protocol error), turns events into text, and keeps
+the per-connection state of the hub side in :class:`HubSession`.  The
+transports in :mod:`greenbus.bridge` drive it; the tests feed it strings.
+The format is specified in ``docs/protocol.md`` and
+``docs/protocol.schema.json``.
+
+Every message is one JSON object with a string field ``op``.
+
+client -> hub: ``hello``, ``sub``, ``unsub``, ``pub``, ``ping``
+hub -> client: ``welcome``, ``msg``, ``ack``, ``error``, ``pong``
+
+Errors are split by who broke it (as in h11): :class:`RemoteProtocolError`
+is raised for what the *peer* sent, :class:`LocalProtocolError` for an
+event *we* tried to send that the protocol does not allow.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
+from .topics import validate_pattern, validate_topic
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Ack",
+    "ClientEvent",
+    "CloseCode",
+    "Error",
+    "ErrorCode",
+    "Hello",
+    "HubSession",
+    "LocalProtocolError",
+    "Msg",
+    "Ping",
+    "Pong",
+    "Pub",
+    "RemoteProtocolError",
+    "ServerEvent",
+    "SessionLimits",
+    "SessionState",
+    "Sub",
+    "Unsub",
+    "Welcome",
+    "encode",
+    "parse_client",
+    "parse_server",
+]
+
+PROTOCOL_VERSION = 1
+
+#: A client-chosen request id (echoed in ack/error) or subscription id.
+Id = str | int | float
+
+
+class ErrorCode(str, enum.Enum):
+    """The ``code`` of an ``error`` frame."""
+
+    BAD_JSON = "bad_json"  #: not JSON, or not UTF-8, or nested too deeply
+    BAD_FRAME = "bad_frame"  #: valid JSON of the wrong shape or types
+    UNKNOWN_OP = "unknown_op"
+    BAD_TOPIC = "bad_topic"
+    UNAUTHORIZED = "unauthorized"  #: no or wrong token
+    FORBIDDEN = "forbidden"  #: the token may not do this
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    DUPLICATE_SID = "duplicate_sid"
+    UNKNOWN_SID = "unknown_sid"
+    LIMIT = "limit"  #: too many subscriptions (or another per-peer limit)
+    SLOW_CONSUMER = "slow_consumer"  #: sent before closing with 1013
+    INTERNAL = "internal"  #: sent before closing with 1011
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the hub uses (RFC 6455, section 7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003  #: a binary message
+    INVALID_DATA = 1007  #: invalid UTF-8 in a text message
+    POLICY = 1008  #: auth failure, or too many protocol errors
+    TOO_BIG = 1009  #: a message over the size limit
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  #: slow consumer
+
+
+# -- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    protocol: int = PROTOCOL_VERSION
+    token: str | None = None
+    name: str | None = None
+    id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sub:
+    sid: Id
+    topic: str
+    id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsub:
+    sid: Id
+    id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pub:
+    topic: str
+    data: Any = None
+    headers: Mapping[str, Any] | None = None
+    reply_to: str | None = None
+    id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    protocol: int
+    server: str
+    peer: str
+    id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Msg:
+    sid: Id
+    topic: str
+    data: Any = None
+    headers: Mapping[str, Any] | None = None
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    id: Id
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: ErrorCode
+    reason: str
+    id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    id: Id | None = None
+
+
+ClientEvent = Hello | Sub | Unsub | Pub | Ping
+ServerEvent = Welcome | Msg | Ack | Error | Pong
+
+# -- decoding -----------------------------------------------------------------
+
+#: Default maximum nesting depth of a frame's JSON (objects and arrays).
+DEFAULT_MAX_DEPTH = 32
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load_object(text: str, max_depth: int) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise RemoteProtocolError(ErrorCode.BAD_JSON, "a frame must be a text message")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise RemoteProtocolError(ErrorCode.BAD_JSON, "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, int too long, NaN/Infinity
+        raise RemoteProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"a frame must be a JSON object, not {_json_type(obj)}"
+        )
+    depth = _depth(obj, max_depth)
+    if depth > max_depth:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_JSON, f"JSON nested deeper than {max_depth} levels", _peek_id(obj)
+        )
+    return obj
+
+
+def _depth(value: Any, limit: int) -> int:
+    # Iterative, and stops as soon as the limit is passed.
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > limit:
+                return deepest
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item if isinstance(v, (dict, list)))
+    return deepest
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _is_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _peek_id(obj: dict[str, Any]) -> Id | None:
+    value = obj.get("id")
+    return value if _is_id(value) else None
+
+
+class _Fields:
+    # Typed access to a frame's fields; every failure names the field.
+    __slots__ = ("obj", "op", "id")
+
+    def __init__(self, obj: dict[str, Any], op: str, allowed: frozenset[str]) -> None:
+        self.obj = obj
+        self.op = op
+        self.id = _peek_id(obj)
+        if "id" in obj and self.id is None:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_FRAME, f"{op}: 'id' must be a string or a number"
+            )
+        unknown = sorted(set(obj) - allowed - {"op", "id"})
+        if unknown:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_FRAME, f"{op}: unknown field(s) {', '.join(unknown)}", self.id
+            )
+
+    def fail(self, reason: str, code: ErrorCode = ErrorCode.BAD_FRAME) -> RemoteProtocolError:
+        return RemoteProtocolError(code, f"{self.op}: {reason}", self.id)
+
+    def required(self, name: str) -> Any:
+        if name not in self.obj:
+            raise self.fail(f"missing field {name!r}")
+        return self.obj[name]
+
+    def string(self, name: str, *, optional: bool = False) -> str | None:
+        value = self.obj.get(name) if optional else self.required(name)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(f"{name!r} must be a string, not {_json_type(value)}")
+        return value
+
+    def ident(self, name: str) -> Id:
+        value = self.required(name)
+        if not _is_id(value):
+            raise self.fail(f"{name!r} must be a string or a number, not {_json_type(value)}")
+        return value  # type: ignore[no-any-return]
+
+    def topic(self, name: str, *, pattern: bool = False, optional: bool = False) -> str | None:
+        value = self.string(name, optional=optional)
+        if value is None:
+            return None
+        try:
+            return validate_pattern(value) if pattern else validate_topic(value)
+        except InvalidTopic as exc:
+            raise self.fail(f"{name!r} {exc.problem}", ErrorCode.BAD_TOPIC) from None
+
+    def mapping(self, name: str) -> dict[str, Any] | None:
+        value = self.obj.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(f"{name!r} must be an object, not {_json_type(value)}")
+        return value
+
+
+_CLIENT_FIELDS = {
+    "hello": frozenset({"protocol", "token", "name"}),
+    "sub": frozenset({"sid", "topic"}),
+    "unsub": frozenset({"sid"}),
+    "pub": frozenset({"topic", "data", "headers", "reply_to"}),
+    "ping": frozenset(),
+}
+
+
+def _op_of(obj: dict[str, Any], known: Mapping[str, frozenset[str]]) -> str:
+    op = obj.get("op")
+    if not isinstance(op, str):
+        if "op" not in obj:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "missing field 'op'", _peek_id(obj))
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"'op' must be a string, not {_json_type(op)}", _peek_id(obj)
+        )
+    if op not in known:
+        shown = op if len(op) <= 40 else op[:40] + "..."
+        raise RemoteProtocolError(
+            ErrorCode.UNKNOWN_OP,
+            f"unknown op {shown!r}; expected one of {', '.join(known)}",
+            _peek_id(obj),
+        )
+    return op
+
+
+def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEvent:
+    """Decode one client -> hub message.
+
+    Raises:
+        RemoteProtocolError: with the error code to answer with.
+    """
+    obj = _load_object(text, max_depth)
+    op = _op_of(obj, _CLIENT_FIELDS)
+    f = _Fields(obj, op, _CLIENT_FIELDS[op])
+    if op == "pub":
+        return Pub(
+            topic=f.topic("topic"),  # type: ignore[arg-type]
+            data=obj.get("data"),
+            headers=f.mapping("headers"),
+            reply_to=f.topic("reply_to", optional=True),
+            id=f.id,
+        )
+    if op == "sub":
+        return Sub(sid=f.ident("sid"), topic=f.topic("topic", pattern=True), id=f.id)  # type: ignore[arg-type]
+    if op == "unsub":
+        return Unsub(sid=f.ident("sid"), id=f.id)
+    if op == "ping":
+        return Ping(id=f.id)
+    version = f.required("protocol")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise f.fail(f"'protocol' must be an integer, not {_json_type(version)}")
+    if version != PROTOCOL_VERSION:
+        raise f.fail(
+            f"protocol {version} is not supported; this hub speaks {PROTOCOL_VERSION}",
+            ErrorCode.UNSUPPORTED_PROTOCOL,
+        )
+    return Hello(
+        protocol=version,
+        token=f.string("token", optional=True),
+        name=f.string("name", optional=True),
+        id=f.id,
+    )
+
+
+_SERVER_FIELDS = {
+    "welcome": frozenset({"protocol", "server", "peer"}),
+    "msg": frozenset({"sid", "topic", "data", "headers", "reply_to"}),
+    "ack": frozenset(),
+    "error": frozenset({"code", "reason"}),
+    "pong": frozenset(),
+}
+
+
+def parse_server(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ServerEvent:
+    """Decode one hub -> client message (for clients).
+
+    Unknown error codes are kept as plain strings would be lost, so ``code``
+    is an :class:`ErrorCode` when known and the raw string otherwise.
+
+    Raises:
+        RemoteProtocolError: the hub sent something protocol v1 does not allow.
+    """
+    obj = _load_object(text, max_depth)
+    op = _op_of(obj, _SERVER_FIELDS)
+    f = _Fields(obj, op, _SERVER_FIELDS[op])
+    if op == "msg":
+        return Msg(
+            sid=f.ident("sid"),
+            topic=f.string("topic"),  # type: ignore[arg-type]
+            data=obj.get("data"),
+            headers=f.mapping("headers"),
+            reply_to=f.string("reply_to", optional=True),
+        )
+    if op == "ack":
+        return Ack(id=f.ident("id"))
+    if op == "pong":
+        return Pong(id=f.id)
+    if op == "error":
+        code = f.string("code")
+        try:
+            known: ErrorCode | str = ErrorCode(code)
+        except ValueError:
+            known = code  # type: ignore[assignment]
+        return Error(code=known, reason=f.string("reason") or "", id=f.id)  # type: ignore[arg-type]
+    version = f.required("protocol")
+    return Welcome(
+        protocol=version, server=f.string("server") or "", peer=f.string("peer") or "", id=f.id
+    )
+
+
+# -- encoding -----------------------------------------------------------------
+
+_OPS: dict[type, str] = {
+    Hello: "hello",
+    Sub: "sub",
+    Unsub: "unsub",
+    Pub: "pub",
+    Ping: "ping",
+    Welcome: "welcome",
+    Msg: "msg",
+    Ack: "ack",
+    Error: "error",
+    Pong: "pong",
+}
+
+_dumps = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=True
+).encode
+
+
+def encode(event: ClientEvent | ServerEvent) -> str:
+    """The text of one message carrying ``event``; optional fields left out when None.
+
+    Raises:
+        LocalProtocolError: ``data`` or ``headers`` are not JSON-serialisable
+            (or contain NaN/Infinity), or ``event`` is not a protocol event.
+    """
+    op = _OPS.get(type(event))
+    if op is None:
+        raise LocalProtocolError(f"not a protocol v1 event: {event!r}")
+    out: dict[str, Any] = {"op": op}
+    for name in event.__dataclass_fields__:  # type: ignore[union-attr]
+        value = getattr(event, name)
+        if value is None and name != "data":
+            continue
+        if isinstance(value, enum.Enum):
+            value = value.value
+        out[name] = value
+    try:
+        return _dumps(out)
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"cannot encode {op}: {exc}") from None
+
+
+def encode_msg(
+    sid: Id, topic: str, data: Any, headers: Mapping[str, Any] | None, reply_to: str | None
+) -> str:
+    """Fast path of ``encode(Msg(...))`` for the hub's fan-out."""
+    out: dict[str, Any] = {"op": "msg", "sid": sid, "topic": topic, "data": data}
+    if headers:
+        out["headers"] = headers
+    if reply_to is not None:
+        out["reply_to"] = reply_to
+    try:
+        return _dumps(out)
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"cannot encode msg on {topic!r}: {exc}") from None
+
+
+# -- the hub side of one connection -------------------------------------------
+
+
+class SessionState(enum.IntEnum):
+    """One peer's session, hub side.  Transitions live in HubSession only."""
+
+    #: A token is required: only ``hello`` is accepted.
+    AWAITING_HELLO = 0
+    OPEN = 1
+    #: The hub decided to close; the close code is in ``HubSession.close_code``.
+    CLOSING = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Per-peer protocol limits (see docs/limits.md)."""
+
+    #: Subscriptions one peer may hold.
+    max_subscriptions: int = 1000
+    #: Protocol errors before the peer is closed with 1008.
+    max_errors: int = 20
+    #: JSON nesting depth of a frame.
+    max_depth: int = DEFAULT_MAX_DEPTH
+
+
+@dataclass
+class HubSession:
+    """Protocol state of one peer on the hub, sans-I/O.
+
+    Feed each text message to :meth:`receive`; it returns the event the hub
+    must apply (``Sub``, ``Unsub``, ``Pub``; ``Hello`` and ``Ping`` are
+    answered here) or None.  Frames to send accumulate in :attr:`outbox`;
+    when the session decides the peer must go, :attr:`close_code` and
+    :attr:`close_reason` are set and the state is CLOSING.
+
+    Args:
+        server: the hub's name, sent in ``welcome``.
+        peer: this peer's id, sent in ``welcome``.
+        authenticate: called with the ``hello`` token; returns True if it
+            is accepted.  None means no token is configured (anonymous
+            peers may act at once, ``hello`` is optional).
+        limits: the per-peer limits.
+    """
+
+    server: str
+    peer: str
+    authenticate: Any = None
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    state: SessionState = SessionState.OPEN
+    name: str | None = None
+    sids: dict[Id, str] = field(default_factory=dict)
+    errors: int = 0
+    outbox: list[str] = field(default_factory=list)
+    close_code: CloseCode | None = None
+    close_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.authenticate is not None:
+            self.state = SessionState.AWAITING_HELLO
+
+    def receive(self, text: str) -> ClientEvent | None:
+        """Apply one client message; return the event the hub must carry out."""
+        if self.state is SessionState.CLOSING:
+            return None
+        try:
+            event = parse_client(text, max_depth=self.limits.max_depth)
+        except RemoteProtocolError as exc:
+            if self.state is SessionState.AWAITING_HELLO:
+                self._unauthorized(f"the first message must be hello with a token ({exc.reason})")
+            else:
+                self.reject(exc.code, exc.reason, exc.id)
+            return None
+        if self.state is SessionState.AWAITING_HELLO and not isinstance(event, Hello):
+            self._unauthorized("a token is required: the first message must be hello", event.id)
+            return None
+        if isinstance(event, Hello):
+            return self._hello(event)
+        if isinstance(event, Ping):
+            self.outbox.append(encode(Pong(event.id)))
+            return None
+        if isinstance(event, Sub):
+            if event.sid in self.sids:
+                self.reject(ErrorCode.DUPLICATE_SID, f"sid {event.sid!r} is in use", event.id)
+                return None
+            if len(self.sids) >= self.limits.max_subscriptions:
+                self.reject(
+                    ErrorCode.LIMIT,
+                    f"at most {self.limits.max_subscriptions} subscriptions per connection",
+                    event.id,
+                )
+                return None
+            self.sids[event.sid] = event.topic
+            return event
+        if isinstance(event, Unsub):
+            if event.sid not in self.sids:
+                self.reject(
+                    ErrorCode.UNKNOWN_SID, f"no subscription with sid {event.sid!r}", event.id
+                )
+                return None
+            del self.sids[event.sid]
+            return event
+        return event  # Pub
+
+    def _hello(self, event: Hello) -> None:
+        if self.authenticate is not None and not self.authenticate(event.token):
+            self._unauthorized("missing or wrong token", event.id)
+            return None
+        self.state = SessionState.OPEN
+        self.name = event.name
+        self.outbox.append(encode(Welcome(PROTOCOL_VERSION, self.server, self.peer, event.id)))
+        return None
+
+    def _unauthorized(self, reason: str, id: Id | None = None) -> None:
+        self.outbox.append(encode(Error(ErrorCode.UNAUTHORIZED, reason, id)))
+        self.close(CloseCode.POLICY, "unauthorized")
+
+    def ack(self, event: ClientEvent) -> None:
+        """Queue the ``ack`` for an applied event that carried an ``id``."""
+        if event.id is not None:
+            self.outbox.append(encode(Ack(event.id)))
+
+    def reject(self, code: ErrorCode, reason: str, id: Id | None = None) -> None:
+        """Queue an ``error``; close with 1008 once the peer exceeds max_errors."""
+        self.outbox.append(encode(Error(code, reason, id)))
+        self.errors += 1
+        if self.errors > self.limits.max_errors:
+            self.close(CloseCode.POLICY, f"too many protocol errors ({self.errors})")
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Decide to close the connection (the first decision wins)."""
+        if self.state is not SessionState.CLOSING:
+            self.state = SessionState.CLOSING
+            self.close_code = code
+            self.close_reason = reason
+
+    def take_outbox(self) -> list[str]:
+        """Return and clear the frames queued to send."""
+        out, self.outbox = self.outbox, []
+        return out
