@@ -143,6 +143,8 @@ def serve_command(args: argparse.Namespace) -> int:
         slow_policy=args.slow_policy,
         max_subscriptions=args.max_subscriptions,
     )
+    if args.transport == "wsgi":
+        return _serve_wsgi(args, bus, hub)
     hub.start()
     host, port = hub.address
     # Scripts (and the tests) read this line to learn the port when --port 0.
@@ -161,6 +163,35 @@ def serve_command(args: argparse.Namespace) -> int:
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
     hub.serve_forever()
+    return 0
+
+
+def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any) -> int:
+    """Serve through gevent-websocket's WSGI handler and greenbus.bridge.wsgi."""
+    import gevent
+    from gevent.pywsgi import WSGIServer
+
+    try:
+        from geventwebsocket.handler import WebSocketHandler
+    except ImportError:
+        raise SystemExit(
+            "greenbus serve --transport wsgi needs gevent-websocket: pip install 'greenbus[wsgi]'"
+        ) from None
+    from .bridge.wsgi import hub_app
+
+    app = hub_app(bus, hub.config)
+    server = WSGIServer((args.host, args.port), app, handler_class=WebSocketHandler, log=None)
+    server.start()
+    print(f"greenbus hub listening on ws://{args.host}:{server.server_port}/", flush=True)
+
+    def stop() -> None:
+        app.hub.stop_peers()
+        server.stop(timeout=5)
+        bus.close(timeout=5)
+
+    gevent.signal_handler(signal.SIGTERM, stop)
+    gevent.signal_handler(signal.SIGINT, stop)
+    server._stop_event.wait()
     return 0
 
 
@@ -233,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slow-policy", choices=("close", "drop_oldest"), default="close")
     serve.add_argument("--max-subscriptions", type=int, default=1000, help="per peer")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument(
+        "--transport",
+        choices=("websockets", "wsgi"),
+        default="websockets",
+        help="the hub's own listener (default), or gevent-websocket's WSGI handler",
+    )
 
     for name, helptext in (
         ("pub", "publish one message to a hub"),

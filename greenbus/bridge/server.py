@@ -147,6 +147,14 @@ class HubServer:
         if server is None:
             return
         server.close()
+        deadline = time.monotonic() + timeout
+        self.stop_peers(timeout)
+        server.stop(timeout=max(0.0, deadline - time.monotonic()))
+        self._server = None
+        logger.info("greenbus hub %s stopped", self.config.name)
+
+    def stop_peers(self, timeout: float = 5.0) -> None:
+        """Close every peer with 1001 (going away) and wait for them to leave."""
         peers = list(self.peers.values())
         for peer in peers:
             if peer.connection is not None:
@@ -156,9 +164,6 @@ class HubServer:
             if peer.connection is not None:
                 if not peer.connection.wait(max(0.0, deadline - time.monotonic())):
                     peer.connection.abort()
-        server.stop(timeout=max(0.0, deadline - time.monotonic()))
-        self._server = None
-        logger.info("greenbus hub %s stopped", self.config.name)
 
     def __enter__(self) -> HubServer:
         return self.start()
