@@ -179,11 +179,29 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+#: Topics and patterns already validated (bounded; cleared when full).
+_VALID: dict[tuple[str, bool], str] = {}
+_VALID_MAX = 4096
+
+
+def _valid_topic(value: str, pattern: bool) -> str:
+    key = (value, pattern)
+    if key in _VALID:
+        return value
+    result = validate_pattern(value) if pattern else validate_topic(value)
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID[key] = result
+    return result
+
+
 def _load_object(text: str, max_depth: int) -> dict[str, Any]:
     if not isinstance(text, str):
         raise RemoteProtocolError(ErrorCode.BAD_JSON, "a frame must be a text message")
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _decode(text)
     except RecursionError:
         raise RemoteProtocolError(ErrorCode.BAD_JSON, "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, int too long, NaN/Infinity
@@ -192,8 +210,9 @@ def _load_object(text: str, max_depth: int) -> dict[str, Any]:
         raise RemoteProtocolError(
             ErrorCode.BAD_FRAME, f"a frame must be a JSON object, not {_json_type(obj)}"
         )
-    depth = _depth(obj, max_depth)
-    if depth > max_depth:
+    # Nesting can't exceed the number of brackets: count them in C first,
+    # and walk the object only when there are enough of them to matter.
+    if text.count("{") + text.count("[") > max_depth and _depth(obj, max_depth) > max_depth:
         raise RemoteProtocolError(
             ErrorCode.BAD_JSON, f"JSON nested deeper than {max_depth} levels", _peek_id(obj)
         )
@@ -253,13 +272,15 @@ class _Fields:
     def __init__(self, obj: dict[str, Any], op: str, allowed: frozenset[str]) -> None:
         self.obj = obj
         self.op = op
-        self.id = _peek_id(obj)
-        if "id" in obj and self.id is None:
-            raise RemoteProtocolError(
-                ErrorCode.BAD_FRAME, f"{op}: 'id' must be a string or a number"
-            )
-        unknown = sorted(set(obj) - allowed - {"op", "id"})
-        if unknown:
+        self.id = None
+        if "id" in obj:
+            self.id = _peek_id(obj)
+            if self.id is None:
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_FRAME, f"{op}: 'id' must be a string or a number"
+                )
+        if not obj.keys() <= allowed:
+            unknown = sorted(obj.keys() - allowed)
             raise RemoteProtocolError(
                 ErrorCode.BAD_FRAME, f"{op}: unknown field(s) {', '.join(unknown)}", self.id
             )
@@ -291,7 +312,7 @@ class _Fields:
         if value is None:
             return None
         try:
-            return validate_pattern(value) if pattern else validate_topic(value)
+            return _valid_topic(value, pattern)
         except InvalidTopic as exc:
             raise self.fail(f"{name!r} {exc.problem}", ErrorCode.BAD_TOPIC) from None
 
@@ -305,11 +326,14 @@ class _Fields:
 
 
 _CLIENT_FIELDS = {
-    "hello": frozenset({"protocol", "token", "name"}),
-    "sub": frozenset({"sid", "topic"}),
-    "unsub": frozenset({"sid"}),
-    "pub": frozenset({"topic", "data", "headers", "reply_to"}),
-    "ping": frozenset(),
+    op: frozenset(names) | {"op", "id"}
+    for op, names in {
+        "hello": ("protocol", "token", "name"),
+        "sub": ("sid", "topic"),
+        "unsub": ("sid",),
+        "pub": ("topic", "data", "headers", "reply_to"),
+        "ping": (),
+    }.items()
 }
 
 
@@ -371,11 +395,14 @@ def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEven
 
 
 _SERVER_FIELDS = {
-    "welcome": frozenset({"protocol", "server", "peer"}),
-    "msg": frozenset({"sid", "topic", "data", "headers", "reply_to"}),
-    "ack": frozenset(),
-    "error": frozenset({"code", "reason"}),
-    "pong": frozenset(),
+    op: frozenset(names) | {"op", "id"}
+    for op, names in {
+        "welcome": ("protocol", "server", "peer"),
+        "msg": ("sid", "topic", "data", "headers", "reply_to"),
+        "ack": (),
+        "error": ("code", "reason"),
+        "pong": (),
+    }.items()
 }
 
 
@@ -547,6 +574,8 @@ class HubSession:
             else:
                 self.reject(exc.code, exc.reason, exc.id)
             return None
+        if type(event) is Pub and self.state is SessionState.OPEN:
+            return event  # the hot path: nothing to check or record
         if self.state is SessionState.AWAITING_HELLO and not isinstance(event, Hello):
             self._unauthorized("a token is required: the first message must be hello", event.id)
             return None

@@ -112,6 +112,7 @@ class Peer:
         self.dropped = 0
         self.encode_errors = 0
         self._slow = False
+        self._closing = False
         self._gone = False
         self._on_gone = on_gone
         self._counters = counters
@@ -157,11 +158,8 @@ class Peer:
                 self._apply(event)
             except BusClosed:
                 session.close(CloseCode.GOING_AWAY, "hub shutting down")
-        for frame in session.take_outbox():
-            self._send_control(frame)
-        if session.close_code is not None:
-            self._count_error_codes()
-            self.connection.close(int(session.close_code), session.close_reason)  # type: ignore[union-attr]
+        if session.outbox or session.close_code is not None:
+            self.on_text_done()
 
     def _apply(self, event: Sub | Unsub | Pub) -> None:
         session = self.session
@@ -195,15 +193,22 @@ class Peer:
             self.on_text_done()
 
     def on_text_done(self) -> None:
+        """Send what the session queued; carry out its decision to close (once)."""
         for frame in self.session.take_outbox():
             self._send_control(frame)
-        if self.session.close_code is not None and self.connection is not None:
-            self._count_error_codes()
-            self.connection.close(int(self.session.close_code), self.session.close_reason)
-
-    def _count_error_codes(self) -> None:
-        key = f"closed_{int(self.session.close_code or 0)}"
-        self._counters[key] = self._counters.get(key, 0) + 1
+        code = self.session.close_code
+        if code is not None and not self._closing and self.connection is not None:
+            self._closing = True
+            key = f"closed_{int(code)}"
+            self._counters[key] = self._counters.get(key, 0) + 1
+            logger.info(
+                "%s %s: closing with %d (%s)",
+                self.id,
+                self.address,
+                code,
+                self.session.close_reason,
+            )
+            self.connection.close(int(code), self.session.close_reason)
 
     def _send_control(self, frame: str) -> None:
         # Acks, errors and pongs share the FIFO with messages, so a client
