@@ -75,15 +75,23 @@ class Message(tuple):
 
     __slots__ = ()
 
+    #: The bus ``reply()`` emits on.  Each bus delivers instances of its own
+    #: subclass binding it, so a queued message is a plain 4-tuple of
+    #: atoms that the garbage collector can stop tracking (see
+    #: :func:`message_class`).
+    _bus: Any = None
+
     def __new__(
         cls,
         topic: str,
         data: Any = None,
         headers: Mapping[str, Any] | None = None,
         reply_to: str | None = None,
-        bus: Bus | None = None,
+        bus: Any = None,
     ) -> Message:
-        return _tuple_new(cls, (topic, data, headers, reply_to, bus))
+        if bus is not None:
+            cls = bus._message_class
+        return _tuple_new(cls, (topic, data, headers, reply_to))
 
     @property
     def topic(self) -> str:
@@ -113,10 +121,8 @@ class Message(tuple):
             NoReplyTo: this message is not a request.
         """
         reply_to = self[3]
-        if reply_to is None:
-            raise NoReplyTo(self[0])
-        bus = self[4]
-        if bus is None:
+        bus = self._bus
+        if reply_to is None or bus is None:
             raise NoReplyTo(self[0])
         return bus.emit(reply_to, data, headers=headers)  # type: ignore[no-any-return]
 
@@ -129,18 +135,36 @@ class Message(tuple):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
             return NotImplemented
-        return self[:4] == other[:4]
+        return tuple.__eq__(self, other)
 
     def __ne__(self, other: object) -> bool:
         if not isinstance(other, Message):
             return NotImplemented
-        return self[:4] != other[:4]
+        return tuple.__ne__(self, other)
 
     def __hash__(self) -> int:
         return hash((self[0], self[3]))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Message, (self[0], self[1], self[2], self[3]))
+
+
+def message_class(owner: Any) -> type[Message]:
+    """A :class:`Message` subclass whose ``reply()`` emits on ``owner``.
+
+    Each bus (and remote client) makes one.  Delivering instances of it
+    keeps queued items as 4-tuples without a reference to the bus.
+    """
+    return type(
+        "Message",
+        (Message,),
+        {
+            "__slots__": (),
+            "_bus": owner,
+            "__module__": Message.__module__,
+            "__qualname__": "Message",
+        },
+    )
 
 
 class Handler(Protocol):
@@ -237,6 +261,9 @@ class Subscription:
         "_active",
         "_handler_errors",
         "_slow_events",
+        "_message",
+        "_in_hand",
+        "_stopped",
         "__weakref__",
     )
 
@@ -264,6 +291,9 @@ class Subscription:
         self._active = True
         self._handler_errors = 0
         self._slow_events = 0
+        self._message: type[Message] = bus._message_class
+        self._in_hand = 0
+        self._stopped = False
         if handler is not None:
             greenlet = gevent.Greenlet(self._run, handler)
             greenlet.name = f"greenbus:{bus.name}:{pattern}"
@@ -280,13 +310,13 @@ class Subscription:
 
     @property
     def pending(self) -> int:
-        """Messages queued and not yet taken by the consumer."""
-        return len(self._channel)
+        """Messages queued and not yet handed to the handler (or returned by ``get``)."""
+        return len(self._channel) + self._in_hand
 
     @property
     def delivered(self) -> int:
-        """Messages taken by the consumer (handler calls started, or ``get`` returns)."""
-        return self._channel._delivered
+        """Messages handed to the consumer (handler calls started, or ``get`` returns)."""
+        return self._channel._delivered - self._in_hand
 
     @property
     def dropped(self) -> int:
@@ -304,8 +334,11 @@ class Subscription:
     def statistics(self) -> SubscriptionStatistics:
         """A frozen snapshot of this subscription's counters."""
         channel = self._channel.statistics()
+        counts = {f.name: getattr(channel, f.name) for f in fields(ChannelStatistics)}
+        counts["pending"] = self.pending
+        counts["delivered"] = self.delivered
         return SubscriptionStatistics(
-            **{f.name: getattr(channel, f.name) for f in fields(ChannelStatistics)},
+            **counts,
             id=self.id,
             pattern=self.pattern,
             handler=_callable_name(self.handler) if self.handler is not None else None,
@@ -319,7 +352,7 @@ class Subscription:
         state = "active" if self._active else "closed"
         return (
             f"<Subscription #{self.id} {self.pattern!r}{who} {state} "
-            f"pending={len(self._channel)} delivered={self.delivered} dropped={self.dropped}>"
+            f"pending={self.pending} delivered={self.delivered} dropped={self.dropped}>"
         )
 
     # -- consuming ---------------------------------------------------------
@@ -337,7 +370,7 @@ class Subscription:
         """
         if self.handler is not None:
             raise InvalidOption("get()", self.pattern, "a subscription without a handler")
-        return _tuple_new(Message, self._channel.get(timeout))  # type: ignore[no-any-return]
+        return _tuple_new(self._message, self._channel.get(timeout))  # type: ignore[no-any-return]
 
     def get_nowait(self) -> Message:
         """Return the next message at once.
@@ -348,7 +381,7 @@ class Subscription:
         """
         if self.handler is not None:
             raise InvalidOption("get_nowait()", self.pattern, "a subscription without a handler")
-        return _tuple_new(Message, self._channel.get_nowait())  # type: ignore[no-any-return]
+        return _tuple_new(self._message, self._channel.get_nowait())  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscription or its bus is closed."""
@@ -363,27 +396,46 @@ class Subscription:
         # The handler greenlet: one at a time, in order, never overlapping.
         # ``handler`` is passed in, not read from self.handler, which once()
         # replaces with the user's function for display.
+        # Items are taken in batches of up to _FAIR_BATCH (one channel call
+        # per batch, not per message); after a full batch with more waiting,
+        # it yields, so a deep backlog cannot starve other greenlets.
         channel = self._channel
-        get = channel.get
+        get_batch = channel.get_batch
         queue = channel._queue
+        make = self._message
         report = self._bus._report_handler_error
-        count = 0
         while True:
             try:
-                item = get()
+                batch = get_batch(_FAIR_BATCH)
             except EndOfChannel:
                 return
-            msg = _tuple_new(Message, item)
-            try:
-                handler(msg)
-            except Exception as exc:
-                self._handler_errors += 1
-                report(exc, self, msg)
-            count += 1
-            if count >= _FAIR_BATCH:
-                count = 0
-                if queue:
-                    gevent.sleep(0)
+            left = len(batch)
+            for item in batch:
+                if self._stopped:
+                    # Subscription.close() ran (maybe in this very batch):
+                    # deliver no more.  (Bus.close() drains instead.)
+                    self._discard_in_hand()
+                    return
+                left -= 1
+                # Taken from the channel but not yet handled: still pending.
+                self._in_hand = left
+                msg = _tuple_new(make, item)
+                try:
+                    handler(msg)
+                except Exception as exc:
+                    self._handler_errors += 1
+                    report(exc, self, msg)
+            if queue and len(batch) == _FAIR_BATCH:
+                gevent.sleep(0)
+
+    def _discard_in_hand(self) -> int:
+        # Messages of the current batch that will not be handled: they were
+        # counted as delivered when taken; count them as discarded instead.
+        n = self._in_hand
+        self._channel._delivered -= n
+        self._channel._discarded += n
+        self._in_hand = 0
+        return n
 
     def _on_overflow(self, channel: Channel[Any]) -> None:
         self._slow_events += 1
@@ -405,6 +457,7 @@ class Subscription:
             return
         self._bus._remove(self)
         self._active = False
+        self._stopped = True
         channel = self._channel
         channel.close()
         n = channel.discard()
@@ -439,8 +492,10 @@ class Forward:
         self._bus = bus
         self._active = True
 
+        make = bus._message_class
+
         def put(item: tuple[Any, ...]) -> bool:
-            return sink(_tuple_new(Message, item))
+            return sink(_tuple_new(make, item))
 
         self._put = put
 
@@ -580,8 +635,11 @@ class Bus(Subscriber):
         self._open_in = self._thread
         self._portal = ThreadPortal(self._emit_handoff, self._report_thread_error, self.name)
         self._thread_errors = 0
+        self._message_class = message_class(self)
         self._inbox_prefix = f"_INBOX.{number}x{id(self):x}"
         self._inbox_seq = itertools.count(1)
+        self._inbox: Forward | None = None
+        self._requests: dict[str, Channel[Message]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -652,7 +710,7 @@ class Bus(Subscriber):
             route = self._index.match(topic)
         if headers is not None or reply_to is not None:
             headers, reply_to = _check_extras(headers, reply_to)
-        item = (topic, data, headers, reply_to, self)
+        item = (topic, data, headers, reply_to)
         n = 0
         try:
             for put in route:
@@ -676,7 +734,7 @@ class Bus(Subscriber):
         matched = len(self._index.match_uncached(topic))  # validates, thread-safe read
         if headers is not None or reply_to is not None:
             headers, reply_to = _check_extras(headers, reply_to)
-        self._portal.submit((topic, data, headers, reply_to, self))
+        self._portal.submit((topic, data, headers, reply_to))
         return matched
 
     def _emit_rest(
@@ -835,8 +893,9 @@ class Bus(Subscriber):
     ) -> Message:
         """Emit a request and wait for the first reply.
 
-        A private inbox subscription receives the replies; responders answer
-        with :meth:`Message.reply`.  Later replies are discarded.
+        The request carries a private inbox topic as ``reply_to``;
+        responders answer with :meth:`Message.reply`.  Later replies are
+        not queued (the reply's emit counts 0 for them).
 
         Args:
             timeout: seconds to wait for the reply (after the request was queued).
@@ -850,14 +909,31 @@ class Bus(Subscriber):
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidOption("timeout", timeout, "a number of seconds >= 0")
+        if self._inbox is None:
+            # One wildcard forward per bus serves every request: a reply is
+            # handed to its waiter inside emit, with no subscription made
+            # and closed per request.
+            self._inbox = self.forward(f"{self._inbox_prefix}.*", self._on_reply)
         inbox = f"{self._inbox_prefix}.{next(self._inbox_seq)}"
-        with self.subscribe(inbox, maxsize=None) as sub:
+        waiter: Channel[Message] = Channel(1, Overflow.DROP_NEWEST)
+        self._requests[inbox] = waiter
+        try:
             if self.emit(topic, data, headers=headers, reply_to=inbox) == 0:
                 raise NoResponders(topic)
             try:
-                return sub.get(timeout=timeout)
+                return waiter.get(timeout=timeout)
             except ReceiveTimeout:
                 raise RequestTimeout(topic, timeout) from None
+        finally:
+            del self._requests[inbox]
+
+    def _on_reply(self, msg: Message) -> bool:
+        # The inbox forward's sink (inside emit): the first reply wakes the
+        # requester; later ones, and replies after it gave up, are not queued.
+        waiter = self._requests.get(msg[0])
+        if waiter is None:
+            return False
+        return waiter.put_nowait(msg)
 
     # -- errors ------------------------------------------------------------
 
@@ -891,8 +967,8 @@ class Bus(Subscriber):
     # -- introspection -----------------------------------------------------
 
     def topics(self) -> list[str]:
-        """The patterns subscribed to now, sorted."""
-        return sorted(self._index.patterns())
+        """The patterns subscribed to now, sorted (the bus's own request inbox left out)."""
+        return sorted(p for p in self._index.patterns() if not p.startswith(self._inbox_prefix))
 
     def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
         """The active subscriptions (on exactly ``pattern``, if given), oldest first."""
@@ -955,7 +1031,7 @@ class Bus(Subscriber):
             g = sub._greenlet
             if g is not None and g is not current and not g.dead:
                 g.kill(block=True)
-                n = sub._channel.discard()
+                n = sub._channel.discard() + sub._discard_in_hand()
                 logger.warning(
                     "%s: subscription #%d %r did not drain within %s s; %d message(s) discarded",
                     self.name,

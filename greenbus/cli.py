@@ -121,7 +121,6 @@ DEFAULT_URL = "ws://127.0.0.1:8765/"
 
 def serve_command(args: argparse.Namespace) -> int:
     """Run a hub until SIGINT/SIGTERM."""
-    import gevent
 
     from .bridge.server import serve
     from .bus import Bus
@@ -156,19 +155,33 @@ def serve_command(args: argparse.Namespace) -> int:
             "" if token else " and no token is set",
         )
 
-    def stop() -> None:
-        hub.stop()
-        bus.close(timeout=5)
-
-    gevent.signal_handler(signal.SIGTERM, stop)
-    gevent.signal_handler(signal.SIGINT, stop)
-    hub.serve_forever()
+    _run_until_signalled(lambda: (hub.stop(), bus.close(timeout=5)))
     return 0
+
+
+def _run_until_signalled(stop: Any) -> None:
+    # SIGTERM/SIGINT run ``stop`` in a greenlet; return only once it has
+    # finished, so peers get their 1001 close frames before the exit.
+    import gevent
+    import gevent.event
+
+    done = gevent.event.Event()
+
+    def on_signal() -> None:
+        if done.is_set():
+            return
+        try:
+            stop()
+        finally:
+            done.set()
+
+    gevent.signal_handler(signal.SIGTERM, on_signal)
+    gevent.signal_handler(signal.SIGINT, on_signal)
+    done.wait()
 
 
 def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any) -> int:
     """Serve through gevent-websocket's WSGI handler and greenbus.bridge.wsgi."""
-    import gevent
     from gevent.pywsgi import WSGIServer
 
     try:
@@ -185,13 +198,12 @@ def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any) -> int:
     print(f"greenbus hub listening on ws://{args.host}:{server.server_port}/", flush=True)
 
     def stop() -> None:
+        server.close()
         app.hub.stop_peers()
         server.stop(timeout=5)
         bus.close(timeout=5)
 
-    gevent.signal_handler(signal.SIGTERM, stop)
-    gevent.signal_handler(signal.SIGINT, stop)
-    server._stop_event.wait()
+    _run_until_signalled(stop)
     return 0
 
 

@@ -29,7 +29,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from .._portal import get_ident
-from ..bus import Message, Subscriber, Subscription, _callable_name
+from ..bus import Message, Subscriber, Subscription, _callable_name, message_class
 from ..channel import DEFAULT_MAXSIZE, Overflow
 from ..exceptions import (
     BusClosed,
@@ -104,6 +104,7 @@ class RemoteBus(Subscriber):
         self._max_buffer = max_buffer
         self._max_message_size = max_message_size
         self._thread = get_ident()
+        self._message_class = message_class(self)
         self._sids = itertools.count(1)
         self._subs: dict[int, Subscription] = {}
         self._sid_of: dict[Subscription, int] = {}
@@ -383,7 +384,7 @@ class RemoteBus(Subscriber):
             sub = self._subs.get(event.sid)  # type: ignore[arg-type]
             if sub is None:
                 return  # unsubscribed while it was in flight
-            item = (event.topic, event.data, event.headers, event.reply_to, self)
+            item = (event.topic, event.data, event.headers, event.reply_to)
             try:
                 sub._put(item)
             except ChannelFull:

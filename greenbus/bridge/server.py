@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent.event
 from gevent import Timeout
 from gevent.server import StreamServer
 from websockets.datastructures import Headers
@@ -91,6 +92,7 @@ class HubServer:
             "http_requests": 0,
         }
         self._server: StreamServer | None = None
+        self._stopped = gevent.event.Event()
         self._started_at = time.monotonic()
         token = base.token
         self._authenticate: Callable[[str | None], bool] | None = None
@@ -124,6 +126,7 @@ class HubServer:
         """Bind and start accepting in the background; returns self."""
         if self._server is not None:
             return self
+        self._stopped.clear()
         self._server = StreamServer((self.config.host, self.config.port), self._handle)
         self._server.start()
         self._started_at = time.monotonic()
@@ -136,10 +139,9 @@ class HubServer:
         return self
 
     def serve_forever(self) -> None:
-        """Start (if needed) and serve until :meth:`stop` or KeyboardInterrupt."""
+        """Start (if needed) and serve until :meth:`stop` has finished."""
         self.start()
-        assert self._server is not None
-        self._server._stop_event.wait()
+        self._stopped.wait()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, close every peer with 1001 (going away), wait for them."""
@@ -152,6 +154,7 @@ class HubServer:
         server.stop(timeout=max(0.0, deadline - time.monotonic()))
         self._server = None
         logger.info("greenbus hub %s stopped", self.config.name)
+        self._stopped.set()
 
     def stop_peers(self, timeout: float = 5.0) -> None:
         """Close every peer with 1001 (going away) and wait for them to leave."""
