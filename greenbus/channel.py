@@ -194,8 +194,23 @@ class _Scheduler:
         """Park the current greenlet; return the value it is switched back with."""
         ready = self.ready
         while ready and self.budget > 0:
-            waiter = ready.popleft()._take_getter()
-            if waiter is not None:
+            # _take_getter, inlined: this runs on every direct hand-off.
+            channel = ready.popleft()
+            channel._notify_scheduled = False
+            getters = channel._getters
+            waiter = None
+            if channel._queue or channel._closed:
+                while getters:
+                    candidate = getters.popleft()
+                    if candidate.parked:
+                        waiter = candidate
+                        if getters:
+                            channel._notify_scheduled = True
+                            ready.append(channel)
+                        break
+            if waiter is None:
+                channel._wake_needed = bool(getters)
+            else:
                 self.budget -= 1
                 waiter.parked = False
                 return waiter.greenlet.switch(waiter)  # type: ignore[attr-defined]
@@ -242,6 +257,7 @@ class Channel(Generic[T]):
         "_hub",
         "_run_callback",
         "_scheduler",
+        "_spare",
         "_delivered",
         "_dropped",
         "_discarded",
@@ -278,6 +294,7 @@ class Channel(Generic[T]):
         self._hub = get_hub()
         self._run_callback = self._hub.loop.run_callback
         self._scheduler = _scheduler_for(self._hub)
+        self._spare: _Waiter | None = None
         self._delivered = 0
         self._dropped = 0
         self._discarded = 0
@@ -515,7 +532,11 @@ class Channel(Generic[T]):
                 raise EndOfChannel()
             if current is self._hub:
                 raise ChannelEmpty()
-            waiter = _Waiter(current)
+            # One waiter per greenlet is reused: a woken waiter has always
+            # left the line, so it can stand in it again.
+            waiter = self._spare
+            if waiter is None or waiter.greenlet is not current:
+                waiter = self._spare = _Waiter(current)
             getters.append(waiter)
             if not self._notify_scheduled:
                 self._wake_needed = True
@@ -532,7 +553,15 @@ class Channel(Generic[T]):
                         pass
             if token is not waiter:
                 raise AssertionError(f"invalid switch into a getter waiting on {self!r}: {token!r}")
-        return self.get()
+        # get()'s fast path, inlined.
+        n = len(queue)
+        item = queue.popleft()
+        self._delivered += 1
+        if n > self._high_water:
+            self._high_water = n
+        if self._putters or self._overflowing:
+            self._after_get(n - 1)
+        return item
 
     def _get_timed(self, timeout: float) -> T:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
@@ -588,22 +617,6 @@ class Channel(Generic[T]):
             self._wake_needed = False
             self._notify_scheduled = True
             self._scheduler.schedule(self)
-
-    def _take_getter(self) -> _Waiter | None:
-        # The scheduler popped this channel: hand it the next getter that has
-        # something to receive (an item, or the end), or None.
-        self._notify_scheduled = False
-        getters = self._getters
-        if self._queue or self._closed:
-            while getters:
-                waiter = getters.popleft()
-                if waiter.parked:
-                    if getters:
-                        self._notify_scheduled = True
-                        self._scheduler.ready.append(self)
-                    return waiter
-        self._wake_needed = bool(getters)
-        return None
 
     def _notify(self) -> None:
         # On the hub: wake parked getters while there is something for them.
