@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,7 +180,18 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+
+#: A JSON escape of a UTF-16 surrogate: the only way a lone surrogate (which
+#: cannot be encoded as UTF-8, so could never be forwarded) gets in.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 #: Topics and patterns already validated (bounded; cleared when full).
 _VALID: dict[tuple[str, bool], str] = {}
@@ -206,6 +218,13 @@ def _load_object(text: str, max_depth: int) -> dict[str, Any]:
         raise RemoteProtocolError(ErrorCode.BAD_JSON, "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, int too long, NaN/Infinity
         raise RemoteProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            _dumps(obj).encode("utf-8")
+        except UnicodeEncodeError:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_JSON, "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)"
+            ) from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError(
             ErrorCode.BAD_FRAME, f"a frame must be a JSON object, not {_json_type(obj)}"
@@ -438,6 +457,8 @@ def parse_server(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ServerEven
             known = code  # type: ignore[assignment]
         return Error(code=known, reason=f.string("reason") or "", id=f.id)  # type: ignore[arg-type]
     version = f.required("protocol")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise f.fail(f"'protocol' must be an integer, not {_json_type(version)}")
     return Welcome(
         protocol=version, server=f.string("server") or "", peer=f.string("peer") or "", id=f.id
     )
@@ -570,7 +591,9 @@ class HubSession:
             event = parse_client(text, max_depth=self.limits.max_depth)
         except RemoteProtocolError as exc:
             if self.state is SessionState.AWAITING_HELLO:
-                self._unauthorized(f"the first message must be hello with a token ({exc.reason})")
+                self._unauthorized(
+                    f"the first message must be hello with a token ({exc.reason})", exc.id
+                )
             else:
                 self.reject(exc.code, exc.reason, exc.id)
             return None

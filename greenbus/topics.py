@@ -11,7 +11,8 @@ with NATS semantics so the same grammar works in process and over the wire:
   ``sensors``.
 
 Rules for both: non-empty, no empty token (``a..b``, ``.a``, ``a.``), no
-whitespace or control characters.  A wildcard must be a whole token
+whitespace, control characters or lone UTF-16 surrogates (which could not be
+sent over the wire as UTF-8).  A wildcard must be a whole token
 (``room*`` is rejected, not taken literally).  A topic passed to ``emit`` may
 not contain a wildcard at all.
 
@@ -41,7 +42,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _WILDCARD_CHARS = re.compile(r"[*>]")
 
 

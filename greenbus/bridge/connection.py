@@ -157,12 +157,20 @@ class Connection:
         return self._out.discard()
 
     def drop_oldest(self) -> bool:
-        """Drop the oldest queued item; False if nothing was queued."""
+        """Drop the oldest queued *message*; False if none is queued.
+
+        Text frames queued as strings (acks, errors, pongs) and close
+        requests are never dropped: only items for ``serialize``.
+        """
         queue = self._out._queue
-        if not queue:
-            return False
-        queue.popleft()
-        return True
+        for i, item in enumerate(queue):
+            if not isinstance(item, (str, _Flush, _CloseRequest)):
+                if i == 0:
+                    queue.popleft()
+                else:
+                    del queue[i]
+                return True
+        return False
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake after what is already queued."""

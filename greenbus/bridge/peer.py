@@ -158,6 +158,14 @@ class Peer:
                 self._apply(event)
             except BusClosed:
                 session.close(CloseCode.GOING_AWAY, "hub shutting down")
+            except Exception:
+                # Our fault, not the peer's: say so, and close with 1011.
+                logger.exception("%s: internal error applying %r", self.id, event)
+                self._counters["internal_errors"] = self._counters.get("internal_errors", 0) + 1
+                session.outbox.append(
+                    encode(Error(ErrorCode.INTERNAL, "internal error; see the hub's log", event.id))
+                )
+                session.close(CloseCode.INTERNAL_ERROR, "internal error")
         if session.outbox or session.close_code is not None:
             self.on_text_done()
 
