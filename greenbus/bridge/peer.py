@@ -207,8 +207,6 @@ class Peer:
         code = self.session.close_code
         if code is not None and not self._closing and self.connection is not None:
             self._closing = True
-            key = f"closed_{int(code)}"
-            self._counters[key] = self._counters.get(key, 0) + 1
             logger.info(
                 "%s %s: closing with %d (%s)",
                 self.id,
@@ -309,5 +307,7 @@ class Peer:
             except Exception:  # the bus may be closing on another path
                 logger.debug("%s: closing %r failed", self.id, forward, exc_info=True)
         self.forwards.clear()
+        key = f"closed_{int(code)}"
+        self._counters[key] = self._counters.get(key, 0) + 1
         logger.info("%s %s disconnected (code %s)", self.id, self.address, code)
         self._on_gone(self)

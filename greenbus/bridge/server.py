@@ -374,9 +374,9 @@ class HubServer:
         )
         closes = sorted((k[len("closed_") :], v) for k, v in c.items() if k.startswith("closed_"))
         metric(
-            "protocol_closes_total",
+            "closes_total",
             "counter",
-            "Connections the hub closed, by close code.",
+            "WebSocket connections ended, by close code (1006: no close frame).",
             [(f'{{code="{code}"}}', v) for code, v in closes],
         )
         metric(
