@@ -97,6 +97,7 @@ class Connection:
         # before queueing, and control flushes must always fit.
         self._out: Channel[Any] = Channel(None)
         self._fragments: list[bytes] = []
+        self._in_batch = 0
         self._fragment_size = 0
         self._reader: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None
@@ -119,8 +120,8 @@ class Connection:
 
     @property
     def pending(self) -> int:
-        """Items queued and not yet written."""
-        return len(self._out)
+        """Items queued and not yet written (including the writer's current batch)."""
+        return len(self._out) + self._in_batch
 
     def start(self, initial_events: Sequence[Any] = ()) -> None:
         """Start the reader and writer greenlets.
@@ -202,6 +203,7 @@ class Connection:
                 batch = [item]
                 while queue and len(batch) < MAX_BATCH:
                     batch.append(get())
+                self._in_batch = len(batch)
                 for item in batch:
                     if item is _FLUSH:
                         continue
@@ -216,6 +218,7 @@ class Connection:
                         continue  # the serializer refused it (and counted it)
                     protocol.send_text(text.encode())
                     self.sent += 1
+                self._in_batch = 0
                 if not self._flush():
                     return
         except Exception:
@@ -259,12 +262,17 @@ class Connection:
                     protocol.receive_eof()
                 for event in protocol.events_received():
                     self._handle(event)
-                self._out.put(_FLUSH)
+                if protocol.writes:  # pong, close: the writer must flush them
+                    self._out.put(_FLUSH)
                 if not data or protocol.state is State.CLOSED:
                     break
                 if protocol.close_expected():
                     self._wait_for_eof()
                     break
+                # A publisher that keeps the socket full never makes recv()
+                # block, so yield once per read: the writers of the peers we
+                # just routed to must get to run, or their queues only grow.
+                gevent.sleep(0)
         except Exception:
             logger.exception("%s: reader failed", self.name)
         finally:
@@ -302,10 +310,23 @@ class Connection:
     def _wait_for_eof(self) -> None:
         # We sent a close frame (or failed the connection): the peer should
         # close the TCP stream; don't wait for it forever.
+        # Keep feeding the protocol (RFC 6455 5.5.1 lets data frames precede
+        # the close reply) and stop as soon as it says the handshake is done.
+        protocol = self.protocol
         self._out.put(_FLUSH)
         with Timeout(self._close_timeout, False):
-            while self._recv_raw(None):
-                pass
+            while protocol.state is not State.CLOSED:
+                data = self._recv_raw(None)
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                for event in protocol.events_received():
+                    self._handle(event)
+                if protocol.writes:
+                    self._out.put(_FLUSH)
+                if not data:
+                    break
 
     def _handle(self, frame: Frame) -> None:
         protocol = self.protocol

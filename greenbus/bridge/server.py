@@ -192,9 +192,7 @@ class HubServer:
             self._send(sock, protocol, self._http(request))
             sock.close()
             return
-        if len(self.peers) >= cfg.max_connections:
-            self.counters["connections_refused"] += 1
-            logger.warning("%s refused: %d connections (max_connections)", where, len(self.peers))
+        if self.full(where):
             self._send(sock, protocol, protocol.reject(503, "too many connections\n"))
             sock.close()
             return
@@ -250,6 +248,14 @@ class HubServer:
         peer.attach(connection)
         logger.info("%s connected from %s", peer.id, where)
         connection.run()
+
+    def full(self, where: str) -> bool:
+        """True (counted and logged) if ``max_connections`` peers are connected."""
+        if len(self.peers) < self.config.max_connections:
+            return False
+        self.counters["connections_refused"] += 1
+        logger.warning("%s refused: %d connections (max_connections)", where, len(self.peers))
+        return True
 
     def _forget(self, peer: Peer) -> None:
         self.peers.pop(peer.id, None)

@@ -40,11 +40,11 @@ def hub_app(
     bus: Bus,
     config: HubConfig | None = None,
     *,
-    path: str = "/",
+    path: str | None = None,
     fallback: WSGIApp | None = None,
     **overrides: Any,
 ) -> WSGIApp:
-    """A WSGI app serving the hub's WebSocket protocol at ``path``.
+    """A WSGI app serving the hub's WebSocket protocol (at ``path`` only, if given).
 
     Plain HTTP requests to ``/health`` and ``/metrics`` are answered as by
     the hub; any other request goes to ``fallback`` (404 without one).  The
@@ -55,9 +55,17 @@ def hub_app(
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         ws = environ.get("wsgi.websocket")
-        if ws is not None and environ.get("PATH_INFO", "/") == path:
+        if ws is not None and (path is None or environ.get("PATH_INFO", "/") == path):
             handler = ws.handler
             where = "{}:{}".format(*handler.client_address[:2])
+            if hub.full(where):
+                # The upgrade is done already: refuse with a close frame of
+                # our own (gevent-websocket's close() would lose the code).
+                refusal = Protocol(SERVER, state=State.OPEN)
+                refusal.send_close(1013, "too many connections")
+                handler.socket.sendall(b"".join(refusal.data_to_send()))
+                ws.closed = True
+                return []
             protocol = Protocol(SERVER, state=State.OPEN, max_size=hub.config.max_message_size)
             try:
                 hub.run_peer(handler.socket, protocol, where, recv=handler.rfile.read1)

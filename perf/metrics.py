@@ -1,0 +1,508 @@
+"""What the suite measures: sizes, metrics, and greenbus's targets.
+
+A :class:`Metric` is a function that takes one system and one case and
+returns that round's samples.  The runner (``perf/__main__.py``) calls it
+once per round for every (case, system) pair, in shuffled order, so machine
+noise hits every system alike.  Each metric states in :attr:`Metric.timed`
+exactly what its samples time; that text goes into the JSON.
+
+Every sample is verified: a metric whose messages did not all arrive
+(exactly once) raises :class:`~perf.systems.MeasurementError`, and the
+runner records an error instead of a number.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import time
+import tracemalloc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .systems import SYSTEMS, Classic, Fanout, MeasurementError, System
+
+__all__ = [
+    "DEFAULT",
+    "METRICS",
+    "QUICK",
+    "TARGETS",
+    "TIMES",
+    "TINY",
+    "Case",
+    "Metric",
+    "Sizes",
+    "Target",
+    "count_reorders",
+]
+
+#: The multiplication sign of ratios, spelled out so linters do not take it for an "x".
+TIMES = "\N{MULTIPLICATION SIGN}"
+#: What the slow subscriber sleeps per message, in seconds.
+SLOW = 0.001
+#: Producers pause (``gevent.sleep(0)`` for greenlet systems) after this many emits.
+YIELD_EVERY = 100
+#: Fewest emits in one emit-cost sample, however many subscribers there are.
+MIN_EMITS = 5
+#: Untimed round trips before a ping-pong series, so the first sample is warm.
+WARM_ROUNDTRIPS = 10
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each metric does; one instance per profile."""
+
+    profile: str
+    #: Rounds of the per-call metrics (emit held, emit cost, ping-pong).
+    rounds: int
+    #: Run every (case, system) once, unrecorded, before the first round.
+    warmup: bool
+    #: emit_held: emits per sample, samples per round.
+    emit_batch: int
+    emit_batches: int
+    #: emit_held_slow: emits per sample, samples per round.
+    slow_batch: int
+    slow_batches: int
+    #: emit_cost_by_subscribers: deliveries per sample (emits = this / subscribers).
+    cost_deliveries: int
+    subscriber_counts: tuple[int, ...]
+    #: pingpong: round trips per round; the classic scenario's messages per round.
+    pingpong: int
+    classic_messages: int
+    #: throughput: deliveries per sample (messages = this / fan-out), and rounds.
+    throughput_deliveries: int
+    throughput_rounds: int
+    fanouts: tuple[int, ...]
+    #: reorders: messages per flood, and rounds.
+    flood: int
+    reorder_rounds: int
+    #: memory: idle consumers per probe (OS-thread consumers are fewer), queued messages.
+    memory_consumers: int
+    memory_threads: int
+    memory_messages: int
+    memory_rounds: int
+
+
+#: The profiles side by side: field -> (default, --quick, --tiny).  --tiny
+#: shrinks every size so the whole suite runs in seconds (the test suite's
+#: smoke run); what it measures is noise.
+_PROFILES: dict[str, tuple[object, object, object]] = {
+    "rounds": (10, 4, 2),
+    "warmup": (True, True, False),
+    "emit_batch": (1000, 1000, 50),
+    "emit_batches": (5, 3, 2),
+    "slow_batch": (50, 50, 5),
+    "slow_batches": (3, 2, 1),
+    "cost_deliveries": (20_000, 10_000, 200),
+    "subscriber_counts": ((1, 10, 100, 1000),) * 3,
+    "pingpong": (500, 300, 20),
+    "classic_messages": (20, 10, 2),
+    "throughput_deliveries": (60_000, 30_000, 1000),
+    "throughput_rounds": (5, 3, 1),
+    "fanouts": ((1, 10, 100),) * 3,
+    "flood": (20_000, 20_000, 500),
+    "reorder_rounds": (3, 1, 1),
+    "memory_consumers": (10_000, 10_000, 200),
+    "memory_threads": (1000, 300, 20),
+    "memory_messages": (100_000, 100_000, 2000),
+    "memory_rounds": (3, 1, 1),
+}
+
+DEFAULT, QUICK, TINY = (
+    Sizes(profile=name, **{key: values[i] for key, values in _PROFILES.items()})  # type: ignore[arg-type]
+    for i, name in enumerate(("default", "quick", "tiny"))
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One setting of a metric (a fan-out, a subscriber count...) and its unit."""
+
+    label: str
+    unit: str
+    params: Mapping[str, int | str] = field(default_factory=dict)
+
+    def int_param(self, name: str) -> int:
+        value = self.params[name]
+        assert isinstance(value, int)
+        return value
+
+
+Measure = Callable[[System, Case, Sizes], list[float]]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measurement and everything the report needs to say about it."""
+
+    name: str
+    title: str
+    #: Exactly what one sample times (written into the JSON).
+    timed: str
+    systems: tuple[str, ...]
+    cases: Callable[[Sizes], tuple[Case, ...]]
+    measure: Measure
+    better: Literal["lower", "higher"] = "lower"
+    #: The :class:`Sizes` field that says how many rounds to run.
+    rounds_field: str = "rounds"
+    #: Run each (case, system) once, unrecorded, before the rounds (if the profile warms up).
+    warmup: bool = True
+
+    def rounds(self, sizes: Sizes) -> int:
+        rounds = getattr(sizes, self.rounds_field)
+        assert isinstance(rounds, int)
+        return rounds
+
+
+# -- shared measuring loops ------------------------------------------------------
+
+
+def _emit_batches(
+    system: System, k: int, emits: int, batches: int, slow: float = 0.0
+) -> list[float]:
+    """µs per emit, one sample per batch of ``emits``; consumers drain untimed between."""
+    samples = []
+    with system.fanout(k, slow) as fan:
+        emit = fan.emit
+        for _ in range(batches):
+            start = time.perf_counter()
+            for i in range(emits):
+                emit(i)
+            elapsed = time.perf_counter() - start
+            fan.wait(emits)
+            fan.take(emits)
+            samples.append(elapsed / emits * 1e6)
+    return samples
+
+
+def _flood(fan: Fanout, n: int) -> None:
+    """Emit payloads 0..n-1, pausing every :data:`YIELD_EVERY` emits."""
+    emit, pause = fan.emit, fan.pause
+    for start in range(0, n, YIELD_EVERY):
+        for i in range(start, min(start + YIELD_EVERY, n)):
+            emit(i)
+        pause()
+
+
+def count_reorders(got: Sequence[int], n: int) -> int:
+    """How many payloads arrived after one emitted later than them.
+
+    Raises:
+        MeasurementError: ``got`` is not a permutation of ``range(n)``.
+    """
+    if len(got) != n or sorted(got) != list(range(n)):
+        raise MeasurementError(f"expected each of {n} payloads once, got {len(got)} payloads")
+    late = 0
+    highest = -1
+    for payload in got:
+        if payload < highest:
+            late += 1
+        else:
+            highest = payload
+    return late
+
+
+# -- the metrics -------------------------------------------------------------------
+
+ONE = Case("1 fast subscriber", "µs")
+SLOW_ONE = Case("1 subscriber sleeping 1 ms per message", "µs")
+ROUND_TRIP = Case("round trip", "µs")
+FLOOD_LABEL = "1→1 flood"
+
+
+def measure_emit_held(system: System, case: Case, sizes: Sizes) -> list[float]:
+    if isinstance(system, Classic):
+        return system.run(sizes.classic_messages).held_us
+    return _emit_batches(system, 1, sizes.emit_batch, sizes.emit_batches)
+
+
+def measure_emit_held_slow(system: System, case: Case, sizes: Sizes) -> list[float]:
+    return _emit_batches(system, 1, sizes.slow_batch, sizes.slow_batches, slow=SLOW)
+
+
+def subscriber_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return tuple(
+        Case(
+            f"{k} subscriber{'s' if k > 1 else ''}",
+            "µs",
+            {"subscribers": k, "emits": _cost_emits(sizes, k)},
+        )
+        for k in sizes.subscriber_counts
+    )
+
+
+def _cost_emits(sizes: Sizes, k: int) -> int:
+    return max(MIN_EMITS, sizes.cost_deliveries // k)
+
+
+def measure_emit_cost(system: System, case: Case, sizes: Sizes) -> list[float]:
+    k = case.int_param("subscribers")
+    return _emit_batches(system, k, case.int_param("emits"), sizes.emit_batches)
+
+
+def measure_pingpong(system: System, case: Case, sizes: Sizes) -> list[float]:
+    if isinstance(system, Classic):
+        return system.run(sizes.classic_messages).roundtrip_us
+    samples = []
+    clock = time.perf_counter
+    with system.echo() as echo:
+        roundtrip = echo.roundtrip
+        for i in range(WARM_ROUNDTRIPS):
+            roundtrip(i)
+        for i in range(sizes.pingpong):
+            start = clock()
+            reply = roundtrip(i)
+            elapsed = clock() - start
+            if reply != i:
+                raise MeasurementError(f"round trip {i} came back as {reply!r}")
+            samples.append(elapsed * 1e6)
+    return samples
+
+
+def fanout_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return tuple(
+        Case(
+            f"1→{k}",
+            "msgs/s",
+            {"fanout": k, "messages": max(YIELD_EVERY, sizes.throughput_deliveries // k)},
+        )
+        for k in sizes.fanouts
+    )
+
+
+def measure_throughput(system: System, case: Case, sizes: Sizes) -> list[float]:
+    k, m = case.int_param("fanout"), case.int_param("messages")
+    with system.fanout(k) as fan:
+        start = time.perf_counter()
+        _flood(fan, m)
+        fan.wait(m)
+        elapsed = time.perf_counter() - start
+        fan.take(m)
+    return [k * m / elapsed]
+
+
+def flood_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return (Case(FLOOD_LABEL, "reorders", {"messages": sizes.flood}),)
+
+
+def measure_reorders(system: System, case: Case, sizes: Sizes) -> list[float]:
+    n = case.int_param("messages")
+    with system.fanout(1) as fan:
+        _flood(fan, n)
+        fan.wait(n)
+        [got] = fan.take(n)
+    return [float(count_reorders(got, n))]
+
+
+# -- memory: each probe runs in a fresh process ------------------------------------
+
+MEMORY_CASES = (
+    Case("per idle consumer, tracemalloc", "bytes", {"probe": "consumers", "via": "tracemalloc"}),
+    Case("per 10k idle consumers, RSS", "MB", {"probe": "consumers", "via": "rss"}),
+    Case("per queued message, tracemalloc", "bytes", {"probe": "messages", "via": "tracemalloc"}),
+)
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process, from /proc/self/statm."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _probe(system_name: str, probe: str, via: str, n: int) -> float:
+    """Bytes per built item (run in a fresh process, so earlier work cannot skew it)."""
+    system = SYSTEMS[system_name]
+    build = system.idle_consumers if probe == "consumers" else system.queued_messages
+    build(min(10, n))()  # one-time costs (hub, caches, lazy imports) are not per item
+    gc.collect()
+    if via == "rss":
+        before = _rss_bytes()
+        close = build(n)
+        gc.collect()
+        grown = _rss_bytes() - before
+    else:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        close = build(n)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+    close()
+    return grown / n
+
+
+def measure_memory(system: System, case: Case, sizes: Sizes) -> list[float]:
+    probe, via = str(case.params["probe"]), str(case.params["via"])
+    if probe == "messages":
+        n = sizes.memory_messages
+    elif system.thread_per_consumer:
+        n = sizes.memory_threads
+    else:
+        n = sizes.memory_consumers
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        per_item = pool.apply(_probe, (system.name, probe, via, n))
+    return [per_item * 10_000 / 1e6 if case.unit == "MB" else per_item]
+
+
+# -- the list ---------------------------------------------------------------------
+
+#: The systems with a second party (a pool, a thread, a greenlet) behind emit.
+CONCURRENT = ("pyee-executor", "threads+queue", "gevent.queue", "greenbus", "greenbus-compat")
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            name="emit_held",
+            title="emit held",
+            timed=(
+                "Batches of emits to one subscriber whose handler appends the payload to a "
+                "list; a sample is the batch's wall time divided by its emits (the loop, ~0.03 "
+                "µs, included). Between batches the consumers drain, untimed, and the counts "
+                "are checked. classic: each emit of the two-thread scenario, timed singly, "
+                "10 ms apart."
+            ),
+            systems=("classic", "pyee", "blinker", *CONCURRENT),
+            cases=lambda sizes: (ONE,),
+            measure=measure_emit_held,
+        ),
+        Metric(
+            name="emit_held_slow",
+            title="emit held",
+            timed=(
+                "As emit_held, with a handler that sleeps 1 ms before recording: time.sleep "
+                "for pyee (inside emit) and the threads, gevent.sleep for greenlets. "
+                "Consumers drain between batches, untimed."
+            ),
+            systems=("pyee", *CONCURRENT),
+            cases=lambda sizes: (SLOW_ONE,),
+            measure=measure_emit_held_slow,
+        ),
+        Metric(
+            name="pingpong",
+            title="ping-pong",
+            timed=(
+                "perf_counter around each round trip: send a number, block until the "
+                "responder sends it back (checked). One sample per message. classic: emit "
+                "'data' until the 'reply' handler runs, thread2 polling every 10 ms."
+            ),
+            systems=("classic", *CONCURRENT[:-1], "greenbus-request", CONCURRENT[-1]),
+            cases=lambda sizes: (ROUND_TRIP,),
+            measure=measure_pingpong,
+        ),
+        Metric(
+            name="throughput",
+            title="delivered msgs/s",
+            timed=(
+                "One producer emits M messages to k consumers (greenlet producers "
+                "gevent.sleep(0) every 100 emits); the clock stops when every consumer has "
+                "handled all M. A sample is k*M / elapsed; counts are checked after."
+            ),
+            better="higher",
+            systems=("pyee", *CONCURRENT),
+            cases=fanout_cases,
+            measure=measure_throughput,
+            rounds_field="throughput_rounds",
+        ),
+        Metric(
+            name="emit_cost_by_subscribers",
+            title="emit cost",
+            timed=(
+                "As emit_held, with k subscribers on the emitted topic (greenbus-wildcard: "
+                "alternately 'a.*' and 'a.>', emitting to 'a.b'); a sample is a batch's "
+                "wall time divided by its emits."
+            ),
+            systems=("pyee", "blinker", "greenbus", "greenbus-wildcard"),
+            cases=subscriber_cases,
+            measure=measure_emit_cost,
+        ),
+        Metric(
+            name="reorders",
+            title="out-of-order deliveries",
+            timed=(
+                "Not a time: one producer floods one consumer with 0..n-1; a sample counts "
+                "the payloads that arrived after a later one (all must arrive, once)."
+            ),
+            systems=("pyee", *CONCURRENT),
+            cases=flood_cases,
+            measure=measure_reorders,
+            rounds_field="reorder_rounds",
+            warmup=False,
+        ),
+        Metric(
+            name="memory",
+            title="memory",
+            timed=(
+                "Not a time: each probe runs in a fresh process and builds n idle consumers "
+                "(greenbus: a subscription with a handler, on its own topic; gevent.queue: a "
+                "queue and a greenlet in get(); threads+queue: a queue and a thread in get()) "
+                "or queues n messages to one consumer that does not consume. tracemalloc "
+                "does not see all of a greenlet's stack, nor thread stacks; the RSS figure "
+                "(/proc/self/statm) does, and is scaled to 10k consumers."
+            ),
+            systems=("threads+queue", "gevent.queue", "greenbus"),
+            cases=lambda sizes: MEMORY_CASES,
+            measure=measure_memory,
+            rounds_field="memory_rounds",
+            warmup=False,
+        ),
+    )
+}
+
+
+# -- greenbus's targets ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for greenbus, checked against figures of the same run.
+
+    The figure is greenbus's ``stat`` in the case, divided by ``against``'s
+    when that is set; the target is met when ``figure op limit``.
+    """
+
+    text: str
+    metric: str
+    case: str
+    op: Literal["<=", ">="]
+    limit: float
+    against: str | None = None
+    stat: Literal["median", "max"] = "median"
+    system: str = "greenbus"
+
+    def met(self, figure: float) -> bool:
+        return figure <= self.limit if self.op == "<=" else figure >= self.limit
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(f"emit ≤ 0.5{TIMES} pyee's inline emit", "emit_held", ONE.label, "<=", 0.5, "pyee"),
+    Target(
+        "ping-pong ≤ 1/15 of threads+queue",
+        "pingpong",
+        ROUND_TRIP.label,
+        "<=",
+        1 / 15,
+        "threads+queue",
+    ),
+    Target(
+        f"ping-pong ≤ 0.8{TIMES} gevent.queue",
+        "pingpong",
+        ROUND_TRIP.label,
+        "<=",
+        0.8,
+        "gevent.queue",
+    ),
+    Target(
+        f"1→1 throughput ≥ 5{TIMES} threads+queue",
+        "throughput",
+        "1→1",
+        ">=",
+        5.0,
+        "threads+queue",
+    ),
+    Target("emit with a 1 ms-slow subscriber ≤ 2 µs", "emit_held_slow", SLOW_ONE.label, "<=", 2.0),
+    Target("0 reorders", "reorders", FLOOD_LABEL, "<=", 0.0, stat="max"),
+)

@@ -1,0 +1,102 @@
+"""Smoke test of the benchmark suite in ``perf/``.
+
+Runs ``python -m perf --quick --tiny`` once, in a subprocess with warnings
+as errors, and checks what it wrote: a JSON record with numeric samples for
+every metric and system the suite promises, ``RESULTS.md`` and the charts.
+The figures themselves are not checked: tiny sizes measure nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The systems with a second party (a thread, a pool, a greenlet) behind emit.
+CONCURRENT = {"pyee-executor", "threads+queue", "gevent.queue", "greenbus", "greenbus-compat"}
+
+#: What the suite promises to measure: metric -> the systems it compares.
+EXPECTED: dict[str, set[str]] = {
+    "emit_held": {"classic", "pyee", "blinker", *CONCURRENT},
+    "emit_held_slow": {"pyee", *CONCURRENT},
+    "pingpong": {"classic", "greenbus-request", *CONCURRENT},
+    "throughput": {"pyee", *CONCURRENT},
+    "emit_cost_by_subscribers": {"pyee", "blinker", "greenbus", "greenbus-wildcard"},
+    "reorders": {"pyee", *CONCURRENT},
+    "memory": {"threads+queue", "gevent.queue", "greenbus"},
+}
+
+CHARTS = ("emit_cost.png", "emit_held.png", "latency.png", "throughput.png")
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The output directory of one tiny run, and its JSON record."""
+    out = tmp_path_factory.mktemp("perf")
+    proc = _run("perf", "--quick", "--tiny", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [record] = (out / "results").glob("*.json")
+    return out, json.loads(record.read_text(encoding="utf-8"))
+
+
+def test_every_metric_and_system_has_numeric_samples_and_no_errors(
+    smoke_run: tuple[Path, dict[str, Any]],
+) -> None:
+    _, doc = smoke_run
+    assert set(doc["metrics"]) == set(EXPECTED)
+    for metric, systems in EXPECTED.items():
+        cases = doc["metrics"][metric]["cases"]
+        assert cases, metric
+        for label, case in cases.items():
+            assert set(case["results"]) == systems, (metric, label)
+            for system, result in case["results"].items():
+                where = (metric, label, system)
+                assert result["errors"] == [], where
+                assert result["samples"], where
+                numbers = [*result["samples"], result["median"], result["p99"]]
+                assert all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers), where
+
+
+def test_the_record_says_what_was_timed_on_which_machine_by_which_command(
+    smoke_run: tuple[Path, dict[str, Any]],
+) -> None:
+    _, doc = smoke_run
+    assert {"python", "gevent", "greenlet", "pyee", "cpu_count"} <= set(doc["machine"])
+    assert doc["command"].startswith("python -m perf --quick --tiny")
+    assert all(metric["timed"] for metric in doc["metrics"].values())
+    assert doc["targets"] and all(t["met"] in (True, False) for t in doc["targets"])
+
+
+def test_results_md_and_the_charts_are_written(smoke_run: tuple[Path, dict[str, Any]]) -> None:
+    out, doc = smoke_run
+    text = (out / "RESULTS.md").read_text(encoding="utf-8")
+    assert "| metric | system | median | p99 |" in text
+    assert doc["command"] in text
+    assert "## What remains and why" in text
+    for chart in CHARTS:
+        assert (out / chart).read_bytes().startswith(b"\x89PNG"), chart
+        assert f"]({chart})" in text
+
+
+def test_greenbus_bench_forwards_its_options_to_the_suite() -> None:
+    proc = _run("greenbus", "bench", "--help", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--quick" in proc.stdout and "--only" in proc.stdout
