@@ -52,6 +52,7 @@ from .exceptions import (
     SlowConsumer,
     WrongThread,
 )
+from .federation import Federation, federate
 from .topics import pattern_matches, validate_pattern, validate_topic
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "ChannelFull",
     "ChannelStatistics",
     "EndOfChannel",
+    "Federation",
     "GreenbusError",
     "InvalidOption",
     "InvalidTopic",
@@ -92,6 +94,7 @@ __all__ = [
     "connect",
     "default_bus",
     "emit",
+    "federate",
     "on",
     "once",
     "pattern_matches",

@@ -483,10 +483,13 @@ class Forward:
     matching message into a remote peer's outbound queue.  A context manager.
     """
 
-    __slots__ = ("_active", "_bus", "_put", "id", "pattern", "sink")
+    __slots__ = ("_active", "_bus", "_put", "id", "interest", "pattern", "sink")
 
-    def __init__(self, bus: Bus, pattern: str, sink: Callable[[Message], bool]) -> None:
+    def __init__(
+        self, bus: Bus, pattern: str, sink: Callable[[Message], bool], interest: bool = True
+    ) -> None:
         self.id = next(_sub_ids)
+        self.interest = interest
         self.pattern = pattern
         self.sink = sink
         self._bus = bus
@@ -629,6 +632,8 @@ class Bus(Subscriber):
         self._routes = self._index.cache
         self._subs: dict[Subscription, None] = {}
         self._forwards: dict[Forward, None] = {}
+        self._interest: dict[str, int] = {}
+        self._interest_listeners: list[Callable[[str, bool], object]] = []
         self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription] = {}
         self._state = BusState.OPEN
         self._thread = get_ident()
@@ -835,9 +840,12 @@ class Bus(Subscriber):
         self._index.add(pattern, sub._put)
         self._subs[sub] = None
         self._by_put[sub._put] = sub
+        self._gain_interest(pattern)
         return sub
 
-    def forward(self, pattern: str, sink: Callable[[Message], bool]) -> Forward:
+    def forward(
+        self, pattern: str, sink: Callable[[Message], bool], *, interest: bool = True
+    ) -> Forward:
         """Call ``sink(msg)`` inside :meth:`emit` for each message matching ``pattern``.
 
         For transports, which forward messages into their own outbound
@@ -846,6 +854,12 @@ class Bus(Subscriber):
         True if it queued it (emit's return value counts it).  Exceptions
         it raises reach the emitter.  Ordering is the emitter's order, as
         for every subscription.
+
+        Args:
+            interest: whether this forward counts as interest in ``pattern``
+                for :meth:`add_interest_listener` (a federation's own
+                outbound forward on ``>`` must not, or it would ask for
+                everything).
 
         Returns:
             a :class:`Forward`; close it to stop.
@@ -859,10 +873,12 @@ class Bus(Subscriber):
         validate_pattern(pattern)
         if not callable(sink):
             raise InvalidOption("sink", sink, "a callable taking one Message")
-        fwd = Forward(self, pattern, sink)
+        fwd = Forward(self, pattern, sink, interest)
         self._index.add(pattern, fwd._put)
         self._forwards[fwd] = None
         self._by_put[fwd._put] = fwd  # type: ignore[assignment]
+        if interest:
+            self._gain_interest(pattern)
         return fwd
 
     def forwards(self) -> list[Forward]:
@@ -874,12 +890,58 @@ class Bus(Subscriber):
         if self._forwards.pop(fwd, 0) is None:
             self._index.remove(fwd.pattern, fwd._put)
             self._by_put.pop(fwd._put, None)
+            if fwd.interest:
+                self._lose_interest(fwd.pattern)
 
     def _remove(self, sub: Subscription) -> None:
         self._check_thread("Subscription.close()")
         if self._subs.pop(sub, 0) is None:
             self._index.remove(sub.pattern, sub._put)
             self._by_put.pop(sub._put, None)
+            self._lose_interest(sub.pattern)
+
+    # -- interest (for federation) -------------------------------------------
+
+    def add_interest_listener(self, listener: Callable[[str, bool], object]) -> None:
+        """Call ``listener(pattern, True)`` when the first subscription to
+        ``pattern`` appears and ``listener(pattern, False)`` when the last one
+        goes (subscriptions, and forwards made with ``interest=True``).
+
+        For federation: a node asks its broker only for what someone here
+        wants.  Listeners run in the greenlet that (un)subscribed; they must
+        not block.  Exceptions are logged.
+        """
+        self._interest_listeners.append(listener)
+
+    def remove_interest_listener(self, listener: Callable[[str, bool], object]) -> None:
+        """Stop calling ``listener``; a no-op if it was not added."""
+        if listener in self._interest_listeners:
+            self._interest_listeners.remove(listener)
+
+    def interest(self) -> list[str]:
+        """The patterns someone on this bus subscribes to now (what listeners were told)."""
+        return list(self._interest)
+
+    def _gain_interest(self, pattern: str) -> None:
+        count = self._interest.get(pattern, 0)
+        self._interest[pattern] = count + 1
+        if count == 0:
+            self._tell_interest(pattern, True)
+
+    def _lose_interest(self, pattern: str) -> None:
+        count = self._interest.get(pattern, 0) - 1
+        if count > 0:
+            self._interest[pattern] = count
+            return
+        self._interest.pop(pattern, None)
+        self._tell_interest(pattern, False)
+
+    def _tell_interest(self, pattern: str, present: bool) -> None:
+        for listener in list(self._interest_listeners):
+            try:
+                listener(pattern, present)
+            except Exception:
+                logger.exception("%s: interest listener %r failed", self.name, listener)
 
     # -- request/reply -----------------------------------------------------
 
@@ -1042,6 +1104,7 @@ class Bus(Subscriber):
                 )
             self._index.remove(sub.pattern, sub._put)
             self._by_put.pop(sub._put, None)
+            self._lose_interest(sub.pattern)
             sub._active = False
         self._subs.clear()
         for fwd in list(self._forwards):

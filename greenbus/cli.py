@@ -142,8 +142,19 @@ def serve_command(args: argparse.Namespace) -> int:
         slow_policy=args.slow_policy,
         max_subscriptions=args.max_subscriptions,
     )
+    federation = None
+    if args.redis:
+        from .federation import federate
+
+        federation = federate(bus, args.redis, prefix=args.redis_prefix)
+        logging.getLogger("greenbus.cli").info(
+            "federating through %s (prefix %r, node %s)",
+            args.redis,
+            args.redis_prefix,
+            federation.node,
+        )
     if args.transport == "wsgi":
-        return _serve_wsgi(args, bus, hub)
+        return _serve_wsgi(args, bus, hub, federation)
     hub.start()
     host, port = hub.address
     # Scripts (and the tests) read this line to learn the port when --port 0.
@@ -155,7 +166,13 @@ def serve_command(args: argparse.Namespace) -> int:
             "" if token else " and no token is set",
         )
 
-    _run_until_signalled(lambda: (hub.stop(), bus.close(timeout=5)))
+    def stop() -> None:
+        hub.stop()
+        if federation is not None:
+            federation.stop()
+        bus.close(timeout=5)
+
+    _run_until_signalled(stop)
     return 0
 
 
@@ -180,7 +197,7 @@ def _run_until_signalled(stop: Any) -> None:
     done.wait()
 
 
-def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any) -> int:
+def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any, federation: Any) -> int:
     """Serve through gevent-websocket's WSGI handler and greenbus.bridge.wsgi."""
     from gevent.pywsgi import WSGIServer
 
@@ -201,6 +218,8 @@ def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any) -> int:
         server.close()
         app.hub.stop_peers()
         server.stop(timeout=5)
+        if federation is not None:
+            federation.stop()
         bus.close(timeout=5)
 
     _run_until_signalled(stop)
@@ -276,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slow-policy", choices=("close", "drop_oldest"), default="close")
     serve.add_argument("--max-subscriptions", type=int, default=1000, help="per peer")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="federate with other hubs and buses through Redis (redis://host:port/db)",
+    )
+    serve.add_argument("--redis-prefix", default="greenbus", help="Redis channel namespace")
     serve.add_argument(
         "--transport",
         choices=("websockets", "wsgi"),

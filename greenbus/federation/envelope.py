@@ -1,0 +1,106 @@
+"""The federation envelope: one published message, as JSON.  Pure, no I/O.
+
+Fields (short names keep the per-message overhead small)::
+
+    {"v": 1,            envelope version
+     "o": "a1b2.../0",  origin: the publishing node's id / its sequence epoch
+     "q": 42,           sequence number of this origin on this topic (from 1)
+     "ts": 1764..,      publish time (Unix seconds, float) for the lag figure
+     "t": "sensors.x",  topic
+     "d": ...,          data (any JSON value)
+     "h": {...},        headers (optional)
+     "r": "_INBOX..."}  reply_to (optional)
+
+A receiver keeps the last ``q`` per (origin, topic): a lower or equal one is
+a duplicate (the same message through two subscriptions, or a batch
+re-sent after a reconnect) and is dropped; a jump counts the missing ones as
+a gap (pub/sub is at-most-once: lost during an outage).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import LocalProtocolError, RemoteProtocolError
+from ..topics import validate_topic
+
+__all__ = ["ENVELOPE_VERSION", "Envelope", "decode_envelope", "encode_envelope"]
+
+ENVELOPE_VERSION = 1
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+_loads = json.JSONDecoder(parse_float=_finite).decode
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    origin: str
+    seq: int
+    ts: float
+    topic: str
+    data: Any = None
+    headers: dict[str, Any] | None = None
+    reply_to: str | None = None
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    """The JSON bytes of ``env``.
+
+    Raises:
+        LocalProtocolError: data or headers are not JSON-serialisable.
+    """
+    out: dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "o": env.origin,
+        "q": env.seq,
+        "ts": env.ts,
+        "t": env.topic,
+        "d": env.data,
+    }
+    if env.headers:
+        out["h"] = env.headers
+    if env.reply_to is not None:
+        out["r"] = env.reply_to
+    try:
+        return _dumps(out).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise LocalProtocolError(f"cannot federate a message on {env.topic!r}: {exc}") from None
+
+
+def decode_envelope(raw: bytes | str) -> Envelope:
+    """Parse an envelope.
+
+    Raises:
+        RemoteProtocolError: not an envelope of this version (code ``bad_frame``).
+    """
+    try:
+        obj = _loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        if not isinstance(obj, dict) or obj.get("v") != ENVELOPE_VERSION:
+            raise ValueError(f"not a version {ENVELOPE_VERSION} envelope")
+        origin, seq, ts, topic = obj["o"], obj["q"], obj["ts"], obj["t"]
+        if not isinstance(origin, str) or isinstance(seq, bool) or not isinstance(seq, int):
+            raise ValueError("bad origin or sequence number")
+        if not isinstance(ts, (int, float)):
+            raise ValueError("bad timestamp")
+        validate_topic(topic)
+        headers = obj.get("h")
+        reply_to = obj.get("r")
+        if headers is not None and not isinstance(headers, dict):
+            raise ValueError("headers must be an object")
+        if reply_to is not None:
+            validate_topic(reply_to)
+        return Envelope(origin, seq, float(ts), topic, obj.get("d"), headers, reply_to)
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError("bad_frame", f"bad federation envelope: {exc}") from None
