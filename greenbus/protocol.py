@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
-from .topics import validate_pattern, validate_topic
+from .topics import validate_cached
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -193,21 +193,6 @@ _decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_
 #: cannot be encoded as UTF-8, so could never be forwarded) gets in.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
-#: Topics and patterns already validated (bounded; cleared when full).
-_VALID: dict[tuple[str, bool], str] = {}
-_VALID_MAX = 4096
-
-
-def _valid_topic(value: str, pattern: bool) -> str:
-    key = (value, pattern)
-    if key in _VALID:
-        return value
-    result = validate_pattern(value) if pattern else validate_topic(value)
-    if len(_VALID) >= _VALID_MAX:
-        _VALID.clear()
-    _VALID[key] = result
-    return result
-
 
 def _load_object(text: str, max_depth: int) -> dict[str, Any]:
     if not isinstance(text, str):
@@ -331,7 +316,7 @@ class _Fields:
         if value is None:
             return None
         try:
-            return _valid_topic(value, pattern)
+            return validate_cached(value, pattern=pattern)
         except InvalidTopic as exc:
             raise self.fail(f"{name!r} {exc.problem}", ErrorCode.BAD_TOPIC) from None
 

@@ -26,6 +26,7 @@ wildcards present, never with the number of subscriptions.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from typing import Generic, TypeVar
@@ -36,6 +37,7 @@ __all__ = [
     "TopicIndex",
     "is_wildcard",
     "pattern_matches",
+    "validate_cached",
     "validate_pattern",
     "validate_topic",
 ]
@@ -102,6 +104,25 @@ def validate_pattern(pattern: object) -> str:
                 pattern, f"wildcard inside token {token!r}: '*' and '>' must be whole tokens"
             )
     return pattern
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached(value: str, pattern: bool) -> str:
+    return validate_pattern(value) if pattern else validate_topic(value)
+
+
+def validate_cached(value: object, *, pattern: bool = False) -> str:
+    """:func:`validate_topic` (or :func:`validate_pattern`) remembering recent successes.
+
+    For hot paths that see the same topics again and again (the hub's
+    frames, federation envelopes).  Failures are not cached.
+
+    Raises:
+        InvalidTopic: as the uncached functions.
+    """
+    if type(value) is str:
+        return _cached(value, pattern)
+    return validate_pattern(value) if pattern else validate_topic(value)
 
 
 def is_wildcard(pattern: str) -> bool:

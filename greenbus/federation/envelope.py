@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import LocalProtocolError, RemoteProtocolError
-from ..topics import validate_topic
+from ..topics import validate_cached
 
 __all__ = ["ENVELOPE_VERSION", "Envelope", "decode_envelope", "encode_envelope"]
 
@@ -94,13 +94,13 @@ def decode_envelope(raw: bytes | str) -> Envelope:
             raise ValueError("bad origin or sequence number")
         if not isinstance(ts, (int, float)):
             raise ValueError("bad timestamp")
-        validate_topic(topic)
+        validate_cached(topic)
         headers = obj.get("h")
         reply_to = obj.get("r")
         if headers is not None and not isinstance(headers, dict):
             raise ValueError("headers must be an object")
         if reply_to is not None:
-            validate_topic(reply_to)
+            validate_cached(reply_to)
         return Envelope(origin, seq, float(ts), topic, obj.get("d"), headers, reply_to)
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError("bad_frame", f"bad federation envelope: {exc}") from None
