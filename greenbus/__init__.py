@@ -32,6 +32,7 @@ from .bus import (
 )
 from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow
 from .exceptions import (
+    AclError,
     BusClosed,
     ChannelClosed,
     ChannelEmpty,
@@ -57,6 +58,7 @@ from .topics import pattern_matches, validate_pattern, validate_topic
 
 __all__ = [
     "DEFAULT_MAXSIZE",
+    "AclError",
     "Bus",
     "BusClosed",
     "BusState",

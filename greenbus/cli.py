@@ -130,12 +130,23 @@ def serve_command(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     token = args.token or os.environ.get("GREENBUS_TOKEN") or None
+    acl = None
+    if args.acl:
+        from .acl import Acl
+
+        acl = Acl.load(args.acl)  # AclError names the file and the problem
+    if bool(args.certfile) != bool(args.keyfile):
+        raise SystemExit("greenbus serve: --certfile and --keyfile go together")
     bus = Bus("hub")
     hub = serve(
         bus,
         args.host,
         args.port,
         token=token,
+        acl=acl,
+        allow_origins=tuple(args.allow_origin) if args.allow_origin else None,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
         max_message_size=args.max_message_size,
         max_connections=args.max_connections,
         max_pending=args.max_pending,
@@ -156,14 +167,13 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.transport == "wsgi":
         return _serve_wsgi(args, bus, hub, federation)
     hub.start()
-    host, port = hub.address
     # Scripts (and the tests) read this line to learn the port when --port 0.
-    print(f"greenbus hub listening on ws://{host}:{port}/", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    print(f"greenbus hub listening on {hub.url}", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("greenbus.cli").warning(
             "listening on %s: reachable from other machines%s",
-            host,
-            "" if token else " and no token is set",
+            args.host,
+            "" if (token or acl) else " and no token is set: anyone can publish",
         )
 
     def stop() -> None:
@@ -287,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks one)")
     serve.add_argument("--token", help="require this token in hello (or set GREENBUS_TOKEN)")
+    serve.add_argument(
+        "--acl", metavar="FILE", help="users, tokens and topic permissions (TOML/JSON)"
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser Origin allowed to connect (repeatable; default: any)",
+    )
+    serve.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
+    serve.add_argument("--keyfile", help="TLS private key (PEM)")
     serve.add_argument(
         "--max-message-size", type=int, default=1 << 20, help="bytes (default 1 MiB)"
     )

@@ -5,6 +5,7 @@ The hierarchy::
     GreenbusError
     ├── InvalidTopic                (also ValueError)   a malformed topic or pattern
     ├── InvalidOption               (also ValueError)   a bad maxsize/overflow/handler/timeout
+    ├── AclError                    (also ValueError)   a malformed ACL file
     ├── NoReplyTo                   (also ValueError)   reply() to a message that is no request
     ├── WrongThread                 (also RuntimeError) a call that must run on the bus's own thread
     ├── ChannelError
@@ -32,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AclError",
     "BusClosed",
     "ChannelClosed",
     "ChannelEmpty",
@@ -85,6 +87,10 @@ class InvalidOption(GreenbusError, ValueError):
         self.value = value
         self.expected = expected
         super().__init__(f"invalid {name}={value!r}: expected {expected}")
+
+
+class AclError(GreenbusError, ValueError):
+    """The ACL file is malformed; the message names the file, the user and the problem."""
 
 
 class NoReplyTo(GreenbusError, ValueError):

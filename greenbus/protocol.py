@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .acl import ALLOW_ALL, Permissions
 from .exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
 from .topics import validate_cached
 
@@ -546,9 +547,10 @@ class HubSession:
     Args:
         server: the hub's name, sent in ``welcome``.
         peer: this peer's id, sent in ``welcome``.
-        authenticate: called with the ``hello`` token; returns True if it
-            is accepted.  None means no token is configured (anonymous
-            peers may act at once, ``hello`` is optional).
+        authenticate: called with the ``hello`` token; returns the peer's
+            :class:`~greenbus.acl.Permissions`, or None to refuse it.  Leave
+            it None when no token is configured (anonymous peers may act at
+            once, ``hello`` is optional).
         limits: the per-peer limits.
     """
 
@@ -563,6 +565,8 @@ class HubSession:
     outbox: list[str] = field(default_factory=list)
     close_code: CloseCode | None = None
     close_reason: str = ""
+    #: What this peer may do: everything until an ACL user authenticates.
+    permissions: Permissions = ALLOW_ALL
 
     def __post_init__(self) -> None:
         if self.authenticate is not None:
@@ -583,7 +587,16 @@ class HubSession:
                 self.reject(exc.code, exc.reason, exc.id)
             return None
         if type(event) is Pub and self.state is SessionState.OPEN:
-            return event  # the hot path: nothing to check or record
+            # The hot path: with no ACL, nothing to check or record.
+            perms = self.permissions
+            if perms is ALLOW_ALL or perms.can_publish(event.topic):
+                return event
+            self.reject(
+                ErrorCode.FORBIDDEN,
+                f"user {perms.user!r} may not publish to {event.topic!r}",
+                event.id,
+            )
+            return None
         if self.state is SessionState.AWAITING_HELLO and not isinstance(event, Hello):
             self._unauthorized("a token is required: the first message must be hello", event.id)
             return None
@@ -593,6 +606,13 @@ class HubSession:
             self.outbox.append(encode(Pong(event.id)))
             return None
         if isinstance(event, Sub):
+            if not self.permissions.can_subscribe(event.topic):
+                self.reject(
+                    ErrorCode.FORBIDDEN,
+                    f"user {self.permissions.user!r} may not subscribe to {event.topic!r}",
+                    event.id,
+                )
+                return None
             if event.sid in self.sids:
                 self.reject(ErrorCode.DUPLICATE_SID, f"sid {event.sid!r} is in use", event.id)
                 return None
@@ -616,9 +636,12 @@ class HubSession:
         return event  # Pub
 
     def _hello(self, event: Hello) -> None:
-        if self.authenticate is not None and not self.authenticate(event.token):
-            self._unauthorized("missing or wrong token", event.id)
-            return None
+        if self.authenticate is not None:
+            perms = self.authenticate(event.token)
+            if perms is None:
+                self._unauthorized("missing or wrong token", event.id)
+                return None
+            self.permissions = perms
         self.state = SessionState.OPEN
         self.name = event.name
         self.outbox.append(encode(Welcome(PROTOCOL_VERSION, self.server, self.peer, event.id)))

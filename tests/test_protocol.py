@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from greenbus.acl import Acl
 from greenbus.exceptions import LocalProtocolError, ProtocolError, RemoteProtocolError
 from greenbus.protocol import (
     DEFAULT_MAX_DEPTH,
@@ -69,7 +70,7 @@ def with_token(**limits: Any) -> HubSession:
     return HubSession(
         server="hub",
         peer="p1",
-        authenticate=lambda token: token == TOKEN,
+        authenticate=Acl.single_token(TOKEN).authenticate,
         limits=SessionLimits(**limits),
     )
 

@@ -24,6 +24,7 @@ from typing import Any
 import gevent
 import gevent.event
 from gevent import Timeout, socket
+from gevent import ssl as gssl
 from websockets.client import ClientProtocol
 from websockets.http11 import Response
 from websockets.uri import parse_uri
@@ -91,6 +92,7 @@ class RemoteBus(Subscriber):
         max_buffer: int = 10_000,
         max_message_size: int = 1 << 20,
         on_error: Any = None,
+        cafile: str | None = None,
     ) -> None:
         self.url = url
         self._uri = parse_uri(url)
@@ -103,6 +105,10 @@ class RemoteBus(Subscriber):
             raise InvalidOption("max_buffer", max_buffer, "a positive int")
         self._max_buffer = max_buffer
         self._max_message_size = max_message_size
+        self._ssl: Any = None
+        if self._uri.secure:
+            # gevent's SSL context, so TLS waits yield to other greenlets.
+            self._ssl = gssl.create_default_context(cafile=cafile)
         self._thread = get_ident()
         self._message_class = message_class(self)
         self._sids = itertools.count(1)
@@ -341,6 +347,8 @@ class RemoteBus(Subscriber):
             sock = socket.create_connection((uri.host, uri.port))
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._ssl is not None:
+                    sock = self._ssl.wrap_socket(sock, server_hostname=uri.host)
                 protocol = ClientProtocol(uri, max_size=self._max_message_size)
                 protocol.send_request(protocol.connect())
                 sock.sendall(b"".join(protocol.data_to_send()))

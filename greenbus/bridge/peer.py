@@ -19,6 +19,7 @@ from typing import Any
 
 import gevent
 
+from ..acl import INBOX_PREFIX
 from ..bus import Bus, Forward, Message
 from ..exceptions import BusClosed, ChannelFull
 from ..protocol import (
@@ -36,6 +37,7 @@ from ..protocol import (
     encode,
     encode_msg,
 )
+from ..topics import is_wildcard
 from .connection import Connection
 
 __all__ = ["Peer", "PeerLimits", "PeerStatistics"]
@@ -93,7 +95,7 @@ class Peer:
         server_name: str,
         address: str,
         limits: PeerLimits,
-        authenticate: Callable[[str | None], bool] | None,
+        authenticate: Callable[[str | None], Any] | None,
         on_gone: Callable[[Peer], None],
         counters: dict[str, int],
     ) -> None:
@@ -183,7 +185,10 @@ class Peer:
                 logger.info("%s: pub on %r: %s", self.id, event.topic, exc)
             session.ack(event)
         elif isinstance(event, Sub):
-            sink = functools.partial(self._deliver, event.sid)
+            # A wildcard never receives other peers' request inboxes: replies
+            # reach only an exact subscription to the (unguessable) inbox.
+            deliver = self._deliver_public if is_wildcard(event.topic) else self._deliver
+            sink = functools.partial(deliver, event.sid)
             self.forwards[event.sid] = self.bus.forward(event.topic, sink)
             session.ack(event)
         else:
@@ -224,6 +229,11 @@ class Peer:
             conn.send(frame)
 
     # -- to the peer ---------------------------------------------------------
+
+    def _deliver_public(self, sid: Id, msg: Message) -> bool:
+        if msg[0].startswith(INBOX_PREFIX):
+            return False
+        return self._deliver(sid, msg)
 
     def _deliver(self, sid: Id, msg: Message) -> bool:
         # The Forward sink: runs inside bus.emit, in the emitter's greenlet.

@@ -10,7 +10,6 @@ bus.  Plain HTTP on the same port serves ``GET /health`` (JSON) and
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import socket
@@ -28,6 +27,7 @@ from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
 from .._version import __version__
+from ..acl import Acl, Permissions
 from ..bus import Bus
 from ..protocol import SessionLimits
 from .connection import Connection
@@ -36,6 +36,8 @@ from .peer import Peer, PeerLimits
 __all__ = ["HubConfig", "HubServer", "serve"]
 
 logger = logging.getLogger("greenbus.bridge.server")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 #: Default maximum message size (bytes), as in ``websockets``.
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
@@ -48,8 +50,16 @@ class HubConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     name: str = "greenbus"
-    #: Shared secret; None lets anonymous peers in (hello optional).
+    #: Shared secret; None (and no acl) lets anonymous peers in (hello optional).
     token: str | None = None
+    #: Users, tokens and per-topic permissions (docs/security.md).
+    acl: Acl | None = None
+    #: Browser origins allowed to connect (the Origin header); None allows
+    #: any.  Clients that send no Origin (not browsers) are always allowed.
+    allow_origins: tuple[str, ...] | None = None
+    #: TLS: serve wss:// with this certificate and key (PEM files).
+    certfile: str | None = None
+    keyfile: str | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_connections: int = 10_000
     handshake_timeout: float = 10.0
@@ -94,16 +104,15 @@ class HubServer:
         self._server: StreamServer | None = None
         self._stopped = gevent.event.Event()
         self._started_at = time.monotonic()
-        token = base.token
-        self._authenticate: Callable[[str | None], bool] | None = None
-        if token is not None:
-            expected = token.encode()
-
-            def authenticate(given: str | None) -> bool:
-                # Constant time, and the token is never logged.
-                return given is not None and hmac.compare_digest(given.encode(), expected)
-
-            self._authenticate = authenticate
+        # Tokens are compared in constant time and never logged (acl.py).
+        acl = base.acl
+        if base.token is not None:
+            extra = Acl.single_token(base.token)
+            acl = extra if acl is None else Acl([*acl.entries(), *extra.entries()])
+        self._authenticate: Callable[[str | None], Permissions | None] | None = (
+            acl.authenticate if acl is not None else None
+        )
+        self.acl = acl
 
     def __repr__(self) -> str:
         return f"<HubServer {self.url} peers={len(self.peers)}>"
@@ -120,21 +129,31 @@ class HubServer:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"ws://{host}:{port}/"
+        scheme = "wss" if self.config.certfile is not None else "ws"
+        return f"{scheme}://{host}:{port}/"
 
     def start(self) -> HubServer:
         """Bind and start accepting in the background; returns self."""
         if self._server is not None:
             return self
         self._stopped.clear()
-        self._server = StreamServer((self.config.host, self.config.port), self._handle)
+        tls = {}
+        if self.config.certfile is not None:
+            tls = {"certfile": self.config.certfile, "keyfile": self.config.keyfile}
+        self._server = StreamServer((self.config.host, self.config.port), self._handle, **tls)
         self._server.start()
         self._started_at = time.monotonic()
+        host = self.config.host
         logger.info(
-            "greenbus hub %s listening on %s (%s)",
+            "greenbus hub %s listening on %s (%s; %s)",
             self.config.name,
             self.url,
-            "token required" if self.config.token else "no token: anonymous peers allowed",
+            "loopback only"
+            if host in ("127.0.0.1", "localhost", "::1")
+            else f"reachable on {host}",
+            f"ACL with {len(self.acl.users)} user(s)"
+            if self.acl is not None
+            else "no token: anonymous peers allowed",
         )
         return self
 
@@ -183,7 +202,8 @@ class HubServer:
             pass
         where = f"{address[0]}:{address[1]}"
         cfg = self.config
-        protocol = ServerProtocol(max_size=cfg.max_message_size)
+        origins = None if cfg.allow_origins is None else [*cfg.allow_origins, None]
+        protocol = ServerProtocol(max_size=cfg.max_message_size, origins=origins)
         request = self._read_request(sock, protocol, where)
         if request is None:
             sock.close()

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import LocalProtocolError, RemoteProtocolError
+from ..exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
 from ..topics import validate_cached
 
 __all__ = ["ENVELOPE_VERSION", "Envelope", "decode_envelope", "encode_envelope"]
@@ -41,7 +41,11 @@ def _finite(text: str) -> float:
     return value
 
 
-_loads = json.JSONDecoder(parse_float=_finite).decode
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_loads = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +91,18 @@ def decode_envelope(raw: bytes | str) -> Envelope:
     """
     try:
         obj = _loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-        if not isinstance(obj, dict) or obj.get("v") != ENVELOPE_VERSION:
+        if (
+            not isinstance(obj, dict)
+            or type(obj.get("v")) is not int
+            or obj["v"] != ENVELOPE_VERSION
+        ):
             raise ValueError(f"not a version {ENVELOPE_VERSION} envelope")
         origin, seq, ts, topic = obj["o"], obj["q"], obj["ts"], obj["t"]
         if not isinstance(origin, str) or isinstance(seq, bool) or not isinstance(seq, int):
             raise ValueError("bad origin or sequence number")
-        if not isinstance(ts, (int, float)):
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
             raise ValueError("bad timestamp")
+        ts = float(ts)  # OverflowError for an integer too big: caught below
         validate_cached(topic)
         headers = obj.get("h")
         reply_to = obj.get("r")
@@ -101,6 +110,6 @@ def decode_envelope(raw: bytes | str) -> Envelope:
             raise ValueError("headers must be an object")
         if reply_to is not None:
             validate_cached(reply_to)
-        return Envelope(origin, seq, float(ts), topic, obj.get("d"), headers, reply_to)
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        return Envelope(origin, seq, ts, topic, obj.get("d"), headers, reply_to)
+    except (ValueError, KeyError, UnicodeDecodeError, OverflowError, InvalidTopic) as exc:
         raise RemoteProtocolError("bad_frame", f"bad federation envelope: {exc}") from None
