@@ -152,6 +152,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_pending=args.max_pending,
         slow_policy=args.slow_policy,
         max_subscriptions=args.max_subscriptions,
+        stats_interval=None if args.stats_interval <= 0 else args.stats_interval,
     )
     federation = None
     if args.redis:
@@ -305,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ORIGIN",
         help="a browser Origin allowed to connect (repeatable; default: any)",
+    )
+    serve.add_argument(
+        "--stats-interval",
+        type=float,
+        default=1.0,
+        help="seconds between $greenbus.stats messages, the dashboard's feed (0: off)",
     )
     serve.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gevent.event
@@ -29,6 +30,7 @@ from websockets.server import ServerProtocol
 from .._version import __version__
 from ..acl import Acl, Permissions
 from ..bus import Bus
+from ..exceptions import BusClosed
 from ..protocol import SessionLimits
 from .connection import Connection
 from .peer import Peer, PeerLimits
@@ -38,6 +40,22 @@ __all__ = ["HubConfig", "HubServer", "serve"]
 logger = logging.getLogger("greenbus.bridge.server")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+#: The topic the hub publishes its live statistics on (ACLs apply to it).
+STATS_TOPIC = "$greenbus.stats"
+#: Topics whose rates the stats carry, at most; the rest are summed as "(other)".
+MAX_STATS_TOPICS = 100
+OTHER_TOPICS = "(other)"
+
+#: The static files of the dashboard (greenbus/web), by URL path.
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/greenbus.js": ("greenbus.js", "text/javascript; charset=utf-8"),
+    "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
 
 #: Default maximum message size (bytes), as in ``websockets``.
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
@@ -60,6 +78,8 @@ class HubConfig:
     #: TLS: serve wss:// with this certificate and key (PEM files).
     certfile: str | None = None
     keyfile: str | None = None
+    #: Seconds between ``$greenbus.stats`` messages (the dashboard's feed); None: off.
+    stats_interval: float | None = 1.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_connections: int = 10_000
     handshake_timeout: float = 10.0
@@ -102,6 +122,7 @@ class HubServer:
             "http_requests": 0,
         }
         self._server: StreamServer | None = None
+        self._stats_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
         self._started_at = time.monotonic()
         # Tokens are compared in constant time and never logged (acl.py).
@@ -143,19 +164,98 @@ class HubServer:
         self._server = StreamServer((self.config.host, self.config.port), self._handle, **tls)
         self._server.start()
         self._started_at = time.monotonic()
+        self.start_stats()
         host = self.config.host
         logger.info(
             "greenbus hub %s listening on %s (%s; %s)",
             self.config.name,
             self.url,
-            "loopback only"
-            if host in ("127.0.0.1", "localhost", "::1")
-            else f"reachable on {host}",
+            "loopback only" if host in LOOPBACK else f"reachable from other machines on {host}",
             f"ACL with {len(self.acl.users)} user(s)"
             if self.acl is not None
             else "no token: anonymous peers allowed",
         )
         return self
+
+    # -- live statistics on $greenbus.stats (the dashboard's feed) --------------
+
+    def start_stats(self) -> None:
+        """Publish :meth:`stats_document` on ``$greenbus.stats`` every ``stats_interval`` s.
+
+        Counts messages per topic with a forward on ``>`` (it does not count
+        as interest, so it never makes a federation subscribe to everything).
+        Idempotent; a no-op when ``stats_interval`` is None.
+        """
+        if self.config.stats_interval is None or self._stats_greenlet is not None:
+            return
+        self._topic_counts: dict[str, int] = {}
+        self._topic_rates: dict[str, float] = {}
+        self._stats_forward = self.bus.forward(">", self._count_topic, interest=False)
+        self._stats_greenlet = gevent.spawn(self._stats_loop)
+
+    def _count_topic(self, msg: Any) -> bool:
+        counts = self._topic_counts
+        topic = msg[0]
+        if topic in counts:
+            counts[topic] += 1
+        elif len(counts) < MAX_STATS_TOPICS:
+            counts[topic] = 1
+        else:
+            counts[OTHER_TOPICS] = counts.get(OTHER_TOPICS, 0) + 1
+        return False  # counting is not a delivery
+
+    def _stats_loop(self) -> None:
+        interval = self.config.stats_interval
+        assert interval is not None
+        last = time.monotonic()
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            counts, self._topic_counts = self._topic_counts, {}
+            counts.pop(STATS_TOPIC, None)
+            elapsed = max(now - last, 1e-9)
+            last = now
+            self._topic_rates = {t: round(n / elapsed, 1) for t, n in counts.items()}
+            try:
+                self.bus.emit(STATS_TOPIC, self.stats_document())
+            except BusClosed:
+                return
+            except Exception:
+                logger.exception("publishing %s failed", STATS_TOPIC)
+
+    def stats_document(self) -> dict[str, Any]:
+        """What ``$greenbus.stats`` carries: totals, peers, and topic rates (msgs/s)."""
+        c = self.counters
+        return {
+            "server": self.config.name,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "totals": {
+                "connections": len(self.peers),
+                "connections_total": c["connections_total"],
+                "messages_in": c["messages_in"],
+                "messages_out": c["messages_out"],
+                "dropped": c["dropped"],
+                "slow_consumers": c["slow_consumers"],
+                "local_subscriptions": len(self.bus.subscriptions()),
+            },
+            "peers": [
+                {
+                    "id": s.id,
+                    "name": s.name,
+                    "address": s.address,
+                    "subscriptions": list(s.subscriptions),
+                    "pending": s.pending,
+                    "received": s.received,
+                    "sent": s.sent,
+                    "dropped": s.dropped,
+                }
+                for s in (p.statistics() for p in self.peers.values())
+            ],
+            "topics": dict(
+                sorted(self._topic_rates.items(), key=lambda kv: -kv[1])[:MAX_STATS_TOPICS]
+            ),
+        }
 
     def serve_forever(self) -> None:
         """Start (if needed) and serve until :meth:`stop` has finished."""
@@ -172,6 +272,13 @@ class HubServer:
         self.stop_peers(timeout)
         server.stop(timeout=max(0.0, deadline - time.monotonic()))
         self._server = None
+        if self._stats_greenlet is not None:
+            self._stats_greenlet.kill(block=True)
+            self._stats_greenlet = None
+            try:
+                self._stats_forward.close()
+            except BusClosed:
+                pass
         logger.info("greenbus hub %s stopped", self.config.name)
         self._stopped.set()
 
@@ -427,6 +534,14 @@ def _http_answer(hub: HubServer, path: str) -> tuple[int, str, str, bytes] | Non
         return (200, "OK", "application/json", json.dumps(hub.health()).encode())
     if path == "/metrics":
         return (200, "OK", "text/plain; version=0.0.4; charset=utf-8", hub.metrics().encode())
+    web = WEB_FILES.get(path)
+    if web is not None:
+        name, content_type = web
+        try:
+            return (200, "OK", content_type, (WEB_DIR / name).read_bytes())
+        except OSError:
+            logger.error("dashboard file %s is missing from %s", name, WEB_DIR)
+            return (500, "Internal Server Error", "text/plain; charset=utf-8", b"missing file\n")
     return None
 
 

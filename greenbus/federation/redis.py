@@ -273,7 +273,9 @@ class Federation:
     def _on_local(self, msg: Message) -> bool:
         # The forward's sink, inside bus.emit.  What the reader emits came
         # from Redis: never send it back (no echo, no loops).
-        if getcurrent() is self._reader:
+        if getcurrent() is self._reader or msg[0].startswith("$"):
+            # From Redis already (no echo), or a node-local system topic
+            # such as a hub's $greenbus.stats (each hub has its own).
             return False
         try:
             return self._out.put(msg)  # type: ignore[union-attr]
