@@ -367,6 +367,27 @@ def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEven
         RemoteProtocolError: with the error code to answer with.
     """
     obj = _load_object(text, max_depth)
+    if obj.get("op") == "pub" and obj.keys() <= _PUB_FIELDS:
+        # The hot path: a well-formed pub, checked inline.  Anything odd
+        # falls through to the general path, which names the problem.
+        topic = obj.get("topic")
+        headers = obj.get("headers")
+        reply_to = obj.get("reply_to")
+        id_ = obj.get("id")
+        if (
+            type(topic) is str
+            and (headers is None or type(headers) is dict)
+            and (reply_to is None or type(reply_to) is str)
+            and ((id_ is None and "id" not in obj) or _is_id(id_))
+        ):
+            try:
+                validate_cached(topic)
+                if reply_to is not None:
+                    validate_cached(reply_to)
+            except InvalidTopic:
+                pass
+            else:
+                return Pub(topic, obj.get("data"), headers, reply_to, id_)
     op = _op_of(obj, _CLIENT_FIELDS)
     f = _Fields(obj, op, _CLIENT_FIELDS[op])
     if op == "pub":
@@ -398,6 +419,8 @@ def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEven
         id=f.id,
     )
 
+
+_PUB_FIELDS = _CLIENT_FIELDS["pub"]
 
 _SERVER_FIELDS = {
     op: frozenset(names) | {"op", "id"}
@@ -494,19 +517,40 @@ def encode(event: ClientEvent | ServerEvent) -> str:
         raise LocalProtocolError(f"cannot encode {op}: {exc}") from None
 
 
+#: Message bodies encoded recently, so a fan-out encodes each message once,
+#: not once per subscriber: (topic, id(data), id(headers), reply_to) ->
+#: (data, headers, body).  The entry holds data and headers, so their ids
+#: cannot be reused while it lives; hits are confirmed by identity.
+_BODIES: dict[tuple[str, int, int, str | None], tuple[Any, Any, str]] = {}
+_BODIES_MAX = 4096
+
+
 def encode_msg(
     sid: Id, topic: str, data: Any, headers: Mapping[str, Any] | None, reply_to: str | None
 ) -> str:
-    """Fast path of ``encode(Msg(...))`` for the hub's fan-out."""
-    out: dict[str, Any] = {"op": "msg", "sid": sid, "topic": topic, "data": data}
-    if headers:
-        out["headers"] = headers
-    if reply_to is not None:
-        out["reply_to"] = reply_to
-    try:
-        return _dumps(out)
-    except (TypeError, ValueError) as exc:
-        raise LocalProtocolError(f"cannot encode msg on {topic!r}: {exc}") from None
+    """Fast path of ``encode(Msg(...))`` for the hub's fan-out.
+
+    The part after the sid is encoded once per message and reused for every
+    subscriber (only ``sid`` differs), then the two are spliced.
+    """
+    key = (topic, id(data), id(headers), reply_to)
+    hit = _BODIES.get(key)
+    if hit is not None and hit[0] is data and hit[1] is headers:
+        body = hit[2]
+    else:
+        out: dict[str, Any] = {"topic": topic, "data": data}
+        if headers:
+            out["headers"] = headers
+        if reply_to is not None:
+            out["reply_to"] = reply_to
+        try:
+            body = _dumps(out)
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"cannot encode msg on {topic!r}: {exc}") from None
+        if len(_BODIES) >= _BODIES_MAX:
+            _BODIES.clear()
+        _BODIES[key] = (data, headers, body)
+    return '{"op":"msg","sid":' + _dumps(sid) + "," + body[1:]
 
 
 # -- the hub side of one connection -------------------------------------------

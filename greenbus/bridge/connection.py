@@ -38,6 +38,8 @@ logger = logging.getLogger("greenbus.bridge.connection")
 
 #: Bytes read from the socket per recv().
 READ_SIZE = 65536
+#: A read at least this big makes the reader yield before reading again.
+YIELD_AFTER = 4096
 #: Queued items framed per write, at most.
 MAX_BATCH = 1024
 
@@ -98,6 +100,7 @@ class Connection:
         self._out: Channel[Any] = Channel(None)
         self._fragments: list[bytes] = []
         self._in_batch = 0
+        self._idle_timer: Timeout | None = None
         self._fragment_size = 0
         self._reader: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None
@@ -270,9 +273,12 @@ class Connection:
                     self._wait_for_eof()
                     break
                 # A publisher that keeps the socket full never makes recv()
-                # block, so yield once per read: the writers of the peers we
-                # just routed to must get to run, or their queues only grow.
-                gevent.sleep(0)
+                # block, so after a big read yield once: the writers of the
+                # peers we just routed to must get to run, or their queues
+                # only grow.  (A small read means recv() will block soon
+                # anyway; skipping the yield keeps the round trip short.)
+                if len(data) >= YIELD_AFTER:
+                    gevent.sleep(0)
         except Exception:
             logger.exception("%s: reader failed", self.name)
         finally:
@@ -284,8 +290,18 @@ class Connection:
         interval = self._ping_interval
         if interval is None:
             return self._recv_raw(None)
-        with Timeout(interval, False):
+        # One timer, re-armed per read, instead of a new Timeout per read.
+        timer = self._idle_timer
+        if timer is None:
+            timer = self._idle_timer = Timeout(interval)
+        timer.start()
+        try:
             return self._recv_raw(None)
+        except Timeout as exc:
+            if exc is not timer:
+                raise
+        finally:
+            timer.cancel()
         if self.protocol.state is State.OPEN:
             self.protocol.send_ping(b"greenbus")
             self._out.put(_FLUSH)

@@ -289,11 +289,10 @@ class Peer:
     def serialize(self, item: Any) -> str | None:
         """Encode a queued ``(sid, message)`` (the connection's writer calls it)."""
         sid, msg = item
-        headers = msg.headers
         try:
-            text = encode_msg(
-                sid, msg.topic, msg.data, dict(headers) if headers else None, msg.reply_to
-            )
+            # msg[2] is the headers dict itself (shared by every subscriber),
+            # so encode_msg can reuse one encoding for the whole fan-out.
+            text = encode_msg(sid, msg[0], msg[1], msg[2] or None, msg[3])
         except LocalProtocolError as exc:
             self.encode_errors += 1
             self._counters["encode_errors"] += 1
