@@ -38,8 +38,7 @@ from rich.progress import (
 )
 
 from . import report
-from .metrics import DEFAULT, METRICS, QUICK, TINY, Case, Metric, Sizes
-from .systems import SYSTEMS
+from .metrics import DEFAULT, METRICS, QUICK, SYSTEMS, TINY, Case, Metric, Sizes
 
 #: Seconds one measurement may take before the run is aborted with a traceback
 #: (a lost message would otherwise block a ping-pong forever).

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .systems import SYSTEMS, Classic, Fanout, MeasurementError, System
+from .hub import NETWORK, NetworkSystem
+from .systems import IN_PROCESS, Classic, Fanout, MeasurementError, System
 
 __all__ = [
     "DEFAULT",
     "METRICS",
     "QUICK",
+    "SYSTEMS",
     "TARGETS",
     "TIMES",
     "TINY",
@@ -49,6 +51,11 @@ YIELD_EVERY = 100
 MIN_EMITS = 5
 #: Untimed round trips before a ping-pong series, so the first sample is warm.
 WARM_ROUNDTRIPS = 10
+#: Subscriber processes of the hub fan-out.
+HUB_SUBSCRIBERS = 4
+
+#: Every system: in-process ones (systems.py), then those across processes (hub.py).
+SYSTEMS: dict[str, System] = {**IN_PROCESS, **NETWORK}
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,11 @@ class Sizes:
     memory_threads: int
     memory_messages: int
     memory_rounds: int
+    #: hub_ingest: messages per flood; hub_fanout: messages per flood (each to
+    #: every subscriber).  Both run ``throughput_rounds`` rounds; hub_roundtrip
+    #: runs ``rounds`` rounds of ``pingpong`` round trips.
+    hub_ingest_messages: int
+    hub_fanout_messages: int
 
 
 #: The profiles side by side: field -> (default, --quick, --tiny).  --tiny
@@ -109,6 +121,8 @@ _PROFILES: dict[str, tuple[object, object, object]] = {
     "memory_threads": (1000, 300, 20),
     "memory_messages": (100_000, 100_000, 2000),
     "memory_rounds": (3, 1, 1),
+    "hub_ingest_messages": (200_000, 100_000, 2000),
+    "hub_fanout_messages": (50_000, 25_000, 500),
 }
 
 DEFAULT, QUICK, TINY = (
@@ -150,6 +164,8 @@ class Metric:
     rounds_field: str = "rounds"
     #: Run each (case, system) once, unrecorded, before the rounds (if the profile warms up).
     warmup: bool = True
+    #: The system the report's ratio column divides by.
+    reference: str = "greenbus"
 
     def rounds(self, sizes: Sizes) -> int:
         rounds = getattr(sizes, self.rounds_field)
@@ -347,6 +363,54 @@ def measure_memory(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [per_item * 10_000 / 1e6 if case.unit == "MB" else per_item]
 
 
+# -- across processes: perf/hub.py ---------------------------------------------------
+
+INGEST_LABEL = "1 publisher, 1 connection"
+FANOUT_LABEL = f"1→{HUB_SUBSCRIBERS} processes"
+
+
+def _network(system: System) -> NetworkSystem:
+    if not isinstance(system, NetworkSystem):
+        raise TypeError(f"{system.name} is not a system across processes")
+    return system
+
+
+def ingest_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return (Case(INGEST_LABEL, "msgs/s", {"messages": sizes.hub_ingest_messages}),)
+
+
+def measure_ingest(system: System, case: Case, sizes: Sizes) -> list[float]:
+    return [_network(system).ingest(case.int_param("messages")).rate]
+
+
+def hub_fanout_cases(sizes: Sizes) -> tuple[Case, ...]:
+    params = {"subscribers": HUB_SUBSCRIBERS, "messages": sizes.hub_fanout_messages}
+    return (Case(FANOUT_LABEL, "msgs/s", params),)
+
+
+def measure_hub_fanout(system: System, case: Case, sizes: Sizes) -> list[float]:
+    flood = _network(system).broadcast(case.int_param("messages"), case.int_param("subscribers"))
+    return [flood.rate]
+
+
+def _hub_flood(
+    name: str, title: str, timed: str, cases: Callable[[Sizes], tuple[Case, ...]], measure: Measure
+) -> Metric:
+    """A msgs/s metric of the brokers across processes: one sample per round, no warm-up."""
+    return Metric(
+        name=name,
+        title=title,
+        timed=timed,
+        better="higher",
+        systems=("redis-pubsub", "greenbus-hub"),
+        cases=cases,
+        measure=measure,
+        rounds_field="throughput_rounds",
+        warmup=False,
+        reference="greenbus-hub",
+    )
+
+
 # -- the list ---------------------------------------------------------------------
 
 #: The systems with a second party (a pool, a thread, a greenlet) behind emit.
@@ -449,6 +513,66 @@ METRICS: dict[str, Metric] = {
             rounds_field="memory_rounds",
             warmup=False,
         ),
+        Metric(
+            name="hub_roundtrip",
+            title="across processes",
+            timed=(
+                "perf_counter around each round trip made by the benchmark process, one sample "
+                "per message (after 10 untimed); the reply must be the number sent. Every "
+                "sample starts its own processes and stops them after, so there is no warm-up "
+                "run. greenbus-hub: the benchmark's greenbus.connect client emits i on 'ping' "
+                "to a hub process; an echo client process (greenbus.connect) subscribed to "
+                "'ping' emits it on 'pong'; the benchmark's 'pong' subscription receives it. "
+                "redis-pubsub, the same shape: the benchmark PUBLISHes i on 'ping' through "
+                "redis-py (which waits for PUBLISH's reply), an echo process subscribed to "
+                "'ping' PUBLISHes it on 'pong', and the benchmark's second connection, "
+                "subscribed to 'pong', receives it (get_message). Both: 3 processes, 4 "
+                "one-way trips over loopback. tcp-echo (the floor: 2 one-way trips): 8 bytes "
+                "to an echo server process and back, over one TCP_NODELAY connection."
+            ),
+            systems=tuple(NETWORK),
+            cases=lambda sizes: (ROUND_TRIP,),
+            measure=measure_pingpong,
+            warmup=False,
+            reference="greenbus-hub",
+        ),
+        _hub_flood(
+            name="hub_ingest",
+            title="ingest msgs/s",
+            timed=(
+                "One publisher process sends M messages (payloads 0..M-1) over one "
+                "connection, every byte made before the clock starts and written with "
+                "sendall. greenbus-hub: 'pub' frames without ids (so no acks), JSON from "
+                "greenbus.protocol.encode, framed and masked by websockets' sans-I/O "
+                "ClientProtocol, into a hub process (greenbus.serve) where an unbounded local "
+                "subscription (Bus.subscribe) on the topic takes them; the clock stops at its "
+                "last arrival. redis-pubsub: PUBLISH commands packed by redis-py, pipelined "
+                "to redis-server; the clock stops when the publisher has read the last "
+                "PUBLISH reply, each of which must be 1, and a redis-py subscriber process "
+                "checks the arrivals, untimed. A sample is M / (stop - first send), with "
+                "time.monotonic (one clock for all processes). Arrivals must be 0..M-1, "
+                "each once, in order."
+            ),
+            cases=ingest_cases,
+            measure=measure_ingest,
+        ),
+        _hub_flood(
+            name="hub_fanout",
+            title="delivered msgs/s",
+            timed=(
+                f"One publisher process (as in hub_ingest) sends M messages on a topic to "
+                f"which {HUB_SUBSCRIBERS} subscriber processes subscribed with the system's "
+                f"Python client (greenbus.connect, default subscription; redis-py PubSub, "
+                f"get_message). Each counts its arrivals, checks they are 0..M-1 in order, "
+                f"and reports its first and last arrival times. A sample is "
+                f"{HUB_SUBSCRIBERS}*M / (latest last arrival - first send), with "
+                f"time.monotonic. Neither server cuts off a slow subscriber: the hub runs "
+                f"with max_pending 10M, redis-server with client-output-buffer-limit pubsub "
+                f"0 0 0. Publisher, server and subscribers share the machine's CPUs."
+            ),
+            cases=hub_fanout_cases,
+            measure=measure_hub_fanout,
+        ),
     )
 }
 
@@ -505,4 +629,25 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target("emit with a 1 ms-slow subscriber ≤ 2 µs", "emit_held_slow", SLOW_ONE.label, "<=", 2.0),
     Target("0 reorders", "reorders", FLOOD_LABEL, "<=", 0.0, stat="max"),
+    Target(
+        "hub round trip ≤ Redis pub/sub's",
+        "hub_roundtrip",
+        ROUND_TRIP.label,
+        "<=",
+        1.0,
+        "redis-pubsub",
+        system="greenbus-hub",
+    ),
+    Target(
+        "hub ingest ≥ 100k msgs/s", "hub_ingest", INGEST_LABEL, ">=", 100_000, system="greenbus-hub"
+    ),
+    Target(
+        f"hub fan-out 1→{HUB_SUBSCRIBERS} ≥ 188k msgs/s (NATS's delivered rate: an anchor "
+        "from ANCHORS.md, not measured here)",
+        "hub_fanout",
+        FANOUT_LABEL,
+        ">=",
+        188_000,
+        system="greenbus-hub",
+    ),
 )

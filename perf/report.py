@@ -25,6 +25,7 @@ import platform
 import re
 import statistics
 import subprocess
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -33,13 +34,13 @@ from typing import Any
 
 import gevent
 import greenlet
+import redis.utils
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 import greenbus
 
-from .metrics import TARGETS, TIMES, Metric, Sizes, Target
-from .systems import SYSTEMS
+from .metrics import SYSTEMS, TARGETS, TIMES, Metric, Sizes, Target
 
 __all__ = ["NOTES", "Store", "document", "summary", "write_all"]
 
@@ -62,6 +63,9 @@ COLOURS = {
     "greenbus-wildcard": "#98df8a",
     "greenbus-request": "#0b5d0b",
     "greenbus-compat": "#bcbd22",
+    "tcp-echo": "#7f7f7f",
+    "redis-pubsub": "#d62728",
+    "greenbus-hub": "#2ca02c",
 }
 
 
@@ -130,8 +134,24 @@ def machine_info() -> dict[str, Any]:
         "pyee": metadata.version("pyee"),
         "blinker": metadata.version("blinker"),
         "greenbus": greenbus.__version__,
+        "websockets": metadata.version("websockets"),
+        "redis-py": metadata.version("redis"),
+        "redis-py parser": "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure Python",
+        "redis-server": _redis_server_version(),
         "git": _git_revision(),
     }
+
+
+def _redis_server_version() -> str | None:
+    """``redis-server --version``'s version, or None if it is not installed."""
+    try:
+        out = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"v=(\S+)", out)
+    return match.group(1) if match else out.strip() or None
 
 
 def _git_revision() -> str | None:
@@ -178,6 +198,7 @@ def document(
                 "title": m.title,
                 "timed": m.timed,
                 "better": m.better,
+                "reference": m.reference,
                 "rounds": m.rounds(sizes),
                 "cases": {
                     case.label: {
@@ -296,7 +317,10 @@ def markdown(doc: dict[str, Any], json_name: str, charts: Sequence[tuple[str, st
         f"Produced by `{doc['command']}` on {doc['date']} ({doc['profile']} profile, "
         f"{doc['duration_s']:.0f} s, git {m['git']}).  ",
         f"{m['python']}, gevent {m['gevent']}, greenlet {m['greenlet']}, pyee {m['pyee']}, "
-        f"blinker {m['blinker']}; {m['cpu_count']} CPUs ({m['cpu_model']}).  ",
+        f"blinker {m['blinker']}, websockets {m.get('websockets')}, redis-py {m.get('redis-py')} "
+        f"({m.get('redis-py parser')} parser), "
+        f"redis-server {m.get('redis-server') or 'not installed'}; "
+        f"{m['cpu_count']} CPUs ({m['cpu_model']}).  ",
         f"Raw samples and exactly what each metric times: [results/{json_name}]"
         f"(results/{json_name}).",
         "",
@@ -304,7 +328,7 @@ def markdown(doc: dict[str, Any], json_name: str, charts: Sequence[tuple[str, st
         "",
         "Ratios are between figures of this same run.",
         "",
-        "| target | greenbus | compared with | figure | result |",
+        "| target | measured | compared with | figure | result |",
         "|---|---|---|---|---|",
     ]
     for t in doc["targets"]:
@@ -313,18 +337,19 @@ def markdown(doc: dict[str, Any], json_name: str, charts: Sequence[tuple[str, st
         figure = _fmt_ratio(t["figure"]) if t["against"] else fmt(t["figure"], unit)
         result = {True: "pass", False: "**MISS**", None: "not measured"}[t["met"]]
         lines.append(
-            f"| {t['text']} | {fmt(t['value'], unit)} ({t['stat']}) | {base} | {figure} "
-            f"| {result} |"
+            f"| {t['text']} | {t['system']} {fmt(t['value'], unit)} ({t['stat']}) | {base} "
+            f"| {figure} | {result} |"
         )
     lines += [
         "",
         "## All results",
         "",
-        f'Median and p99 over every sample of the run. "{TIMES} {REFERENCE}" is this row\'s '
-        f"median ÷ {REFERENCE}'s in the same case: above 1 means a larger figure than "
-        f"{REFERENCE} (slower for times, faster for msgs/s).",
+        f'Median and p99 over every sample of the run. "{TIMES} ref" is this row\'s median ÷ '
+        f"the reference system's in the same case ({REFERENCE}; greenbus-hub for the metrics "
+        "across processes): above 1 means a larger figure than the reference (slower for "
+        "times, faster for msgs/s).",
         "",
-        f"| metric | system | median | p99 | {TIMES} {REFERENCE} | target |",
+        f"| metric | system | median | p99 | {TIMES} ref | target |",
         "|---|---|---|---|---|---|",
     ]
     lines += _result_rows(doc)
@@ -339,7 +364,7 @@ def _result_rows(doc: dict[str, Any]) -> list[str]:
         for label, case in metric["cases"].items():
             unit = case["unit"]
             heading = f"{metric['title']}: {label} ({unit}, {direction})"
-            reference = case["results"].get(REFERENCE, {}).get("median")
+            reference = case["results"].get(metric.get("reference", REFERENCE), {}).get("median")
             targets = [t for t in doc["targets"] if (t["metric"], t["case"]) == (name, label)]
             for system, r in case["results"].items():
                 verdicts = "; ".join(
@@ -420,16 +445,8 @@ def _figure(title: str, ylabel: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def _bar_chart(
-    path: Path,
-    title: str,
-    ylabel: str,
-    groups: Sequence[str],
-    bars: dict[str, list[float | None]],
-    unit: str,
-) -> None:
+def _bars(ax: Axes, groups: Sequence[str], bars: dict[str, list[float | None]], unit: str) -> None:
     """Bars grouped by ``groups``, one colour per system, log scale, values on top."""
-    fig, ax = _figure(title, ylabel)
     width = 0.8 / max(1, len(bars))
     for i, (system, values) in enumerate(bars.items()):
         xs = [g + (i - (len(bars) - 1) / 2) * width for g in range(len(groups))]
@@ -448,6 +465,19 @@ def _bar_chart(
     ax.margins(y=0.25)
     ax.set_xticks(range(len(groups)), groups)
     ax.legend(fontsize=8, ncols=2)
+
+
+def _bar_chart(
+    path: Path,
+    title: str,
+    ylabel: str,
+    groups: Sequence[str],
+    bars: dict[str, list[float | None]],
+    unit: str,
+) -> None:
+    """One chart of :func:`_bars`, saved to ``path``."""
+    fig, ax = _figure(title, ylabel)
+    _bars(ax, groups, bars, unit)
     fig.savefig(path, dpi=110)
 
 
@@ -541,6 +571,49 @@ def chart_emit_held(doc: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def chart_hub(doc: dict[str, Any], path: Path) -> bool:
+    """The metrics across processes side by side, with greenbus's targets drawn in."""
+    panels = [
+        name for name in ("hub_roundtrip", "hub_ingest", "hub_fanout") if name in doc["metrics"]
+    ]
+    if not panels:
+        return False
+    fig = Figure(figsize=(5 * len(panels), 5.6), layout="constrained")
+    fig.suptitle("The hub across processes, over loopback (log scale)", fontweight="bold")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    targets = {t["metric"]: t for t in doc["targets"] if t["system"] == "greenbus-hub"}
+    for ax, name in zip(axes, panels, strict=True):
+        metric = doc["metrics"][name]
+        label, case = next(iter(metric["cases"].items()))
+        results = case["results"]
+        better = "lower" if metric["better"] == "lower" else "higher"
+        ax.set_title(
+            f"{metric['title']}: {label}\n({case['unit']}, {better} is better)", fontsize=10
+        )
+        ax.grid(True, which="major", axis="y", alpha=0.35)
+        if case["unit"] == "µs":
+            _bars(
+                ax, ["p50", "p99"], {s: [r["median"], r["p99"]] for s, r in results.items()}, "µs"
+            )
+        else:
+            _bars(ax, ["median"], {s: [r["median"]] for s, r in results.items()}, case["unit"])
+            target = targets.get(name)
+            if target is not None and not target["against"]:
+                # Room above the line for its label, below the title.
+                ax.set_ylim(top=max(ax.get_ylim()[1], target["limit"] * 2))
+                ax.axhline(target["limit"], color="black", linestyle="--", linewidth=1)
+                ax.annotate(
+                    textwrap.fill(target["text"], 45),
+                    (0, target["limit"]),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                )
+    fig.savefig(path, dpi=110)
+    return True
+
+
 # -- writing -----------------------------------------------------------------------
 
 
@@ -559,6 +632,7 @@ CHARTS = (
     ("emit_held.png", "emit held, with a fast and a 1 ms-slow subscriber", chart_emit_held),
     ("latency.png", "ping-pong round trip p50/p99", chart_latency),
     ("throughput.png", "delivered messages per second by fan-out", chart_throughput),
+    ("hub.png", "the hub across processes: round trip, ingest, fan-out", chart_hub),
 )
 
 

@@ -43,7 +43,7 @@ import greenbus
 import greenbus.compat
 
 __all__ = [
-    "SYSTEMS",
+    "IN_PROCESS",
     "Classic",
     "ClassicRun",
     "Echo",
@@ -675,8 +675,8 @@ class Classic(System):
         return result
 
 
-#: Every system, in the order tables and charts list them.
-SYSTEMS: dict[str, System] = {
+#: Every in-process system, in the order tables and charts list them.
+IN_PROCESS: dict[str, System] = {
     s.name: s
     for s in (
         Classic(),
