@@ -6,8 +6,11 @@ import json
 import os
 import re
 import select
+import shutil
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -246,3 +249,132 @@ def remote_bus() -> Iterator[Callable[..., RemoteBus]]:
     yield connect
     for remote in clients:
         remote.close(timeout=2)
+
+
+# -- Redis (tests/test_federation.py) ------------------------------------------
+
+#: Debian's redis-server (CI installs it in .ci/run): the federation tests
+#: need a real server, never a fake, and fail without one.
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def redis_pid(port: int) -> int | None:
+    """The process id of the Redis server answering on ``port``; None if none answers.
+
+    One short connection and an inline ``INFO server``: the answer is a RESP
+    bulk string, ``$<length>\\r\\n<text>\\r\\n``.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
+            conn.sendall(b"INFO server\r\n")
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+                header, sep, body = data.partition(b"\r\n")
+                if sep and (not header.startswith(b"$") or len(body) >= int(header[1:]) + 2):
+                    break  # the whole bulk string, or an error such as -LOADING
+    except OSError:
+        return None
+    match = re.search(rb"^process_id:(\d+)", data, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` child process on 127.0.0.1:``port``: no persistence.
+
+    ``stop()`` and ``kill()`` leave the port to a later ``start()``, which
+    brings up an empty server on the same address (what a Redis restart
+    looks like to its clients).  Waiting is on conditions, polled with a
+    plain ``time.sleep``: it does not yield to the gevent hub, so greenlets
+    of the test process stay where they are until the test waits on them.
+    """
+
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server (again, on the same port) and wait until it answers.
+
+        Raises:
+            AssertionError: it exited (the port is taken, say) or did not
+                answer within ``timeout`` s; its log is in the message.
+        """
+        assert not self.running, f"redis-server on port {self.port} is already running"
+        cmd = [
+            REDIS_SERVER,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.log_path.parent),
+            "--logfile", "",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        # Its own pid in the answer: not another server that holds the port.
+        while redis_pid(self.port) != self.proc.pid:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(
+                    f"redis-server on port {self.port} did not start within "
+                    f"{timeout} s:\n{self.log()}"
+                )
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, wait (SIGKILL if needed).  A no-op if it is not running."""
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, and reap: the abrupt end of a crash or a power cut."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh, empty ``redis-server`` on a free port of 127.0.0.1; stopped afterwards."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        pytest.fail(
+            f"{REDIS_SERVER} not found: the federation tests need a real Redis; "
+            "install it with `apt-get install -y redis-server`",
+            pytrace=False,
+        )
+    for attempt in range(3):
+        server = RedisServer(free_port(), tmp_path / f"redis{attempt}.log")
+        try:
+            server.start()
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise  # free ports raced away three times: something is wrong
+    try:
+        yield server
+    finally:
+        server.stop()

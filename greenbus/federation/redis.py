@@ -80,7 +80,7 @@ def redis_glob(prefix: str, pattern: str) -> tuple[str, bool]:
     if "*" not in tokens and ">" not in tokens:
         return f"{prefix}:{pattern}", False
     parts = ["*" if t in ("*", ">") else t.translate(_GLOB_SPECIAL) for t in tokens]
-    return f"{prefix}:{'.'.join(parts)}", True
+    return f"{prefix.translate(_GLOB_SPECIAL)}:{'.'.join(parts)}", True
 
 
 if redis is not None:
@@ -174,9 +174,13 @@ class Federation:
         self._globs: dict[tuple[str, bool], int] = {}
         self._seq: dict[str, int] = {}
         self._epoch = 0
+        self._in_hand = 0
         self._last: dict[tuple[str, str], int] = {}
         self._connected = gevent.event.Event()
+        # _stopping: the loops should end (stop() called, or the bus closed);
+        # _stopped: stop() has run (it must still run after the bus closed).
         self._stopping = False
+        self._stopped = False
         self._published = 0
         self._dropped = 0
         self._unencodable = 0
@@ -214,8 +218,9 @@ class Federation:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Detach; publish what is queued (for up to ``timeout``); close.  Idempotent."""
-        if self._stopping or self._writer is None:
+        if self._stopped or self._writer is None:
             return
+        self._stopped = True
         self._stopping = True
         self.bus.remove_interest_listener(self._on_interest)
         if self._forward is not None:
@@ -227,7 +232,8 @@ class Federation:
         self._out.close()
         self._writer.join(timeout)
         if not self._writer.dead:
-            lost = len(self._out)
+            lost = len(self._out) + self._in_hand
+            self._in_hand = 0
             self._writer.kill(block=True)
             if lost:
                 self._dropped += lost
@@ -300,6 +306,7 @@ class Federation:
             except EndOfChannel:
                 return
             payloads = self._envelopes(batch)
+            self._in_hand = len(payloads)
             while payloads:
                 try:
                     pipe = self._client.pipeline(transaction=False)
@@ -307,6 +314,7 @@ class Federation:
                         pipe.publish(channel, payload)
                     pipe.execute()
                     self._published += len(payloads)
+                    self._in_hand = 0
                     backoff = 0.05
                     break
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -323,6 +331,7 @@ class Federation:
                     backoff = min(backoff * 2, self._max_backoff)
                     if self._stopping and out.closed and backoff >= self._max_backoff:
                         self._dropped += len(payloads)
+                        self._in_hand = 0
                         return
 
     def _envelopes(self, batch: list[Message]) -> list[tuple[str, bytes]]:
@@ -338,7 +347,6 @@ class Federation:
         for msg in batch:
             topic = msg[0]
             seq = seqs.get(topic, 0) + 1
-            seqs[topic] = seq
             headers = msg[2]
             env = Envelope(
                 origin, seq, now, topic, msg[1], dict(headers) if headers else None, msg[3]
@@ -348,6 +356,10 @@ class Federation:
             except LocalProtocolError as exc:
                 self._unencodable += 1
                 logger.error("federation %s: %s (not published)", self.node, exc)
+                continue
+            # Numbered only once encoded: a message that cannot be sent must
+            # not look like a gap to the receivers.
+            seqs[topic] = seq
         return out
 
     # -- in: Redis to local subscribers -------------------------------------------
@@ -359,6 +371,8 @@ class Federation:
             self._unwant(pattern)
 
     def _want(self, pattern: str) -> None:
+        if pattern.startswith("$"):
+            return  # node-local system topics are never federated
         key = redis_glob(self.prefix, pattern)
         count = self._globs.get(key, 0)
         self._globs[key] = count + 1
@@ -366,6 +380,8 @@ class Federation:
             self._command(key, subscribe=True)
 
     def _unwant(self, pattern: str) -> None:
+        if pattern.startswith("$"):
+            return
         key = redis_glob(self.prefix, pattern)
         count = self._globs.get(key, 0) - 1
         if count > 0:
@@ -438,6 +454,8 @@ class Federation:
             return
         if env.origin.rpartition("/")[0] == self.node:
             return  # our own message, back from Redis
+        if env.topic.startswith("$"):
+            return  # node-local system topics are never federated (e.g. an old node's)
         last = self._last
         key = (env.origin, env.topic)
         previous = last.get(key)

@@ -1,0 +1,1039 @@
+"""Federation through Redis (greenbus/federation/redis.py), against a real redis-server.
+
+Every test runs its own ``redis-server`` on a free port of 127.0.0.1 (the
+``redis_server`` fixture) and looks into it with redis-py (``PUBSUB
+NUMSUB``, ``CLIENT LIST``) to see what the nodes asked it for.  Nodes are:
+
+* buses of the test process, federated in it (the ``federated`` fixture),
+  whose greenlets run whenever the test waits with ``wait_until``;
+* buses in child processes (``tests/fed_node.py``, the ``fed_node``
+  fixture), driven by JSON commands on stdin and reporting on stdout;
+* ``greenbus serve --redis`` hub processes, with WebSocket clients.
+
+Fault tests order who reconnects first by *freezing* the test process: a
+wait that does not yield to the gevent hub (``wait_frozen``, or a
+``frozen=True`` call to a child) keeps the test's own federations exactly
+where they are while the other process and Redis move on.  That turns "who
+lost what in an outage" (docs/scaling.md) from a race into a scenario.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+import redis
+from conftest import ROOT, HubProcess, RedisServer, child_env, stop_process
+from waiting import wait_until
+
+import greenbus
+from greenbus import Bus, Federation, RemoteBus
+from greenbus.federation import Envelope, encode_envelope, redis_glob
+
+PREFIX = "greenbus"
+NODE_SCRIPT = Path(__file__).with_name("fed_node.py")
+
+# -- looking into Redis ----------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_cli(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A redis-py client of the test's server (it reconnects by itself after a restart)."""
+    client = redis.Redis(
+        host="127.0.0.1", port=redis_server.port, socket_timeout=5, decode_responses=True
+    )
+    yield client
+    client.close()
+
+
+def channels(r: redis.Redis) -> set[str]:
+    """The topics some node SUBSCRIBEs to (each node's private channel left out)."""
+    names = r.pubsub_channels(f"{PREFIX}:*")
+    return {n.removeprefix(f"{PREFIX}:") for n in names if not n.startswith(f"{PREFIX}:_node.")}
+
+
+def subscribers(r: redis.Redis, topic: str) -> int:
+    """How many connections SUBSCRIBE to ``topic``'s channel."""
+    return int(r.pubsub_numsub(f"{PREFIX}:{topic}")[0][1])
+
+
+def pattern_subscriptions(r: redis.Redis) -> int:
+    """PSUBSCRIBEs held, summed over connections (NUMPAT counts distinct patterns)."""
+    return sum(int(c["psub"]) for c in r.client_list())
+
+
+def publish_raw(r: redis.Redis, topic: str, payload: bytes) -> int:
+    """PUBLISH ``payload`` as another node would on ``topic``; the receivers' count."""
+    return int(r.publish(f"{PREFIX}:{topic}", payload))
+
+
+def stranger(topic: str, data: Any, seq: int = 1) -> bytes:
+    """An envelope from a node that is not in the test."""
+    return encode_envelope(Envelope("stranger/0", seq, time.time(), topic, data))
+
+
+def wait_frozen(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` without yielding to gevent: the test's greenlets stay frozen."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {what or predicate}")
+        time.sleep(0.005)
+
+
+def live_greenlets() -> set[gevent.Greenlet]:
+    return {g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead}
+
+
+# -- nodes in the test process ----------------------------------------------------------
+
+
+@pytest.fixture
+def federated(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> Iterator[Callable[..., tuple[Bus, Federation]]]:
+    """``make(name, start=True, **options)``: a bus and its federation; both stopped afterwards.
+
+    Started (the default), it has connected to Redis when ``make`` returns.
+    """
+    made: list[tuple[Bus, Federation]] = []
+
+    def make(name: str, *, start: bool = True, **options: Any) -> tuple[Bus, Federation]:
+        bus = Bus(f"{request.node.name}:{name}")
+        federation = Federation(bus, redis_server.url, **options)
+        made.append((bus, federation))
+        if start:
+            federation.start()
+            assert federation.wait_connected(5), f"{federation!r} did not connect"
+        return bus, federation
+
+    yield make
+    for bus, federation in made:
+        federation.stop(timeout=2)
+        bus.close(timeout=2)
+
+
+# -- nodes in child processes ----------------------------------------------------------
+
+
+class NodeProcess:
+    """``python tests/fed_node.py URL NAME``: a federated bus in a process of its own.
+
+    A reader thread files what the node prints: messages per subscription id
+    in :attr:`got`, answers by command id in :attr:`answers`.
+    """
+
+    def __init__(self, name: str, url: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(NODE_SCRIPT), url, name],
+                cwd=ROOT,
+                env=child_env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        self.node: str | None = None
+        self.got: defaultdict[str, list[tuple[str, Any]]] = defaultdict(list)
+        self.answers: dict[int, dict[str, Any]] = {}
+        self.ended = False
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._reader = threading.Thread(target=self._read, name=f"node {name}", daemon=True)
+        self._reader.start()
+
+    def __repr__(self) -> str:
+        return f"<NodeProcess {self.name} pid={self.proc.pid} node={self.node}>"
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = json.loads(raw)
+            with self._cond:
+                if line["ev"] == "msg":
+                    self.got[line["sid"]].append((line["topic"], line["data"]))
+                elif line["ev"] == "ready":
+                    self.node = line["node"]
+                elif "id" in line:
+                    self.answers[line["id"]] = line
+                self._cond.notify_all()
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for(
+        self,
+        predicate: Callable[[], object],
+        what: str,
+        timeout: float = 10.0,
+        *,
+        frozen: bool = False,
+    ) -> None:
+        """Wait until ``predicate()``; ``frozen`` waits without yielding to gevent."""
+
+        def done() -> bool:
+            return bool(predicate()) or self.ended
+
+        if frozen:
+            with self._cond:
+                self._cond.wait_for(done, timeout)
+        else:
+            wait_until(done, timeout, f"{self.name}: {what}")
+        if not predicate():
+            raise AssertionError(f"{self!r}: not {what} within {timeout} s\n{self.log()}")
+
+    def wait_ready(self) -> NodeProcess:
+        self.wait_for(lambda: self.node is not None, "ready", 15, frozen=True)
+        return self
+
+    def send(self, op: str, **args: Any) -> int:
+        """Send a command; its id."""
+        ident = next(self._ids)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, "id": ident, **args}).encode() + b"\n")
+        self.proc.stdin.flush()
+        return ident
+
+    def answer(self, ident: int, timeout: float = 10.0, *, frozen: bool = False) -> dict[str, Any]:
+        self.wait_for(lambda: ident in self.answers, f"answering #{ident}", timeout, frozen=frozen)
+        return self.answers[ident]
+
+    def call(self, op: str, *, timeout: float = 10.0, frozen: bool = False, **args: Any) -> Any:
+        """Send a command and wait for its answer."""
+        return self.answer(self.send(op, **args), timeout, frozen=frozen)
+
+    def stats(self, *, frozen: bool = False) -> dict[str, Any]:
+        return self.call("stats", frozen=frozen)  # type: ignore[no-any-return]
+
+    def wait_published(self, count: int) -> None:
+        """Wait until the node counts ``count`` published: its writer counts a
+        batch once Redis answered, which may be after a receiver got it."""
+        self.wait_for(lambda: self.stats()["published"] == count, f"counting {count} published")
+
+    def data(self, sid: str) -> list[Any]:
+        return [data for _, data in self.got[sid]]
+
+    def quit(self, timeout: float = 10.0) -> int:
+        """Ask the node to stop and exit; its exit code (killed if it does not)."""
+        if self.proc.poll() is None:
+            try:
+                self.send("quit")
+            except OSError:
+                pass  # it is gone already
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        code = stop_process(self.proc) if self.proc.poll() is None else self.proc.returncode
+        self._reader.join(5)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        return code
+
+
+@pytest.fixture
+def fed_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``start(*names)``: one ready node process per name (a list if several); all stopped."""
+    nodes: list[NodeProcess] = []
+
+    def start(*names: str) -> Any:
+        started = [NodeProcess(n, redis_server.url, tmp_path / f"{n}.log") for n in names]
+        nodes.extend(started)
+        for node in started:
+            node.wait_ready()
+        return started[0] if len(started) == 1 else started
+
+    yield start
+    for node in nodes:
+        code = node.quit()
+        # Shown by pytest only when the test failed.
+        print(f"--- node {node.name} (pid {node.proc.pid}, exit {code}) log, last lines:")
+        print("\n".join(node.log().splitlines()[-40:]))
+
+
+def assert_ended_cleanly(*nodes: NodeProcess) -> None:
+    """Each node quits with exit code 0 and logged no traceback: nothing crashed."""
+    for node in nodes:
+        assert node.quit() == 0, node.log()
+        assert "Traceback" not in node.log(), node.log()
+
+
+# -- redis_glob: topics and patterns to Redis channels (pure) -----------------------------
+
+
+def test_an_exact_topic_maps_to_a_plain_channel_under_the_prefix() -> None:
+    assert redis_glob("greenbus", "sensors.room1.temp") == ("greenbus:sensors.room1.temp", False)
+
+
+def test_glob_characters_in_an_exact_topic_stay_as_they_are() -> None:
+    # An exact topic is SUBSCRIBEd to, never matched as a glob.
+    assert redis_glob("greenbus", "odd.[x].a?") == ("greenbus:odd.[x].a?", False)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "glob"),
+    [
+        ("sensors.*", "app:sensors.*"),
+        ("sensors.>", "app:sensors.*"),
+        ("*.temp", "app:*.temp"),
+        ("a.*.c.>", "app:a.*.c.*"),
+        (">", "app:*"),
+    ],
+)
+def test_star_and_greater_than_both_become_the_redis_star(pattern: str, glob: str) -> None:
+    assert redis_glob("app", pattern) == (glob, True)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "glob"),
+    [
+        ("odd.[x].*", r"app:odd.\[x\].*"),
+        ("why.a?.>", r"app:why.a\?.*"),
+        ("back.a\\b.*", r"app:back.a\\b.*"),
+        ("lit.a*b.*", r"app:lit.a\*b.*"),
+        ("all.[?*\\].>", r"app:all.\[\?\*\\\].*"),
+    ],
+)
+def test_glob_characters_in_the_literal_tokens_of_a_pattern_are_escaped(
+    pattern: str, glob: str
+) -> None:
+    assert redis_glob("app", pattern) == (glob, True)
+
+
+def test_glob_characters_in_the_prefix_of_a_pattern_are_escaped_too() -> None:
+    assert redis_glob("tenant[1]", "sensors.*") == (r"tenant\[1\]:sensors.*", True)
+
+
+# -- what a node asks Redis for -------------------------------------------------------------
+
+
+def test_a_node_without_subscribers_asks_redis_for_nothing_though_it_forwards_everything(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    bus, federation = federated("quiet")
+    bus.emit("anything.at.all", 1)
+    wait_until(lambda: federation.stats().published == 1, 5, "the publish")
+
+    assert channels(redis_cli) == set()
+    assert pattern_subscriptions(redis_cli) == 0
+    assert federation.stats().subscriptions == 0
+
+
+def test_a_node_subscribes_in_redis_to_what_its_subscribers_want_and_leaves_with_the_last(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    bus, federation = federated("b")
+    first = bus.subscribe("sensors.temp")
+    second = bus.subscribe("sensors.temp")
+    wild = bus.subscribe("sensors.>")
+    wait_until(
+        lambda: channels(redis_cli) == {"sensors.temp"} and pattern_subscriptions(redis_cli) == 1,
+        5,
+        "SUBSCRIBE sensors.temp and one PSUBSCRIBE",
+    )
+    assert subscribers(redis_cli, "sensors.temp") == 1
+    assert federation.stats().subscriptions == 2
+
+    first.close()
+    wild.close()
+    # The PUNSUBSCRIBE went after anything first.close() sent on the same
+    # connection: once it took effect, so would have a wrong UNSUBSCRIBE.
+    wait_until(lambda: pattern_subscriptions(redis_cli) == 0, 5, "PUNSUBSCRIBE")
+    assert channels(redis_cli) == {"sensors.temp"}
+
+    second.close()
+    wait_until(lambda: channels(redis_cli) == set(), 5, "UNSUBSCRIBE after the last subscriber")
+    assert federation.stats().subscriptions == 0
+
+
+def test_two_patterns_sharing_one_glob_hold_one_redis_pattern_until_both_leave(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    bus, federation = federated("b")
+    star = bus.subscribe("jobs.*")
+    tail = bus.subscribe("jobs.>")  # also "greenbus:jobs.*" in Redis
+    marker = bus.subscribe("marker")
+    wait_until(lambda: subscribers(redis_cli, "marker") == 1, 5, "SUBSCRIBE marker")
+    assert pattern_subscriptions(redis_cli) == 1
+    assert federation.stats().subscriptions == 2
+
+    star.close()
+    marker.close()  # sent after anything star.close() sent
+    wait_until(lambda: subscribers(redis_cli, "marker") == 0, 5, "UNSUBSCRIBE marker")
+    assert pattern_subscriptions(redis_cli) == 1
+
+    tail.close()
+    wait_until(lambda: pattern_subscriptions(redis_cli) == 0, 5, "PUNSUBSCRIBE")
+
+
+def test_subscriptions_made_before_federating_are_asked_for_when_it_connects(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    bus, federation = federated("late", start=False)
+    exact = bus.subscribe("early.a", maxsize=None)
+    wild = bus.subscribe("early.*", maxsize=None)
+    federation.start()
+    assert federation.wait_connected(5)
+    wait_until(
+        lambda: channels(redis_cli) == {"early.a"} and pattern_subscriptions(redis_cli) == 1,
+        5,
+        "the subscriptions made before start",
+    )
+
+    other, _ = federated("other")
+    other.emit("early.a", "hi")
+
+    assert exact.get(timeout=5).data == "hi"
+    assert wild.get(timeout=5).data == "hi"
+
+
+def test_a_node_receives_from_redis_only_the_topics_its_subscribers_want(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    b_bus, b = federated("b")
+    wanted = b_bus.subscribe("x.a", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "x.a") == 1, 5, "SUBSCRIBE x.a")
+    a_bus, a = federated("a")
+
+    for n in range(100):
+        a_bus.emit("x.b", n)
+    a_bus.emit("x.a", "last")
+    # A publishes in order on one connection: when x.a arrives, the x.b
+    # messages went through Redis before it, to nobody.
+    assert wanted.get(timeout=5).data == "last"
+    wait_until(lambda: a.stats().published == 101, 5, "the publishes")
+    assert b.stats().received == 1
+
+
+def test_a_pattern_with_glob_characters_gets_only_its_literal_topics_from_redis(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    b_bus, b = federated("b")
+    subs = [b_bus.subscribe(p, maxsize=None) for p in ("odd.[x].*", "why.a?.>", "back.a\\b.*")]
+    wait_until(lambda: pattern_subscriptions(redis_cli) == 3, 5, "three PSUBSCRIBEs")
+    a_bus, _ = federated("a")
+
+    # Unescaped, "[x]" would match "x", "a?" would match "ab", and "a\b" would match "ab".
+    for topic in ("odd.x.1", "odd.[x].1", "why.ab.1", "why.a?.1", "back.ab.1", "back.a\\b.1"):
+        a_bus.emit(topic, topic)
+    a_bus.emit("odd.[x].end", "end")
+
+    assert [subs[0].get(timeout=5).data for _ in range(2)] == ["odd.[x].1", "end"]
+    assert subs[1].get_nowait().data == "why.a?.1"
+    assert subs[2].get_nowait().data == "back.a\\b.1"
+    assert b.stats().received == 4
+    assert [s.pending for s in subs] == [0, 0, 0]
+
+
+def test_a_dollar_topic_emitted_on_a_node_stays_on_that_node(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    b_bus, _ = federated("b")
+    elsewhere = b_bus.subscribe("$sys.x", maxsize=None)
+    fence = b_bus.subscribe("sys.end", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "sys.end") == 1, 5, "SUBSCRIBE sys.end")
+    a_bus, a = federated("a")
+    here = a_bus.subscribe("$sys.x", maxsize=None)
+
+    assert a_bus.emit("$sys.x", "mine") == 1  # the local subscriber; the federation declined
+    a_bus.emit("sys.end", "end")
+
+    assert fence.get(timeout=5).data == "end"
+    assert here.get_nowait().data == "mine"
+    assert elsewhere.pending == 0
+    wait_until(lambda: a.stats().published == 1, 5, "the publish of sys.end")
+
+
+def test_a_node_does_not_ask_redis_for_dollar_topics_that_are_never_federated(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    bus, federation = federated("hub")
+    bus.subscribe("$greenbus.stats")  # what a hub's dashboard client subscribes to
+    bus.subscribe("marker")  # sent after it, on the same connection
+    wait_until(lambda: subscribers(redis_cli, "marker") == 1, 5, "SUBSCRIBE marker")
+
+    assert channels(redis_cli) == {"marker"}
+    assert federation.stats().subscriptions == 1
+
+
+def test_a_dollar_topic_arriving_from_redis_is_not_delivered_to_local_subscribers(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    bus, _ = federated("hub")
+    stats = bus.subscribe("$greenbus.stats", maxsize=None)
+    marker = bus.subscribe("marker", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "marker") == 1, 5, "SUBSCRIBE marker")
+
+    # Published into Redis by something else (a node of an older version, say).
+    publish_raw(redis_cli, "$greenbus.stats", stranger("$greenbus.stats", {"hub": "other"}))
+    publish_raw(redis_cli, "marker", stranger("marker", "end"))
+
+    assert marker.get(timeout=5).data == "end"
+    assert stats.pending == 0, "another node's $greenbus.stats reached this node's subscribers"
+
+
+# -- messages between processes -----------------------------------------------------------
+
+
+def test_a_message_from_another_process_reaches_exact_and_wildcard_subscribers_as_in_process(
+    fed_node: Callable[..., Any], redis_cli: redis.Redis
+) -> None:
+    publisher, receiver = fed_node("publisher", "receiver")
+    for sid, pattern in [
+        ("exact", "orders.new"),
+        ("star", "orders.*"),
+        ("tail", "orders.>"),
+        ("new", "*.new"),
+    ]:
+        receiver.call("sub", sid=sid, pattern=pattern)
+    wait_until(
+        lambda: subscribers(redis_cli, "orders.new") == 1 and pattern_subscriptions(redis_cli) == 2,
+        5,
+        "receiver's subscriptions in Redis",
+    )
+
+    for n, topic in enumerate(["orders.new", "orders.eu.new", "stock.new", "orders", "orders.eu"]):
+        publisher.call("emit", topic=topic, start=n, count=1)
+    expected = {"exact": 1, "star": 2, "tail": 3, "new": 2}
+    receiver.wait_for(
+        lambda: all(len(receiver.got[sid]) >= n for sid, n in expected.items()), "receiving"
+    )
+
+    assert receiver.got == {
+        "exact": [("orders.new", 0)],
+        "star": [("orders.new", 0), ("orders.eu", 4)],
+        "tail": [("orders.new", 0), ("orders.eu.new", 1), ("orders.eu", 4)],
+        "new": [("orders.new", 0), ("stock.new", 2)],
+    }
+    # Redis's "*" matches dots too, so "greenbus:*.new" and "greenbus:orders.*"
+    # both deliver orders.eu.new; the node keeps one copy of each message.
+    stats = receiver.stats()
+    assert (stats["received"], stats["duplicates"], stats["gaps"]) == (4, 3, 0)
+    assert_ended_cleanly(publisher, receiver)
+
+
+def test_five_thousand_messages_cross_processes_in_order_once_per_overlapping_subscription(
+    fed_node: Callable[..., Any], redis_cli: redis.Redis
+) -> None:
+    count = 5000
+    publisher, receiver = fed_node("publisher", "receiver")
+    receiver.call("sub", sid="exact", pattern="seq.a")
+    receiver.call("sub", sid="star", pattern="seq.*")
+    receiver.call("sub", sid="tail", pattern="seq.>")
+    wait_until(
+        lambda: subscribers(redis_cli, "seq.a") == 1 and pattern_subscriptions(redis_cli) == 1,
+        5,
+        "receiver's subscriptions in Redis",
+    )
+
+    publisher.call("emit", topic="seq.a", count=count)
+    receiver.wait_for(
+        lambda: all(len(receiver.got[sid]) >= count for sid in ("exact", "star", "tail")),
+        f"receiving {count} messages per subscription",
+        30,
+    )
+
+    for sid in ("exact", "star", "tail"):
+        assert receiver.data(sid) == list(range(count)), sid
+    # Redis delivered every message twice (channel and pattern): each copy
+    # after the first is dropped and counted, never delivered.
+    stats = receiver.stats()
+    assert (stats["received"], stats["duplicates"], stats["gaps"]) == (count, count, 0)
+    publisher.wait_published(count)
+    assert_ended_cleanly(publisher, receiver)
+
+
+def test_three_nodes_each_get_the_other_two_streams_in_order_and_their_own_only_once(
+    fed_node: Callable[..., Any], redis_cli: redis.Redis
+) -> None:
+    count = 1000
+    nodes = fed_node("n1", "n2", "n3")
+    for node in nodes:
+        node.call("sub", sid="room", pattern="room.>")
+    wait_until(lambda: pattern_subscriptions(redis_cli) == 3, 5, "three PSUBSCRIBEs")
+
+    emits = [(node, node.send("emit", topic=f"room.{node.name}", count=count)) for node in nodes]
+    for node, ident in emits:
+        node.answer(ident)
+    for node in nodes:
+        node.wait_for(lambda node=node: len(node.got["room"]) >= 3 * count, "all three streams")
+
+    for node in nodes:
+        got = node.got["room"]
+        assert len(got) == 3 * count, node.name
+        for origin in nodes:
+            topic = f"room.{origin.name}"
+            assert [data for t, data in got if t == topic] == list(range(count)), (node, topic)
+        node.wait_published(count)
+        stats = node.stats()
+        assert stats["received"] == 2 * count
+        assert (stats["duplicates"], stats["gaps"]) == (0, 0)
+    assert_ended_cleanly(*nodes)
+
+
+def test_a_node_does_not_get_its_own_messages_back_from_redis(
+    federated: Callable[..., tuple[Bus, Federation]],
+    fed_node: Callable[..., Any],
+    redis_cli: redis.Redis,
+) -> None:
+    count = 1000
+    bus, federation = federated("a")
+    local: list[tuple[str, Any]] = []
+    bus.subscribe("t.>", lambda msg: local.append((msg.topic, msg.data)), maxsize=None)
+    other = fed_node("other")
+    other.call("sub", sid="t", pattern="t.>")
+    wait_until(lambda: pattern_subscriptions(redis_cli) == 2, 5, "both nodes' PSUBSCRIBE t.*")
+
+    for n in range(count):
+        bus.emit("t.mine", n)
+    other.wait_for(lambda: len(other.got["t"]) == count, "receiving them")
+    # Redis sent the echoes to this node before other's reply, and the
+    # reader handles what arrives in order: once "t.done" is here, so were they.
+    other.call("emit", topic="t.done", count=1)
+    wait_until(lambda: ("t.done", 0) in local, 5, "t.done from the other node")
+
+    assert local == [*(("t.mine", n) for n in range(count)), ("t.done", 0)]
+    wait_until(lambda: federation.stats().published == count, 5, "the publishes")
+    stats = federation.stats()
+    assert (stats.published, stats.received, stats.duplicates) == (count, 1, 0)
+
+
+# -- request/reply across nodes ------------------------------------------------------------
+
+
+def test_a_request_is_answered_by_a_responder_in_another_process(
+    federated: Callable[..., tuple[Bus, Federation]],
+    fed_node: Callable[..., Any],
+    redis_cli: redis.Redis,
+) -> None:
+    responder = fed_node("responder")
+    responder.call("respond", pattern="svc.echo")
+    wait_until(lambda: subscribers(redis_cli, "svc.echo") == 1, 5, "the responder's SUBSCRIBE")
+    bus, _ = federated("requester")
+
+    assert bus.request("svc.echo", "hi", timeout=5).data == {"echo": "hi", "by": "responder"}
+    jobs = [gevent.spawn(bus.request, "svc.echo", n, timeout=5) for n in range(20)]
+    assert [job.get(timeout=10).data["echo"] for job in jobs] == list(range(20))
+
+
+def test_a_request_from_another_process_is_answered_by_a_local_responder(
+    federated: Callable[..., tuple[Bus, Federation]],
+    fed_node: Callable[..., Any],
+    redis_cli: redis.Redis,
+) -> None:
+    bus, _ = federated("responder")
+    bus.on("svc.add", lambda msg: msg.reply(sum(msg.data)))
+    wait_until(lambda: subscribers(redis_cli, "svc.add") == 1, 5, "the responder's SUBSCRIBE")
+    requester = fed_node("requester")
+
+    answer = requester.call("request", topic="svc.add", data=[1, 2, 3], timeout=5)
+
+    assert (answer["ev"], answer.get("data")) == ("reply", 6)
+
+
+def test_a_request_nobody_answers_times_out_instead_of_raising_no_responders(
+    federated: Callable[..., tuple[Bus, Federation]],
+) -> None:
+    bus, _ = federated("requester")
+
+    with pytest.raises(greenbus.RequestTimeout):
+        bus.request("svc.nobody", 1, timeout=0.3)
+
+
+# -- faults: Redis killed and restarted ----------------------------------------------------
+
+
+def test_messages_emitted_while_redis_is_down_are_published_once_it_is_back(
+    federated: Callable[..., tuple[Bus, Federation]],
+    fed_node: Callable[..., Any],
+    redis_server: RedisServer,
+    redis_cli: redis.Redis,
+) -> None:
+    bus, federation = federated("a")
+    local: list[Any] = []
+    bus.subscribe("feed.>", lambda msg: local.append(msg.data), maxsize=None)
+    receiver = fed_node("receiver")
+    receiver.call("sub", sid="feed", pattern="feed.>")
+    wait_until(lambda: pattern_subscriptions(redis_cli) == 2, 5, "both PSUBSCRIBEs")
+    for n in range(100):
+        bus.emit("feed.x", n)
+    receiver.wait_for(lambda: len(receiver.got["feed"]) == 100, "the first 100")
+
+    redis_server.kill()
+    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
+    for n in range(100, 200):
+        bus.emit("feed.x", n)
+    # The local bus keeps working: local subscribers get local messages at once.
+    wait_until(lambda: len(local) == 200, 5, "local delivery during the outage")
+    wait_until(lambda: federation.stats().outbound_pending == 0, 5, "the writer taking them")
+    assert federation.stats().published == 100
+
+    redis_server.start()
+    # Frozen: this node cannot publish before the receiver has re-subscribed.
+    wait_frozen(lambda: pattern_subscriptions(redis_cli) == 1, 10, "the receiver re-subscribing")
+    receiver.wait_for(lambda: len(receiver.got["feed"]) == 200, "the 100 queued in the outage")
+
+    assert receiver.data("feed") == list(range(200))
+    assert local == list(range(200))
+    wait_until(lambda: federation.stats().published == 200, 5, "the publishes")
+    stats = federation.stats()
+    assert (stats.published, stats.dropped, stats.outbound_pending) == (200, 0, 0)
+    assert stats.reconnects >= 1
+    wait_until(lambda: federation.stats().connected, 10, "the node's reader reconnecting")
+    received = receiver.stats()
+    assert (received["received"], received["gaps"], received["duplicates"]) == (200, 0, 0)
+    assert_ended_cleanly(receiver)
+
+
+def test_messages_published_while_a_subscriber_is_cut_off_are_counted_as_its_gap(
+    federated: Callable[..., tuple[Bus, Federation]],
+    fed_node: Callable[..., Any],
+    redis_server: RedisServer,
+    redis_cli: redis.Redis,
+) -> None:
+    bus, federation = federated("b")
+    got: list[Any] = []
+    bus.subscribe("feed.x", lambda msg: got.append(msg.data), maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "feed.x") == 1, 5, "SUBSCRIBE feed.x")
+    publisher = fed_node("publisher")
+    publisher.call("emit", topic="feed.x", count=100)
+    wait_until(lambda: len(got) == 100, 5, "the first 100")
+
+    redis_server.kill()
+    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
+    publisher.call("emit", topic="feed.x", start=100, count=50)  # queued by the publisher
+    redis_server.start()
+    # Frozen: the publisher reconnects and publishes its queue while this
+    # node's reader is still cut off, so these 50 are lost for it.
+    wait_frozen(
+        lambda: publisher.stats(frozen=True)["published"] == 150,
+        10,
+        "the publisher publishing the 50 queued in the outage",
+    )
+    assert channels(redis_cli) == set()
+
+    assert federation.wait_connected(10)
+    wait_until(lambda: subscribers(redis_cli, "feed.x") == 1, 5, "SUBSCRIBE again")
+    publisher.call("emit", topic="feed.x", start=150, count=50)
+    wait_until(lambda: len(got) == 150, 5, "the 50 after the reconnection")
+
+    assert got == [*range(100), *range(150, 200)]
+    stats = federation.stats()
+    assert (stats.received, stats.gaps, stats.duplicates) == (150, 50, 0)
+    assert stats.reconnects >= 1
+    publisher.wait_published(200)
+    assert_ended_cleanly(publisher)
+
+
+def test_a_stream_through_a_redis_kill_arrives_in_order_without_repeats_and_every_loss_is_a_gap(
+    fed_node: Callable[..., Any], redis_server: RedisServer, redis_cli: redis.Redis
+) -> None:
+    count = 800
+    publisher, receiver = fed_node("publisher", "receiver")
+    receiver.call("sub", sid="s", pattern="stream.x")
+    wait_until(lambda: subscribers(redis_cli, "stream.x") == 1, 5, "SUBSCRIBE stream.x")
+
+    streaming = publisher.send("emit", topic="stream.x", count=count, pace=0.002)
+    receiver.wait_for(lambda: len(receiver.got["s"]) >= 100, "the stream flowing")
+    redis_server.kill()
+    receiver.wait_for(lambda: not receiver.stats()["connected"], "noticing the outage")
+    redis_server.start()
+    publisher.answer(streaming, timeout=30)
+    # One more once the receiver is back for sure: it closes the sequence,
+    # so whatever the outage cost shows as a gap.
+    receiver.wait_for(lambda: receiver.stats()["connected"], "reconnecting")
+    wait_until(lambda: subscribers(redis_cli, "stream.x") == 1, 5, "SUBSCRIBE again")
+    publisher.call("emit", topic="stream.x", start=count, count=1)
+    receiver.wait_for(lambda: receiver.data("s")[-1] == count, "the last message")
+
+    data = receiver.data("s")
+    assert data == sorted(set(data)), "out of order or repeated"
+    received = receiver.stats()
+    assert received["received"] == len(data)
+    assert received["received"] + received["gaps"] == count + 1
+    assert received["reconnects"] >= 1
+    publisher.wait_published(count + 1)
+    assert publisher.stats()["dropped"] == 0
+    assert_ended_cleanly(publisher, receiver)
+
+
+def test_a_full_outbound_queue_drops_the_oldest_counts_them_and_logs_once(
+    federated: Callable[..., tuple[Bus, Federation]],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus, federation = federated("a", max_pending=10)
+    redis_server.kill()
+    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
+    bus.emit("q.x", 0)
+    # The writer holds message 0 and retries; the queue takes 10 more.
+    wait_until(lambda: federation.stats().outbound_pending == 0, 5, "the writer taking it")
+    with caplog.at_level(logging.WARNING, logger="greenbus.federation"):
+        for n in range(1, 25):
+            assert bus.emit("q.x", n) == 1
+
+    stats = federation.stats()
+    assert (stats.outbound_pending, stats.dropped) == (10, 14)
+    full = [r for r in caplog.records if "outbound queue full" in r.getMessage()]
+    assert len(full) == 1
+
+    redis_server.start()
+    wait_until(lambda: federation.stats().published == 11, 10, "publishing what was kept")
+    assert federation.stats().dropped == 14
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        b"not json",
+        b'{"v":2,"o":"x/0","q":1,"ts":1,"t":"t.x"}',
+        b'{"v":1,"o":"x/0","q":1,"ts":1' + b"0" * 400 + b',"t":"t.x"}',
+    ],
+    ids=["not-json", "version-2", "timestamp-too-big-for-a-float"],
+)
+def test_a_bad_envelope_is_counted_and_the_node_keeps_receiving(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis, poison: bytes
+) -> None:
+    bus, federation = federated("b")
+    sub = bus.subscribe("t.x", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "t.x") == 1, 5, "SUBSCRIBE t.x")
+
+    assert publish_raw(redis_cli, "t.x", poison) == 1
+    assert publish_raw(redis_cli, "t.x", stranger("t.x", "fine")) == 1
+
+    assert sub.get(timeout=3).data == "fine"
+    stats = federation.stats()
+    assert (stats.bad_envelopes, stats.received) == (1, 1)
+
+
+# -- statistics -----------------------------------------------------------------------
+
+
+def test_statistics_count_published_received_and_duplicate_messages(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    b_bus, b = federated("b")
+    exact = b_bus.subscribe("s.a", maxsize=None)
+    wild = b_bus.subscribe("s.*", maxsize=None)
+    wait_until(
+        lambda: subscribers(redis_cli, "s.a") == 1 and pattern_subscriptions(redis_cli) == 1,
+        5,
+        "b's subscriptions",
+    )
+    a_bus, a = federated("a")
+    for n in range(10):
+        a_bus.emit("s.a", n)
+    for n in range(5):
+        a_bus.emit("s.b", n)
+
+    assert [exact.get(timeout=5).data for _ in range(10)] == list(range(10))
+    assert [wild.get(timeout=5).data for _ in range(15)] == [*range(10), *range(5)]
+    wait_until(lambda: a.stats().published == 15, 5, "the publishes")
+    sent, got = a.stats(), b.stats()
+    assert dataclasses.asdict(sent) | {"lag_ms": 0, "max_lag_ms": 0} == {
+        "node": a.node,
+        "connected": True,
+        "published": 15,
+        "outbound_pending": 0,
+        "dropped": 0,
+        "unencodable": 0,
+        "received": 0,
+        "duplicates": 0,
+        "gaps": 0,
+        "bad_envelopes": 0,
+        "reconnects": 0,
+        "subscriptions": 0,
+        "lag_ms": 0,
+        "max_lag_ms": 0,
+    }
+    assert (got.received, got.duplicates, got.gaps, got.subscriptions) == (15, 10, 0, 2)
+    assert (got.published, got.reconnects, got.bad_envelopes) == (0, 0, 0)
+    assert 0 <= got.lag_ms <= got.max_lag_ms < 5000
+
+
+def test_an_unencodable_message_is_counted_and_shows_no_gap_at_the_receivers(
+    federated: Callable[..., tuple[Bus, Federation]],
+    redis_cli: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    b_bus, b = federated("b")
+    remote = b_bus.subscribe("u.x", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "u.x") == 1, 5, "SUBSCRIBE u.x")
+    a_bus, a = federated("a")
+    local = a_bus.subscribe("u.x", maxsize=None)
+
+    with caplog.at_level(logging.ERROR, logger="greenbus.federation"):
+        for data in (1, object(), 2):
+            a_bus.emit("u.x", data)
+        assert [remote.get(timeout=5).data for _ in range(2)] == [1, 2]
+
+    assert local.pending == 3  # local subscribers still got it
+    wait_until(lambda: a.stats().published == 2, 5, "the publishes")
+    assert a.stats().unencodable == 1
+    assert any("'u.x'" in r.getMessage() for r in caplog.records)
+    # Nothing was lost in an outage: a gap here would send someone looking for one.
+    assert (b.stats().received, b.stats().gaps) == (2, 0)
+
+
+# -- stop() ------------------------------------------------------------------------------
+
+
+def test_stop_publishes_what_is_queued_before_it_returns(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    b_bus, _ = federated("b")
+    sub = b_bus.subscribe("q.x", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "q.x") == 1, 5, "SUBSCRIBE q.x")
+    a_bus, a = federated("a")
+
+    for n in range(2000):
+        a_bus.emit("q.x", n)
+    a.stop()
+
+    assert a.stats().published == 2000
+    assert [sub.get(timeout=5).data for _ in range(2000)] == list(range(2000))
+
+
+def test_stop_is_idempotent_closes_its_connections_and_leaves_no_greenlet_running(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    before = live_greenlets()
+    _, unused = federated("unused", start=False)
+    unused.stop()
+    bus, federation = federated("a")
+    bus.subscribe("a.b")
+    bus.emit("a.b", 1)
+    with pytest.raises(greenbus.RequestTimeout):
+        bus.request("svc.nobody", timeout=0.05)
+    wait_until(lambda: federation.stats().published == 2, 5, "the publishes")
+
+    federation.stop()
+    federation.stop()
+
+    assert live_greenlets() - before == set()
+    assert not federation.stats().connected
+    wait_until(lambda: len(redis_cli.client_list()) == 1, 5, "only the test's own connection")
+    # The bus lives on, unfederated.
+    late = bus.subscribe("late.x", maxsize=None)
+    assert bus.emit("late.x", 2) == 1 and late.get_nowait().data == 2
+    assert channels(redis_cli) == set()
+    assert federation.stats().published == 2
+
+
+def test_stop_during_an_outage_counts_the_messages_it_could_not_publish_as_dropped(
+    federated: Callable[..., tuple[Bus, Federation]], redis_server: RedisServer
+) -> None:
+    before = live_greenlets()
+    bus, federation = federated("a")
+    redis_server.kill()
+    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
+    for n in range(10):
+        bus.emit("q.x", n)
+    wait_until(lambda: federation.stats().outbound_pending == 0, 5, "the writer taking them")
+
+    started = time.monotonic()
+    federation.stop(timeout=0.3)
+
+    assert time.monotonic() - started < 2
+    assert live_greenlets() - before == set()
+    stats = federation.stats()
+    assert (stats.published, stats.dropped) == (0, 10)
+
+
+def test_stopping_after_the_bus_closed_still_ends_the_federations_greenlets(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    before = live_greenlets()
+    bus, federation = federated("b")
+    bus.subscribe("z.x", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "z.x") == 1, 5, "SUBSCRIBE z.x")
+
+    # A message in flight when the bus closes (no switch in between).
+    assert publish_raw(redis_cli, "z.x", stranger("z.x", 1)) == 1
+    bus.close(timeout=1)
+    wait_until(lambda: federation.stats().received == 1, 5, "the reader reading it")
+    federation.stop()
+
+    assert live_greenlets() - before == set()
+    assert not federation.stats().connected
+
+
+# -- hubs: greenbus serve --redis ----------------------------------------------------------
+
+
+def test_a_websocket_client_of_one_hub_receives_what_a_client_of_another_hub_publishes(
+    redis_server: RedisServer,
+    redis_cli: redis.Redis,
+    hub_factory: Callable[..., HubProcess],
+    remote_bus: Callable[..., RemoteBus],
+) -> None:
+    hub_a = hub_factory("--redis", redis_server.url)
+    hub_b = hub_factory("--redis", redis_server.url)
+    sub = remote_bus(hub_a.url).subscribe("chat.>", maxsize=None)
+    wait_until(lambda: pattern_subscriptions(redis_cli) == 1, 5, "hub A's PSUBSCRIBE chat.*")
+    publisher = remote_bus(hub_b.url)
+
+    for n in range(500):
+        publisher.emit("chat.room1", n, headers={"n": n} if n == 0 else None)
+
+    got = [sub.get(timeout=5) for _ in range(500)]
+    assert [m.data for m in got] == list(range(500))
+    assert {m.topic for m in got} == {"chat.room1"}
+    assert got[0].headers == {"n": 0}
+
+
+def test_a_websocket_client_of_a_hub_and_an_in_process_bus_federated_reach_each_other(
+    redis_server: RedisServer,
+    redis_cli: redis.Redis,
+    hub_factory: Callable[..., HubProcess],
+    remote_bus: Callable[..., RemoteBus],
+    federated: Callable[..., tuple[Bus, Federation]],
+) -> None:
+    hub = hub_factory("--redis", redis_server.url)
+    bus, _ = federated("app")
+    client = remote_bus(hub.url)
+    events = client.subscribe("app.events", maxsize=None)
+    commands = bus.subscribe("app.commands", maxsize=None)
+    wait_until(lambda: channels(redis_cli) == {"app.events", "app.commands"}, 5, "both SUBSCRIBEs")
+
+    for n in range(200):
+        bus.emit("app.events", n)
+    client.emit("app.commands", {"cmd": "stop"})
+
+    assert [events.get(timeout=5).data for _ in range(200)] == list(range(200))
+    assert commands.get(timeout=5).data == {"cmd": "stop"}
+
+
+def test_a_websocket_clients_request_is_answered_by_a_client_of_another_hub(
+    redis_server: RedisServer,
+    redis_cli: redis.Redis,
+    hub_factory: Callable[..., HubProcess],
+    remote_bus: Callable[..., RemoteBus],
+) -> None:
+    hub_a = hub_factory("--redis", redis_server.url)
+    hub_b = hub_factory("--redis", redis_server.url)
+    responder = remote_bus(hub_b.url)
+    responder.on("svc.upper", lambda msg: msg.reply(msg.data.upper()))
+    wait_until(lambda: subscribers(redis_cli, "svc.upper") == 1, 5, "hub B's SUBSCRIBE")
+    requester = remote_bus(hub_a.url)
+
+    assert requester.request("svc.upper", "hello", timeout=5).data == "HELLO"
