@@ -1,4 +1,5 @@
-"""The systems that cross processes: the greenbus hub, Redis pub/sub, raw TCP.
+"""The systems that cross processes: the greenbus hub, Redis pub/sub, the
+greenbus federation (through Redis), raw TCP.
 
 Every sample starts its own processes and stops them all before it returns
 (SIGTERM, a wait, then SIGKILL), whatever happened.  Servers bind
@@ -14,9 +15,14 @@ requester; the ``pingpong`` loop times it):
   arrived.
 * :meth:`NetworkSystem.broadcast`: one publisher process, ``k`` subscriber
   processes; the flood ends at the latest last arrival.
+* :meth:`NetworkSystem.one_way` and :meth:`NetworkSystem.relay` (Redis
+  pub/sub and the federation): one publisher process to one subscriber
+  process, each using the system's own client (redis-py; a federated
+  ``greenbus.Bus``).  ``one_way`` sends stamped messages one at a time and
+  returns each one's latency; ``relay`` floods and ends at the last arrival.
 
-Set ``PERF_HUB_PROFILE=DIR`` to run every hub process under cProfile,
-writing ``DIR/hub-<time_ns>.prof`` when it stops.
+Set ``PERF_HUB_PROFILE=DIR`` to run every hub process and every federated
+node under cProfile, writing ``DIR/<command>-<time_ns>.prof`` when it stops.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import greenbus
 from .hub_worker import HOST, PING, PONG, await_routing, next_message, subscribe_confirmed
 from .systems import Echo, MeasurementError, System, Unsupported
 
-__all__ = ["NETWORK", "Flood", "NetworkSystem", "last_arrival"]
+__all__ = ["NETWORK", "Flood", "NetworkSystem", "last_arrival", "start_redis"]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a helper process has to say it is ready.
@@ -60,10 +66,15 @@ REPLY_TIMEOUT = 10.0
 #: (none): a subscriber slower than the publisher is never cut off as slow.
 HUB_MAX_PENDING = 10_000_000
 REDIS_PUBSUB_LIMIT = "pubsub 0 0 0"
-#: The environment variable naming a directory for the hub processes' profiles.
+#: The environment variable naming a directory for the hub and node processes' profiles.
 PROFILE_ENV = "PERF_HUB_PROFILE"
-#: The topics of the two floods.
-INGEST_TOPIC, FANOUT_TOPIC = "ingest", "fanout"
+#: The worker commands that run under cProfile when it is set.
+PROFILED = ("hub", "fed-sub", "fed-probe", "fed-send")
+#: The topics of the floods, and of the one-way probe.
+INGEST_TOPIC, FANOUT_TOPIC, RELAY_TOPIC, ONE_WAY_TOPIC = "ingest", "fanout", "relay", "oneway"
+#: PUBLISH commands per redis-py pipeline in Redis's relay: the federation's
+#: default batch (``Federation(batch=1000)``), so both send alike.
+REDIS_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -203,12 +214,12 @@ class Processes:
     def worker(self, name: str, command: str, *args: object) -> Child:
         """Start ``python -m perf.hub_worker COMMAND ARGS`` (with this interpreter's -W options).
 
-        With ``PERF_HUB_PROFILE=DIR`` set, the ``hub`` command runs under cProfile.
+        With ``PERF_HUB_PROFILE=DIR`` set, the :data:`PROFILED` commands run under cProfile.
         """
         python: list[object] = [sys.executable, *(f"-W{option}" for option in sys.warnoptions)]
-        if command == "hub" and (directory := os.environ.get(PROFILE_ENV)):
+        if command in PROFILED and (directory := os.environ.get(PROFILE_ENV)):
             Path(directory).mkdir(parents=True, exist_ok=True)
-            python += ["-m", "cProfile", "-o", Path(directory) / f"hub-{time.time_ns()}.prof"]
+            python += ["-m", "cProfile", "-o", Path(directory) / f"{command}-{time.time_ns()}.prof"]
         return self.start(name, [*python, "-m", "perf.hub_worker", command, *args])
 
 
@@ -218,6 +229,53 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def start_redis(processes: Processes, executable: str, system: str) -> int:
+    """Start a fresh redis-server on a free port of 127.0.0.1; return the port once it answers.
+
+    No persistence, and no output-buffer limit for pubsub clients (a
+    subscriber slower than the publisher is never cut off).
+
+    Raises:
+        MeasurementError: ``executable`` is not installed (the message says
+            ``system`` is unavailable), or it exited before answering.
+    """
+    path = shutil.which(executable)
+    if path is None:
+        raise MeasurementError(f"{system} unavailable: {executable} is not installed (not on PATH)")
+    port = free_port()
+    server = processes.start(
+        "redis-server",
+        [
+            path,
+            "--port",
+            port,
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--client-output-buffer-limit",
+            REDIS_PUBSUB_LIMIT,
+        ],
+        lines=False,
+    )
+    probe = redis.Redis(host=HOST, port=port)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                probe.ping()
+                return port
+            except redis.ConnectionError:
+                server.check_alive()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+    finally:
+        probe.close()
 
 
 def last_arrival(result: dict[str, Any], messages: int, who: str) -> float:
@@ -262,6 +320,14 @@ class NetworkSystem(System):
         """One publisher process, ``k`` subscriber processes."""
         raise Unsupported(f"{self.name} has no fan-out")
 
+    def one_way(self, messages: int, gap: float) -> list[float]:
+        """Stamped messages from one process to another, ``gap`` s apart: each one's µs."""
+        raise Unsupported(f"{self.name} has no one-way probe")
+
+    def relay(self, messages: int, yield_every: int) -> Flood:
+        """One publisher process floods one subscriber process through the system's clients."""
+        raise Unsupported(f"{self.name} has no relay")
+
 
 class TcpEcho(NetworkSystem):
     name = "tcp-echo"
@@ -290,6 +356,60 @@ class TcpEcho(NetworkSystem):
             reply += chunk
         value: int = self._PACK.unpack(reply)[0]
         return value
+
+
+class _Relayed(NetworkSystem):
+    """Two client processes, a publisher and a subscriber, through a server.
+
+    The subscriber (``{worker}-sub``) starts first and says when the server
+    has its subscription; then the publisher (``{worker}-probe`` or
+    ``{worker}-send``) runs to its end; then the subscriber reports every
+    arrival, checked to be 0..M-1 once each, in order.  Subclasses start the
+    server and say what the sender needs besides the topic and the count.
+    """
+
+    #: The prefix of this system's worker commands (``redis-sub``, ``fed-send``...).
+    worker: ClassVar[str]
+
+    def start_server(self, processes: Processes) -> str:
+        """Start the server; return the address its workers take."""
+        raise NotImplementedError
+
+    def send_options(self, yield_every: int) -> list[object]:
+        """The ``{worker}-send`` arguments after the topic and the count."""
+        raise NotImplementedError
+
+    def _subscriber(self, processes: Processes, address: str, *args: object) -> Child:
+        command = f"{self.worker}-sub"
+        sub = processes.worker(command, command, address, *args)
+        sub.read(READY_TIMEOUT)
+        return sub
+
+    def one_way(self, messages: int, gap: float) -> list[float]:
+        with Processes() as processes:
+            address = self.start_server(processes)
+            sub = self._subscriber(processes, address, ONE_WAY_TOPIC, messages, "--stamped")
+            command = f"{self.worker}-probe"
+            probe = processes.worker(command, command, address, ONE_WAY_TOPIC, messages, gap)
+            probe.read(RESULT_TIMEOUT)
+            result = sub.read(RESULT_TIMEOUT)
+            last_arrival(result, messages, sub.name)
+            latencies: list[float] = result["latencies_us"]
+            if len(latencies) != messages:
+                raise MeasurementError(f"{sub.name} timed {len(latencies)} of {messages} messages")
+            return latencies
+
+    def relay(self, messages: int, yield_every: int) -> Flood:
+        with Processes() as processes:
+            address = self.start_server(processes)
+            sub = self._subscriber(processes, address, RELAY_TOPIC, messages)
+            command = f"{self.worker}-send"
+            sender = processes.worker(
+                command, command, address, RELAY_TOPIC, messages, *self.send_options(yield_every)
+            )
+            sent = sender.read(RESULT_TIMEOUT)
+            end = last_arrival(sub.read(RESULT_TIMEOUT), messages, sub.name)
+            return Flood(messages, 1, sent["start"], end)
 
 
 class _Broker(NetworkSystem):
@@ -383,7 +503,7 @@ class GreenbusHub(_Broker):
             return Flood(messages, 1, sent.start, end)
 
 
-class RedisPubSub(_Broker):
+class RedisPubSub(_Broker, _Relayed):
     """Redis pub/sub: a fresh ``redis-server`` per sample, redis-py clients.
 
     Args:
@@ -395,7 +515,7 @@ class RedisPubSub(_Broker):
     summary = (
         "Redis pub/sub: redis-server (no persistence, pubsub output buffers unlimited) in its "
         "own process; redis-py clients (its reply parser: see the machine record), except "
-        "the publisher of floods: pre-packed pipelined PUBLISH"
+        "the publisher of the hub floods: pre-packed pipelined PUBLISH"
     )
     worker = "redis"
 
@@ -403,43 +523,10 @@ class RedisPubSub(_Broker):
         self.executable = executable
 
     def start_server(self, processes: Processes) -> str:
-        path = shutil.which(self.executable)
-        if path is None:
-            raise MeasurementError(
-                f"{self.name} unavailable: {self.executable} is not installed (not on PATH)"
-            )
-        port = free_port()
-        server = processes.start(
-            "redis-server",
-            [
-                path,
-                "--port",
-                port,
-                "--bind",
-                HOST,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--client-output-buffer-limit",
-                REDIS_PUBSUB_LIMIT,
-            ],
-            lines=False,
-        )
-        probe = redis.Redis(host=HOST, port=port)
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT
-            while True:
-                try:
-                    probe.ping()
-                    return str(port)
-                except redis.ConnectionError:
-                    server.check_alive()
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)
-        finally:
-            probe.close()
+        return str(start_redis(processes, self.executable, self.name))
+
+    def send_options(self, yield_every: int) -> list[object]:
+        return [REDIS_BATCH]  # one blocking process: nothing to yield to
 
     def requester(self, processes: Processes, address: str) -> Callable[[int], Any]:
         client = redis.Redis(host=HOST, port=int(address))
@@ -466,5 +553,32 @@ class RedisPubSub(_Broker):
             return sent
 
 
-#: The systems of the hub metrics, in the order tables and charts list them.
-NETWORK: dict[str, NetworkSystem] = {s.name: s for s in (TcpEcho(), RedisPubSub(), GreenbusHub())}
+class GreenbusFederation(_Relayed):
+    """Two greenbus nodes federated through a fresh ``redis-server`` per sample.
+
+    Args:
+        executable: the server's command, as for :class:`RedisPubSub`.
+    """
+
+    name = "greenbus-federation"
+    summary = (
+        "greenbus federation: two node processes, each a greenbus.Bus linked by "
+        "greenbus.federate (default options) to one redis-server, started as redis-pubsub's; "
+        "the receiving node counts in a subscription's handler"
+    )
+    worker = "fed"
+
+    def __init__(self, executable: str = "redis-server") -> None:
+        self.executable = executable
+
+    def start_server(self, processes: Processes) -> str:
+        return f"redis://{HOST}:{start_redis(processes, self.executable, self.name)}/0"
+
+    def send_options(self, yield_every: int) -> list[object]:
+        return [yield_every]
+
+
+#: The systems across processes, in the order tables and charts list them.
+NETWORK: dict[str, NetworkSystem] = {
+    s.name: s for s in (TcpEcho(), RedisPubSub(), GreenbusHub(), GreenbusFederation())
+}

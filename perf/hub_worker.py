@@ -1,4 +1,4 @@
-"""The helper processes of the hub benchmarks (``perf/hub.py``): one command per role.
+"""The helper processes of the benchmarks across processes (``perf/hub.py``): one command per role.
 
 Run as ``python -m perf.hub_worker COMMAND ARGS...`` (``--help`` lists
 them).  A command talks to the benchmark in JSON lines on stdout: one when
@@ -6,22 +6,34 @@ it is ready (with its address, if it is a server), then one with its result,
 if it has one.  A command that fails prints ``{"error": "..."}`` and exits 1;
 logs go to stderr.
 
-=============================  ===============  =============  ==========
-role                           greenbus hub     Redis          raw TCP
-=============================  ===============  =============  ==========
-server                         ``hub``          redis-server   ``tcp-echo``
-echo peer: "ping" -> "pong"    ``hub-echo``     ``redis-echo`` (the server)
-subscriber: counts M arrivals  ``hub-sub``      ``redis-sub``
-publisher: sends M, pre-made   ``hub-pub``      ``redis-pub``
-=============================  ===============  =============  ==========
+===============================  ============  ===============  =============  ============
+role                             greenbus hub  Redis            federation     raw TCP
+===============================  ============  ===============  =============  ============
+server                           ``hub``       redis-server     redis-server   ``tcp-echo``
+echo peer: "ping" -> "pong"      ``hub-echo``  ``redis-echo``                  (the server)
+subscriber: counts M arrivals    ``hub-sub``   ``redis-sub``    ``fed-sub``
+publisher: sends M, pre-made     ``hub-pub``   ``redis-pub``
+publisher: M stamped, GAP apart                ``redis-probe``  ``fed-probe``
+publisher: M via its client                    ``redis-send``   ``fed-send``
+===============================  ============  ===============  =============  ============
+
+The federation's parties are nodes: processes with a :class:`greenbus.Bus`
+federated through redis-server (``greenbus.federate``).  ``fed-sub`` counts
+in a subscription's handler; ``fed-probe`` and ``fed-send`` emit on their
+bus and let the federation publish.
 
 Every flood carries the payloads ``0 .. M-1``; a :class:`Tally` checks that
 each arrives once, in order.  Times are ``time.monotonic()``: on Linux that
 is CLOCK_MONOTONIC, one clock for every process of the machine, so times
-taken in different processes can be subtracted.
+taken in different processes can be subtracted.  A *stamped* payload also
+carries its send time, ``time.monotonic_ns()`` read just before the
+publishing call (``[i, ns]`` on a bus, ``b"i ns"`` in raw Redis); with
+``--stamped`` a subscriber reads the same clock first thing on arrival and
+reports each message's one-way latency.
 
-The gevent commands stop cleanly on SIGTERM (so a hub run under cProfile
-writes its profile); the others are simply ended by the benchmark.  Heavy
+The gevent commands stop cleanly on SIGTERM (so a hub or a federated node
+run under cProfile writes its profile); the others are simply ended by the
+benchmark.  Heavy
 imports happen inside the commands, so a raw TCP echo starts in a blink.
 """
 
@@ -44,7 +56,7 @@ if TYPE_CHECKING:
     import redis
     from redis.client import PubSub
 
-    from greenbus import RemoteBus, Subscription
+    from greenbus import Bus, Federation, RemoteBus, Subscription
 
 __all__ = [
     "HOST",
@@ -54,6 +66,7 @@ __all__ = [
     "await_routing",
     "next_message",
     "subscribe_confirmed",
+    "unstamp",
 ]
 
 #: Every server binds here and every client connects here: loopback only.
@@ -66,8 +79,15 @@ CHUNK = 1 << 16
 SHOWN = 5
 #: The topic the greenbus echo peer listens on, and the one it answers on.
 PING, PONG = "ping", "pong"
+#: The topic a federated node emits on to open its publishing connection
+#: before the clock starts (nobody subscribes to it).
+WARM_TOPIC = "perf.warm"
+#: How often a federated node polls its statistics while the federation
+#: publishes what was emitted.
+DRAIN_POLL = 0.001
 
 clock = time.monotonic
+clock_ns = time.monotonic_ns
 
 
 class Idle(Exception):
@@ -125,6 +145,21 @@ def count_arrivals(receive: Callable[[float], object], expected: int) -> Tally:
     except Idle:
         pass
     return tally
+
+
+def unstamp(payload: object, now_ns: int, latencies: list[float]) -> object:
+    """The index of a stamped payload; its one-way latency (µs) is appended to ``latencies``.
+
+    A stamped payload is ``[index, sent_ns]`` (a bus's JSON data) or
+    ``b"index sent_ns"`` (raw Redis); ``now_ns`` is ``time.monotonic_ns()``
+    on arrival.  Raises ValueError or TypeError for anything else.
+    """
+    if isinstance(payload, bytes):
+        index, sent = (int(part) for part in payload.split())
+    else:
+        index, sent = payload  # type: ignore[misc]
+    latencies.append((now_ns - sent) / 1000)
+    return index
 
 
 def say(**fields: Any) -> None:
@@ -282,6 +317,166 @@ def hub_sub(args: argparse.Namespace) -> None:
         client.close(timeout=1)
 
 
+def _federated(url: str, name: str) -> tuple[Bus, Federation]:
+    """A bus federated through Redis at ``url``, its reader subscribed."""
+    import greenbus
+
+    bus = greenbus.Bus(name)
+    federation = greenbus.federate(bus, url)
+    if not federation.wait_connected(IDLE_TIMEOUT):
+        federation.stop(timeout=1)
+        bus.close(timeout=1)
+        raise WorkerError(f"not connected to Redis at {url} within {IDLE_TIMEOUT} s")
+    return bus, federation
+
+
+def _published(federation: Federation, expected: int) -> None:
+    """Wait until the federation has published ``expected`` messages in all.
+
+    Raises:
+        WorkerError: it dropped some, or published none for ``IDLE_TIMEOUT``.
+    """
+    import gevent
+
+    stats = federation.stats()
+    progress, last = clock(), stats.published
+    while stats.published < expected:
+        if stats.dropped or stats.unencodable:
+            break
+        if stats.published != last:
+            progress, last = clock(), stats.published
+        elif clock() - progress > IDLE_TIMEOUT:
+            break
+        gevent.sleep(DRAIN_POLL)
+        stats = federation.stats()
+    if stats.published != expected or stats.dropped or stats.unencodable:
+        raise WorkerError(
+            f"the federation published {stats.published} of {expected} messages "
+            f"({stats.outbound_pending} pending, {stats.dropped} dropped, "
+            f"{stats.unencodable} unencodable)"
+        )
+
+
+def _warm_node(url: str, name: str) -> tuple[Bus, Federation]:
+    """A federated bus whose publishing connection is open: one message went out."""
+    bus, federation = _federated(url, name)
+    try:
+        bus.emit(WARM_TOPIC)
+        _published(federation, 1)
+    except BaseException:
+        federation.stop(timeout=1)
+        bus.close(timeout=1)
+        raise
+    return bus, federation
+
+
+def _await_redis_subscriber(url: str, channel: str) -> None:
+    """Return once Redis counts a subscriber of ``channel`` (PUBSUB NUMSUB).
+
+    The federation sends SUBSCRIBE without waiting for Redis's
+    confirmation; after this, whatever is published on ``channel`` reaches
+    the node.
+
+    Raises:
+        Idle: no subscriber within ``IDLE_TIMEOUT``.
+    """
+    import gevent
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = clock() + IDLE_TIMEOUT
+        while clock() < deadline:
+            [(_, count)] = client.pubsub_numsub(channel)
+            if count:
+                return
+            gevent.sleep(DRAIN_POLL)  # the node's reader reads the confirmation meanwhile
+    finally:
+        client.close()
+    raise Idle(f"Redis counts no subscriber of {channel} after {IDLE_TIMEOUT} s")
+
+
+def fed_sub(args: argparse.Namespace) -> None:
+    """A federated node: a subscription's handler counts M arrivals on TOPIC."""
+    import gevent.event
+
+    from greenbus.federation import redis_glob
+
+    bus, federation = _federated(args.url, "perf-fed-sub")
+    with _until_terminated():
+        try:
+            tally = Tally(args.messages)
+            latencies: list[float] = []
+            done = gevent.event.Event()
+            add, stamped = tally.add, args.stamped
+
+            def handler(msg: Any) -> None:
+                now = clock_ns()
+                payload = unstamp(msg.data, now, latencies) if stamped else msg.data
+                add(payload, now * 1e-9)
+                if tally.done:
+                    done.set()
+
+            bus.subscribe(args.topic, handler)
+            _await_redis_subscriber(args.url, redis_glob(federation.prefix, args.topic)[0])
+            say(ready=True)
+            seen = -1
+            while not done.wait(IDLE_TIMEOUT) and tally.count != seen:
+                seen = tally.count
+            stats = federation.stats()
+            if stats.duplicates or stats.gaps or stats.bad_envelopes:
+                raise WorkerError(
+                    f"the federation saw {stats.duplicates} duplicates, {stats.gaps} missing "
+                    f"and {stats.bad_envelopes} bad envelopes"
+                )
+            say(**tally.result(), latencies_us=latencies)
+        finally:
+            federation.stop(timeout=1)
+            bus.close(timeout=1)
+
+
+def fed_probe(args: argparse.Namespace) -> None:
+    """A federated node: emit M stamped payloads on TOPIC, GAP seconds apart."""
+    import gevent
+
+    bus, federation = _warm_node(args.url, "perf-fed-probe")
+    with _until_terminated():
+        try:
+            emit, sleep, topic = bus.emit, gevent.sleep, args.topic
+            for i in range(args.messages):
+                emit(topic, [i, clock_ns()])
+                sleep(args.gap)
+            _published(federation, 1 + args.messages)
+            say(done=True)
+        finally:
+            federation.stop(timeout=1)
+            bus.close(timeout=1)
+
+
+def fed_send(args: argparse.Namespace) -> None:
+    """A federated node: emit 0..M-1 on TOPIC, yielding every YIELD_EVERY emits.
+
+    The clock starts once the publishing connection is open and ends when
+    the federation has published all M (the receiver says when they arrived).
+    """
+    import gevent
+
+    bus, federation = _warm_node(args.url, "perf-fed-send")
+    with _until_terminated():
+        try:
+            emit, pause, topic, step = bus.emit, gevent.sleep, args.topic, args.yield_every
+            start = clock()
+            for first in range(0, args.messages, step):
+                for i in range(first, min(first + step, args.messages)):
+                    emit(topic, i)
+                pause(0)
+            _published(federation, 1 + args.messages)
+            say(start=start, end=clock())
+        finally:
+            federation.stop(timeout=1)
+            bus.close(timeout=1)
+
+
 # -- blocking processes (no gevent loop) -----------------------------------------------------
 
 
@@ -363,6 +558,45 @@ def redis_pub(args: argparse.Namespace) -> None:
     say(start=start, end=done[0])
 
 
+def redis_probe(args: argparse.Namespace) -> None:
+    """PUBLISH M stamped payloads on TOPIC with redis-py, GAP seconds apart."""
+    client = _redis(args.port)
+    try:
+        client.ping()  # connected before the first stamp
+        publish, sleep, topic = client.publish, time.sleep, args.topic
+        for i in range(args.messages):
+            if publish(topic, f"{i} {clock_ns()}") != 1:
+                raise WorkerError(f"PUBLISH {i} on {topic} reached no subscriber")
+            sleep(args.gap)
+        say(done=True)
+    finally:
+        client.close()
+
+
+def redis_send(args: argparse.Namespace) -> None:
+    """PUBLISH 0..M-1 on TOPIC through redis-py pipelines of BATCH commands.
+
+    The clock starts once the connection is open and ends with the last
+    pipeline's replies, each of which must be 1 (one subscriber reached).
+    """
+    client = _redis(args.port)
+    try:
+        client.ping()
+        topic, batch = args.topic, args.batch
+        start = clock()
+        for first in range(0, args.messages, batch):
+            pipe = client.pipeline(transaction=False)
+            publish = pipe.publish
+            for i in range(first, min(first + batch, args.messages)):
+                publish(topic, i)
+            replies = pipe.execute()
+            if replies.count(1) != len(replies):
+                raise WorkerError(f"a PUBLISH from {first} on reached no subscriber: {replies[:5]}")
+        say(start=start, end=clock())
+    finally:
+        client.close()
+
+
 def redis_echo(args: argparse.Namespace) -> None:
     """Subscribe to "ping" and PUBLISH every payload on "pong"."""
     client = _redis(args.port)
@@ -379,11 +613,17 @@ def redis_sub(args: argparse.Namespace) -> None:
     """Subscribe to TOPIC with redis-py; count M arrivals."""
     client = _redis(args.port)
     pubsub = client.pubsub()
+    latencies: list[float] = []
+    stamped = args.stamped
+
+    def receive(timeout: float) -> object:
+        data = next_message(pubsub, timeout)
+        return unstamp(data, clock_ns(), latencies) if stamped else int(data)
+
     try:
         subscribe_confirmed(pubsub, args.topic)
         say(ready=True)
-        tally = count_arrivals(lambda timeout: int(next_message(pubsub, timeout)), args.messages)
-        say(**tally.result())
+        say(**count_arrivals(receive, args.messages).result(), latencies_us=latencies)
     finally:
         pubsub.close()
         client.close()
@@ -410,6 +650,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "redis-echo": redis_echo,
     "redis-sub": redis_sub,
     "redis-pub": redis_pub,
+    "redis-probe": redis_probe,
+    "redis-send": redis_send,
+    "fed-sub": fed_sub,
+    "fed-probe": fed_probe,
+    "fed-send": fed_send,
     "tcp-echo": tcp_echo,
 }
 
@@ -423,13 +668,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if name == "hub":
             sub.add_argument("--count", nargs=2, metavar=("TOPIC", "M"))
             sub.add_argument("--max-pending", type=int, default=10_000)
-        elif system == "hub":
+        elif system in ("hub", "fed"):
             sub.add_argument("url")
         elif system == "redis":
             sub.add_argument("port", type=int)
-        if name.endswith(("-sub", "-pub")):
+        if name.endswith(("-sub", "-pub", "-probe", "-send")):
             sub.add_argument("topic")
             sub.add_argument("messages", type=int)
+        if name.endswith("-probe"):
+            sub.add_argument("gap", type=float, help="seconds between sends")
+        if name in ("redis-sub", "fed-sub"):
+            sub.add_argument("--stamped", action="store_true", help="report one-way latencies")
+        if name == "redis-send":
+            sub.add_argument("batch", type=int, help="PUBLISH commands per pipeline")
+        if name == "fed-send":
+            sub.add_argument("yield_every", type=int, help="emits between gevent.sleep(0)")
     return parser.parse_args(argv)
 
 

@@ -53,6 +53,9 @@ MIN_EMITS = 5
 WARM_ROUNDTRIPS = 10
 #: Subscriber processes of the hub fan-out.
 HUB_SUBSCRIBERS = 4
+#: Seconds between the stamped messages of a one-way probe across processes:
+#: far above their latency, so a message does not queue behind the previous one.
+ONE_WAY_GAP = 0.001
 
 #: Every system: in-process ones (systems.py), then those across processes (hub.py).
 SYSTEMS: dict[str, System] = {**IN_PROCESS, **NETWORK}
@@ -96,6 +99,10 @@ class Sizes:
     #: runs ``rounds`` rounds of ``pingpong`` round trips.
     hub_ingest_messages: int
     hub_fanout_messages: int
+    #: federation_latency: timed one-way messages per round (``rounds`` rounds);
+    #: federation_throughput: messages per flood (``throughput_rounds`` rounds).
+    federation_messages: int
+    federation_flood: int
 
 
 #: The profiles side by side: field -> (default, --quick, --tiny).  --tiny
@@ -123,6 +130,8 @@ _PROFILES: dict[str, tuple[object, object, object]] = {
     "memory_rounds": (3, 1, 1),
     "hub_ingest_messages": (200_000, 100_000, 2000),
     "hub_fanout_messages": (50_000, 25_000, 500),
+    "federation_messages": (500, 300, 20),
+    "federation_flood": (100_000, 50_000, 1000),
 }
 
 DEFAULT, QUICK, TINY = (
@@ -393,6 +402,27 @@ def measure_hub_fanout(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [flood.rate]
 
 
+FED_ONE_WAY_LABEL = "node A → node B"
+FED_FLOOD_LABEL = "node A → node B, flood"
+
+
+def federation_latency_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return (Case(FED_ONE_WAY_LABEL, "µs", {"messages": sizes.federation_messages}),)
+
+
+def measure_one_way(system: System, case: Case, sizes: Sizes) -> list[float]:
+    probe = _network(system).one_way(WARM_ROUNDTRIPS + case.int_param("messages"), ONE_WAY_GAP)
+    return probe[WARM_ROUNDTRIPS:]
+
+
+def federation_flood_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return (Case(FED_FLOOD_LABEL, "msgs/s", {"messages": sizes.federation_flood}),)
+
+
+def measure_relay(system: System, case: Case, sizes: Sizes) -> list[float]:
+    return [_network(system).relay(case.int_param("messages"), YIELD_EVERY).rate]
+
+
 def _hub_flood(
     name: str, title: str, timed: str, cases: Callable[[Sizes], tuple[Case, ...]], measure: Measure
 ) -> Metric:
@@ -530,7 +560,7 @@ METRICS: dict[str, Metric] = {
                 "one-way trips over loopback. tcp-echo (the floor: 2 one-way trips): 8 bytes "
                 "to an echo server process and back, over one TCP_NODELAY connection."
             ),
-            systems=tuple(NETWORK),
+            systems=("tcp-echo", "redis-pubsub", "greenbus-hub"),
             cases=lambda sizes: (ROUND_TRIP,),
             measure=measure_pingpong,
             warmup=False,
@@ -572,6 +602,59 @@ METRICS: dict[str, Metric] = {
             ),
             cases=hub_fanout_cases,
             measure=measure_hub_fanout,
+        ),
+        Metric(
+            name="federation_latency",
+            title="federation one-way",
+            timed=(
+                "One-way latency from one process to another, with CLOCK_MONOTONIC: the "
+                "sender reads time.monotonic_ns() just before its publishing call and sends it "
+                "in the payload; the receiver reads time.monotonic_ns() first thing on arrival "
+                "(on Linux one clock for every process, so the readings subtract). One sample "
+                f"per message: {WARM_ROUNDTRIPS} untimed, then n timed, one at a time, each sent "
+                f"{ONE_WAY_GAP * 1000:g} ms after the previous publishing call returned. Every "
+                "round starts a fresh redis-server and both processes, and stops them after. "
+                "greenbus-federation: node A, a greenbus.Bus federated with greenbus.federate "
+                "(default options; its publishing connection opened before the first message), "
+                "emits [i, ns] on 'oneway'; its federation's writer greenlet publishes the "
+                "envelope (a pipeline of one PUBLISH); node B's federation reader, whose "
+                "SUBSCRIBE Redis confirmed (PUBSUB NUMSUB) before A started, emits it into B's "
+                "bus, and the clock stops in B's subscription handler. redis-pubsub, raw "
+                "redis-py publish→receive: the publisher process calls client.publish with "
+                "b'i ns' (which waits for PUBLISH's reply, 1); the subscriber process "
+                "(PubSub.get_message, SUBSCRIBE confirmed) stops the clock as get_message "
+                "returns it. Both: every message must arrive once, in order."
+            ),
+            systems=("redis-pubsub", "greenbus-federation"),
+            cases=federation_latency_cases,
+            measure=measure_one_way,
+            warmup=False,
+            reference="greenbus-federation",
+        ),
+        Metric(
+            name="federation_throughput",
+            title="federation delivered msgs/s",
+            timed=(
+                "Process A floods process B through a fresh redis-server with M messages "
+                "(payloads 0..M-1). greenbus-federation: node A emits them on its federated "
+                f"bus as fast as it can, gevent.sleep(0) every {YIELD_EVERY} emits, and its "
+                "federation publishes them in pipelined batches (up to 1000 PUBLISH per round "
+                "trip); node B's subscription handler counts them. redis-pubsub: a redis-py "
+                "publisher sends PUBLISH through client.pipeline(transaction=False) in batches "
+                "of 1000 (the federation's default), each reply checked to be 1; a redis-py "
+                "subscriber (PubSub.get_message) counts. A sample is M / (B's last arrival - "
+                "A's first send), with time.monotonic (one clock for all processes), the "
+                "clock starting once A's connection is open. B checks that every payload "
+                "arrived once and in order; A that its federation published all M and "
+                "dropped none. A, redis-server and B share the machine's CPUs."
+            ),
+            better="higher",
+            systems=("redis-pubsub", "greenbus-federation"),
+            cases=federation_flood_cases,
+            measure=measure_relay,
+            rounds_field="throughput_rounds",
+            warmup=False,
+            reference="greenbus-federation",
         ),
     )
 }
@@ -649,5 +732,22 @@ TARGETS: tuple[Target, ...] = (
         ">=",
         188_000,
         system="greenbus-hub",
+    ),
+    Target(
+        f"federation one-way p50 ≤ 1.5{TIMES} raw redis-py publish→receive",
+        "federation_latency",
+        FED_ONE_WAY_LABEL,
+        "<=",
+        1.5,
+        "redis-pubsub",
+        system="greenbus-federation",
+    ),
+    Target(
+        "federation ≥ 50k msgs/s across nodes",
+        "federation_throughput",
+        FED_FLOOD_LABEL,
+        ">=",
+        50_000,
+        system="greenbus-federation",
     ),
 )

@@ -84,6 +84,7 @@ COLOURS = {
     "tcp-echo": "#7f7f7f",
     "redis-pubsub": "#d62728",
     "greenbus-hub": "#2ca02c",
+    "greenbus-federation": "#1a9850",
 }
 
 
@@ -363,9 +364,9 @@ def markdown(doc: dict[str, Any], json_name: str, charts: Sequence[tuple[str, st
         "## All results",
         "",
         f'Median and p99 over every sample of the run. "{TIMES} ref" is this row\'s median ÷ '
-        f"the reference system's in the same case ({REFERENCE}; greenbus-hub for the metrics "
-        "across processes): above 1 means a larger figure than the reference (slower for "
-        "times, faster for msgs/s).",
+        f"the reference system's in the same case ({REFERENCE}; greenbus-hub for the hub's "
+        "metrics across processes, greenbus-federation for the federation's): above 1 means a "
+        "larger figure than the reference (slower for times, faster for msgs/s).",
         "",
         f"| metric | system | median | p99 | {TIMES} ref | target |",
         "|---|---|---|---|---|---|",
@@ -589,17 +590,21 @@ def chart_emit_held(doc: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def chart_hub(doc: dict[str, Any], path: Path) -> bool:
-    """The metrics across processes side by side, with greenbus's targets drawn in."""
-    panels = [
-        name for name in ("hub_roundtrip", "hub_ingest", "hub_fanout") if name in doc["metrics"]
-    ]
+def _panels(doc: dict[str, Any], path: Path, title: str, names: Sequence[str]) -> bool:
+    """One panel per metric (its first case), side by side, with greenbus's targets drawn in.
+
+    A time panel shows p50 and p99; a rate panel the median.  A target with
+    a fixed limit is a dashed line; one relative to another system's median
+    is drawn on the p50 bars at ``limit`` times that median, unless the
+    limit is 1 (the other system's own bar).
+    """
+    panels = [name for name in names if name in doc["metrics"]]
     if not panels:
         return False
     fig = Figure(figsize=(5 * len(panels), 5.6), layout="constrained")
-    fig.suptitle("The hub across processes, over loopback (log scale)", fontweight="bold")
+    fig.suptitle(title, fontweight="bold")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    targets = {t["metric"]: t for t in doc["targets"] if t["system"] == "greenbus-hub"}
+    targets = {t["metric"]: t for t in doc["targets"] if t["metric"] in panels}
     for ax, name in zip(axes, panels, strict=True):
         metric = doc["metrics"][name]
         label, case = next(iter(metric["cases"].items()))
@@ -615,21 +620,49 @@ def chart_hub(doc: dict[str, Any], path: Path) -> bool:
             )
         else:
             _bars(ax, ["median"], {s: [r["median"]] for s, r in results.items()}, case["unit"])
-            target = targets.get(name)
-            if target is not None and not target["against"]:
-                # Room above the line for its label, below the title.
-                ax.set_ylim(top=max(ax.get_ylim()[1], target["limit"] * 2))
-                ax.axhline(target["limit"], color="black", linestyle="--", linewidth=1)
-                ax.annotate(
-                    textwrap.fill(target["text"], 45),
-                    (0, target["limit"]),
-                    xycoords=("axes fraction", "data"),
-                    xytext=(4, 4),
-                    textcoords="offset points",
-                    fontsize=7,
-                )
+        target = targets.get(name)
+        if target is None:
+            continue
+        if not target["against"]:
+            line, right = target["limit"], 1.0
+        elif target["baseline"] and target["limit"] != 1:
+            # Only over the p50 group (the left half) when there is a p99 group.
+            line, right = target["limit"] * target["baseline"], 0.5 if case["unit"] == "µs" else 1
+        else:
+            continue
+        # Room above the line for its label, below the title.
+        ax.set_ylim(top=max(ax.get_ylim()[1], line * 2))
+        ax.axhline(line, xmax=right, color="black", linestyle="--", linewidth=1)
+        ax.annotate(
+            textwrap.fill(target["text"], 45),
+            (0, line),
+            xycoords=("axes fraction", "data"),
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize=7,
+        )
     fig.savefig(path, dpi=110)
     return True
+
+
+def chart_hub(doc: dict[str, Any], path: Path) -> bool:
+    """The hub's metrics across processes side by side, with greenbus's targets drawn in."""
+    return _panels(
+        doc,
+        path,
+        "The hub across processes, over loopback (log scale)",
+        ("hub_roundtrip", "hub_ingest", "hub_fanout"),
+    )
+
+
+def chart_federation(doc: dict[str, Any], path: Path) -> bool:
+    """The federation's metrics beside raw redis-py, with greenbus's targets drawn in."""
+    return _panels(
+        doc,
+        path,
+        "Two processes through redis-server: federated buses vs raw redis-py (log scale)",
+        ("federation_latency", "federation_throughput"),
+    )
 
 
 # -- writing -----------------------------------------------------------------------
@@ -651,6 +684,11 @@ CHARTS = (
     ("latency.png", "ping-pong round trip p50/p99", chart_latency),
     ("throughput.png", "delivered messages per second by fan-out", chart_throughput),
     ("hub.png", "the hub across processes: round trip, ingest, fan-out", chart_hub),
+    (
+        "federation.png",
+        "federated buses vs raw redis-py across processes: one-way latency, delivered msgs/s",
+        chart_federation,
+    ),
 )
 
 

@@ -5,8 +5,9 @@ as errors, and checks what it wrote: a JSON record with numeric samples for
 every metric and system the suite promises, ``RESULTS.md`` and the charts.
 The figures themselves are not checked: tiny sizes measure nothing.
 
-Where ``redis-server`` is not installed, the Redis samples must be errors
-that say it is unavailable (and the run exits 1 for them), nothing else.
+Where ``redis-server`` is not installed, the samples of the systems that
+need it (Redis pub/sub, the federation) must be errors that say it is
+unavailable (and the run exits 1 for them), nothing else.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from perf.hub import RedisPubSub, last_arrival
-from perf.hub_worker import Tally
+from perf.hub import GreenbusFederation, RedisPubSub, last_arrival
+from perf.hub_worker import Tally, unstamp
 from perf.systems import MeasurementError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,12 +43,22 @@ EXPECTED: dict[str, set[str]] = {
     "hub_roundtrip": {"tcp-echo", "redis-pubsub", "greenbus-hub"},
     "hub_ingest": {"redis-pubsub", "greenbus-hub"},
     "hub_fanout": {"redis-pubsub", "greenbus-hub"},
+    "federation_latency": {"redis-pubsub", "greenbus-federation"},
+    "federation_throughput": {"redis-pubsub", "greenbus-federation"},
 }
 
-CHARTS = ("emit_cost.png", "emit_held.png", "latency.png", "throughput.png", "hub.png")
+CHARTS = (
+    "emit_cost.png",
+    "emit_held.png",
+    "latency.png",
+    "throughput.png",
+    "hub.png",
+    "federation.png",
+)
 
-#: Whether the Redis system can run here; without it its samples are errors.
+#: Whether redis-server can run here; without it, these systems' samples are errors.
 REDIS = shutil.which("redis-server") is not None
+NEEDS_REDIS = {"redis-pubsub", "greenbus-federation"}
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -83,7 +94,7 @@ def test_every_metric_and_system_has_numeric_samples_and_no_errors(
             assert set(case["results"]) == systems, (metric, label)
             for system, result in case["results"].items():
                 where = (metric, label, system)
-                if system == "redis-pubsub" and not REDIS:
+                if system in NEEDS_REDIS and not REDIS:
                     assert result["errors"], where
                     assert all("unavailable" in error for error in result["errors"]), where
                     continue
@@ -102,8 +113,25 @@ def test_the_record_says_what_was_timed_on_which_machine_by_which_command(
     assert all(metric["timed"] for metric in doc["metrics"].values())
     assert doc["targets"]
     for t in doc["targets"]:
-        measurable = REDIS or t["against"] != "redis-pubsub"
+        measurable = REDIS or not {t["system"], t["against"]} & NEEDS_REDIS
         assert t["met"] in ((True, False) if measurable else (None,)), t["text"]
+
+
+@pytest.mark.skipif(not REDIS, reason="redis-server is not installed")
+def test_federation_latency_has_one_sample_per_timed_message(
+    smoke_run: tuple[Path, dict[str, Any]],
+) -> None:
+    _, doc = smoke_run
+    metric = doc["metrics"]["federation_latency"]
+    assert "monotonic_ns" in metric["timed"]
+    [case] = metric["cases"].values()
+    for system, result in case["results"].items():
+        assert result["n"] == metric["rounds"] * case["params"]["messages"], system
+        assert all(x > 0 for x in result["samples"]), system
+    throughput = doc["metrics"]["federation_throughput"]
+    for case in throughput["cases"].values():
+        for system, result in case["results"].items():
+            assert result["n"] == throughput["rounds"], system
 
 
 def test_results_md_and_the_charts_are_written(smoke_run: tuple[Path, dict[str, Any]]) -> None:
@@ -125,9 +153,24 @@ def test_greenbus_bench_forwards_its_options_to_the_suite() -> None:
 
 def test_without_redis_server_every_redis_sample_is_an_unavailable_error() -> None:
     redis_pubsub = RedisPubSub("no-such-redis-server")
-    for shape in (redis_pubsub.echo, lambda: redis_pubsub.ingest(10)):
+    federation = GreenbusFederation("no-such-redis-server")
+    for shape in (
+        redis_pubsub.echo,
+        lambda: redis_pubsub.ingest(10),
+        lambda: redis_pubsub.one_way(10, 0.001),
+        lambda: redis_pubsub.relay(10, 100),
+        lambda: federation.one_way(10, 0.001),
+        lambda: federation.relay(10, 100),
+    ):
         with pytest.raises(MeasurementError, match="unavailable: no-such-redis-server"):
             shape()
+
+
+def test_a_stamped_payload_gives_its_index_and_one_way_latency_in_microseconds() -> None:
+    latencies: list[float] = []
+    assert unstamp([7, 1_000_000], 1_250_000, latencies) == 7
+    assert unstamp(b"8 2000000", 2_100_000, latencies) == 8
+    assert latencies == [250.0, 100.0]
 
 
 def test_a_flood_that_lost_or_reordered_a_message_is_an_error() -> None:
