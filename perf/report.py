@@ -56,6 +56,34 @@ NOTES: dict[str, str] = {
         "target sits inside the noise of the baseline and is met or missed by run.  "
         "Closing the rest needs the channel in C (gevent.queue is Cython-compiled)."
     ),
+    "hub round trip ≤ Redis pub/sub's": (
+        "Both round trips cross three processes (client, broker, echo peer), but every "
+        "greenbus hop is Python: websockets framing, JSON decode and checks, routing, JSON "
+        "encode, framing again -- about 60 µs of CPU per hop, where redis-server is C.  "
+        "The hub now writes from its writer greenlet without an extra loop pass after "
+        "small reads and encodes each message once; what remains is interpreter time, "
+        "measured with cProfile in the hub process (perf/hub.py, PERF_HUB_PROFILE)."
+    ),
+    "hub ingest ≥ 100k msgs/s": (
+        "About 10 µs of hub CPU per pub: validating the frame (35-45%, after an inline "
+        "fast path for pub), websockets' frame parser (20-29%), routing (15%).  It lands "
+        "at 90-100k msgs/s on a quiet machine and lower when the 2 cores are shared; the "
+        "next step would be parsing frames in a C extension."
+    ),
+    "hub fan-out 1→4 ≥ 188k msgs/s (NATS's delivered rate: an anchor from ANCHORS.md, "
+    "not measured here)": (
+        "The 2 cores run the hub and all 4 subscriber processes (greenbus clients, also "
+        "Python): about 18 µs of CPU per delivery in total, a ceiling near 110k msgs/s "
+        "whatever the hub does.  NATS's 188k is a Go server with a Go/C client on another "
+        "machine.  Each message is now JSON-encoded once for all subscribers."
+    ),
+    "federation one-way p50 ≤ 1.5\N{MULTIPLICATION SIGN} raw redis-py publish→receive": (
+        "greenbus adds about 100 µs to redis-py's own path: the hop to the writer "
+        "greenlet, encoding the envelope, and on the receiving node redis-py's "
+        "PubSub.listen machinery per message plus the handler greenlet running only once "
+        "the reader blocks again.  Parsing Redis's pub/sub replies directly (instead of "
+        "PubSub.listen) is the next step."
+    ),
     "1→1 throughput ≥ 5\N{MULTIPLICATION SIGN} threads+queue": (
         "greenbus delivers ~1.4-2 M msgs/s 1→1: about 0.3 µs per emit (route lookup, "
         "channel put) and about 0.3 µs per delivery (a batch of up to 64 taken per "
