@@ -46,6 +46,8 @@ STATS_TOPIC = "$greenbus.stats"
 #: Topics whose rates the stats carry, at most; the rest are summed as "(other)".
 MAX_STATS_TOPICS = 100
 OTHER_TOPICS = "(other)"
+#: Peers listed in the stats, at most (``peers_total`` says how many there are).
+MAX_STATS_PEERS = 200
 
 #: The static files of the dashboard (greenbus/web), by URL path.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -239,6 +241,9 @@ class HubServer:
                 "slow_consumers": c["slow_consumers"],
                 "local_subscriptions": len(self.bus.subscriptions()),
             },
+            "peers_total": len(self.peers),
+            # At most MAX_STATS_PEERS, so a hub with 10,000 connections does
+            # not send every dashboard a huge frame every second.
             "peers": [
                 {
                     "id": s.id,
@@ -250,7 +255,7 @@ class HubServer:
                     "sent": s.sent,
                     "dropped": s.dropped,
                 }
-                for s in (p.statistics() for p in self.peers.values())
+                for s in (p.statistics() for p in list(self.peers.values())[:MAX_STATS_PEERS])
             ],
             "topics": dict(
                 sorted(self._topic_rates.items(), key=lambda kv: -kv[1])[:MAX_STATS_TOPICS]
@@ -309,7 +314,17 @@ class HubServer:
             pass
         where = f"{address[0]}:{address[1]}"
         cfg = self.config
-        origins = None if cfg.allow_origins is None else [*cfg.allow_origins, None]
+        origins = None
+        if cfg.allow_origins is not None:
+            # The hub's own pages (the dashboard) always may; so may clients
+            # that send no Origin (programs, not browsers).
+            host, port = self.address
+            own = [
+                f"{scheme}://{name}:{port}"
+                for scheme in ("http", "https")
+                for name in (host, "localhost")
+            ]
+            origins = [*cfg.allow_origins, *own, None]
         protocol = ServerProtocol(max_size=cfg.max_message_size, origins=origins)
         request = self._read_request(sock, protocol, where)
         if request is None:

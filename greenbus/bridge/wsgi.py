@@ -52,6 +52,7 @@ def hub_app(
     the peers, counters and limits (its own listener is never started).
     """
     hub = HubServer(bus, config, **overrides)
+    hub.start_stats()  # the dashboard's feed, as the hub's own listener does
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         ws = environ.get("wsgi.websocket")

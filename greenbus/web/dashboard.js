@@ -5,7 +5,7 @@
 // console subscribes to patterns and publishes JSON.  Everything a peer can
 // name (topics, names, payloads) is shown with textContent, never as HTML.
 
-import { HubError, InvalidTopicError, State, connect } from "./greenbus.js";
+import { HubError, InvalidTopicError, State, connect, validatePattern } from "./greenbus.js";
 
 const STATS_TOPIC = "$greenbus.stats";
 /** Messages kept in the console list (the oldest go first). */
@@ -51,7 +51,7 @@ function compactJSON(value) {
 // -- the connection ------------------------------------------------------------------
 
 let client = null;
-/** Console subscriptions: pattern -> unsubscribe function (of the current client). */
+/** Console subscriptions: pattern -> unsubscribe function of the current client (or null). */
 const watches = new Map();
 
 function defaultHubUrl() {
@@ -62,7 +62,9 @@ function defaultHubUrl() {
 
 function start() {
   if (client !== null) {
-    client.onclose = null; // the old client's last close is not news
+    // The old client's last words are not news.
+    client.onopen = client.onclose = null;
+    client.onerror = () => {};
     client.close();
   }
   resetStats();
@@ -78,6 +80,7 @@ function start() {
     return;
   }
   client.onopen = ({ peer }) => {
+    openedAt = performance.now();
     setStatus(State.OPEN, `connected as ${peer}`);
     $("connect-note").textContent = "";
   };
@@ -90,12 +93,14 @@ function start() {
 function onClose({ code, reason, reconnectIn, error }) {
   if (reconnectIn !== null) {
     setStatus(State.RECONNECTING, `reconnecting in ${(reconnectIn / 1000).toFixed(1)} s`);
-    $("connect-note").textContent = code === 1006 ? "the hub is unreachable" : `closed: ${code} ${reason}`.trim();
+    $("connect-note").textContent =
+      code === 1006 ? "the hub is unreachable" : `closed: ${code} ${reason}`.trim();
     return;
   }
   setStatus(State.CLOSED, "disconnected");
   if (error?.code === "unauthorized") {
-    $("connect-note").textContent = "The hub wants a token (or refused this one): enter it and press Connect.";
+    $("connect-note").textContent =
+      "The hub wants a token (or refused this one): enter it and press Connect.";
     $("token").focus();
   }
 }
@@ -105,7 +110,7 @@ function onError(error) {
   if (error instanceof HubError && error.pattern !== null) {
     // A refused subscription: the client dropped it.
     if (error.pattern === STATS_TOPIC) {
-      showStatsNote(`This token may not subscribe to ${STATS_TOPIC}: ${error.reason}`);
+      showStatsNote(`No statistics for this token: ${error.reason}.`);
     } else {
       watches.delete(error.pattern);
       renderWatches();
@@ -126,6 +131,7 @@ function setStatus(state, text) {
 
 let previous = null; // the last stats document, for rates
 let lastStatsAt = 0;
+let openedAt = 0;
 
 function resetStats() {
   previous = null;
@@ -143,8 +149,7 @@ function renderStats(stats) {
   lastStatsAt = performance.now();
   $("stats-note").hidden = true;
   document.body.classList.remove("stale");
-  $("server-name").textContent = stats.server;
-  $("hub-info").textContent = `v${stats.version} · up ${formatUptime(stats.uptime_s)}`;
+  $("hub-info").textContent = `hub ${stats.server} · v${stats.version} · up ${formatUptime(stats.uptime_s)}`;
   renderTotals(stats);
   renderPeers(stats.peers);
   renderTopics(stats.topics);
@@ -193,7 +198,7 @@ function renderPeers(peers) {
   $("peer-count").textContent = numberFormat.format(peers.length);
   const rows = peers.slice(0, MAX_PEER_ROWS).map((p) => {
     const self = client !== null && p.id === client.peer;
-    const idCell = el("td", {}, el("code", {}, p.id));
+    const idCell = el("td", { className: "peer-id" }, el("code", {}, p.id));
     if (self) idCell.append(el("span", { className: "badge" }, "this page"));
     const num = (value, alert = false) =>
       el("td", { className: alert && value > 0 ? "num alert" : "num" }, numberFormat.format(value));
@@ -201,7 +206,7 @@ function renderPeers(peers) {
       "tr",
       { className: self ? "self" : "" },
       idCell,
-      el("td", {}, p.name ?? el("span", { className: "muted" }, "anonymous")),
+      el("td", { className: "name" }, p.name ?? el("span", { className: "muted" }, "anonymous")),
       el("td", { className: "address" }, p.address),
       subscriptionsCell(p.subscriptions),
       num(p.pending),
@@ -210,7 +215,8 @@ function renderPeers(peers) {
       num(p.dropped, true),
     );
   });
-  if (rows.length === 0) rows.push(el("tr", { className: "empty" }, el("td", { colSpan: 8 }, "No peers connected")));
+  if (rows.length === 0)
+    rows.push(el("tr", { className: "empty" }, el("td", { colSpan: 8 }, "No peers connected")));
   $("peers").tBodies[0].replaceChildren(...rows);
   const hidden = peers.length - MAX_PEER_ROWS;
   $("peers-note").hidden = hidden <= 0;
@@ -227,18 +233,31 @@ function renderTopics(topics) {
       "tr",
       { className: topic === "(other)" ? "other" : "" },
       el("td", { className: "topic" }, el("code", {}, topic)),
-      el("td", { className: "num rate" }, el("span", { className: "bar-track" }, bar), rateFormat.format(rate)),
+      el(
+        "td",
+        { className: "num" },
+        el(
+          "div",
+          { className: "rate" },
+          el("span", { className: "bar-track" }, bar),
+          rateFormat.format(rate),
+        ),
+      ),
     );
   });
-  if (rows.length === 0) rows.push(el("tr", { className: "empty" }, el("td", { colSpan: 2 }, "No traffic in the last second")));
+  if (rows.length === 0)
+    rows.push(el("tr", { className: "empty" }, el("td", { colSpan: 2 }, "No traffic in the last second")));
   $("topics").tBodies[0].replaceChildren(...rows);
 }
 
-// Stats stop coming when the hub runs with --stats-interval 0, or when the connection is down.
+// No stats come from a hub run with --stats-interval 0, and none while the connection is down.
 setInterval(() => {
   if (client === null || client.state !== State.OPEN) return;
-  const silent = lastStatsAt === 0 ? null : performance.now() - lastStatsAt;
-  if (silent !== null && silent > STALE_AFTER_MS) {
+  const silent = performance.now() - Math.max(lastStatsAt, openedAt);
+  if (silent < STALE_AFTER_MS) return;
+  if (lastStatsAt === 0) {
+    showStatsNote(`No ${STATS_TOPIC} from this hub yet: is it running with --stats-interval 0?`);
+  } else {
     document.body.classList.add("stale");
     showStatsNote(`No ${STATS_TOPIC} for ${Math.round(silent / 1000)} s: the figures are stale.`);
   }
@@ -248,7 +267,11 @@ setInterval(() => {
 
 function renderWatches() {
   const chips = [...watches.keys()].map((pattern) => {
-    const remove = el("button", { type: "button", className: "chip-remove", title: `Unsubscribe from ${pattern}` }, "×");
+    const remove = el(
+      "button",
+      { type: "button", className: "chip-remove", title: `Unsubscribe from ${pattern}` },
+      "×",
+    );
     remove.setAttribute("aria-label", `Unsubscribe from ${pattern}`);
     remove.addEventListener("click", () => {
       watches.get(pattern)?.();
@@ -271,8 +294,14 @@ function appendToConsole(item) {
 
 function showMessage(msg) {
   if (msg.topic === STATS_TOPIC && $("hide-stats").checked) return;
-  const headers = Object.keys(msg.headers).length > 0 ? el("code", { className: "headers" }, compactJSON(msg.headers)) : null;
-  const request = msg.replyTo !== null ? el("span", { className: "badge", title: `reply to ${msg.replyTo}` }, "request") : null;
+  const headers =
+    Object.keys(msg.headers).length > 0
+      ? el("code", { className: "headers" }, compactJSON(msg.headers))
+      : null;
+  const request =
+    msg.replyTo !== null
+      ? el("span", { className: "badge", title: `reply to ${msg.replyTo}` }, "request")
+      : null;
   appendToConsole(
     el(
       "li",
@@ -303,20 +332,19 @@ $("sub-form").addEventListener("submit", (event) => {
   const input = $("sub-pattern");
   const pattern = input.value.trim();
   $("sub-error").textContent = "";
+  try {
+    validatePattern(pattern);
+  } catch (error) {
+    $("sub-error").textContent = `Invalid pattern: ${error.problem}.`;
+    return;
+  }
   if (watches.has(pattern)) {
     $("sub-error").textContent = `Already watching ${pattern}.`;
     return;
   }
-  if (client === null || client.state === State.CLOSED) {
-    $("sub-error").textContent = "Not connected: press Connect first.";
-    return;
-  }
-  try {
-    watches.set(pattern, client.subscribe(pattern, showMessage));
-  } catch (error) {
-    $("sub-error").textContent = error instanceof InvalidTopicError ? `Invalid pattern: ${error.problem}.` : error.message;
-    return;
-  }
+  // Disconnected for good: kept, and subscribed by the next Connect.
+  const connected = client !== null && client.state !== State.CLOSED;
+  watches.set(pattern, connected ? client.subscribe(pattern, showMessage) : null);
   input.value = "";
   renderWatches();
 });
@@ -358,8 +386,11 @@ $("pub-form").addEventListener("submit", (event) => {
   }
   try {
     headers = headersInput.value.trim() === "" ? undefined : parseJSON(headersInput.value, "Headers");
-    if (headers !== undefined && (headers === null || typeof headers !== "object" || Array.isArray(headers))) {
-      throw new TypeError("Headers must be a JSON object, such as {\"unit\": \"C\"}.");
+    if (
+      headers !== undefined &&
+      (headers === null || typeof headers !== "object" || Array.isArray(headers))
+    ) {
+      throw new TypeError('Headers must be a JSON object, such as {"unit": "C"}.');
     }
   } catch (e) {
     headersInput.setAttribute("aria-invalid", "true");

@@ -60,8 +60,14 @@ const TRANSITIONS = Object.freeze({
   [State.CLOSED]: [],
 });
 
-/** WebSocket.readyState of an open socket (the same in browsers and `ws`). */
+/** WebSocket.readyState of an open socket (the same in browsers, Node and `ws`). */
 const SOCKET_OPEN = 1;
+/**
+ * ms to wait for the close event that must follow an error, or close().  Past
+ * that the socket counts as closed (1006): Node 20's experimental WebSocket
+ * never sends one after a failed handshake, and a hub may never answer.
+ */
+const CLOSE_GRACE_MS = 1000;
 
 const DEFAULTS = Object.freeze({
   maxBuffer: 1000,
@@ -176,12 +182,16 @@ function safeJSON(value) {
 
 // Whitespace as Python's str.isspace() sees it, the C0 and C1 control
 // characters, and lone surrogates (which have no UTF-8 encoding).
-const FORBIDDEN = /[\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ud800-\udfff]/u;
+const FORBIDDEN =
+  /[\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ud800-\udfff]/u;
 const WILDCARD_CHARS = /[*>]/;
 
 function checkCommon(value, kind) {
   if (typeof value !== "string") {
-    throw new InvalidTopicError(value, `a ${kind} must be a string, not ${value === null ? "null" : typeof value}`);
+    throw new InvalidTopicError(
+      value,
+      `a ${kind} must be a string, not ${value === null ? "null" : typeof value}`,
+    );
   }
   if (value === "") throw new InvalidTopicError(value, `a ${kind} must not be empty`);
   const bad = FORBIDDEN.exec(value);
@@ -229,7 +239,10 @@ export function validatePattern(pattern) {
     if (token === ">") {
       if (i !== tokens.length - 1) throw new InvalidTopicError(pattern, "'>' must be the last token");
     } else if (token !== "*" && WILDCARD_CHARS.test(token)) {
-      throw new InvalidTopicError(pattern, `wildcard inside token '${token}': '*' and '>' must be whole tokens`);
+      throw new InvalidTopicError(
+        pattern,
+        `wildcard inside token '${token}': '*' and '>' must be whole tokens`,
+      );
     }
   });
   return pattern;
@@ -304,6 +317,7 @@ export class Message {
  * @property {number} [maxReconnectDelay=5000] ms, the cap of the delay
  * @property {number} [maxBuffer=1000] publishes kept while disconnected (the oldest are dropped)
  * @property {number} [maxMessageSize=1048576] bytes; larger publishes throw MessageTooBigError
+ * @property {number} [requestTimeout=5000] ms, the default timeout of request() and ping()
  * @property {(info: OpenInfo) => void} [onopen]
  * @property {(info: CloseInfo) => void} [onclose]
  * @property {(error: GreenbusError) => void} [onerror]
@@ -377,7 +391,7 @@ export class Client {
     if (typeof WebSocketClass !== "function") {
       throw new TypeError(
         "no WebSocket class: this runtime has no global WebSocket (Node < 22); " +
-          "pass one: connect(url, { WebSocket }) with `import WebSocket from \"ws\"`",
+          'pass one: connect(url, { WebSocket }) with `import WebSocket from "ws"`',
       );
     }
     const opts = { ...DEFAULTS, reconnect: true };
@@ -385,16 +399,22 @@ export class Client {
       if (options[key] === undefined) continue;
       const value = options[key];
       if (typeof value !== "number" || !(value > 0) || (key === "maxBuffer" && !Number.isInteger(value))) {
-        throw new RangeError(`${key} must be a positive ${key === "maxBuffer" ? "integer" : "number"}, not ${safeJSON(value)}`);
+        throw new RangeError(
+          `${key} must be a positive ${key === "maxBuffer" ? "integer" : "number"}, not ${safeJSON(value)}`,
+        );
       }
       opts[key] = value;
     }
     if (opts.maxReconnectDelay < opts.reconnectDelay) {
-      throw new RangeError(`maxReconnectDelay (${opts.maxReconnectDelay}) is less than reconnectDelay (${opts.reconnectDelay})`);
+      throw new RangeError(
+        `maxReconnectDelay (${opts.maxReconnectDelay}) is less than reconnectDelay (${opts.reconnectDelay})`,
+      );
     }
     if (options.reconnect !== undefined) opts.reconnect = Boolean(options.reconnect);
-    if (options.token != null && typeof options.token !== "string") throw new TypeError("token must be a string");
-    if (options.name != null && typeof options.name !== "string") throw new TypeError("name must be a string");
+    if (options.token != null && typeof options.token !== "string")
+      throw new TypeError("token must be a string");
+    if (options.name != null && typeof options.name !== "string")
+      throw new TypeError("name must be a string");
 
     /** The hub's URL. */
     this.url = parsed.href;
@@ -425,7 +445,8 @@ export class Client {
   }
 
   toString() {
-    return `[greenbus Client ${this.name} ${this.url} ${this.#state} subscriptions=${this.#subs.size} buffered=${this.#buffer.length}]`;
+    const counts = `subscriptions=${this.#subs.size} buffered=${this.#buffer.length}`;
+    return `[greenbus Client ${this.name} ${this.url} ${this.#state} ${counts}]`;
   }
 
   /**
@@ -459,7 +480,7 @@ export class Client {
    * @throws {ClosedError} the client is closed
    */
   publish(topic, data, { headers, replyTo } = {}) {
-    this.#checkOpen();
+    this.#checkNotClosed();
     this.#sendPub(this.#encodePub(topic, data, headers, replyTo));
   }
 
@@ -507,7 +528,7 @@ export class Client {
    * @throws {ClosedError} the client is closed
    */
   subscribe(pattern, handler) {
-    this.#checkOpen();
+    this.#checkNotClosed();
     validatePattern(pattern);
     if (typeof handler !== "function") throw new TypeError("handler must be a function taking a Message");
     const sid = this.#nextSid++;
@@ -535,7 +556,7 @@ export class Client {
       if (typeof timeout !== "number" || !(timeout > 0)) {
         throw new RangeError(`timeout must be a positive number of ms, not ${safeJSON(timeout)}`);
       }
-      this.#checkOpen();
+      this.#checkNotClosed();
       const inbox = `${this.#inbox}.${++this.#inboxSeq}`;
       // Encoded first: a bad request is refused before anything is sent.
       const text = this.#encodePub(topic, data, headers, inbox);
@@ -571,7 +592,7 @@ export class Client {
    */
   ping({ timeout = this.#options.requestTimeout } = {}) {
     return new Promise((resolve, reject) => {
-      this.#checkOpen();
+      this.#checkNotClosed();
       const id = `ping-${++this.#pingSeq}`;
       const entry = { resolve, reject, sent: false, started: performance.now() };
       entry.timer = setTimeout(() => {
@@ -604,6 +625,7 @@ export class Client {
     this.#finish(new ClosedError("the client was closed"));
     if (socket !== null) {
       socket.close(1000, "client closing");
+      this.#expectClose(socket);
     } else {
       queueMicrotask(() => this.#ended(1000, "client closing", false));
     }
@@ -619,11 +641,14 @@ export class Client {
     this.#state = next;
   }
 
-  #checkOpen() {
+  #checkNotClosed() {
     if (this.#state === State.CLOSED) {
-      throw new ClosedError(this.#fatal ? `the client is closed: ${this.#fatal.message}` : "the client is closed", {
-        cause: this.#fatal ?? undefined,
-      });
+      throw new ClosedError(
+        this.#fatal ? `the client is closed: ${this.#fatal.message}` : "the client is closed",
+        {
+          cause: this.#fatal ?? undefined,
+        },
+      );
     }
   }
 
@@ -659,13 +684,19 @@ export class Client {
     socket.onmessage = (event) => {
       if (socket === this.#socket) this.#receive(event.data);
     };
+    socket.onclose = (event) => this.#socketClosed(socket, event.code, event.reason);
     // The close event that follows an error says all there is to say.
-    socket.onerror = () => {};
-    socket.onclose = (event) => {
-      if (socket !== this.#socket) return;
-      this.#socket = null;
-      this.#disconnected(event.code, event.reason);
-    };
+    socket.onerror = () => this.#expectClose(socket);
+  }
+
+  #socketClosed(socket, code, reason) {
+    if (socket !== this.#socket) return; // already handled
+    this.#socket = null;
+    this.#disconnected(code, reason);
+  }
+
+  #expectClose(socket) {
+    setTimeout(() => this.#socketClosed(socket, 1006, ""), CLOSE_GRACE_MS);
   }
 
   #receive(text) {
