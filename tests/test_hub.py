@@ -21,12 +21,10 @@ import contextlib
 import json
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
@@ -36,201 +34,25 @@ import gevent
 import pytest
 from conftest import ROOT, HubProcess, child_env, stop_process
 from gevent import socket as gsocket
+from hubclient import (
+    RawClient,
+    ask,
+    client,
+    in_step,
+    metric_eventually,
+    recv,
+    send,
+    until_closed,
+)
 from waiting import OSThread, wait_until
-from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
 from websockets.sync.client import ClientConnection
-from websockets.sync.client import connect as ws_connect
-from websockets.uri import parse_uri
 
 import greenbus
 from greenbus import HubServer, RemoteBus
 
 TOKEN = "s3cret"
-
-# -- clients -------------------------------------------------------------------
-
-
-def client(url: str, **options: Any) -> ClientConnection:
-    """A ``websockets`` sync client; use it as a context manager."""
-    options = {
-        "open_timeout": 5,
-        "close_timeout": 2,
-        "proxy": None,
-        "compression": None,
-        "ping_interval": None,
-        **options,
-    }
-    return ws_connect(url, **options)
-
-
-def send(ws: ClientConnection, **frame: Any) -> None:
-    ws.send(json.dumps(frame))
-
-
-def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    return json.loads(ws.recv(timeout))  # type: ignore[no-any-return]
-
-
-def ask(ws: ClientConnection, **frame: Any) -> dict[str, Any]:
-    """Send one frame and return the next frame the hub sends."""
-    send(ws, **frame)
-    return recv(ws)
-
-
-#: How the hub closed: (close code, close reason).
-Closed = tuple[int, str]
-
-
-def until_closed(ws: ClientConnection, timeout: float = 5.0) -> tuple[list[dict[str, Any]], Closed]:
-    """Read until the hub closes: (the frames before the close, (code, reason))."""
-    frames = []
-    try:
-        while True:
-            frames.append(recv(ws, timeout))
-    except ConnectionClosed as exc:
-        assert exc.rcvd is not None, f"the hub closed without a close frame: {exc}"
-        return frames, (exc.rcvd.code, exc.rcvd.reason)
-
-
-class RawClient:
-    """A WebSocket client on a bare gevent socket.
-
-    The opening handshake and the framing are ``websockets``' sans-I/O
-    ``ClientProtocol``; nothing is read from the socket unless a method is
-    called, so the hub sees a peer that does not read.  Gevent sockets
-    cooperate with an in-process hub and simply block otherwise.
-    """
-
-    def __init__(self, url: str, *, rcvbuf: int | None = None, timeout: float = 5.0) -> None:
-        uri = parse_uri(url)
-        #: Send what the protocol queues on its own (pongs, the close reply)
-        #: as soon as it is queued; set to False to hold it back.
-        self.replying = True
-        self.sock = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_STREAM)
-        try:
-            if rcvbuf is not None:
-                # Before connect(), so the window the hub sees is small.
-                self.sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_RCVBUF, rcvbuf)
-            self.sock.settimeout(timeout)
-            self.sock.connect((uri.host, uri.port))
-            self.protocol = ClientProtocol(uri, max_size=None)
-            self.protocol.send_request(self.protocol.connect())
-            self._flush()
-            self._frames: deque[Frame] = deque()
-            events: list[Any] = []
-            while not events:
-                events = self._read()
-            assert isinstance(events[0], Response), events
-            assert events[0].status_code == 101, events[0]
-            self._frames.extend(events[1:])
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def __enter__(self) -> RawClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.sock.close()
-
-    def _flush(self) -> None:
-        for chunk in self.protocol.data_to_send():
-            if chunk:
-                self.sock.sendall(chunk)
-            else:
-                self.sock.shutdown(gsocket.SHUT_WR)
-
-    def _read(self) -> list[Any]:
-        data = self.sock.recv(65536)
-        if data:
-            self.protocol.receive_data(data)
-        else:
-            self.protocol.receive_eof()
-        events = self.protocol.events_received()
-        if self.replying:
-            self._flush()
-        if not data and not events:
-            raise EOFError("the hub closed the TCP connection")
-        return events
-
-    def send_json(self, **frame: Any) -> None:
-        self.protocol.send_text(json.dumps(frame).encode())
-        self._flush()
-
-    def send_burst(self, frames: list[dict[str, Any]]) -> None:
-        """Send many text messages with one ``sendall``: they reach the hub back to back."""
-        for frame in frames:
-            self.protocol.send_text(json.dumps(frame).encode())
-        self.sock.sendall(b"".join(self.protocol.data_to_send()))
-
-    def reply_now(self) -> None:
-        """Send what the protocol queued while ``replying`` was False."""
-        self._flush()
-
-    def send_raw(self, data: bytes) -> None:
-        """Bytes straight onto the socket, bypassing the protocol."""
-        self.sock.sendall(data)
-
-    def next_frame(self) -> Frame:
-        while not self._frames:
-            self._frames.extend(self._read())
-        return self._frames.popleft()
-
-    def recv_json(self) -> dict[str, Any]:
-        """The next text message (control frames skipped)."""
-        while True:
-            frame = self.next_frame()
-            if frame.opcode is Opcode.TEXT:
-                return json.loads(frame.data)  # type: ignore[no-any-return]
-            assert frame.opcode in (Opcode.PING, Opcode.PONG, Opcode.CLOSE), frame
-
-    def until_closed(self) -> tuple[list[dict[str, Any]], Closed]:
-        """Read to the end of the stream: (text messages before the close, (code, reason))."""
-        texts = []
-        while True:
-            try:
-                frame = self.next_frame()
-            except EOFError:
-                break
-            if frame.opcode is Opcode.TEXT:
-                texts.append(json.loads(frame.data))
-        close = self.protocol.close_rcvd
-        assert close is not None, "the hub closed the TCP connection without a close frame"
-        return texts, (close.code, close.reason)
-
-    def abort(self) -> None:
-        """Reset the connection (RST): no close frame, no FIN."""
-        self.sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-
-def metric_eventually(
-    hub: HubProcess, name: str, predicate: Callable[[float], bool], timeout: float = 10.0
-) -> dict[str, float]:
-    """Poll ``/metrics`` until ``predicate(value of name)``; return the samples."""
-    deadline = time.monotonic() + timeout
-    while True:
-        samples = hub.metrics()
-        if predicate(samples.get(name, float("nan"))):
-            return samples
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} still {samples.get(name)} after {timeout} s")
-        gevent.sleep(0.02)
-
-
-def in_step(remote: RemoteBus) -> None:
-    """Return once the hub has applied everything ``remote`` sent so far.
-
-    The hub handles one connection's frames in order, so a round trip on a
-    fresh subscription comes back only after the earlier frames took effect.
-    """
-    probe = f"probe.{id(remote):x}"
-    with remote.subscribe(probe, maxsize=None) as sub:
-        remote.emit(probe)
-        sub.get(timeout=5)
 
 
 # -- 1. every op and its answer -------------------------------------------------
