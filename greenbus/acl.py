@@ -109,14 +109,14 @@ class Acl:
         users: ``(token, Permissions)`` pairs.
     """
 
-    def __init__(self, users: Iterable[tuple[str, Permissions]]) -> None:
+    def __init__(self, users: Iterable[tuple[str, Permissions]], source: str = "ACL") -> None:
         self._users: list[tuple[bytes, Permissions]] = []
         seen: set[str] = set()
         for token, perms in users:
             if not token:
-                raise AclError(f"user {perms.user!r}: empty token")
+                raise AclError(f"{source}: user {perms.user!r}: empty token")
             if token in seen:
-                raise AclError(f"user {perms.user!r}: token shared with another user")
+                raise AclError(f"{source}: user {perms.user!r}: token shared with another user")
             seen.add(token)
             self._users.append((token.encode(), perms))
 
@@ -138,7 +138,10 @@ class Acl:
         Compares against every user's token in constant time, so timing
         reveals neither the token nor which user it belongs to.
         """
-        given = (token or "").encode()
+        try:
+            given = (token or "").encode()
+        except UnicodeEncodeError:  # a lone surrogate: no user's token
+            return None
         found: Permissions | None = None
         for expected, perms in self._users:
             if hmac.compare_digest(given, expected) and token:
@@ -155,6 +158,10 @@ class Acl:
         cls, data: Mapping[str, Any], source: str = "ACL", env: Mapping[str, str] | None = None
     ) -> Acl:
         env = os.environ if env is None else env
+        if not isinstance(data, Mapping):
+            raise AclError(
+                f"{source}: needs a [users.NAME] table per user (the top level is not a table)"
+            )
         users = data.get("users")
         if not isinstance(users, dict) or not users:
             raise AclError(f"{source}: needs a [users.NAME] table per user")
@@ -183,7 +190,7 @@ class Acl:
                 _patterns(spec.get("subscribe", []), f"{where}: subscribe"),
             )
             out.append((token, perms))
-        return cls(out)
+        return cls(out, source)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Acl:

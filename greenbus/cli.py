@@ -220,9 +220,27 @@ def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any, federation: Any) -
         ) from None
     from .bridge.wsgi import hub_app
 
+    if args.certfile or args.allow_origin:
+        raise SystemExit(
+            "greenbus serve --transport wsgi: --certfile and --allow-origin are the WSGI "
+            "server's job (TLS and Origin checks in front of it); use the default transport "
+            "to have the hub do them"
+        )
     app = hub_app(bus, hub.config)
     server = WSGIServer((args.host, args.port), app, handler_class=WebSocketHandler, log=None)
     server.start()
+    logging.getLogger("greenbus.bridge.wsgi").info(
+        "greenbus hub %s listening on ws://%s:%d/ through gevent-websocket (%s; %s)",
+        hub.config.name,
+        args.host,
+        server.server_port,
+        "loopback only"
+        if args.host in ("127.0.0.1", "localhost", "::1")
+        else f"reachable from other machines on {args.host}",
+        f"ACL with {len(hub.acl.users)} user(s)"
+        if hub.acl is not None
+        else "no token: anonymous peers allowed",
+    )
     print(f"greenbus hub listening on ws://{args.host}:{server.server_port}/", flush=True)
 
     def stop() -> None:

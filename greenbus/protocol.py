@@ -88,6 +88,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002  #: a broken WebSocket frame sequence (e.g. a stray continuation)
     UNSUPPORTED_DATA = 1003  #: a binary message
     INVALID_DATA = 1007  #: invalid UTF-8 in a text message
     POLICY = 1008  #: auth failure, or too many protocol errors

@@ -927,6 +927,7 @@ def test_the_close_codes_are_the_rfc_6455_numbers():
     assert {c.name: int(c) for c in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
+        "PROTOCOL_ERROR": 1002,
         "UNSUPPORTED_DATA": 1003,
         "INVALID_DATA": 1007,
         "POLICY": 1008,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -108,7 +109,14 @@ class RemoteBus(Subscriber):
         self._ssl: Any = None
         if self._uri.secure:
             # gevent's SSL context, so TLS waits yield to other greenlets.
-            self._ssl = gssl.create_default_context(cafile=cafile)
+            # gevent's own SSLContext class (create_default_context would
+            # return the stdlib's, whose sockets block the whole process).
+            ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
+            if cafile is not None:
+                ctx.load_verify_locations(cafile)
+            else:
+                ctx.load_default_certs()
+            self._ssl = ctx
         self._thread = get_ident()
         self._message_class = message_class(self)
         self._sids = itertools.count(1)
@@ -254,7 +262,9 @@ class RemoteBus(Subscriber):
         in-process bus, the client cannot know there are no responders: it
         raises :class:`RequestTimeout`.
         """
-        inbox = f"{self._inbox_prefix}.{next(self._inbox_seq)}"
+        # A fresh random name per request: a responder that saw one reply_to
+        # cannot guess the next (exact inbox subscriptions are allowed to all).
+        inbox = f"_INBOX.{secrets.token_hex(16)}"
         with self.subscribe(inbox, maxsize=None) as sub:
             self.emit(topic, data, headers=headers, reply_to=inbox)
             try:
@@ -349,7 +359,9 @@ class RemoteBus(Subscriber):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self._ssl is not None:
                     sock = self._ssl.wrap_socket(sock, server_hostname=uri.host)
-                protocol = ClientProtocol(uri, max_size=self._max_message_size)
+                protocol = ClientProtocol(
+                    uri, max_size=self._max_message_size, logger=_CLIENT_WIRE_LOGGER
+                )
                 protocol.send_request(protocol.connect())
                 sock.sendall(b"".join(protocol.data_to_send()))
                 events: list[Any] = []
@@ -431,6 +443,15 @@ class RemoteBus(Subscriber):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _NoFrameLogging(logging.LoggerAdapter):  # type: ignore[type-arg]
+    # websockets logs every frame at DEBUG, our hello's token included.
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_CLIENT_WIRE_LOGGER = _NoFrameLogging(logging.getLogger("websockets.client"), {})
 
 
 class _HandshakeFailed(Exception):

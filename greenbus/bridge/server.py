@@ -21,6 +21,7 @@ from typing import Any
 
 import gevent.event
 from gevent import Timeout
+from gevent import ssl as gssl
 from gevent.server import StreamServer
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -28,7 +29,7 @@ from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
 from .._version import __version__
-from ..acl import Acl, Permissions
+from ..acl import INBOX_PREFIX, Acl, Permissions
 from ..bus import Bus
 from ..exceptions import BusClosed
 from ..protocol import SessionLimits
@@ -160,9 +161,14 @@ class HubServer:
         if self._server is not None:
             return self
         self._stopped.clear()
-        tls = {}
+        tls: dict[str, Any] = {}
         if self.config.certfile is not None:
-            tls = {"certfile": self.config.certfile, "keyfile": self.config.keyfile}
+            # One server context, built once; the TLS handshake happens in
+            # _handle under handshake_timeout (a client that never sends a
+            # ClientHello must not hold a greenlet and a socket forever).
+            ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
+            tls = {"ssl_context": ctx, "do_handshake_on_connect": False}
         self._server = StreamServer((self.config.host, self.config.port), self._handle, **tls)
         self._server.start()
         self._started_at = time.monotonic()
@@ -198,6 +204,8 @@ class HubServer:
     def _count_topic(self, msg: Any) -> bool:
         counts = self._topic_counts
         topic = msg[0]
+        if topic.startswith(INBOX_PREFIX):
+            return False  # inbox names are private: never in the stats
         if topic in counts:
             counts[topic] += 1
         elif len(counts) < MAX_STATS_TOPICS:
@@ -249,7 +257,7 @@ class HubServer:
                     "id": s.id,
                     "name": s.name,
                     "address": s.address,
-                    "subscriptions": list(s.subscriptions),
+                    "subscriptions": [p for p in s.subscriptions if not p.startswith(INBOX_PREFIX)],
                     "pending": s.pending,
                     "received": s.received,
                     "sent": s.sent,
@@ -314,6 +322,14 @@ class HubServer:
             pass
         where = f"{address[0]}:{address[1]}"
         cfg = self.config
+        if cfg.certfile is not None:
+            try:
+                with Timeout(cfg.handshake_timeout):
+                    sock.do_handshake()  # type: ignore[attr-defined]
+            except (Timeout, OSError) as exc:
+                logger.info("%s: TLS handshake failed or timed out: %s", where, exc)
+                sock.close()
+                return
         origins = None
         if cfg.allow_origins is not None:
             # The hub's own pages (the dashboard) always may; so may clients
@@ -325,7 +341,9 @@ class HubServer:
                 for name in (host, "localhost")
             ]
             origins = [*cfg.allow_origins, *own, None]
-        protocol = ServerProtocol(max_size=cfg.max_message_size, origins=origins)
+        protocol = ServerProtocol(
+            max_size=cfg.max_message_size, origins=origins, logger=_WIRE_LOGGER
+        )
         request = self._read_request(sock, protocol, where)
         if request is None:
             sock.close()
@@ -540,6 +558,16 @@ class HubServer:
             [(f'{{peer="{p.id}"}}', p.dropped) for p in peers],
         )
         return "\n".join(lines) + "\n"
+
+
+class _NoFrameLogging(logging.LoggerAdapter):  # type: ignore[type-arg]
+    # websockets logs every frame at DEBUG, hello tokens included: never let
+    # it (our own logs say what happened without the payloads).
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_WIRE_LOGGER = _NoFrameLogging(logging.getLogger("websockets.server"), {})
 
 
 def _http_answer(hub: HubServer, path: str) -> tuple[int, str, str, bytes] | None:

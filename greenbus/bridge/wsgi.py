@@ -29,7 +29,7 @@ from typing import Any
 from websockets.protocol import SERVER, Protocol, State
 
 from ..bus import Bus
-from .server import HubConfig, HubServer, _http_answer
+from .server import _WIRE_LOGGER, HubConfig, HubServer, _http_answer
 
 __all__ = ["hub_app"]
 
@@ -67,7 +67,9 @@ def hub_app(
                 handler.socket.sendall(b"".join(refusal.data_to_send()))
                 ws.closed = True
                 return []
-            protocol = Protocol(SERVER, state=State.OPEN, max_size=hub.config.max_message_size)
+            protocol = Protocol(
+                SERVER, state=State.OPEN, max_size=hub.config.max_message_size, logger=_WIRE_LOGGER
+            )
             try:
                 hub.run_peer(handler.socket, protocol, where, recv=handler.rfile.read1)
             finally:

@@ -373,8 +373,6 @@ export class Client {
   #pings = new Map(); // id -> {resolve, reject, timer, sent, started}
   #pingSeq = 0;
   #requests = new Set(); // cancel(error) of every pending request
-  #inbox = `_INBOX.${randomHex(16)}`;
-  #inboxSeq = 0;
   #closed = null; // {promise, resolve} once close() was called
   #stats = { reconnects: 0, sent: 0, received: 0, dropped: 0, hubErrors: 0 };
 
@@ -541,7 +539,7 @@ export class Client {
 
   /**
    * Publish a request and wait for the first reply.  The reply comes to a
-   * private inbox, `_INBOX.<128 random bits in hex>.<n>`, subscribed exactly
+   * private inbox, `_INBOX.<128 random bits in hex>` (new for every request), subscribed exactly
    * (wildcard subscriptions never see inboxes).
    * @param {string} topic
    * @param {*} [data]
@@ -557,7 +555,9 @@ export class Client {
         throw new RangeError(`timeout must be a positive number of ms, not ${safeJSON(timeout)}`);
       }
       this.#checkNotClosed();
-      const inbox = `${this.#inbox}.${++this.#inboxSeq}`;
+      // A fresh random inbox per request: a responder that saw one reply_to
+      // cannot guess the next one (exact inbox subscriptions are open to all).
+      const inbox = `_INBOX.${randomHex(16)}`;
       // Encoded first: a bad request is refused before anything is sent.
       const text = this.#encodePub(topic, data, headers, inbox);
       let timer = null;
