@@ -117,6 +117,10 @@ def validate_cached(value: object, *, pattern: bool = False) -> str:
     For hot paths that see the same topics again and again (the hub's
     frames, federation envelopes).  Failures are not cached.
 
+    Returns:
+        a string equal to ``value`` (maybe the one cached earlier, not the
+        same object).
+
     Raises:
         InvalidTopic: as the uncached functions.
     """

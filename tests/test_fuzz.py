@@ -859,7 +859,7 @@ def test_validate_topic_accepts_exactly_the_documented_topics(value: str) -> Non
         accepted = False
     assert accepted is doc_topic_ok(value), value
     try:
-        accepted_cached = validate_cached(value) is value
+        accepted_cached = validate_cached(value) == value
     except InvalidTopic:
         accepted_cached = False
     assert accepted_cached is accepted
@@ -875,7 +875,7 @@ def test_validate_pattern_accepts_exactly_the_documented_patterns(value: str) ->
         accepted = False
     assert accepted is doc_pattern_ok(value), value
     try:
-        accepted_cached = validate_cached(value, pattern=True) is value
+        accepted_cached = validate_cached(value, pattern=True) == value
     except InvalidTopic:
         accepted_cached = False
     assert accepted_cached is accepted
