@@ -450,6 +450,11 @@ def _chart_lines(charts: Sequence[tuple[str, str]]) -> list[str]:
     lines = ["", "## Charts"]
     for name, alt in charts:
         lines += ["", f"![{alt}]({name})"]
+    lines += [
+        "",
+        "The hub under 1,000 connections and a 5-minute soak (memory per connection, "
+        "RSS over time) is measured by `python -m perf.load`: see [LOAD.md](LOAD.md).",
+    ]
     return lines if charts else []
 
 
