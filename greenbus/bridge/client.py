@@ -57,7 +57,7 @@ from ..protocol import (
     parse_server,
 )
 from ..topics import validate_pattern, validate_topic
-from .connection import Connection
+from .connection import Connection, wire_logger
 
 __all__ = ["ClientStatistics", "RemoteBus", "RemoteError", "connect"]
 
@@ -445,13 +445,7 @@ class RemoteBus(Subscriber):
         self.close()
 
 
-class _NoFrameLogging(logging.LoggerAdapter):  # type: ignore[type-arg]
-    # websockets logs every frame at DEBUG, our hello's token included.
-    def isEnabledFor(self, level: int) -> bool:
-        return level > logging.DEBUG and self.logger.isEnabledFor(level)
-
-
-_CLIENT_WIRE_LOGGER = _NoFrameLogging(logging.getLogger("websockets.client"), {})
+_CLIENT_WIRE_LOGGER = wire_logger("websockets.client")
 
 
 class _HandshakeFailed(Exception):

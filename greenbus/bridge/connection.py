@@ -44,6 +44,18 @@ YIELD_AFTER = 4096
 MAX_BATCH = 1024
 
 
+class _NoFrameLogging(logging.LoggerAdapter):  # type: ignore[type-arg]
+    # websockets logs every frame at DEBUG, hello tokens included: never let
+    # it (our own logs say what happened, without the payloads).
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+def wire_logger(name: str) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """A logger for a ``websockets`` protocol object that never logs frames."""
+    return _NoFrameLogging(logging.getLogger(name), {})
+
+
 class _Flush:
     # Queued by the reader when the protocol has control frames to send
     # (pong, close): the writer then flushes even with nothing else queued.

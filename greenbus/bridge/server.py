@@ -33,7 +33,7 @@ from ..acl import INBOX_PREFIX, Acl, Permissions
 from ..bus import Bus
 from ..exceptions import BusClosed
 from ..protocol import SessionLimits
-from .connection import Connection
+from .connection import Connection, wire_logger
 from .peer import Peer, PeerLimits
 
 __all__ = ["HubConfig", "HubServer", "serve"]
@@ -560,14 +560,7 @@ class HubServer:
         return "\n".join(lines) + "\n"
 
 
-class _NoFrameLogging(logging.LoggerAdapter):  # type: ignore[type-arg]
-    # websockets logs every frame at DEBUG, hello tokens included: never let
-    # it (our own logs say what happened without the payloads).
-    def isEnabledFor(self, level: int) -> bool:
-        return level > logging.DEBUG and self.logger.isEnabledFor(level)
-
-
-_WIRE_LOGGER = _NoFrameLogging(logging.getLogger("websockets.server"), {})
+_WIRE_LOGGER = wire_logger("websockets.server")
 
 
 def _http_answer(hub: HubServer, path: str) -> tuple[int, str, str, bytes] | None:
