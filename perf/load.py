@@ -42,6 +42,7 @@ import os
 import platform
 import re
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -239,6 +240,10 @@ class Child:
 
     def failure(self, what: str) -> LoadError:
         code = self.proc.poll()
+        if code is None and self._eof:
+            # Its stdout ended: it is exiting; say how (a signal, a status).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(2.0)
         state = f"exit status {code}" if code is not None else "still running"
         return LoadError(f"{self.name} {what} ({state}); its log ends:\n{self.log_tail()}")
 
@@ -1163,6 +1168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     doc["errors"] += [f"{phase}: {e}" for e in doc[phase]["errors"]]
                 except (LoadError, OSError, KeyError, ValueError) as exc:
                     doc["errors"].append(f"{phase}: {type(exc).__name__}: {exc}")
+        if doc["errors"]:
+            # The processes' logs go with a failed run's record.
+            kept = args.out / "results" / f"load-{doc['date']}-logs"
+            shutil.copytree(logs, kept, dirs_exist_ok=True)
+            doc["logs"] = str(kept)
     written = write_all(doc, args.out)
     load, soak = doc["load"] or {}, doc["soak"] or {}
     console.print(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import faulthandler
 import itertools
 import json
 import logging
@@ -1138,6 +1139,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    faulthandler.enable()  # a crash in C (gevent, greenlet) still leaves a traceback in the log
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s {args.command}[%(process)d] %(message)s"
