@@ -13,6 +13,7 @@ The ordering contract is stated in ``docs/ordering.md``.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -486,7 +487,12 @@ class Forward:
     __slots__ = ("_active", "_bus", "_put", "id", "interest", "pattern", "sink")
 
     def __init__(
-        self, bus: Bus, pattern: str, sink: Callable[[Message], bool], interest: bool = True
+        self,
+        bus: Bus,
+        pattern: str,
+        sink: Callable[[Message], bool],
+        interest: bool = True,
+        raw: bool = False,
     ) -> None:
         self.id = next(_sub_ids)
         self.interest = interest
@@ -494,6 +500,12 @@ class Forward:
         self.sink = sink
         self._bus = bus
         self._active = True
+
+        if raw:
+            # A distinct callable per forward (the index and _by_put key on
+            # it), calling the sink with the emit's own tuple.
+            self._put: Callable[[tuple[Any, ...]], bool] = functools.partial(sink)
+            return
 
         make = bus._message_class
 
@@ -844,7 +856,12 @@ class Bus(Subscriber):
         return sub
 
     def forward(
-        self, pattern: str, sink: Callable[[Message], bool], *, interest: bool = True
+        self,
+        pattern: str,
+        sink: Callable[[Message], bool],
+        *,
+        interest: bool = True,
+        raw: bool = False,
     ) -> Forward:
         """Call ``sink(msg)`` inside :meth:`emit` for each message matching ``pattern``.
 
@@ -860,6 +877,11 @@ class Bus(Subscriber):
                 for :meth:`add_interest_listener` (a federation's own
                 outbound forward on ``>`` must not, or it would ask for
                 everything).
+            raw: call ``sink`` with the emit's plain ``(topic, data,
+                headers, reply_to)`` tuple instead of a :class:`Message`.
+                It is the same object for every raw sink of one emit, and a
+                new one per emit, so a sink may reuse work done for the same
+                message (the hub encodes a message once for all its peers).
 
         Returns:
             a :class:`Forward`; close it to stop.
@@ -873,7 +895,7 @@ class Bus(Subscriber):
         validate_pattern(pattern)
         if not callable(sink):
             raise InvalidOption("sink", sink, "a callable taking one Message")
-        fwd = Forward(self, pattern, sink, interest)
+        fwd = Forward(self, pattern, sink, interest, raw)
         self._index.add(pattern, fwd._put)
         self._forwards[fwd] = None
         self._by_put[fwd._put] = fwd  # type: ignore[assignment]

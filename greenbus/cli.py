@@ -150,8 +150,10 @@ def serve_command(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size,
         max_connections=args.max_connections,
         max_pending=args.max_pending,
+        max_pending_bytes=args.max_pending_bytes,
         slow_policy=args.slow_policy,
         max_subscriptions=args.max_subscriptions,
+        close_timeout=args.close_timeout,
         stats_interval=None if args.stats_interval <= 0 else args.stats_interval,
     )
     federation = None
@@ -338,8 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-connections", type=int, default=10_000)
     serve.add_argument("--max-pending", type=int, default=10_000, help="messages queued per peer")
+    serve.add_argument(
+        "--max-pending-bytes",
+        type=int,
+        default=8 << 20,
+        help="bytes of messages queued per peer (default 8 MiB)",
+    )
     serve.add_argument("--slow-policy", choices=("close", "drop_oldest"), default="close")
     serve.add_argument("--max-subscriptions", type=int, default=1000, help="per peer")
+    serve.add_argument(
+        "--close-timeout",
+        type=float,
+        default=5.0,
+        help="seconds for a closing handshake; a close frame not written by then aborts "
+        "the connection (a peer that stopped reading)",
+    )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument(
         "--redis",

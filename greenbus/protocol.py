@@ -53,6 +53,9 @@ __all__ = [
     "Unsub",
     "Welcome",
     "encode",
+    "encode_msg",
+    "encode_msg_body",
+    "msg_prefix",
     "parse_client",
     "parse_server",
 ]
@@ -518,40 +521,41 @@ def encode(event: ClientEvent | ServerEvent) -> str:
         raise LocalProtocolError(f"cannot encode {op}: {exc}") from None
 
 
-#: Message bodies encoded recently, so a fan-out encodes each message once,
-#: not once per subscriber: (topic, id(data), id(headers), reply_to) ->
-#: (data, headers, body).  The entry holds data and headers, so their ids
-#: cannot be reused while it lives; hits are confirmed by identity.
-_BODIES: dict[tuple[str, int, int, str | None], tuple[Any, Any, str]] = {}
-_BODIES_MAX = 4096
+def msg_prefix(sid: Id) -> str:
+    """The start of every ``msg`` frame for ``sid``: ``{"op":"msg","sid":<sid>``.
+
+    Computed once per subscription; :func:`encode_msg_body` is the rest.
+    """
+    return '{"op":"msg","sid":' + _dumps(sid)
+
+
+def encode_msg_body(
+    topic: str, data: Any, headers: Mapping[str, Any] | None, reply_to: str | None
+) -> str:
+    """The part of a ``msg`` frame after its sid: ``,"topic":...}``.
+
+    The same for every subscriber of one message, so a fan-out encodes the
+    message once and each subscriber's frame is ``msg_prefix(sid) + body``.
+
+    Raises:
+        LocalProtocolError: ``data`` or ``headers`` are not JSON-serialisable.
+    """
+    out: dict[str, Any] = {"topic": topic, "data": data}
+    if headers:
+        out["headers"] = headers
+    if reply_to is not None:
+        out["reply_to"] = reply_to
+    try:
+        return "," + _dumps(out)[1:]
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"cannot encode msg on {topic!r}: {exc}") from None
 
 
 def encode_msg(
     sid: Id, topic: str, data: Any, headers: Mapping[str, Any] | None, reply_to: str | None
 ) -> str:
-    """Fast path of ``encode(Msg(...))`` for the hub's fan-out.
-
-    The part after the sid is encoded once per message and reused for every
-    subscriber (only ``sid`` differs), then the two are spliced.
-    """
-    key = (topic, id(data), id(headers), reply_to)
-    hit = _BODIES.get(key)
-    if hit is not None and hit[0] is data and hit[1] is headers:
-        body = hit[2]
-    else:
-        out: dict[str, Any] = {"topic": topic, "data": data}
-        if headers:
-            out["headers"] = headers
-        if reply_to is not None:
-            out["reply_to"] = reply_to
-        try:
-            body = _dumps(out)
-        except (TypeError, ValueError) as exc:
-            raise LocalProtocolError(f"cannot encode msg on {topic!r}: {exc}") from None
-        if len(_BODIES) >= _BODIES_MAX:
-            _BODIES.clear()
-        _BODIES[key] = (data, headers, body)
-    return '{"op":"msg","sid":' + _dumps(sid) + "," + body[1:]
+    """``encode(Msg(sid, topic, data, headers, reply_to))``, by the hub's fast path."""
+    return msg_prefix(sid) + encode_msg_body(topic, data, headers, reply_to)
 
 
 # -- the hub side of one connection -------------------------------------------
@@ -607,6 +611,8 @@ class HubSession:
     name: str | None = None
     sids: dict[Id, str] = field(default_factory=dict)
     errors: int = 0
+    #: Error frames sent, by code; pass the hub's dict to count for all peers.
+    error_counts: dict[str, int] = field(default_factory=dict)
     outbox: list[str] = field(default_factory=list)
     close_code: CloseCode | None = None
     close_reason: str = ""
@@ -693,8 +699,14 @@ class HubSession:
         return None
 
     def _unauthorized(self, reason: str, id: Id | None = None) -> None:
-        self.outbox.append(encode(Error(ErrorCode.UNAUTHORIZED, reason, id)))
+        self.error(ErrorCode.UNAUTHORIZED, reason, id)
         self.close(CloseCode.POLICY, "unauthorized")
+
+    def error(self, code: ErrorCode, reason: str, id: Id | None = None) -> None:
+        """Queue an ``error`` frame and count it in :attr:`error_counts`."""
+        self.outbox.append(encode(Error(code, reason, id)))
+        counts = self.error_counts
+        counts[code.value] = counts.get(code.value, 0) + 1
 
     def ack(self, event: ClientEvent) -> None:
         """Queue the ``ack`` for an applied event that carried an ``id``."""
@@ -703,7 +715,7 @@ class HubSession:
 
     def reject(self, code: ErrorCode, reason: str, id: Id | None = None) -> None:
         """Queue an ``error``; close with 1008 once the peer exceeds max_errors."""
-        self.outbox.append(encode(Error(code, reason, id)))
+        self.error(code, reason, id)
         self.errors += 1
         if self.errors > self.limits.max_errors:
             self.close(CloseCode.POLICY, f"too many protocol errors ({self.errors})")

@@ -17,7 +17,7 @@ Usage, from the repository root::
    mix (connections replaced every second, one in five without a close
    frame; unsubscribe and subscribe to fresh topics every second; a fixed
    publishing rate, partly to topics nobody subscribes to; one slow consumer
-   that the hub closes with 1013 and that reconnects).  The hub's RSS is
+   that the hub closes as slow, and that reconnects).  The hub's RSS is
    sampled every second; after a warm-up, the median of the last 20% of the
    samples is compared with the median of the first 20%, and a straight
    line fitted to them gives the slope.  When every peer has left, the
@@ -776,6 +776,7 @@ def run_soak(cfg: Config, logs: Path, progress: Progress) -> dict[str, Any]:
         out["rss_after_disconnect_kib"] = hub.rss_settled()
         out["hub_closes"] = closes(m_end)
         out["hub_slow_consumers"] = int(m_end.get("greenbus_slow_consumers_total", 0))
+        out["hub_close_timeouts"] = int(m_end.get('greenbus_timeouts_total{kind="close"}', 0))
         out["hub_dropped"] = int(m_end.get("greenbus_dropped_total", 0))
         out["hub_connections_total"] = int(m_end.get("greenbus_connections_total", 0))
         out["hub_cpu_seconds"] = round(hub.cpu_seconds() - cpu_start, 3)
@@ -792,8 +793,14 @@ def run_soak(cfg: Config, logs: Path, progress: Progress) -> dict[str, Any]:
     slow_ends = result["slow_consumer"]["ends"]
     if cfg.soak_seconds >= 30 and not out["hub_slow_consumers"]:
         errors.append("the hub never closed the slow consumer as slow")
-    elif set(slow_ends) - {"1013"}:
+    elif set(slow_ends) - {"1013", "1006"}:
         errors.append(f"the slow consumer saw close codes {slow_ends}; the hub's is 1013")
+    elif slow_ends.get("1006", 0) > out["hub_close_timeouts"]:
+        # 1006 only when the hub gave up writing its close frame (close_timeout).
+        errors.append(
+            f"the slow consumer ended {slow_ends['1006']} times without a close frame, "
+            f"but the hub aborted only {out['hub_close_timeouts']} connections"
+        )
     trend = rss_trend([(s["t"], s["rss_kib"]) for s in samples], cfg.warmup)
     ok, text = verdict(trend, cfg.soak_seconds)
     out.update(
@@ -843,7 +850,8 @@ def _num(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def markdown(doc: dict[str, Any], json_name: str) -> str:
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """The table of figures and the two charts: LOAD.md's head, and RESULTS.md's section."""
     load, soak = doc.get("load") or {}, doc.get("soak") or {}
     cfg = doc["config"]
     conf, trend = soak.get("config", {}), soak.get("trend", {})
@@ -899,14 +907,7 @@ def markdown(doc: dict[str, Any], json_name: str) -> str:
         ),
         ("verdict", soak.get("verdict", "n/a"), ""),
     ]
-    lines = [
-        "# The hub under load and over time",
-        "",
-        f"Measured by `python -m perf.load{doc['argv']}` on {doc['date']} "
-        f"({doc['machine']['cpus']} CPUs, Python {doc['machine']['python']}, gevent "
-        f"{doc['machine']['gevent']}, websockets {doc['machine']['websockets']}); "
-        f"raw data in `results/{json_name}`.",
-        "",
+    return [
         "| | greenbus hub | for scale |",
         "|---|---|---|",
         *(f"| {name} | {value} | {scale} |" for name, value, scale in rows),
@@ -914,6 +915,28 @@ def markdown(doc: dict[str, Any], json_name: str) -> str:
         "![memory per connection](load.png)",
         "",
         "![hub RSS during the soak](soak_rss.png)",
+    ]
+
+
+def measured_by(doc: dict[str, Any], json_name: str) -> str:
+    """The sentence saying which command, when, where, and the raw data's file."""
+    return (
+        f"Measured by `python -m perf.load{doc['argv']}` on {doc['date']} "
+        f"({doc['machine']['cpus']} CPUs, Python {doc['machine']['python']}, gevent "
+        f"{doc['machine']['gevent']}, websockets {doc['machine']['websockets']}); "
+        f"raw data in `results/{json_name}`."
+    )
+
+
+def markdown(doc: dict[str, Any], json_name: str) -> str:
+    """``LOAD.md``: the figures, the charts, how they were measured, what was left."""
+    load, soak = doc.get("load") or {}, doc.get("soak") or {}
+    lines = [
+        "# The hub under load and over time",
+        "",
+        measured_by(doc, json_name),
+        "",
+        *summary_lines(doc),
         "",
         "## How it was measured",
         "",
@@ -930,12 +953,14 @@ def markdown(doc: dict[str, Any], json_name: str) -> str:
         "process (one monotonic clock); a figure only if every count matched.",
         "- Soak: the hub runs with its default limits.  The slow consumer has a 4 KiB "
         "receive buffer and 16 subscriptions to `soak.>` (so the hub's socket buffer fills "
-        "within seconds), reads 1 KiB every 0.2 s for 20 s, then catches up, which is when it "
-        "reads the hub's 1013.  A fifth of the pubs go to fresh topics nobody else subscribes "
-        "to; 5,000 fresh topics are published to before sampling, so the hub's two "
-        "4,096-entry caches are already full.  One in five replaced connections leaves "
-        "without a close frame.  After the soak, every peer leaves and the hub's gauges must "
-        "read zero.",
+        "within seconds), reads 1 KiB every 0.2 s for 20 s, then catches up.  The hub finds "
+        "it slow within seconds; its 1013 close frame then waits behind the full buffer, and "
+        "after `close_timeout` (5 s) the hub aborts the connection (the consumer sees 1006, "
+        "and each one must match a close timeout counted by the hub).  A fifth of the pubs "
+        "go to fresh topics nobody else subscribes to; 5,000 fresh topics are published to "
+        "before sampling, so the hub's two 4,096-entry caches are already full.  One in five "
+        "replaced connections leaves without a close frame.  After the soak, every peer "
+        "leaves and the hub's gauges must read zero.",
         "",
     ]
     if load:
@@ -1095,6 +1120,12 @@ def write_all(doc: dict[str, Any], out: Path) -> list[Path]:
             written.append(out / name)
     (out / "LOAD.md").write_text(markdown(doc, json_name))
     written.append(out / "LOAD.md")
+    # RESULTS.md carries these figures too: render it again with them.
+    from . import report
+
+    results_md = report.rewrite_markdown(out)
+    if results_md is not None:
+        written.append(results_md)
     return written
 
 

@@ -10,7 +10,7 @@ Run as ``python -m perf.load_worker COMMAND ...`` (``--help`` lists them):
   has routed the window), and reports what it sent.
 * ``soak``: the soak's whole mix for ``--seconds``: a population of
   connections with churn, subscribe/unsubscribe on fresh topics, a
-  fixed-rate publisher, and one slow consumer that the hub closes with 1013.
+  fixed-rate publisher, and one slow consumer that the hub closes as slow.
 
 Talking to the benchmark: JSON lines on stdout (``{"progress": ...}`` lines,
 ``{"ready": ...}``, then ``{"result": ...}``; a failure is ``{"error": "..."}``
@@ -944,11 +944,11 @@ class Soak:
 
         Each message reaches it once per subscription, so the hub's socket
         buffer (up to 4 MiB on Linux) fills within seconds; it reads 1 KiB
-        every 0.2 s for SLOW_PHASE seconds, then catches up at full speed,
-        which is when it reads the hub's ``error slow_consumer`` and close
-        1013 (a peer that never reads again never sees them: the hub's close
-        frame waits behind the full buffer).  When the hub closes it, it
-        reconnects a second later.
+        every 0.2 s for SLOW_PHASE seconds, then catches up at full speed.
+        The hub's ``error slow_consumer`` and close 1013 wait behind the
+        full buffer; if they are not written within the hub's close_timeout
+        (5 s), the hub aborts the connection and this consumer sees 1006.
+        When the hub closes it, it reconnects a second later.
         """
         gevent = _gevent()
 

@@ -362,8 +362,14 @@ def _units(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
     }
 
 
-def markdown(doc: dict[str, Any], json_name: str, charts: Sequence[tuple[str, str]] = ()) -> str:
-    """``RESULTS.md``: targets first, then every figure, the charts and the notes."""
+def markdown(
+    doc: dict[str, Any],
+    json_name: str,
+    charts: Sequence[tuple[str, str]] = (),
+    out: Path | None = None,
+) -> str:
+    """``RESULTS.md``: targets first, then every figure, the charts, the load and
+    soak figures of the newest ``python -m perf.load`` run under ``out``, and the notes."""
     units = _units(doc)
     m = doc["machine"]
     lines = [
@@ -408,7 +414,8 @@ def markdown(doc: dict[str, Any], json_name: str, charts: Sequence[tuple[str, st
         "|---|---|---|---|---|---|",
     ]
     lines += _result_rows(doc)
-    lines += _derived_lines(doc) + _chart_lines(charts) + _notes_lines(doc) + _error_lines(doc)
+    lines += _derived_lines(doc) + _chart_lines(charts) + _load_lines(out)
+    lines += _notes_lines(doc) + _error_lines(doc)
     return "\n".join(lines) + "\n"
 
 
@@ -450,12 +457,26 @@ def _chart_lines(charts: Sequence[tuple[str, str]]) -> list[str]:
     lines = ["", "## Charts"]
     for name, alt in charts:
         lines += ["", f"![{alt}]({name})"]
-    lines += [
-        "",
-        "The hub under 1,000 connections and a 5-minute soak (memory per connection, "
-        "RSS over time) is measured by `python -m perf.load`: see [LOAD.md](LOAD.md).",
-    ]
     return lines if charts else []
+
+
+def _load_lines(out: Path | None) -> list[str]:
+    # The newest run of `python -m perf.load` under out, if there is one.
+    from . import load
+
+    found = sorted((out / "results").glob("load-*.json")) if out is not None else []
+    if not found:
+        return []
+    doc = json.loads(found[-1].read_text(encoding="utf-8"))
+    return [
+        "",
+        "## The hub under load and over time",
+        "",
+        load.measured_by(doc, found[-1].name) + "  ",
+        "How each figure is measured, and what the processes did: [LOAD.md](LOAD.md).",
+        "",
+        *load.summary_lines(doc),
+    ]
 
 
 def _notes_lines(doc: dict[str, Any]) -> list[str]:
@@ -741,5 +762,18 @@ def write_all(doc: dict[str, Any], out: Path) -> list[Path]:
     json_path.write_text(to_json(doc), encoding="utf-8")
     drawn = [(name, alt) for name, alt, draw in CHARTS if draw(doc, out / name)]
     md_path = out / "RESULTS.md"
-    md_path.write_text(markdown(doc, json_path.name, drawn), encoding="utf-8")
+    md_path.write_text(markdown(doc, json_path.name, drawn, out), encoding="utf-8")
     return [json_path, *(out / name for name, _ in drawn), md_path]
+
+
+def rewrite_markdown(out: Path) -> Path | None:
+    """Render ``RESULTS.md`` again from the newest ``results/<date>.json`` under ``out``
+    (after a new ``perf.load`` run); None if there is no such run."""
+    found = sorted(p for p in (out / "results").glob("*.json") if not p.name.startswith("load-"))
+    if not found:
+        return None
+    doc = json.loads(found[-1].read_text(encoding="utf-8"))
+    charts = [(name, alt) for name, alt, _ in CHARTS if (out / name).exists()]
+    md_path = out / "RESULTS.md"
+    md_path.write_text(markdown(doc, found[-1].name, charts, out), encoding="utf-8")
+    return md_path

@@ -1554,3 +1554,67 @@ def test_drops_are_counted_and_never_reorder_what_is_kept(bus):
     assert len(set(seen)) == len(seen)
     assert sub.dropped > 0
     assert seen[-1] == 199
+
+
+# -- forwards (the transports' sinks) ------------------------------------------
+
+
+def test_a_forward_sink_gets_each_matching_message_inside_emit_in_order() -> None:
+    bus = Bus("fwd")
+    got: list[Message] = []
+    with bus.forward("a.*", lambda msg: got.append(msg) is None):
+        assert bus.emit("a.x", 1, headers={"k": "v"}) == 1
+        assert bus.emit("b.x", 2) == 0
+        assert bus.emit("a.y", 3, reply_to="_INBOX.r") == 1
+    assert bus.emit("a.z", 4) == 0  # closed: no longer forwarded
+    assert [(m.topic, m.data, m.reply_to) for m in got] == [
+        ("a.x", 1, None),
+        ("a.y", 3, "_INBOX.r"),
+    ]
+    assert isinstance(got[0], Message)
+    assert got[0].headers == {"k": "v"}
+    bus.close()
+
+
+def test_raw_forwards_share_the_emits_own_tuple_and_get_a_new_one_per_emit() -> None:
+    bus = Bus("raw")
+    seen: list[tuple[str, tuple[object, ...]]] = []
+
+    def sink(name: str, item: tuple[object, ...]) -> bool:
+        seen.append((name, item))
+        return True
+
+    # The same callable twice: each forward is still added and removed on its own.
+    first = bus.forward("t", lambda item: sink("first", item), raw=True)
+    second = bus.forward("t", lambda item: sink("second", item), raw=True)
+    assert bus.emit("t", {"n": 1}) == 2
+    assert bus.emit("t", {"n": 2}) == 2
+    (a1, i1), (b1, j1), (a2, i2), (b2, j2) = seen
+    assert (a1, b1, a2, b2) == ("first", "second", "first", "second")
+    assert i1 is j1 and i2 is j2  # one object per emit, for every raw sink
+    assert i1 is not i2
+    assert i1 == ("t", {"n": 1}, None, None)
+    first.close()
+    assert bus.emit("t", 3) == 1
+    second.close()
+    assert bus.emit("t", 4) == 0
+    assert bus.forwards() == []
+    bus.close()
+
+
+def test_two_raw_forwards_of_one_sink_are_two_forwards() -> None:
+    bus = Bus("same-sink")
+    got: list[object] = []
+
+    def sink(item: tuple[object, ...]) -> bool:
+        got.append(item[1])
+        return True
+
+    one = bus.forward("t", sink, raw=True)
+    two = bus.forward("t", sink, raw=True)
+    assert bus.emit("t", "x") == 2
+    one.close()
+    assert bus.emit("t", "y") == 1
+    two.close()
+    assert got == ["x", "x", "y"]
+    bus.close()

@@ -59,3 +59,36 @@ def test_the_readme_remote_example_runs_against_a_real_hub() -> None:
             hub.wait()
         if hub.stdout is not None:
             hub.stdout.close()
+
+
+def test_every_hub_metric_is_documented_in_the_protocol_reference() -> None:
+    import greenbus
+    from greenbus import HubServer
+
+    hub = HubServer(greenbus.Bus("docs"), stats_interval=None)
+    try:
+        names = set(re.findall(r"^# HELP (greenbus_\w+) ", hub.metrics(), re.M))
+    finally:
+        hub.bus.close()
+    documented = set(re.findall(r"`(greenbus_\w+)", (ROOT / "docs/protocol.md").read_text()))
+    assert len(names) > 10
+    assert names - documented == set()
+
+
+def test_every_greenbus_serve_option_is_documented() -> None:
+    from greenbus.cli import build_parser
+
+    parser = build_parser()
+    serve = next(
+        action.choices["serve"]
+        for action in parser._actions
+        if getattr(action, "choices", None) and "serve" in action.choices
+    )
+    options = {
+        opt for action in serve._actions for opt in action.option_strings if opt.startswith("--")
+    } - {"--help"}
+    docs = "".join(
+        p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    )
+    assert len(options) > 10
+    assert sorted(o for o in options if f"`{o}" not in docs and f" {o}" not in docs) == []

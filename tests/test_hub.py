@@ -291,6 +291,7 @@ def test_a_protocol_error_is_answered_with_its_code_and_the_connection_stays_ope
         assert error["reason"]
         assert error.get("id") == id
         assert ask(ws, op="ping", id="after") == {"op": "pong", "id": "after"}
+    assert hub_process.metrics()[f'greenbus_errors_total{{code="{code}"}}'] == 1
 
 
 @pytest.mark.parametrize("hub_process", [("--max-subscriptions", "3")], indirect=True)
@@ -391,6 +392,8 @@ def test_a_token_hub_closes_a_peer_that_sends_no_hello_within_hello_timeout_with
     assert closed == (1008, "unauthorized")
     assert 0.4 < waited < 4.5, waited
     wait_until(lambda: not hub.peers, 5, "the peer to be forgotten")
+    assert 'greenbus_timeouts_total{kind="hello"} 1\n' in hub.metrics()
+    assert 'greenbus_errors_total{code="unauthorized"} 1\n' in hub.metrics()
 
 
 def test_a_hello_in_time_stops_the_hello_timeout(local_hub: Callable[..., HubServer]) -> None:
@@ -550,6 +553,7 @@ def test_a_peer_that_answers_no_keepalive_ping_is_closed_with_1011(
     assert closed == (1011, "keepalive ping timeout")
     assert waited > 0.4, waited
     wait_until(lambda: not hub.peers, 5, "the peer to be forgotten")
+    assert 'greenbus_timeouts_total{kind="keepalive"} 1\n' in hub.metrics()
 
 
 def test_a_peer_that_answers_keepalive_pings_stays_open(
@@ -577,6 +581,7 @@ def test_a_connection_that_does_not_finish_the_http_upgrade_in_time_is_closed(
         sock.sendall(request_bytes)
         assert sock.recv(1024) == b""
     assert hub.counters["connections_total"] == 0
+    assert 'greenbus_timeouts_total{kind="handshake"} 1\n' in hub.metrics()
 
 
 # -- 4. ordering ----------------------------------------------------------------------
@@ -825,7 +830,11 @@ def flood(hub: HubProcess, fast: FastSubscriber, count: int, size: int) -> int:
     return max(peak, hub.rss_kib())
 
 
-@pytest.mark.parametrize("hub_process", [("--max-pending", "1000")], indirect=True)
+# --close-timeout 60: the slow peer reads what it was sent only after the
+# flood, and its close frame must still be waiting for it then.
+@pytest.mark.parametrize(
+    "hub_process", [("--max-pending", "1000", "--close-timeout", "60")], indirect=True
+)
 def test_a_peer_that_never_reads_is_closed_with_1013_and_the_fast_subscriber_gets_everything(
     hub_process: HubProcess,
 ) -> None:
@@ -856,6 +865,105 @@ def test_a_peer_that_never_reads_is_closed_with_1013_and_the_fast_subscriber_get
     assert samples["greenbus_slow_consumers_total"] == 1
     assert samples["greenbus_dropped_total"] >= 1
     assert samples["greenbus_remote_subscriptions"] == 0
+
+
+@pytest.mark.parametrize(
+    "hub_process",
+    [("--max-pending-bytes", "300000", "--close-timeout", "60")],
+    indirect=True,
+)
+def test_a_peer_past_max_pending_bytes_is_closed_with_1013_before_max_pending_messages(
+    hub_process: HubProcess,
+) -> None:
+    # 10 KB messages: 300,000 bytes are about 30 of them, far below the
+    # 10,000 messages of max_pending, so the bytes limit is the one hit.
+    count = 3000
+    with RawClient(hub_process.url, rcvbuf=4096) as slow:
+        slow.send_json(op="sub", sid="slow", topic="flood.>", id=1)
+        assert slow.recv_json() == {"op": "ack", "id": 1}
+        fast = FastSubscriber(hub_process.url, count)
+        try:
+            flood(hub_process, fast, count, 10_000)
+        finally:
+            fast.close()
+        assert fast.got == list(range(count))
+        frames, closed = slow.until_closed()
+    assert closed == (1013, "slow consumer")
+    assert frames[-1] == {
+        "op": "error",
+        "code": "slow_consumer",
+        "reason": "more than 300000 bytes pending; closing",
+    }
+    delivered = [f["data"]["n"] for f in frames[:-1]]
+    assert delivered == list(range(len(delivered)))  # a prefix, in order
+    samples = metric_eventually(hub_process, "greenbus_connections", lambda v: v == 0)
+    assert samples["greenbus_slow_consumers_total"] == 1
+    assert samples['greenbus_errors_total{code="slow_consumer"}'] == 1
+    # Lossless accounting: what it did not get was counted as dropped.
+    assert samples["greenbus_dropped_total"] == count - len(delivered)
+
+
+def test_a_peer_that_stops_reading_entirely_is_aborted_when_its_close_frame_cannot_be_written(
+    local_hub: Callable[..., HubServer],
+) -> None:
+    # The slow peer's socket buffers fill, so the hub's close frame (1013)
+    # can never be written: after close_timeout the hub aborts the TCP
+    # connection instead of waiting for keepalive (20 s + 20 s) to notice.
+    hub = local_hub(close_timeout=0.5, max_pending_bytes=1 << 20)
+    payload = "x" * 65536
+    with RawClient(hub.url, rcvbuf=4096) as slow:
+        slow.send_json(op="sub", sid="slow", topic="big.>", id=1)
+        assert slow.recv_json() == {"op": "ack", "id": 1}
+        sent = 0
+        while not hub.counters["slow_consumers"]:
+            assert sent < 2000, "128 MB sent and the peer was never found slow"
+            hub.bus.emit("big.data", payload)
+            sent += 1
+            gevent.sleep(0)  # the peer's writer runs until its socket is full
+        flagged = time.monotonic()
+        wait_until(lambda: not hub.peers, 10, "the slow peer to be aborted")
+        gone_after = time.monotonic() - flagged
+        # What reached the peer's socket before the abort, then no close frame.
+        with pytest.raises((EOFError, ConnectionError)):
+            while True:
+                slow.next_frame()
+        assert slow.protocol.close_rcvd is None
+    assert gone_after < 5, f"the peer went {gone_after:.1f} s after it was found slow"
+    metrics = hub.metrics()
+    assert 'greenbus_timeouts_total{kind="close"} 1\n' in metrics
+    assert 'greenbus_closes_total{code="1006"} 1\n' in metrics
+    assert "greenbus_slow_consumers_total 1\n" in metrics
+
+
+# 10-20 MB in all: more than the socket buffers take, so the queue fills.
+@pytest.mark.parametrize(("size", "count"), [(1000, 10_000), (20_000, 1000)])
+def test_with_drop_oldest_max_pending_bytes_bounds_the_queue_and_every_drop_is_counted(
+    local_hub: Callable[..., HubServer], size: int, count: int
+) -> None:
+    limit = 100_000
+    hub = local_hub(max_pending_bytes=limit, slow_policy="drop_oldest")
+    padding = "x" * size
+    with RawClient(hub.url, rcvbuf=4096) as slow:
+        slow.send_json(op="sub", sid="s", topic="flood.>", id=1)
+        assert slow.recv_json() == {"op": "ack", "id": 1}
+        (peer,) = hub.peers.values()
+        most = 0
+        for n in range(count):
+            hub.bus.emit("flood.data", {"n": n, "pad": padding})
+            most = max(most, peer.pending_bytes)
+            if n % 50 == 0:
+                gevent.sleep(0)
+        assert 0 < most <= limit
+        slow.send_json(op="ping", id="end")
+        delivered = []
+        while (frame := slow.recv_json())["op"] == "msg":
+            delivered.append(frame["data"]["n"])
+        assert frame == {"op": "pong", "id": "end"}
+        assert peer.pending_bytes == 0  # every byte counted in was counted out
+    assert all(a < b for a, b in pairwise(delivered))
+    assert delivered[-1] == count - 1
+    assert hub.counters["dropped"] == peer.dropped == count - len(delivered) > 0
+    assert hub.counters["slow_consumers"] == 0
 
 
 @pytest.mark.parametrize(

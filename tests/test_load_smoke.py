@@ -33,6 +33,10 @@ def _number(value: Any) -> bool:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("load")
+    # A `python -m perf` record, so the run renders RESULTS.md with its figures.
+    (out / "results").mkdir()
+    newest = sorted((ROOT / "perf" / "results").glob("2*.json"))[-1]
+    (out / "results" / newest.name).write_bytes(newest.read_bytes())
     proc = subprocess.run(
         [
             sys.executable,
@@ -66,6 +70,21 @@ def test_the_quick_run_succeeds_and_writes_the_report_the_json_and_the_charts(
     for chart in ("load.png", "soak_rss.png"):
         assert (out / chart).read_bytes().startswith(PNG), chart
     assert len(list((out / "results").glob("load-*.json"))) == 1
+
+
+def test_results_md_gets_the_load_and_soak_figures_and_charts_of_the_run(
+    run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _, out = run
+    (path,) = (out / "results").glob("load-*.json")
+    doc = json.loads(path.read_text())
+    results = (out / "RESULTS.md").read_text()
+    section = results[results.index("## The hub under load and over time") :]
+    assert f"results/{path.name}" in section
+    assert "![memory per connection](load.png)" in section
+    assert "![hub RSS during the soak](soak_rss.png)" in section
+    assert doc["soak"]["verdict"] in section
+    assert "## Targets for greenbus" in results  # the rest of RESULTS.md is still there
 
 
 def test_the_json_has_a_number_for_every_figure_of_the_report(

@@ -39,6 +39,8 @@ from greenbus.protocol import (
     Welcome,
     encode,
     encode_msg,
+    encode_msg_body,
+    msg_prefix,
     parse_client,
     parse_server,
 )
@@ -1324,3 +1326,23 @@ def test_the_unauthorized_answer_to_a_bad_first_frame_echoes_its_readable_id(fir
     session.receive(first)
     assert [(f["code"], f.get("id")) for f in sent(session)] == [("unauthorized", 7)]
     assert session.close_code is CloseCode.POLICY
+
+
+def test_msg_prefix_and_body_splice_into_the_frame_encode_writes() -> None:
+    body = encode_msg_body("a.b", {"x": [1, "é"]}, {"k": "v"}, "_INBOX.1")
+    assert body.startswith(',"topic":')
+    assert msg_prefix(7) + body == encode(Msg(7, "a.b", {"x": [1, "é"]}, {"k": "v"}, "_INBOX.1"))
+    assert msg_prefix("s") + body == encode_msg("s", "a.b", {"x": [1, "é"]}, {"k": "v"}, "_INBOX.1")
+
+
+def test_a_session_counts_its_error_frames_by_code_in_a_dict_it_may_share() -> None:
+    shared: dict[str, int] = {}
+    one = HubSession(server="hub", peer="p1", error_counts=shared)
+    two = HubSession(server="hub", peer="p2", error_counts=shared)
+    one.receive("not json")
+    one.receive('{"op":"nope"}')
+    two.receive("{")
+    two.receive('{"op":"unsub","sid":"x"}')
+    assert shared == {"bad_json": 2, "unknown_op": 1, "unknown_sid": 1}
+    assert [f["code"] for f in sent(one)] == ["bad_json", "unknown_op"]
+    assert anonymous().error_counts == {}  # its own dict by default

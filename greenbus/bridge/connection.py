@@ -42,6 +42,9 @@ READ_SIZE = 65536
 YIELD_AFTER = 4096
 #: Queued items framed per write, at most.
 MAX_BATCH = 1024
+#: Bytes of text framed per write, at most (a batch stops growing past it),
+#: so a peer that stops reading holds at most this much in its writer.
+MAX_BATCH_BYTES = 256 * 1024
 
 
 class _NoFrameLogging(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -78,7 +81,10 @@ class Connection:
         name: for logs and repr.
         ping_interval: send a ping after this many idle seconds (None: never).
         ping_timeout: close with 1011 if no data arrives this long after a ping.
-        close_timeout: how long to wait for the peer's close frame / EOF.
+        close_timeout: how long to wait for the peer's close frame / EOF;
+            also how long :meth:`close` waits for its close frame to be
+            written before it aborts the TCP connection (a peer that stopped
+            reading never frees room in the socket buffer).
         recv: reads up to n bytes (default ``sock.recv``); e.g. a buffered
             reader's ``read1`` when a server read ahead during the handshake.
     """
@@ -117,6 +123,12 @@ class Connection:
         self._reader: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None
         self._closed_event = gevent.event.Event()
+        self._close_timer: gevent.Greenlet | None = None
+        self._close_framed = False
+        self._close_written = False
+        #: Why the connection was given up on, if it timed out: "keepalive"
+        #: (no pong) or "close" (the close frame could not be written).
+        self.timed_out: str | None = None
         self.sent = 0
         self.received = 0
         self.bytes_out = 0
@@ -168,12 +180,21 @@ class Connection:
             return False
         return self._out.put(item)
 
-    def discard_pending(self) -> int:
-        """Drop everything queued and not yet written; return how many."""
-        return self._out.discard()
+    def discard_messages(self) -> int:
+        """Drop every queued *message* not yet written; return how many.
 
-    def drop_oldest(self) -> bool:
-        """Drop the oldest queued *message*; False if none is queued.
+        As in :meth:`drop_oldest`, text frames queued as strings and close
+        requests stay.
+        """
+        queue = self._out._queue
+        kept = [item for item in queue if isinstance(item, (str, _Flush, _CloseRequest))]
+        lost = len(queue) - len(kept)
+        queue.clear()
+        queue.extend(kept)
+        return lost
+
+    def drop_oldest(self) -> Any:
+        """Drop the oldest queued *message* and return it; None if none is queued.
 
         Text frames queued as strings (acks, errors, pongs) and close
         requests are never dropped: only items for ``serialize``.
@@ -185,14 +206,35 @@ class Connection:
                     queue.popleft()
                 else:
                     del queue[i]
-                return True
-        return False
+                return item
+        return None
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake after what is already queued."""
+        """Start the closing handshake after what is already queued.
+
+        If the close frame is not written within ``close_timeout`` (the
+        peer stopped reading and the socket buffer is full), the TCP
+        connection is aborted: the peer then sees no close frame (1006).
+        """
         if self.protocol.state is State.OPEN:
             # Queued behind pending items, so they are written first.
             self._out.put(_CloseRequest(code, reason))
+            if self._close_timer is None:
+                self._close_timer = gevent.spawn_later(
+                    self._close_timeout, self._close_overdue, code
+                )
+
+    def _close_overdue(self, code: int) -> None:
+        if self._close_written or self._closed_event.is_set():
+            return
+        self.timed_out = "close"
+        logger.warning(
+            "%s: close frame (%d) not written within %s s (the peer is not reading); aborting",
+            self.name,
+            code,
+            self._close_timeout,
+        )
+        self.abort()
 
     def abort(self) -> None:
         """Close the TCP connection at once."""
@@ -215,26 +257,32 @@ class Connection:
                     item = get()
                 except EndOfChannel:
                     return
-                batch = [item]
-                while queue and len(batch) < MAX_BATCH:
-                    batch.append(get())
-                self._in_batch = len(batch)
-                for item in batch:
+                # Frame what is queued now, up to MAX_BATCH items or
+                # MAX_BATCH_BYTES, then write it with one sendall.
+                taken = 1
+                framed = 0
+                while True:
+                    self._in_batch = taken
                     if item is _FLUSH:
-                        continue
-                    if isinstance(item, _CloseRequest):
+                        pass
+                    elif isinstance(item, _CloseRequest):
                         if protocol.state is State.OPEN:
                             protocol.send_close(item.code, item.reason)
-                        continue
-                    if protocol.state is not State.OPEN:
-                        continue
-                    text = item if isinstance(item, str) else serialize(item)  # type: ignore[misc]
-                    if text is None:
-                        continue  # the serializer refused it (and counted it)
-                    protocol.send_text(text.encode())
-                    self.sent += 1
+                            self._close_framed = True
+                    elif protocol.state is State.OPEN:
+                        text = item if isinstance(item, str) else serialize(item)  # type: ignore[misc]
+                        if text is not None:  # None: the serializer refused it (and counted it)
+                            data = text.encode()
+                            protocol.send_text(data)
+                            framed += len(data)
+                            self.sent += 1
+                    if not queue or taken >= MAX_BATCH or framed >= MAX_BATCH_BYTES:
+                        break
+                    item = get()
+                    taken += 1
+                written = self._flush()
                 self._in_batch = 0
-                if not self._flush():
+                if not written:
                     return
         except Exception:
             logger.exception("%s: writer failed", self.name)
@@ -252,6 +300,8 @@ class Connection:
             if data:
                 self.sock.sendall(data)
                 self.bytes_out += len(data)
+                if self._close_framed:
+                    self._close_written = True
             if eof:
                 self.sock.shutdown(socket.SHUT_WR)
                 return False
@@ -320,6 +370,7 @@ class Connection:
         with Timeout(self._ping_timeout, False):
             return self._recv_raw(None)
         logger.info("%s: no pong within %s s; closing", self.name, self._ping_timeout)
+        self.timed_out = "keepalive"
         if self.protocol.state is State.OPEN:
             self.protocol.fail(1011, "keepalive ping timeout")
             self._out.put(_FLUSH)
@@ -393,6 +444,8 @@ class Connection:
             else 1006
         )
         self._out.close()
+        if self._close_timer is not None:
+            self._close_timer.kill(block=False)
         if self._writer is not None:
             self._writer.join(timeout=self._close_timeout)
             if not self._writer.dead:

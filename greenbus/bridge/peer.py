@@ -3,9 +3,11 @@
 The glue between a :class:`~greenbus.bridge.connection.Connection` (bytes
 and frames) and a :class:`~greenbus.Bus` (routing), driven by the sans-I/O
 :class:`~greenbus.protocol.HubSession`.  A remote ``sub`` becomes a
-:meth:`Bus.forward` whose sink appends ``(sid, message)`` to the peer's
-outbound queue: the emitter never waits for the peer, and every message to
-one peer, whatever its sid, leaves in emit order.
+:meth:`Bus.forward` whose sink encodes the message (once per emit, however
+many peers it goes to) and appends it to the peer's outbound queue: the
+emitter never waits for the peer, and every message to one peer, whatever
+its sid, leaves in emit order.  The queue is bounded in messages and in
+bytes (:class:`PeerLimits`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from typing import Any
 import gevent
 
 from ..acl import INBOX_PREFIX
-from ..bus import Bus, Forward, Message
+from ..bus import Bus, Forward
 from ..exceptions import BusClosed, ChannelFull
 from ..protocol import (
     CloseCode,
-    Error,
     ErrorCode,
     HubSession,
     Id,
@@ -34,8 +35,8 @@ from ..protocol import (
     SessionState,
     Sub,
     Unsub,
-    encode,
-    encode_msg,
+    encode_msg_body,
+    msg_prefix,
 )
 from ..topics import is_wildcard
 from .connection import Connection
@@ -56,7 +57,10 @@ class PeerLimits:
 
     #: Messages queued to the peer and not yet written, at most.
     max_pending: int = 10_000
-    #: What happens past max_pending: "close" (error slow_consumer, close
+    #: Bytes of encoded messages queued to the peer, at most (one message
+    #: alone may exceed it; the writer holds up to 256 KiB more in flight).
+    max_pending_bytes: int = 8 << 20
+    #: What happens past either limit: "close" (error slow_consumer, close
     #: 1013) or "drop_oldest" (drop and count).
     slow_policy: str = "close"
     #: Seconds a peer has to send hello when a token is required.
@@ -70,6 +74,8 @@ class PeerLimits:
             )
         if self.max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, not {self.max_pending!r}")
+        if self.max_pending_bytes < 1:
+            raise ValueError(f"max_pending_bytes must be >= 1, not {self.max_pending_bytes!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,7 @@ class PeerStatistics:
     address: str
     subscriptions: tuple[str, ...]
     pending: int
+    pending_bytes: int
     received: int
     sent: int
     dropped: int
@@ -98,6 +105,7 @@ class Peer:
         authenticate: Callable[[str | None], Any] | None,
         on_gone: Callable[[Peer], None],
         counters: dict[str, int],
+        error_counts: dict[str, int] | None = None,
     ) -> None:
         self.id = f"p{next(_peer_ids)}"
         self.address = address
@@ -108,11 +116,14 @@ class Peer:
             peer=self.id,
             authenticate=authenticate,
             limits=limits.session,
+            error_counts=error_counts if error_counts is not None else {},
         )
         self.connection: Connection | None = None
         self.forwards: dict[Id, Forward] = {}
         self.dropped = 0
         self.encode_errors = 0
+        #: Bytes of the messages in the outbound queue (not yet serialized).
+        self.pending_bytes = 0
         self._slow = False
         self._closing = False
         self._gone = False
@@ -143,6 +154,7 @@ class Peer:
             address=self.address,
             subscriptions=tuple(f.pattern for f in self.forwards.values()),
             pending=conn.pending if conn is not None else 0,
+            pending_bytes=self.pending_bytes,
             received=conn.received if conn is not None else 0,
             sent=conn.sent if conn is not None else 0,
             dropped=self.dropped,
@@ -163,10 +175,8 @@ class Peer:
             except Exception:
                 # Our fault, not the peer's: say so, and close with 1011.
                 logger.exception("%s: internal error applying %r", self.id, event)
-                self._counters["internal_errors"] = self._counters.get("internal_errors", 0) + 1
-                session.outbox.append(
-                    encode(Error(ErrorCode.INTERNAL, "internal error; see the hub's log", event.id))
-                )
+                _count(self._counters, "internal_errors")
+                session.error(ErrorCode.INTERNAL, "internal error; see the hub's log", event.id)
                 session.close(CloseCode.INTERNAL_ERROR, "internal error")
         if session.outbox or session.close_code is not None:
             self.on_text_done()
@@ -188,8 +198,8 @@ class Peer:
             # A wildcard never receives other peers' request inboxes: replies
             # reach only an exact subscription to the (unguessable) inbox.
             deliver = self._deliver_public if is_wildcard(event.topic) else self._deliver
-            sink = functools.partial(deliver, event.sid)
-            self.forwards[event.sid] = self.bus.forward(event.topic, sink)
+            sink = functools.partial(deliver, msg_prefix(event.sid))
+            self.forwards[event.sid] = self.bus.forward(event.topic, sink, raw=True)
             session.ack(event)
         else:
             forward = self.forwards.pop(event.sid, None)
@@ -199,9 +209,11 @@ class Peer:
 
     def _hello_deadline(self) -> None:
         if self.session.state is SessionState.AWAITING_HELLO and self.connection is not None:
-            self.session.outbox.append(
-                encode(Error(ErrorCode.UNAUTHORIZED, "no hello with a token in time"))
+            _count(self._counters, "timeouts_hello")
+            logger.info(
+                "%s %s: no hello within %s s", self.id, self.address, self.limits.hello_timeout
             )
+            self.session.error(ErrorCode.UNAUTHORIZED, "no hello with a token in time")
             self.session.close(CloseCode.POLICY, "unauthorized")
             self.on_text_done()
 
@@ -230,25 +242,59 @@ class Peer:
 
     # -- to the peer ---------------------------------------------------------
 
-    def _deliver_public(self, sid: Id, msg: Message) -> bool:
-        if msg[0].startswith(INBOX_PREFIX):
+    def _deliver_public(self, prefix: str, item: tuple[Any, ...]) -> bool:
+        if item[0].startswith(INBOX_PREFIX):
             return False
-        return self._deliver(sid, msg)
+        return self._deliver(prefix, item)
 
-    def _deliver(self, sid: Id, msg: Message) -> bool:
-        # The Forward sink: runs inside bus.emit, in the emitter's greenlet.
-        # Only queue; never block, never switch.
+    def _deliver(self, prefix: str, item: tuple[Any, ...]) -> bool:
+        # The Forward sink: runs inside bus.emit, in the emitter's greenlet,
+        # with the emit's (topic, data, headers, reply_to).  Only encode and
+        # queue; never block, never switch.
         conn = self.connection
-        if conn is None or self._gone or self._slow:
+        if conn is None or self._gone:
             return False
-        if conn.pending >= self.limits.max_pending:
-            if self.limits.slow_policy == "drop_oldest":
-                conn.drop_oldest()
-                self._drop()
+        if self._slow:
+            # Closing as a slow consumer: it matched, and will never be
+            # written.  Counted, so delivered + dropped == routed to this peer.
+            self.dropped += 1
+            self._counters["dropped"] += 1
+            return False
+        body = _encoded_body(item)
+        if type(body) is not str:
+            exc = body
+            self.encode_errors += 1
+            self._counters["encode_errors"] += 1
+            if self.encode_errors == 1 or self.encode_errors % 10_000 == 0:
+                logger.error("%s: message on %r not sent: %s", self.id, item[0], exc)
+            return False
+        size = len(prefix) + len(body)
+        limits = self.limits
+        if conn.pending >= limits.max_pending or (
+            self.pending_bytes and self.pending_bytes + size > limits.max_pending_bytes
+        ):
+            if limits.slow_policy == "drop_oldest":
+                self._make_room(conn, size)
             else:
-                self._slow_consumer()
+                self._slow_consumer(size)
                 return False
-        return conn.send((sid, msg))
+        if conn.send((prefix, body)):
+            self.pending_bytes += size
+            return True
+        return False
+
+    def _make_room(self, conn: Connection, size: int) -> None:
+        # drop_oldest: drop queued messages until this one fits both limits
+        # (never acks, errors or pongs; those are few and must arrive).
+        limits = self.limits
+        while conn.pending >= limits.max_pending or (
+            self.pending_bytes and self.pending_bytes + size > limits.max_pending_bytes
+        ):
+            old = conn.drop_oldest()
+            if old is None:
+                return
+            self.pending_bytes -= len(old[0]) + len(old[1])
+            self._drop()
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -261,45 +307,40 @@ class Peer:
                 self.dropped,
             )
 
-    def _slow_consumer(self) -> None:
+    def _slow_consumer(self, size: int) -> None:
         self._slow = True
         conn = self.connection
         assert conn is not None
-        lost = conn.discard_pending()
+        limits = self.limits
+        if conn.pending >= limits.max_pending:
+            why = f"more than {limits.max_pending} messages pending"
+        else:
+            why = f"more than {limits.max_pending_bytes} bytes pending"
+        # The messages queued, and the one that did not fit (acks and
+        # errors already queued stay, and go out before the close).
+        lost = conn.discard_messages() + 1
+        self.pending_bytes = 0
         self.dropped += lost
         self._counters["dropped"] += lost
         self._counters["slow_consumers"] += 1
         logger.warning(
-            "%s %s: slow consumer (%d messages pending); closing with 1013, %d dropped",
+            "%s %s: slow consumer (%s); closing with 1013, %d dropped",
             self.id,
             self.address,
-            self.limits.max_pending,
+            why,
             lost,
         )
-        conn.send(
-            encode(
-                Error(
-                    ErrorCode.SLOW_CONSUMER,
-                    f"more than {self.limits.max_pending} messages pending; closing",
-                )
-            )
-        )
+        self.session.error(ErrorCode.SLOW_CONSUMER, f"{why}; closing")
+        for frame in self.session.take_outbox():
+            conn.send(frame)
         conn.close(int(CloseCode.TRY_AGAIN_LATER), "slow consumer")
 
-    def serialize(self, item: Any) -> str | None:
-        """Encode a queued ``(sid, message)`` (the connection's writer calls it)."""
-        sid, msg = item
-        try:
-            # msg[2] is the headers dict itself (shared by every subscriber),
-            # so encode_msg can reuse one encoding for the whole fan-out.
-            text = encode_msg(sid, msg[0], msg[1], msg[2] or None, msg[3])
-        except LocalProtocolError as exc:
-            self.encode_errors += 1
-            self._counters["encode_errors"] += 1
-            logger.error("%s: message on %r not sent: %s", self.id, msg.topic, exc)
-            return None
+    def serialize(self, item: tuple[str, str]) -> str:
+        """The text of a queued message (the connection's writer calls it)."""
+        prefix, body = item
+        self.pending_bytes -= len(prefix) + len(body)
         self._counters["messages_out"] += 1
-        return text
+        return prefix + body
 
     # -- the end -------------------------------------------------------------
 
@@ -316,7 +357,35 @@ class Peer:
             except Exception:  # the bus may be closing on another path
                 logger.debug("%s: closing %r failed", self.id, forward, exc_info=True)
         self.forwards.clear()
-        key = f"closed_{int(code)}"
-        self._counters[key] = self._counters.get(key, 0) + 1
+        _count(self._counters, f"closed_{int(code)}")
+        conn = self.connection
+        if conn is not None and conn.timed_out is not None:
+            _count(self._counters, f"timeouts_{conn.timed_out}")
         logger.info("%s %s disconnected (code %s)", self.id, self.address, code)
         self._on_gone(self)
+
+
+def _count(counters: dict[str, int], key: str) -> None:
+    counters[key] = counters.get(key, 0) + 1
+
+
+# The message encoded last, by the identity of the emit's tuple (forwards are
+# raw: every peer of one emit gets the same tuple), so a fan-out to N peers
+# encodes once (or fails once).  Holding the tuple keeps its id from being
+# reused.
+_last_item: tuple[Any, ...] | None = None
+_last_body: str | LocalProtocolError = ""
+
+
+def _encoded_body(item: tuple[Any, ...]) -> str | LocalProtocolError:
+    # The body of the msg frame for item, or why it cannot be encoded.
+    global _last_item, _last_body
+    if item is not _last_item:
+        try:
+            body: str | LocalProtocolError = encode_msg_body(
+                item[0], item[1], item[2] or None, item[3]
+            )
+        except LocalProtocolError as exc:
+            body = exc
+        _last_item, _last_body = item, body
+    return _last_body

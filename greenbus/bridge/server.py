@@ -60,6 +60,9 @@ WEB_FILES = {
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
 }
 
+#: The kinds of timeout counted in ``greenbus_timeouts_total``.
+TIMEOUT_KINDS = ("handshake", "hello", "keepalive", "close")
+
 #: Default maximum message size (bytes), as in ``websockets``.
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 
@@ -88,6 +91,9 @@ class HubConfig:
     handshake_timeout: float = 10.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    #: Seconds to wait for the peer's part of the closing handshake, and for
+    #: the hub's close frame to be written (then the TCP connection is aborted).
+    close_timeout: float = 5.0
     peer: PeerLimits = field(default_factory=PeerLimits)
 
     def __post_init__(self) -> None:
@@ -97,6 +103,8 @@ class HubConfig:
             raise ValueError(f"max_message_size must be >= 64 bytes, not {self.max_message_size!r}")
         if self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, not {self.max_connections!r}")
+        if self.close_timeout <= 0:
+            raise ValueError(f"close_timeout must be > 0, not {self.close_timeout!r}")
 
 
 class HubServer:
@@ -124,6 +132,8 @@ class HubServer:
             "encode_errors": 0,
             "http_requests": 0,
         }
+        #: Error frames sent to peers, by code (every peer's HubSession adds here).
+        self.error_counts: dict[str, int] = {}
         self._server: StreamServer | None = None
         self._stats_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
@@ -259,6 +269,7 @@ class HubServer:
                     "address": s.address,
                     "subscriptions": [p for p in s.subscriptions if not p.startswith(INBOX_PREFIX)],
                     "pending": s.pending,
+                    "pending_bytes": s.pending_bytes,
                     "received": s.received,
                     "sent": s.sent,
                     "dropped": s.dropped,
@@ -327,6 +338,8 @@ class HubServer:
                 with Timeout(cfg.handshake_timeout):
                     sock.do_handshake()  # type: ignore[attr-defined]
             except (Timeout, OSError) as exc:
+                if isinstance(exc, Timeout):
+                    self._count("timeouts_handshake")
                 logger.info("%s: TLS handshake failed or timed out: %s", where, exc)
                 sock.close()
                 return
@@ -392,6 +405,7 @@ class HubServer:
             authenticate=self._authenticate,
             on_gone=self._forget,
             counters=self.counters,
+            error_counts=self.error_counts,
         )
         connection = Connection(
             sock,
@@ -402,6 +416,7 @@ class HubServer:
             name=f"{peer.id}@{where}",
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
+            close_timeout=cfg.close_timeout,
             recv=recv,
         )
         self.peers[peer.id] = peer
@@ -419,6 +434,9 @@ class HubServer:
 
     def _forget(self, peer: Peer) -> None:
         self.peers.pop(peer.id, None)
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
 
     def _read_request(
         self, sock: socket.socket, protocol: ServerProtocol, where: str
@@ -439,6 +457,7 @@ class HubServer:
                     logger.info("%s: bad HTTP request: %s", where, protocol.handshake_exc)
                     self._send(sock, protocol, protocol.reject(400, "bad request\n"))
                     return None
+        self._count("timeouts_handshake")
         logger.info(
             "%s: no complete HTTP request within %s s", where, self.config.handshake_timeout
         )
@@ -538,6 +557,20 @@ class HubServer:
             "Messages not JSON-encodable, not sent.",
             [("", c["encode_errors"])],
         )
+        metric(
+            "errors_total",
+            "counter",
+            "error frames sent to peers, by code (limit, forbidden, bad_json, ...).",
+            [(f'{{code="{code}"}}', v) for code, v in sorted(self.error_counts.items())],
+        )
+        timeouts = {kind: c.get(f"timeouts_{kind}", 0) for kind in TIMEOUT_KINDS}
+        metric(
+            "timeouts_total",
+            "counter",
+            "Connections given up on: handshake (HTTP upgrade or TLS), hello (no token in "
+            "time), keepalive (no pong), close (close frame not written: peer not reading).",
+            [(f'{{kind="{kind}"}}', v) for kind, v in timeouts.items()],
+        )
         closes = sorted((k[len("closed_") :], v) for k, v in c.items() if k.startswith("closed_"))
         metric(
             "closes_total",
@@ -550,6 +583,12 @@ class HubServer:
             "gauge",
             "Messages queued to each peer.",
             [(f'{{peer="{p.id}"}}', p.pending) for p in peers],
+        )
+        metric(
+            "queue_bytes",
+            "gauge",
+            "Bytes of messages queued to each peer (max_pending_bytes bounds it).",
+            [(f'{{peer="{p.id}"}}', p.pending_bytes) for p in peers],
         )
         metric(
             "peer_dropped_total",
@@ -598,10 +637,13 @@ def serve(bus: Bus, host: str = "127.0.0.1", port: int = 8765, **options: Any) -
 
     ``options`` are the fields of :class:`HubConfig` (``token``,
     ``max_message_size``, ...) and, for the per-peer limits, ``max_pending``,
-    ``slow_policy``, ``hello_timeout``, ``max_subscriptions``, ``max_errors``.
+    ``max_pending_bytes``, ``slow_policy``, ``hello_timeout``,
+    ``max_subscriptions``, ``max_errors``, ``max_depth``.
     """
     peer_fields = {
-        k: options.pop(k) for k in ("max_pending", "slow_policy", "hello_timeout") if k in options
+        k: options.pop(k)
+        for k in ("max_pending", "max_pending_bytes", "slow_policy", "hello_timeout")
+        if k in options
     }
     session_fields = {
         k: options.pop(k) for k in ("max_subscriptions", "max_errors", "max_depth") if k in options
