@@ -179,8 +179,9 @@ class TopicIndex(Generic[T]):
 
     Args:
         cache_size: how many topics' results to remember (default 4096).
-            When full, the cache is cleared and refilled on demand, so a
-            stream of ever-new topics costs a bounded amount of memory.
+            When full, the oldest entry makes room for the new one, so a
+            stream of ever-new topics costs a bounded, steady amount of
+            memory.
     """
 
     def __init__(self, cache_size: int = 4096) -> None:
@@ -298,7 +299,7 @@ class TopicIndex(Generic[T]):
         result = self.match_uncached(topic)
         cache = self._cache
         if len(cache) >= self._cache_size:
-            cache.clear()
+            del cache[next(iter(cache))]  # the oldest (dicts keep insertion order)
         cache[topic] = result
         return result
 

@@ -562,3 +562,14 @@ def test_every_valid_topic_is_a_valid_pattern_without_wildcards(value):
     assert validate_pattern(value) is value
     assert not is_wildcard(value)
     assert "*" not in value and ">" not in value
+
+
+def test_a_full_route_cache_evicts_its_oldest_topic_and_keeps_the_rest():
+    index: TopicIndex[str] = TopicIndex(cache_size=3)
+    index.add("a.*", "v")
+    for topic in ("a.1", "a.2", "a.3", "a.4"):
+        assert index.match(topic) == ("v",)
+    assert list(index.cache) == ["a.2", "a.3", "a.4"]
+    index.add("a.4", "w")  # an exact pattern invalidates its own topic only
+    assert list(index.cache) == ["a.2", "a.3"]
+    assert index.match("a.4") == ("v", "w")
