@@ -542,8 +542,12 @@ class Subscriber:
     """``on``/``once``/``off``, shared by :class:`Bus` and the remote client.
 
     Built on the subclass's ``subscribe(pattern, handler, **opts)`` and
-    ``subscriptions(pattern)``.
+    ``subscriptions(pattern)``.  Also reports its subscriptions' handler
+    errors and slow consumers: logged, then passed to ``on_error`` if set.
     """
+
+    name: str
+    on_error: ErrorHook | None
 
     def subscribe(
         self, pattern: str, handler: Callable[[Message], object] | None = None, **opts: Any
@@ -552,6 +556,35 @@ class Subscriber:
 
     def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
         raise NotImplementedError
+
+    # -- errors (reported by its subscriptions' greenlets) --------------------
+
+    def _report_handler_error(self, exc: Exception, sub: Subscription, msg: Message) -> None:
+        logger.error(
+            "%s: handler %s of subscription #%d %r raised on topic %r",
+            self.name,
+            _callable_name(sub.handler),
+            sub.id,
+            sub.pattern,
+            msg.topic,
+            exc_info=exc,
+        )
+        self._call_hook(exc, sub, msg)
+
+    def _report_slow_consumer(self, sub: Subscription) -> None:
+        channel = sub._channel
+        exc = SlowConsumer(sub.pattern, channel.maxsize, channel.overflow.value, channel._dropped)
+        logger.warning("%s: %s (subscription #%d)", self.name, exc, sub.id)
+        self._call_hook(exc, sub, None)
+
+    def _call_hook(self, exc: BaseException, sub: Subscription | None, msg: Message | None) -> None:
+        hook = self.on_error
+        if hook is None:
+            return
+        try:
+            hook(exc, sub, msg)
+        except Exception:
+            logger.exception("%s: the on_error hook itself raised", self.name)
 
     @overload
     def on(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
@@ -1018,35 +1051,6 @@ class Bus(Subscriber):
         if waiter is None:
             return False
         return waiter.put_nowait(msg)
-
-    # -- errors ------------------------------------------------------------
-
-    def _report_handler_error(self, exc: Exception, sub: Subscription, msg: Message) -> None:
-        logger.error(
-            "%s: handler %s of subscription #%d %r raised on topic %r",
-            self.name,
-            _callable_name(sub.handler),
-            sub.id,
-            sub.pattern,
-            msg.topic,
-            exc_info=exc,
-        )
-        self._call_hook(exc, sub, msg)
-
-    def _report_slow_consumer(self, sub: Subscription) -> None:
-        channel = sub._channel
-        exc = SlowConsumer(sub.pattern, channel.maxsize, channel.overflow.value, channel._dropped)
-        logger.warning("%s: %s (subscription #%d)", self.name, exc, sub.id)
-        self._call_hook(exc, sub, None)
-
-    def _call_hook(self, exc: BaseException, sub: Subscription, msg: Message | None) -> None:
-        hook = self.on_error
-        if hook is None:
-            return
-        try:
-            hook(exc, sub, msg)
-        except Exception:
-            logger.exception("%s: the on_error hook itself raised", self.name)
 
     # -- introspection -----------------------------------------------------
 

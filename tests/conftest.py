@@ -47,7 +47,7 @@ def default_bus() -> Iterator[greenbus.Bus]:
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The line ``greenbus serve`` prints on stdout once it is listening.
-LISTENING = re.compile(rb"greenbus hub listening on (ws://([0-9.]+):(\d+)/)")
+LISTENING = re.compile(rb"greenbus hub listening on ((wss?)://([0-9.]+):(\d+)/)")
 
 
 def child_env() -> dict[str, str]:
@@ -139,14 +139,16 @@ class HubProcess:
         self.proc.wait(5)
 
 
-def start_hub_process(log_path: Path, *args: str, port: int = 0) -> HubProcess:
-    """Run ``python -m greenbus serve --port PORT ARGS`` and wait for its listening line."""
-    cmd = [sys.executable, "-m", "greenbus", "serve", "--port", str(port), *args]
+def spawn_hub(
+    cmd: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, str, str, int]:
+    """Run ``cmd`` (a ``greenbus serve``), stderr to ``log_path``, and wait for its
+    listening line: ``(process, url, scheme, host, port)``.  Stopped if it fails."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -166,8 +168,15 @@ def start_hub_process(log_path: Path, *args: str, port: int = 0) -> HubProcess:
     except BaseException:
         stop_process(proc)
         raise
-    url, host, bound = (g.decode() for g in match.groups())
-    return HubProcess(proc, url, host, int(bound), log_path)
+    url, scheme, host, bound = (g.decode() for g in match.groups())
+    return proc, url, scheme, host, int(bound)
+
+
+def start_hub_process(log_path: Path, *args: str, port: int = 0) -> HubProcess:
+    """Run ``python -m greenbus serve --port PORT ARGS`` and wait for its listening line."""
+    cmd = [sys.executable, "-m", "greenbus", "serve", "--port", str(port), *args]
+    proc, url, _, host, bound = spawn_hub(cmd, log_path)
+    return HubProcess(proc, url, host, bound, log_path)
 
 
 #: The transports every hub-process test runs against: the hub's own listener

@@ -12,11 +12,8 @@ SIGUSR1 (see :meth:`LaunchedHub.greenlets`).
 from __future__ import annotations
 
 import json
-import re
-import select
 import signal
 import struct
-import subprocess
 import sys
 import time
 from collections import deque
@@ -26,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from conftest import ROOT, HubProcess, child_env, stop_process
+from conftest import HubProcess, spawn_hub
 from gevent import socket as gsocket
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
@@ -238,9 +235,6 @@ def in_step(remote: RemoteBus) -> None:
 
 # -- hub processes ---------------------------------------------------------------
 
-#: The line ``greenbus serve`` prints once it is listening, ws:// or wss://.
-LISTENING = re.compile(rb"greenbus hub listening on ((wss?)://([0-9.]+):(\d+)/)")
-
 #: Runs ``greenbus serve`` and reports its live greenlets on SIGUSR1.
 GREENLET_PROBE = Path(__file__).resolve().with_name("greenlet_probe.py")
 
@@ -292,30 +286,11 @@ def launch_hub(
     probe_path = log_path.with_suffix(".probe.json") if probe else None
     runner = [str(GREENLET_PROBE)] if probe else ["-m", "greenbus"]
     cmd = [sys.executable, *runner, "serve", "--port", str(port), *args]
-    child = {**child_env(), **(env or {})}
+    extra = dict(env or {})
     if probe_path is not None:
-        child["GREENBUS_PROBE_FILE"] = str(probe_path)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=child, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log
-        )
-    assert proc.stdout is not None
-    line = b""
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 10.0)
-        if ready:
-            line = proc.stdout.readline()
-        match = LISTENING.search(line)
-        if match is None:
-            raise AssertionError(
-                f"{' '.join(cmd)} did not report listening: {line!r}\n"
-                + log_path.read_text(errors="replace")
-            )
-    except BaseException:
-        stop_process(proc)
-        raise
-    url, scheme, host, bound = (g.decode() for g in match.groups())
-    return LaunchedHub(proc, url, host, int(bound), log_path, scheme, probe_path)
+        extra["GREENBUS_PROBE_FILE"] = str(probe_path)
+    proc, url, scheme, host, bound = spawn_hub(cmd, log_path, extra)
+    return LaunchedHub(proc, url, host, bound, log_path, scheme, probe_path)
 
 
 class HubLauncher:

@@ -31,7 +31,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from .._portal import get_ident
-from ..bus import Message, Subscriber, Subscription, _callable_name, message_class
+from ..bus import Message, Subscriber, Subscription, message_class
 from ..channel import DEFAULT_MAXSIZE, Overflow
 from ..exceptions import (
     BusClosed,
@@ -42,7 +42,6 @@ from ..exceptions import (
     RemoteError,
     RemoteProtocolError,
     RequestTimeout,
-    SlowConsumer,
     WrongThread,
 )
 from ..protocol import (
@@ -284,31 +283,6 @@ class RemoteBus(Subscriber):
         conn = self._conn
         if conn is not None:
             conn.send(encode(Unsub(sid)))
-
-    def _report_handler_error(self, exc: Exception, sub: Subscription, msg: Message) -> None:
-        logger.error(
-            "%s: handler %s of %r raised on topic %r",
-            self.name,
-            _callable_name(sub.handler),
-            sub.pattern,
-            msg.topic,
-            exc_info=exc,
-        )
-        self._call_hook(exc, sub, msg)
-
-    def _report_slow_consumer(self, sub: Subscription) -> None:
-        ch = sub._channel
-        exc = SlowConsumer(sub.pattern, ch.maxsize, ch.overflow.value, ch._dropped)
-        logger.warning("%s: %s", self.name, exc)
-        self._call_hook(exc, sub, None)
-
-    def _call_hook(self, exc: BaseException, sub: Subscription | None, msg: Message | None) -> None:
-        if self.on_error is None:
-            return
-        try:
-            self.on_error(exc, sub, msg)
-        except Exception:
-            logger.exception("%s: the on_error hook itself raised", self.name)
 
     # -- the connection ------------------------------------------------------------
 

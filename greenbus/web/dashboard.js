@@ -209,7 +209,7 @@ function renderPeers(peers) {
       el("td", { className: "name" }, p.name ?? el("span", { className: "muted" }, "anonymous")),
       el("td", { className: "address" }, p.address),
       subscriptionsCell(p.subscriptions),
-      num(p.pending),
+      Object.assign(num(p.pending), { title: `${numberFormat.format(p.pending_bytes ?? 0)} bytes of messages queued` }),
       num(p.received),
       num(p.sent),
       num(p.dropped, true),
