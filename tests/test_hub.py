@@ -558,13 +558,17 @@ def test_a_peer_that_answers_no_keepalive_ping_is_closed_with_1011(
     assert 'greenbus_timeouts_total{kind="keepalive"} 1\n' in hub.metrics()
 
 
+@pytest.mark.parametrize("pinged", [False, True], ids=["busy", "pinged-when-idle"])
+@pytest.mark.parametrize("ending", ["close-frame", "eof", "reset"])
 def test_a_closed_connection_is_freed_at_once_without_the_garbage_collector(
-    local_hub: Callable[..., HubServer],
+    local_hub: Callable[..., HubServer], pinged: bool, ending: str
 ) -> None:
     # No reference cycle keeps a finished peer, its connection, its protocol
-    # and their buffers alive until the next full collection: a hub with
-    # connections coming and going keeps a flat memory profile.
-    hub = local_hub()
+    # and their buffers alive until the next full collection, however the
+    # connection went (the keepalive timer's traceback, websockets' parser
+    # error and the greenlets all used to make one): a hub with connections
+    # coming and going keeps a flat memory profile.
+    hub = local_hub(ping_interval=0.05 if pinged else None, ping_timeout=5)
     gc.collect()
     gc.disable()
     try:
@@ -573,6 +577,9 @@ def test_a_closed_connection_is_freed_at_once_without_the_garbage_collector(
             assert raw.recv_json() == {"op": "ack", "id": 1}
             hub.bus.emit("a.b", {"x": 1})
             assert raw.recv_json()["data"] == {"x": 1}
+            if pinged:  # idle long enough for the keepalive timer to fire
+                while raw.next_frame().opcode is not Opcode.PING:
+                    pass
             (peer,) = hub.peers.values()
             assert peer.connection is not None
             refs = [
@@ -582,9 +589,14 @@ def test_a_closed_connection_is_freed_at_once_without_the_garbage_collector(
                 weakref.ref(peer.session),
             ]
             del peer
-            raw.protocol.send_close(1000, "bye")
-            raw.reply_now()
-            raw.until_closed()
+            if ending == "close-frame":
+                raw.protocol.send_close(1000, "bye")
+                raw.reply_now()
+                raw.until_closed()
+            elif ending == "eof":
+                raw.sock.shutdown(gsocket.SHUT_WR)
+            else:
+                raw.abort()
         wait_until(lambda: not hub.peers, 5, "the peer to be forgotten")
         wait_until(lambda: all(ref() is None for ref in refs), 5, "the peer to be freed")
     finally:

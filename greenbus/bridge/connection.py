@@ -363,6 +363,9 @@ class Connection:
         except Timeout as exc:
             if exc is not timer:
                 raise
+            # The timer is reused: its traceback would keep this frame, and
+            # so this connection, alive in a cycle.
+            exc.__traceback__ = None
         finally:
             timer.cancel()
         if self.protocol.state is State.OPEN:
@@ -481,9 +484,15 @@ class Connection:
         self._serialize = None
         self._recv_bytes = _read_nothing
         self._idle_timer = None
-        parser = getattr(self.protocol, "parser", None)
+        protocol = self.protocol
+        parser = getattr(protocol, "parser", None)
         if parser is not None and hasattr(parser, "close"):
             parser.close()
+        # websockets keeps why parsing stopped (EOF, a bad frame) with its
+        # traceback, whose frames refer back to the protocol.
+        parser_exc = getattr(protocol, "parser_exc", None)
+        if parser_exc is not None:
+            parser_exc.__traceback__ = None
 
 
 def _ignore(_: Any) -> None:
