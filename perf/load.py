@@ -690,15 +690,38 @@ def rss_trend(samples: Sequence[tuple[float, float]], warmup: float) -> dict[str
     }
 
 
-def verdict(trend: dict[str, Any], seconds: float) -> tuple[bool, str]:
-    """(no growth?, the sentence): growth within max(1 MiB, 2% of the start)."""
+def blocks_trend(samples: Sequence[tuple[float, float]], warmup: float) -> dict[str, Any]:
+    """:func:`rss_trend` of the hub's live Python blocks: ``first``, ``last``, ``growth``,
+    ``slope_per_min`` (in blocks)."""
+    t = rss_trend(samples, warmup)
+    return {
+        "first": t["first_kib"],
+        "last": t["last_kib"],
+        "growth": t["growth_kib"],
+        "slope_per_min": t["slope_kib_per_min"],
+    }
+
+
+def verdict(
+    trend: dict[str, Any], seconds: float, live: dict[str, Any] | None = None
+) -> tuple[bool, str]:
+    """(no growth?, the sentence): RSS growth within max(1 MiB, 2% of the start), and,
+    when ``live`` (:func:`blocks_trend`) is given, live blocks within 2% of the start."""
     allowed = max(1024.0, 0.02 * trend["first_kib"])
-    ok = trend["growth_kib"] <= allowed
+    rss_ok = trend["growth_kib"] <= allowed
     text = (
         f"no growth: {trend['growth_kib']:+.0f} KiB, within the {allowed:.0f} KiB allowed"
-        if ok
+        if rss_ok
         else f"GROWTH: {trend['growth_kib']:+.0f} KiB, over the {allowed:.0f} KiB allowed"
     )
+    ok = rss_ok
+    if live is not None and live["first"] > 0:
+        share = live["growth"] / live["first"]
+        live_ok = share <= 0.02
+        ok = ok and live_ok
+        text += f"; live Python blocks {live['growth']:+,.0f} ({share:+.1%}), " + (
+            "within the 2% allowed" if live_ok else "OVER the 2% allowed"
+        )
     if seconds < 120:
         text += f" (a {seconds:.0f} s soak: indicative only)"
     return ok, text
@@ -744,6 +767,7 @@ def run_soak(cfg: Config, logs: Path, progress: Progress) -> dict[str, Any]:
                         "connections": int(m.get("greenbus_connections", 0)),
                         "cpu_s": round(hub.cpu_seconds() - cpu_start, 3),
                         "slow_consumers": int(m.get("greenbus_slow_consumers_total", 0)),
+                        "python_blocks": int(m.get("greenbus_python_allocated_blocks", 0)),
                     }
                 )
                 progress.update(
@@ -802,7 +826,8 @@ def run_soak(cfg: Config, logs: Path, progress: Progress) -> dict[str, Any]:
             f"but the hub aborted only {out['hub_close_timeouts']} connections"
         )
     trend = rss_trend([(s["t"], s["rss_kib"]) for s in samples], cfg.warmup)
-    ok, text = verdict(trend, cfg.soak_seconds)
+    live = blocks_trend([(s["t"], s["python_blocks"]) for s in samples], cfg.warmup)
+    ok, text = verdict(trend, cfg.soak_seconds, live)
     out.update(
         seconds=cfg.soak_seconds,
         config={
@@ -817,6 +842,7 @@ def run_soak(cfg: Config, logs: Path, progress: Progress) -> dict[str, Any]:
         rss_start_kib=samples[0]["rss_kib"],
         rss_end_kib=samples[-1]["rss_kib"],
         trend=trend,
+        blocks_trend=live,
         no_growth=ok,
         verdict=text,
     )
@@ -855,6 +881,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     load, soak = doc.get("load") or {}, doc.get("soak") or {}
     cfg = doc["config"]
     conf, trend = soak.get("config", {}), soak.get("trend", {})
+    live = soak.get("blocks_trend") or {}
     per = load.get("memory_per_connection_kib")
     ratio = "" if per is None else f" ({per / 14:.1f}x websockets without compression)"
     rows = [
@@ -903,6 +930,13 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             f"warm-up); slope {trend.get('slope_kib_per_min', math.nan):+.1f} KiB/min "
             f"({trend.get('slope_second_half_kib_per_min', math.nan):+.1f} KiB/min over the "
             f"second half)",
+            "",
+        ),
+        (
+            "soak live memory",
+            f"{_num(live.get('first'))} → {_num(live.get('last'))} Python blocks "
+            f"(`greenbus_python_allocated_blocks`, the same windows); slope "
+            f"{live.get('slope_per_min', math.nan):+,.0f} blocks/min",
             "",
         ),
         ("verdict", soak.get("verdict", "n/a"), ""),
@@ -961,6 +995,12 @@ def markdown(doc: dict[str, Any], json_name: str) -> str:
         "before sampling, so the hub's two 4,096-entry caches are already full.  One in five "
         "replaced connections leaves without a close frame.  After the soak, every peer "
         "leaves and the hub's gauges must read zero.",
+        "- Verdict: the RSS after the warm-up must not grow by more than max(1 MiB, 2%) from "
+        "the first to the last 20% of the samples, and the hub's live Python blocks "
+        "(`greenbus_python_allocated_blocks` in `/metrics`, sampled with the RSS) by more "
+        "than 2%.  RSS also counts what the allocators keep after a peak (freed memory "
+        "they hold for reuse), which is why it rises in steps and then stays level; a leak "
+        "shows as live blocks climbing.",
         "",
     ]
     if load:
@@ -1043,8 +1083,13 @@ def chart_soak(doc: dict[str, Any], path: Path) -> bool:
     rss = [s["rss_kib"] / 1024 for s in samples]
     conns = [s["connections"] for s in samples]
     trend = soak["trend"]
-    fig = Figure(figsize=(10, 5), layout="constrained")
-    ax = fig.subplots()
+    blocks = [s.get("python_blocks", 0) / 1000 for s in samples]
+    live = any(blocks)
+    fig = Figure(figsize=(10, 7.5 if live else 5), layout="constrained")
+    if live:
+        ax, ax_blocks = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    else:
+        ax = fig.subplots()
     ax.axvspan(0, trend["warmup_s"], color="#eeeeee", label="warm-up (left out)")
     ax.plot(t, rss, color="#2a7ab9", lw=1.5, label="hub RSS (MiB)")
     post = [x for x in t if x >= trend["warmup_s"]]
@@ -1105,6 +1150,21 @@ def chart_soak(doc: dict[str, Any], path: Path) -> bool:
         f"Hub RSS over a {soak['seconds']:.0f} s soak (MiB), sampled every second: "
         f"{trend['growth_kib']:+.0f} KiB from the first to the last 20%"
     )
+    if live:
+        ax_blocks.axvspan(0, trend["warmup_s"], color="#eeeeee")
+        ax_blocks.plot(t, blocks, color="#6a3d9a", lw=1, label="live Python blocks (thousands)")
+        growth = (soak.get("blocks_trend") or {}).get("growth")
+        if growth is not None:
+            ax_blocks.set_title(
+                f"Live Python blocks (greenbus_python_allocated_blocks): {growth:+,.0f} "
+                "from the first to the last 20%",
+                fontsize="medium",
+            )
+        ax_blocks.set_ylim(0, max(blocks) * 1.15)
+        ax_blocks.set_ylabel("thousands")
+        ax_blocks.set_xlabel("time since the soak started (s)")
+        ax_blocks.grid(alpha=0.3)
+        ax.set_xlabel("")
     fig.savefig(path, dpi=110)
     return True
 

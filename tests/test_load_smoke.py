@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from perf.load import LoadError, rss_trend
+from perf.load import LoadError, blocks_trend, rss_trend, verdict
 from perf.load_worker import FrameError, FrameReader, Tally, mask_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +110,10 @@ def test_the_json_has_a_number_for_every_figure_of_the_report(
     assert all(_number(s["rss_kib"]) and s["connections"] > 0 for s in soak["samples"])
     for key in ("first_kib", "last_kib", "growth_kib", "slope_kib_per_min"):
         assert _number(soak["trend"][key]), key
+    assert all(s["python_blocks"] > 0 for s in soak["samples"])
+    for key in ("first", "last", "growth", "slope_per_min"):
+        assert _number(soak["blocks_trend"][key]), key
+    assert "live Python blocks" in soak["verdict"]
     assert soak["worker"]["gaps"] == soak["worker"]["disorder"] == 0
     assert soak["worker"]["counts"]["connects"] > soak["config"]["connections"]
 
@@ -159,3 +163,28 @@ def test_the_rss_trend_compares_medians_after_the_warm_up() -> None:
     assert trend["slope_kib_per_min"] == pytest.approx(600)
     with pytest.raises(LoadError):
         rss_trend(samples[:3], warmup=2)
+
+
+def _flat(value: float, seconds: int = 100) -> list[tuple[float, float]]:
+    return [(float(t), value) for t in range(seconds)]
+
+
+def _climbing(start: float, per_s: float, seconds: int = 100) -> list[tuple[float, float]]:
+    return [(float(t), start + per_s * t) for t in range(seconds)]
+
+
+@pytest.mark.parametrize(
+    ("rss", "blocks", "ok", "words"),
+    [
+        (_flat(50_000), _flat(200_000), True, "no growth"),
+        (_climbing(50_000, 30), _flat(200_000), False, "GROWTH"),  # +2.4 MiB of RSS
+        (_flat(50_000), _climbing(200_000, 100), False, "OVER the 2% allowed"),  # +4%
+    ],
+    ids=["flat", "rss-climbs", "live-blocks-climb"],
+)
+def test_the_soak_verdict_fails_when_rss_or_live_blocks_climb(
+    rss: list[tuple[float, float]], blocks: list[tuple[float, float]], ok: bool, words: str
+) -> None:
+    passed, text = verdict(rss_trend(rss, 10), 100, blocks_trend(blocks, 10))
+    assert passed is ok
+    assert words in text

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -596,7 +598,32 @@ class HubServer:
             "Messages dropped per peer.",
             [(f'{{peer="{p.id}"}}', p.dropped) for p in peers],
         )
+        rss = _resident_bytes()
+        if rss is not None:
+            metric(
+                "process_resident_memory_bytes",
+                "gauge",
+                "The hub process's resident set size (what the OS counts, allocator "
+                "high-water marks included).",
+                [("", rss)],
+            )
+        metric(
+            "python_allocated_blocks",
+            "gauge",
+            "Memory blocks the interpreter has allocated now (live objects; a leak "
+            "makes it climb, allocator high-water marks do not).",
+            [("", sys.getallocatedblocks())],
+        )
         return "\n".join(lines) + "\n"
+
+
+def _resident_bytes() -> int | None:
+    # Linux: resident pages from /proc/self/statm; None elsewhere.
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 _WIRE_LOGGER = wire_logger("websockets.server")
