@@ -57,10 +57,9 @@ NOTES: dict[str, str] = {
         "Closing the rest needs the channel in C (gevent.queue is Cython-compiled)."
     ),
     "ping-pong ≤ 0.8\N{MULTIPLICATION SIGN} gevent.queue": (
-        "Met in every run but the last full one (ratios 0.67-0.73, and 0.68 in an isolated "
-        "`python -m perf --only pingpong --quick` right after it); in that run greenbus's "
-        "median was 5.1 µs against 3.2-3.6 µs before, while the machine was loaded by "
-        "other test processes.  The design is the one in greenbus/channel.py: a consumer "
+        "Met: 0.66 in the 2026-12-07 run, 0.67-0.73 in earlier quiet runs (one run on a "
+        "machine loaded by test processes measured 1.03).  The design is the one in "
+        "greenbus/channel.py: a consumer "
         "that is parked is switched to directly by the greenlet that parks next, with no "
         "hub pass; bare channels do a round trip in about 2.0 µs."
     ),
@@ -73,17 +72,18 @@ NOTES: dict[str, str] = {
         "measured with cProfile in the hub process (perf/hub.py, PERF_HUB_PROFILE)."
     ),
     "hub ingest ≥ 100k msgs/s": (
-        "About 10 µs of hub CPU per pub: validating the frame (35-45%, after an inline "
-        "fast path for pub), websockets' frame parser (20-29%), routing (15%).  It lands "
-        "at 90-100k msgs/s on a quiet machine and lower when the 2 cores are shared; the "
-        "next step would be parsing frames in a C extension."
+        "Met: 124k msgs/s in the 2026-12-07 run (107k on 2026-11-28).  The hub's CPU per "
+        "pub goes to validating the frame (35-45%, after an inline fast path for pub), "
+        "websockets' frame parser (20-29%) and routing (15%), as profiled on 2026-11-28; "
+        "the next step would be parsing frames in a C extension."
     ),
     "hub fan-out 1→4 ≥ 188k msgs/s (NATS's delivered rate: an anchor from ANCHORS.md, "
     "not measured here)": (
-        "The 2 cores run the hub and all 4 subscriber processes (greenbus clients, also "
-        "Python): about 18 µs of CPU per delivery in total, a ceiling near 110k msgs/s "
-        "whatever the hub does.  NATS's 188k is a Go server with a Go/C client on another "
-        "machine.  Each message is now JSON-encoded once for all subscribers."
+        "135k msgs/s in the 2026-12-07 run, up from 93k: each message is now encoded once "
+        "per emit, in the publisher's reader greenlet, and queued to the 4 peers as ready "
+        "text.  The 2 cores run the hub and all 4 subscriber processes (greenbus clients, "
+        "also Python), so the clients' CPU is part of the figure; NATS's 188k is a Go "
+        "server with a Go/C client on another machine."
     ),
     "federation one-way p50 ≤ 1.5\N{MULTIPLICATION SIGN} raw redis-py publish→receive": (
         "greenbus adds about 100 µs to redis-py's own path: the hop to the writer "
