@@ -59,6 +59,8 @@ class PeerLimits:
     max_pending: int = 10_000
     #: Bytes of encoded messages queued to the peer, at most (one message
     #: alone may exceed it; the writer holds up to 256 KiB more in flight).
+    #: Counted as characters of the JSON text: bytes for ASCII, fewer than
+    #: the UTF-8 bytes for other text.
     max_pending_bytes: int = 8 << 20
     #: What happens past either limit: "close" (error slow_consumer, close
     #: 1013) or "drop_oldest" (drop and count).
@@ -276,7 +278,7 @@ class Peer:
             if limits.slow_policy == "drop_oldest":
                 self._make_room(conn, size)
             else:
-                self._slow_consumer(size)
+                self._slow_consumer()
                 return False
         if conn.send((prefix, body)):
             self.pending_bytes += size
@@ -307,7 +309,7 @@ class Peer:
                 self.dropped,
             )
 
-    def _slow_consumer(self, size: int) -> None:
+    def _slow_consumer(self) -> None:
         self._slow = True
         conn = self.connection
         assert conn is not None

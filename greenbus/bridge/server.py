@@ -562,7 +562,7 @@ class HubServer:
         metric(
             "errors_total",
             "counter",
-            "error frames sent to peers, by code (limit, forbidden, bad_json, ...).",
+            "Error frames sent to peers, by code (limit, forbidden, bad_json, ...).",
             [(f'{{code="{code}"}}', v) for code, v in sorted(self.error_counts.items())],
         )
         timeouts = {kind: c.get(f"timeouts_{kind}", 0) for kind in TIMEOUT_KINDS}
