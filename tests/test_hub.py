@@ -920,7 +920,10 @@ def test_a_peer_that_never_reads_is_closed_with_1013_and_the_fast_subscriber_get
     delivered = [f["data"]["n"] for f in frames[:-1]]
     assert all(f["op"] == "msg" for f in frames[:-1])
     assert delivered == list(range(len(delivered)))  # a prefix, in order
-    assert peak - baseline < 150 * 1024, f"RSS grew by {(peak - baseline) // 1024} MiB"
+    # 30-50 MB flow past the slow peer; its queue holds at most its limit
+    # (about 1 MB here), so the hub grows by a few MiB (1-2 measured), not by
+    # the flood.
+    assert peak - baseline < 16 * 1024, f"RSS grew by {(peak - baseline) // 1024} MiB"
     samples = metric_eventually(hub_process, "greenbus_connections", lambda v: v == 0)
     assert samples["greenbus_slow_consumers_total"] == 1
     assert samples['greenbus_errors_total{code="slow_consumer"}'] == 1
@@ -1016,7 +1019,8 @@ def test_with_drop_oldest_a_peer_that_never_reads_stays_open_and_its_drops_are_c
         while (frame := slow.recv_json())["op"] == "msg":
             delivered.append(frame["data"]["n"])
         assert frame == {"op": "pong", "id": "alive"}
-    assert peak - baseline < 150 * 1024, f"RSS grew by {(peak - baseline) // 1024} MiB"
+    # 20 MB flow past the slow peer, whose queue holds at most 1,000 of them.
+    assert peak - baseline < 16 * 1024, f"RSS grew by {(peak - baseline) // 1024} MiB"
     assert samples["greenbus_slow_consumers_total"] == 0
     dropped = [v for k, v in samples.items() if k.startswith("greenbus_peer_dropped_total")]
     assert max(dropped) >= 1
