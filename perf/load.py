@@ -1007,8 +1007,10 @@ def markdown(doc: dict[str, Any], json_name: str) -> str:
         lines += [
             "## After the load and the soak",
             "",
-            f"- Load hub during the flood: up to {_num(load.get('flood_peak_queued'))} messages "
-            f"queued to peers at once, RSS up to {_mib(load.get('flood_peak_rss_kib'))}; "
+            f"- Load hub during the flood: at most {_num(load.get('flood_peak_queued'))} "
+            "messages queued to peers in any `/metrics` sample (about two a second; the hub "
+            "answers them between bursts, so this is not the peak within a burst), RSS up to "
+            f"{_mib(load.get('flood_peak_rss_kib'))}; "
             f"{_mib(load.get('rss_after_traffic_kib'))} after the flood, "
             f"{_mib(load.get('rss_after_disconnect_kib'))} once every peer had left "
             f"(from {_mib(load.get('rss_before_kib'))} before the connections).",
