@@ -210,7 +210,7 @@ class HubServer:
             return
         self._topic_counts: dict[str, int] = {}
         self._topic_rates: dict[str, float] = {}
-        self._stats_forward = self.bus.forward(">", self._count_topic, interest=False)
+        self._stats_forward = self.bus.forward(">", self._count_topic, interest=False, raw=True)
         self._stats_greenlet = gevent.spawn(self._stats_loop)
 
     def _count_topic(self, msg: Any) -> bool:

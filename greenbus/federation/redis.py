@@ -35,7 +35,7 @@ import gevent.event
 from gevent import socket as gsocket
 from greenlet import getcurrent
 
-from ..bus import Bus, Forward, Message
+from ..bus import Bus, Forward
 from ..channel import Channel, Overflow
 from ..exceptions import (
     BusClosed,
@@ -166,7 +166,7 @@ class Federation:
             url, connection_class=_GeventConnection, socket_connect_timeout=5
         )
         self._client = redis.Redis(connection_pool=self._pool)
-        self._out: Channel[Message] | None = None
+        self._out: Channel[tuple[Any, ...]] | None = None
         self._forward: Forward | None = None
         self._writer: gevent.Greenlet | None = None
         self._reader: gevent.Greenlet | None = None
@@ -204,7 +204,7 @@ class Federation:
             return self
         self._out = Channel(self._max_pending, self._overflow, on_overflow=self._on_overflow)
         # interest=False: our own catch-all must not ask Redis for everything.
-        self._forward = self.bus.forward(">", self._on_local, interest=False)
+        self._forward = self.bus.forward(">", self._on_local, interest=False, raw=True)
         self.bus.add_interest_listener(self._on_interest)
         for pattern in self.bus.interest():
             self._want(pattern)
@@ -276,9 +276,10 @@ class Federation:
 
     # -- out: local emits to Redis --------------------------------------------
 
-    def _on_local(self, msg: Message) -> bool:
-        # The forward's sink, inside bus.emit.  What the reader emits came
-        # from Redis: never send it back (no echo, no loops).
+    def _on_local(self, msg: tuple[Any, ...]) -> bool:
+        # The forward's sink, inside bus.emit, with the emit's own tuple.
+        # What the reader emits came from Redis: never send it back (no
+        # echo, no loops).
         if getcurrent() is self._reader or msg[0].startswith("$"):
             # From Redis already (no echo), or a node-local system topic
             # such as a hub's $greenbus.stats (each hub has its own).
@@ -334,7 +335,7 @@ class Federation:
                         self._in_hand = 0
                         return
 
-    def _envelopes(self, batch: list[Message]) -> list[tuple[str, bytes]]:
+    def _envelopes(self, batch: list[tuple[Any, ...]]) -> list[tuple[str, bytes]]:
         seqs = self._seq
         if len(seqs) > MAX_TRACKED:
             # A new epoch makes a new origin: receivers start fresh tables
