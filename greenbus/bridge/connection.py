@@ -96,7 +96,7 @@ class Connection:
         *,
         on_text: Callable[[str], None],
         on_close: Callable[[int], None],
-        serialize: Callable[[Any], str | None] | None = None,
+        serialize: Callable[[Any], str] | None = None,
         name: str = "connection",
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
@@ -265,18 +265,17 @@ class Connection:
                 while True:
                     self._in_batch = taken
                     if item is _FLUSH:
-                        pass
+                        pass  # no frame of its own: the flush below writes the pong/close
                     elif isinstance(item, _CloseRequest):
                         if protocol.state is State.OPEN:
                             protocol.send_close(item.code, item.reason)
                             self._close_framed = True
                     elif protocol.state is State.OPEN:
                         text = item if isinstance(item, str) else serialize(item)  # type: ignore[misc]
-                        if text is not None:  # None: the serializer refused it (and counted it)
-                            data = text.encode()
-                            protocol.send_text(data)
-                            framed += len(data)
-                            self.sent += 1
+                        data = text.encode()
+                        protocol.send_text(data)
+                        framed += len(data)
+                        self.sent += 1
                     if not queue or taken >= MAX_BATCH or framed >= MAX_BATCH_BYTES:
                         break
                     item = get()
@@ -496,6 +495,7 @@ class Connection:
 
 
 def _ignore(_: Any) -> None:
+    # The callbacks of a finished connection (see Connection._release).
     pass
 
 

@@ -334,7 +334,7 @@ class Peer:
         )
         self.session.error(ErrorCode.SLOW_CONSUMER, f"{why}; closing")
         for frame in self.session.take_outbox():
-            conn.send(frame)
+            self._send_control(frame)
         conn.close(int(CloseCode.TRY_AGAIN_LATER), "slow consumer")
 
     def serialize(self, item: tuple[str, str]) -> str:
