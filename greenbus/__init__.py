@@ -1,8 +1,7 @@
 """greenbus: a message bus for greenlets that never reorders messages.
 
 Every subscriber owns a FIFO channel; an emit is an append and never waits for
-a receiver.  The module-level functions use a default bus, made on first use
-by the calling OS thread::
+a receiver.  The module-level functions use a default bus::
 
     import greenbus
 
@@ -11,13 +10,29 @@ by the calling OS thread::
         print(msg.topic, msg.data)
 
     greenbus.emit("sensors.room1.temp", 21.5)
+
+The default bus and threads: it is made by the first call of
+:func:`default_bus`, :func:`subscribe`, :func:`on`, :func:`once` or
+:func:`request` (everything but :func:`emit`), under a lock, so racing OS
+threads all get the same one.  It belongs to the OS thread that made it: its
+handlers run in greenlets of that thread, and only that thread may subscribe
+to it or close it.  :func:`emit` never makes it: while no open default bus
+exists nobody can be subscribed, so ``emit`` returns 0 (delivered to nobody)
+from any thread.  Once it exists, ``emit`` from any thread goes through it
+(another thread's emits are handed to its owner, see :meth:`Bus.emit`).  If it
+has been closed, the next call other than ``emit`` makes a new one, owned by
+the caller's thread.  So a worker thread that emits before the main thread
+subscribes neither makes nor owns the default bus.
 """
 
+from _thread import LockType as _LockType
 from collections.abc import Callable as _Callable
 from collections.abc import Mapping as _Mapping
 from typing import Any as _Any
 from typing import TypeVar as _TypeVar
 from typing import overload as _overload
+
+from gevent.monkey import get_original as _get_original
 
 from ._version import __version__
 from .bridge import HubConfig, HubServer, RemoteBus, connect, serve
@@ -29,6 +44,7 @@ from .bus import (
     Message,
     Subscription,
     SubscriptionStatistics,
+    _check_extras,
 )
 from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow
 from .exceptions import (
@@ -110,19 +126,38 @@ __all__ = [
 _H = _TypeVar("_H", bound=_Callable[[Message], object])
 
 _default: Bus | None = None
+#: Guards the making of the default bus.  A real OS-thread lock even when
+#: ``threading`` is monkey-patched, where a patched lock would not exclude
+#: other OS threads.  It is held only while a Bus is constructed, which
+#: never switches greenlets, so no greenlet can wait on it forever.
+_default_lock: _LockType = _get_original("_thread", "allocate_lock")()
 
 
 def default_bus() -> Bus:
-    """The bus the module-level functions use.
+    """The bus the module-level functions use, made if there is no open one.
 
-    Made on first call, owned by the calling OS thread.  If it has been
-    closed, a new one replaces it.
+    The first call (or the first :func:`subscribe`, :func:`on`,
+    :func:`once` or :func:`request`, which call it) makes it, under a lock:
+    OS threads that race here all get the same bus.  It belongs to the OS
+    thread that made it: its handlers run in greenlets of that thread, and
+    calls other than ``emit`` from other threads raise :class:`WrongThread`.
+    :func:`emit` never makes it.  Once it has been closed, the next call
+    makes a new one, owned by the calling thread.
+
+    Returns:
+        the open default bus.
     """
     global _default
     bus = _default
-    if bus is None or bus.closed:
-        bus = _default = Bus("default")
-    return bus
+    if bus is not None and not bus.closed:
+        return bus  # the common case, without the lock
+    with _default_lock:
+        # Checked again under the lock: another thread may have made it
+        # while this one waited.
+        bus = _default
+        if bus is None or bus.closed:
+            bus = _default = Bus("default")
+        return bus
 
 
 def emit(
@@ -132,8 +167,34 @@ def emit(
     headers: _Mapping[str, _Any] | None = None,
     reply_to: str | None = None,
 ) -> int:
-    """:meth:`Bus.emit` on the default bus."""
-    return default_bus().emit(topic, data, headers=headers, reply_to=reply_to)
+    """:meth:`Bus.emit` on the default bus, from any thread; never makes it.
+
+    Returns:
+        how many subscriptions the message was queued to; 0 while there is
+        no open default bus (nobody can be subscribed to one that does not
+        exist), without making one: the thread that makes the default bus
+        owns it, and that should be the thread that subscribes.
+
+    Raises:
+        InvalidTopic, InvalidOption: malformed arguments, whether or not a
+            default bus exists.
+        ChannelFull: as :meth:`Bus.emit`.
+        BusClosed: only if a forward's sink raises it; a closed default bus
+            means 0, not BusClosed.
+    """
+    bus = _default
+    if bus is not None:
+        try:
+            return bus.emit(topic, data, headers=headers, reply_to=reply_to)
+        except BusClosed:
+            if not bus.closed:
+                raise  # a forward's sink raised it, on an open bus: not ours to hide
+    # No open default bus (none yet, or it closed, maybe while this emit
+    # was on its way): check the arguments as a bus without subscribers
+    # would, and deliver to nobody, as it would.
+    validate_topic(topic)
+    _check_extras(headers, reply_to)
+    return 0
 
 
 def subscribe(

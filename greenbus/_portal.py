@@ -12,6 +12,7 @@ reorders them.
 from __future__ import annotations
 
 import logging
+from _thread import LockType
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,10 @@ __all__ = ["ThreadPortal", "get_ident"]
 
 #: The real OS thread id, even when ``threading`` is monkey-patched.
 get_ident: Callable[[], int] = get_original("_thread", "get_ident")
+
+#: A real OS-thread lock, even when ``threading`` is monkey-patched (a
+#: patched one would be a greenlet lock of the calling thread's hub only).
+_allocate_lock: Callable[[], LockType] = get_original("_thread", "allocate_lock")
 
 logger = logging.getLogger("greenbus.portal")
 
@@ -55,8 +60,11 @@ class ThreadPortal:
         self._closing = False
         self._closed = False
         #: Items submitted so far, and items lost at close (see close()).
+        #: ``submitted`` is written by every submitting thread, under
+        #: ``_count_lock``; ``lost`` only on the hub's thread.
         self.submitted = 0
         self.lost = 0
+        self._count_lock = _allocate_lock()
 
     @property
     def pending(self) -> int:
@@ -67,9 +75,17 @@ class ThreadPortal:
         return f"<ThreadPortal {self._name} pending={len(self._items)} closed={self._closed}>"
 
     def submit(self, item: Any) -> None:
-        """Queue ``item`` for the hub thread.  Thread-safe; never blocks."""
-        self._items.append(item)
-        self.submitted += 1
+        """Queue ``item`` for the hub thread.  Thread-safe; never waits for the hub.
+
+        The count in :attr:`submitted` is exact however the threads race:
+        its ``+= 1`` (a read, then a write) runs under a real OS-thread lock.
+        The lock is held for that increment only, never across a greenlet
+        switch, so a submitter waits at most for another's increment, never
+        for the hub, and a hub's own greenlets cannot deadlock on it.
+        """
+        self._items.append(item)  # deque.append is atomic: no lock needed
+        with self._count_lock:
+            self.submitted += 1
         # The flag is cleared on the hub *before* it drains, so an item
         # appended after the clear schedules a new wake-up: none is lost.
         if not self._scheduled:

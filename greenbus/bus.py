@@ -16,6 +16,7 @@ import enum
 import functools
 import itertools
 import logging
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
@@ -679,6 +680,7 @@ class Bus(Subscriber):
         self._forwards: dict[Forward, None] = {}
         self._interest: dict[str, int] = {}
         self._interest_listeners: list[Callable[[str, bool], object]] = []
+        self._close_listeners: list[Callable[[], object]] = []
         self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription] = {}
         self._state = BusState.OPEN
         self._thread = get_ident()
@@ -686,8 +688,8 @@ class Bus(Subscriber):
         self._portal = ThreadPortal(self._emit_handoff, self._report_thread_error, self.name)
         self._thread_errors = 0
         self._message_class = message_class(self)
-        self._inbox_prefix = f"_INBOX.{number}x{id(self):x}"
-        self._inbox_seq = itertools.count(1)
+        # 128 random bits: nobody outside this bus can name its inboxes.
+        self._inbox_prefix = f"_INBOX.{secrets.token_hex(16)}"
         self._inbox: Forward | None = None
         self._requests: dict[str, Channel[Message]] = {}
 
@@ -705,6 +707,21 @@ class Bus(Subscriber):
     def closed(self) -> bool:
         """True once :meth:`close` has begun."""
         return self._state is not BusState.OPEN
+
+    @property
+    def inbox_prefix(self) -> str:
+        """The prefix of every request inbox of this bus.  Read-only.
+
+        The contract: every ``reply_to`` that :meth:`request` uses is
+        ``inbox_prefix + "." + <one token>``; the prefix starts with
+        ``_INBOX.`` and ends with 128 random bits (from :mod:`secrets`), and
+        the token holds 64 more, new for each request.  So the prefix, and
+        an inbox, cannot be guessed, and knowing one request's ``reply_to``
+        does not give the next one.  A transport uses it to refuse remote
+        peers' subscriptions to this bus's own inboxes.  Fixed for the
+        bus's life.
+        """
+        return self._inbox_prefix
 
     # -- publishing --------------------------------------------------------
 
@@ -998,6 +1015,32 @@ class Bus(Subscriber):
             except Exception:
                 logger.exception("%s: interest listener %r failed", self.name, listener)
 
+    # -- closing (for federation) ----------------------------------------------
+
+    def add_close_listener(self, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` once, when :meth:`close` has closed this bus.
+
+        For what lives alongside a bus and holds resources for it (a
+        federation's Redis connections), so that it can let them go when
+        the bus goes, without waiting for its own ``stop()``.  Listeners run
+        at the end of ``close()``, in its greenlet, with the bus already
+        CLOSED (every subscription drained, every forward closed), in the
+        order they were added.  They must not block.  Exceptions are logged.
+
+        Raises:
+            BusClosed: the bus is closing or closed (the listener would never run).
+            WrongThread: called from another OS thread.
+        """
+        self._check_thread("add_close_listener()")
+        if self._state is not BusState.OPEN:
+            raise BusClosed(self.name)
+        self._close_listeners.append(listener)
+
+    def remove_close_listener(self, listener: Callable[[], object]) -> None:
+        """Stop calling ``listener`` at close; a no-op if it was not added (or has run)."""
+        if listener in self._close_listeners:
+            self._close_listeners.remove(listener)
+
     # -- request/reply -----------------------------------------------------
 
     def request(
@@ -1010,9 +1053,10 @@ class Bus(Subscriber):
     ) -> Message:
         """Emit a request and wait for the first reply.
 
-        The request carries a private inbox topic as ``reply_to``;
-        responders answer with :meth:`Message.reply`.  Later replies are
-        not queued (the reply's emit counts 0 for them).
+        The request carries a private, unguessable inbox topic as
+        ``reply_to`` (see :attr:`inbox_prefix`); responders answer with
+        :meth:`Message.reply`.  Later replies are not queued (the reply's
+        emit counts 0 for them).
 
         Args:
             timeout: seconds to wait for the reply (after the request was queued).
@@ -1031,7 +1075,10 @@ class Bus(Subscriber):
             # handed to its waiter inside emit, with no subscription made
             # and closed per request.
             self._inbox = self.forward(f"{self._inbox_prefix}.*", self._on_reply)
-        inbox = f"{self._inbox_prefix}.{next(self._inbox_seq)}"
+        # A random token, not a counter: a reply_to seen by a responder (or a
+        # remote peer) must not tell anyone the next request's inbox.  With
+        # 64 bits, two requests in flight at once never draw the same one.
+        inbox = f"{self._inbox_prefix}.{secrets.token_hex(8)}"
         waiter: Channel[Message] = Channel(1, Overflow.DROP_NEWEST)
         self._requests[inbox] = waiter
         try:
@@ -1056,7 +1103,8 @@ class Bus(Subscriber):
 
     def topics(self) -> list[str]:
         """The patterns subscribed to now, sorted (the bus's own request inbox left out)."""
-        return sorted(p for p in self._index.patterns() if not p.startswith(self._inbox_prefix))
+        own = self._inbox_prefix + "."
+        return sorted(p for p in self._index.patterns() if not p.startswith(own))
 
     def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
         """The active subscriptions (on exactly ``pattern``, if given), oldest first."""
@@ -1091,6 +1139,8 @@ class Bus(Subscriber):
         first.  Handler greenlets finish their queues; subscriptions without
         a handler keep their queued messages for their consumers, whose
         iteration then ends.
+
+        Then the close listeners run (see :meth:`add_close_listener`).
 
         Args:
             timeout: seconds to wait for handlers to drain; None waits for
@@ -1136,6 +1186,12 @@ class Bus(Subscriber):
         for fwd in list(self._forwards):
             fwd.close()
         self._state = BusState.CLOSED
+        listeners, self._close_listeners = self._close_listeners, []
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:
+                logger.exception("%s: close listener %r failed", self.name, listener)
 
     def __enter__(self) -> Bus:
         return self

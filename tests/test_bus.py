@@ -8,6 +8,8 @@ the clock, and assert no durations.
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import threading
 from collections.abc import Mapping
 
@@ -835,6 +837,45 @@ def test_a_reply_after_the_requester_gave_up_reaches_nobody(bus):
     assert late == [0]
 
 
+def test_each_bus_has_its_own_random_inbox_prefix_under_inbox(bus):
+    other = Bus("other")
+    try:
+        assert bus.inbox_prefix != other.inbox_prefix
+        for prefix in (bus.inbox_prefix, other.inbox_prefix):
+            # At least 64 bits of randomness: nobody can guess a bus's prefix.
+            assert re.fullmatch(r"_INBOX\.[0-9a-f]{16,}", prefix), prefix
+    finally:
+        other.close()
+
+
+def test_inbox_prefix_is_read_only(bus):
+    with pytest.raises(AttributeError):
+        bus.inbox_prefix = "_INBOX.guessed"
+
+
+def test_each_request_gets_an_unguessable_inbox_one_token_under_the_prefix(bus):
+    reply_tos = []
+
+    def responder(msg):
+        reply_tos.append(msg.reply_to)
+        msg.reply()
+
+    bus.on("q", responder)
+    for _ in range(3):
+        bus.request("q", timeout=5)
+
+    prefixes = {r.rpartition(".")[0] for r in reply_tos}
+    tokens = [r.rpartition(".")[2] for r in reply_tos]
+    assert prefixes == {bus.inbox_prefix}
+    # One token after the prefix (what the bus's single ``{prefix}.*`` forward
+    # serves), random: knowing one request's reply_to does not give the next.
+    assert all(re.fullmatch(r"[0-9a-f]{16,}", t) for t in tokens), tokens
+    assert len(set(tokens)) == 3
+    # Every request is served by one wildcard forward, which topics() leaves out.
+    assert [f.pattern for f in bus.forwards()] == [f"{bus.inbox_prefix}.*"]
+    assert bus.topics() == ["q"]
+
+
 @pytest.mark.parametrize("timeout", [-1, "1", None, True])
 def test_request_with_an_invalid_timeout_raises_invalid_option(bus, timeout):
     bus.on("q", lambda msg: msg.reply())
@@ -894,6 +935,89 @@ def test_the_default_bus_is_replaced_once_it_is_closed(default_bus):
     assert fresh is not default_bus
     assert not fresh.closed
     assert greenbus.emit("a") == 0
+
+
+def test_an_emit_from_a_worker_thread_before_any_default_bus_makes_none(default_bus):
+    default_bus.close()  # no open default bus: nobody can be subscribed
+
+    assert call_in_thread(greenbus.emit, "jobs.done", 1) == 0
+
+    # The main thread makes (and owns) the default bus now, not the worker.
+    seen = []
+    greenbus.on("jobs.done", lambda msg: seen.append(msg.data))
+    assert greenbus.default_bus() is not default_bus
+    assert call_in_thread(greenbus.emit, "jobs.done", 2) == 1
+    wait_until(lambda: seen)
+    assert seen == [2]
+
+
+def test_emit_with_no_open_default_bus_still_validates_its_arguments(default_bus):
+    default_bus.close()
+
+    with pytest.raises(InvalidTopic):
+        greenbus.emit("a..b")
+    with pytest.raises(InvalidTopic):
+        call_in_thread(greenbus.emit, "a", reply_to="inbox.*")
+    with pytest.raises(InvalidOption):
+        greenbus.emit("a", headers=["no"])
+    assert greenbus.emit("a", 1, headers={"h": 1}, reply_to="r") == 0
+    assert greenbus.default_bus() is not default_bus
+
+
+def test_a_bus_closed_raised_by_a_forward_of_the_open_default_bus_reaches_the_emitter(
+    default_bus,
+):
+    elsewhere = Bus("elsewhere")
+    elsewhere.close()
+    default_bus.forward("relay", lambda msg: elsewhere.emit(msg.topic, msg.data) > 0)
+
+    with pytest.raises(BusClosed) as info:
+        greenbus.emit("relay", 1)
+    assert info.value.name == "elsewhere"
+
+
+def test_a_worker_threads_emit_reaches_the_main_threads_default_bus_subscriber(default_bus):
+    sub = greenbus.subscribe("jobs.>")
+
+    assert call_in_thread(lambda: [greenbus.emit("jobs.a", i) for i in range(3)]) == [1, 1, 1]
+
+    assert [sub.get(timeout=5).data for _ in range(3)] == [0, 1, 2]
+    assert default_bus.stats().thread_emits == 3
+
+
+def test_threads_racing_for_the_default_bus_all_get_the_one_made_by_one_of_them(default_bus):
+    default_bus.close()  # none is open: the race below makes it
+    racers = 8
+    start = threading.Barrier(racers)
+    got = threading.Barrier(racers)
+
+    def race():
+        start.wait(5)
+        bus = greenbus.default_bus()
+        got.wait(5)  # everyone has one before its owner closes it
+        # Only the owning thread may close it: exactly one racer can, and
+        # does, so no default bus owned by a finished thread is left behind.
+        try:
+            bus.close(timeout=5)
+        except WrongThread:
+            return bus, False
+        return bus, True
+
+    # Switch threads every microsecond, so the racers interleave inside
+    # default_bus() (where an unlocked check-then-make hands out several).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [OSThread(race) for _ in range(racers)]
+        results = [thread.join() for thread in threads]
+    finally:
+        sys.setswitchinterval(interval)
+
+    buses = {id(bus): bus for bus, _ in results}
+    assert len(buses) == 1, f"{len(buses)} default buses made"
+    assert [owner for _, owner in results].count(True) == 1
+    [bus] = buses.values()
+    assert bus is not default_bus and bus.closed
 
 
 # -- closing the bus -----------------------------------------------------------
@@ -1057,6 +1181,67 @@ def test_a_bus_used_as_a_context_manager_is_closed_on_exit():
 
     assert bus.closed
     assert [m.data for m in seen] == [1]
+
+
+def test_close_listeners_run_once_in_order_after_the_bus_has_closed_and_drained(bus):
+    handled = []
+    calls = []
+    bus.on("a", handled.append)
+    fwd = bus.forward("f", lambda msg: True)
+    bus.emit("a", 1)
+
+    def first():
+        calls.append(("first", bus.state, len(handled), fwd.active, gevent.getcurrent()))
+
+    bus.add_close_listener(first)
+    bus.add_close_listener(lambda: calls.append(("second",)))
+    bus.close()
+    bus.close()
+
+    assert calls == [
+        ("first", BusState.CLOSED, 1, False, gevent.getcurrent()),
+        ("second",),
+    ]
+
+
+def test_a_removed_close_listener_is_not_called(bus):
+    calls = []
+    bus.add_close_listener(calls.append)
+    bus.remove_close_listener(calls.append)
+    bus.remove_close_listener(print)  # never added: a no-op
+
+    bus.close()
+
+    assert calls == []
+
+
+def test_adding_a_close_listener_to_a_closed_bus_raises_bus_closed(bus):
+    bus.close()
+
+    with pytest.raises(BusClosed):
+        bus.add_close_listener(lambda: None)
+
+
+def test_a_close_listener_that_raises_is_logged_and_the_others_still_run(bus, caplog):
+    calls = []
+
+    def broken():
+        raise RuntimeError("listener bug")
+
+    bus.add_close_listener(broken)
+    bus.add_close_listener(lambda: calls.append("ran"))
+    with caplog.at_level(logging.ERROR, logger="greenbus.bus"):
+        bus.close()
+
+    assert calls == ["ran"]
+    [record] = records(caplog, logging.ERROR)
+    assert "close listener" in record.getMessage()
+    assert record.exc_info is not None and "listener bug" in str(record.exc_info[1])
+
+
+def test_add_close_listener_from_another_thread_raises_wrong_thread(bus):
+    with pytest.raises(WrongThread):
+        call_in_thread(bus.add_close_listener, lambda: None)
 
 
 # -- introspection -------------------------------------------------------------

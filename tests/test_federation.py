@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 import redis
 from conftest import ROOT, HubProcess, RedisServer, child_env, stop_process
@@ -98,6 +99,16 @@ def live_greenlets() -> set[gevent.Greenlet]:
     return {g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead}
 
 
+def named_url(server: RedisServer, name: str) -> str:
+    """The server's URL, for connections that name themselves ``name`` (CLIENT SETNAME)."""
+    return f"{server.url}?client_name={name}"
+
+
+def connections_named(r: redis.Redis, name: str) -> list[dict[str, Any]]:
+    """``CLIENT LIST`` entries of the connections named ``name`` (see :func:`named_url`)."""
+    return [c for c in r.client_list() if c["name"] == name]
+
+
 # -- nodes in the test process ----------------------------------------------------------
 
 
@@ -105,15 +116,19 @@ def live_greenlets() -> set[gevent.Greenlet]:
 def federated(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> Iterator[Callable[..., tuple[Bus, Federation]]]:
-    """``make(name, start=True, **options)``: a bus and its federation; both stopped afterwards.
+    """``make(name, start=True, url=None, **options)``: a bus and its federation; both
+    stopped afterwards.
 
     Started (the default), it has connected to Redis when ``make`` returns.
+    ``url`` defaults to the test's server (see :func:`named_url`).
     """
     made: list[tuple[Bus, Federation]] = []
 
-    def make(name: str, *, start: bool = True, **options: Any) -> tuple[Bus, Federation]:
+    def make(
+        name: str, *, start: bool = True, url: str | None = None, **options: Any
+    ) -> tuple[Bus, Federation]:
         bus = Bus(f"{request.node.name}:{name}")
-        federation = Federation(bus, redis_server.url, **options)
+        federation = Federation(bus, url or redis_server.url, **options)
         made.append((bus, federation))
         if start:
             federation.start()
@@ -967,14 +982,87 @@ def test_stopping_after_the_bus_closed_still_ends_the_federations_greenlets(
     bus.subscribe("z.x", maxsize=None)
     wait_until(lambda: subscribers(redis_cli, "z.x") == 1, 5, "SUBSCRIBE z.x")
 
-    # A message in flight when the bus closes (no switch in between).
-    assert publish_raw(redis_cli, "z.x", stranger("z.x", 1)) == 1
+    # stop() right after the close, before the federation's greenlets have
+    # run to notice it.
     bus.close(timeout=1)
-    wait_until(lambda: federation.stats().received == 1, 5, "the reader reading it")
     federation.stop()
 
     assert live_greenlets() - before == set()
     assert not federation.stats().connected
+    wait_until(lambda: len(redis_cli.client_list()) == 1, 5, "only the test's own connection")
+
+
+# -- the bus closing under a federation ----------------------------------------------------
+
+
+def test_a_node_whose_bus_closed_leaves_redis_by_itself_after_publishing_what_it_had_queued(
+    federated: Callable[..., tuple[Bus, Federation]],
+    redis_server: RedisServer,
+    redis_cli: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    b_bus, _ = federated("b")
+    last = b_bus.subscribe("t.last", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "t.last") == 1, 5, "SUBSCRIBE t.last")
+    a_bus, a = federated("a", url=named_url(redis_server, "node-a"))
+    a_bus.subscribe("t.x", maxsize=None)
+    wait_until(lambda: subscribers(redis_cli, "t.x") == 1, 5, "SUBSCRIBE t.x")
+    assert subscribers(redis_cli, f"_node.{a.node}") == 1  # a's reader, on its own channel
+    assert len(connections_named(redis_cli, "node-a")) == 1
+
+    with caplog.at_level(logging.INFO, logger="greenbus.federation"):
+        a_bus.emit("t.last", "last words")  # accepted by the bus, queued for Redis
+        a_bus.close(timeout=2)  # and not a.stop()
+        # Traffic for a's old subscription does not keep its reader around.
+        b_bus.emit("t.x", "anyone there?")
+        wait_until(lambda: a._reader.dead and a._writer.dead, 5, "a's reader and writer to end")
+
+    assert last.get(timeout=5).data == "last words"  # the writer published it first
+    assert not a.stats().connected
+    assert a.stats().published == 1
+    wait_until(lambda: connections_named(redis_cli, "node-a") == [], 5, "a's connections to go")
+    assert subscribers(redis_cli, f"_node.{a.node}") == 0
+    assert subscribers(redis_cli, "t.x") == 0
+    [record] = [
+        r for r in caplog.records if r.name == "greenbus.federation" and r.levelno == logging.INFO
+    ]
+    assert "bus" in record.getMessage() and "closed" in record.getMessage()
+    assert a.node in record.getMessage()
+
+
+def test_a_message_arriving_while_the_bus_is_closing_makes_the_reader_leave_redis(
+    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+) -> None:
+    bus, federation = federated("b")
+    release = gevent.event.Event()
+    handled: list[object] = []
+
+    def busy(msg: greenbus.Message) -> None:
+        handled.append(msg.data)
+        release.wait()
+
+    bus.on("z.x", busy)
+    wait_until(lambda: subscribers(redis_cli, "z.x") == 1, 5, "SUBSCRIBE z.x")
+    assert publish_raw(redis_cli, "z.x", stranger("z.x", 1)) == 1
+    wait_until(lambda: handled == [1], 5, "the handler to be busy with the first")
+    # close() waits for the busy handler: the bus is closing, not yet closed,
+    # and Redis still sends this node what its subscription asked for.
+    closer = gevent.spawn(bus.close, timeout=5)
+    try:
+        wait_until(lambda: bus.closed, 5, "close() to begin")
+        assert publish_raw(redis_cli, "z.x", stranger("z.x", 2, seq=2)) == 1
+
+        # The reader emits it, gets BusClosed, and leaves Redis there and then.
+        wait_until(lambda: federation._reader.dead, 5, "the reader to end")
+        assert federation.stats().received == 2
+        assert not federation.stats().connected
+        assert subscribers(redis_cli, f"_node.{federation.node}") == 0
+        assert bus.state is greenbus.BusState.CLOSING
+    finally:
+        release.set()
+        closer.join(5)
+    assert handled == [1]
+    wait_until(lambda: federation._writer.dead, 5, "the writer to end")
 
 
 # -- hubs: greenbus serve --redis ----------------------------------------------------------

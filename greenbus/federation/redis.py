@@ -20,6 +20,13 @@ reader re-subscribes everything; the writer re-sends the batch it was
 sending (receivers drop the duplicates by sequence number).  Messages
 published while a receiver was cut off are lost (pub/sub is at-most-once)
 and counted as a gap.  The local bus keeps working throughout.
+
+Ending: :meth:`Federation.stop` detaches, publishes what is queued and
+closes both connections.  If the bus closes first, the federation stops by
+itself (it is the bus's close listener): the reader leaves Redis at once,
+closing its subscribed connection, and the writer publishes what the bus had
+accepted, then ends and closes the publishing connection.  ``stop()`` is
+still safe to call afterwards.
 """
 
 from __future__ import annotations
@@ -178,8 +185,10 @@ class Federation:
         self._last: dict[tuple[str, str], int] = {}
         self._connected = gevent.event.Event()
         # _stopping: the loops should end (stop() called, or the bus closed);
+        # _bus_closed: the bus's close listener ran (the federation stops by itself);
         # _stopped: stop() has run (it must still run after the bus closed).
         self._stopping = False
+        self._bus_closed = False
         self._stopped = False
         self._published = 0
         self._dropped = 0
@@ -206,6 +215,7 @@ class Federation:
         # interest=False: our own catch-all must not ask Redis for everything.
         self._forward = self.bus.forward(">", self._on_local, interest=False, raw=True)
         self.bus.add_interest_listener(self._on_interest)
+        self.bus.add_close_listener(self._on_bus_closed)
         for pattern in self.bus.interest():
             self._want(pattern)
         self._writer = gevent.spawn(self._write_loop)
@@ -223,6 +233,7 @@ class Federation:
         self._stopped = True
         self._stopping = True
         self.bus.remove_interest_listener(self._on_interest)
+        self.bus.remove_close_listener(self._on_bus_closed)
         if self._forward is not None:
             try:
                 self._forward.close()
@@ -241,14 +252,39 @@ class Federation:
                     "federation %s: stopped with %d unpublished message(s)", self.node, lost
                 )
         if self._reader is not None:
+            # Its finally clause closes its pubsub connection.
             self._reader.kill(block=True, timeout=timeout)
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except Exception:  # a broken connection: nothing left to close
-                pass
+        if self._pubsub is not None:  # the reader did not get to (killed too late)
+            _close_quietly(self._pubsub)
+            self._pubsub = None
         self._pool.disconnect()
         self._connected.clear()
+
+    def _on_bus_closed(self) -> None:
+        # The bus's close listener, at the end of bus.close(), in its
+        # greenlet: must not block.  Nobody here can receive any more, and
+        # the bus has closed our forward, so nothing new comes to publish:
+        # stop without waiting for stop().  stop() later remains safe.
+        self._stopping = True
+        self._bus_closed = True
+        assert self._out is not None
+        queued = len(self._out) + self._in_hand
+        # The writer publishes what the bus had accepted before it closed,
+        # then sees the end of the channel and ends.
+        self._out.close()
+        reader = self._reader
+        if reader is not None and reader is not getcurrent():
+            # Throws GreenletExit into its wait on Redis; its finally clause
+            # closes the pubsub connection.  (If the bus was closed from the
+            # reader itself, it sees _stopping when _deliver returns.)
+            reader.kill(block=False)
+        logger.info(
+            "federation %s: stopped because its bus %r closed; leaving Redis "
+            "(%d queued message(s) still to publish)",
+            self.node,
+            self.bus.name,
+            queued,
+        )
 
     def __enter__(self) -> Federation:
         return self.start()
@@ -298,6 +334,16 @@ class Federation:
         )
 
     def _write_loop(self) -> None:
+        try:
+            self._write_batches()
+        finally:
+            if self._bus_closed:
+                # Nothing more to publish, and stop() may never come: close
+                # the idle publishing connection.  (in-use ones, the reader's
+                # pubsub among them, are closed by their users.)
+                self._pool.disconnect(inuse_connections=False)
+
+    def _write_batches(self) -> None:
         out = self._out
         assert out is not None
         backoff = 0.05
@@ -405,11 +451,25 @@ class Federation:
             logger.info("federation %s: (un)subscribe %s deferred: %s", self.node, name, exc)
 
     def _read_loop(self) -> None:
+        # However the reader ends (the bus closed, stop() killed it), it
+        # leaves Redis: the subscribed connection is not kept a moment longer.
+        try:
+            self._read_until_stopping()
+        finally:
+            self._connected.clear()
+            pubsub, self._pubsub = self._pubsub, None
+            if pubsub is not None:
+                _close_quietly(pubsub)
+
+    def _read_until_stopping(self) -> None:
         backoff = 0.05
         outage: float | None = None
         while not self._stopping:
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                # Held in self._pubsub from the start, so that it is closed
+                # even if the reader is killed while connecting.  _command
+                # uses it only once _connected is set.
+                pubsub = self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 # A private channel keeps the connection subscribed when
                 # nobody here wants anything yet.
                 pubsub.subscribe(f"{self.prefix}:_node.{self.node}")
@@ -419,7 +479,6 @@ class Federation:
                     pubsub.subscribe(*channels)
                 if patterns:
                     pubsub.psubscribe(*patterns)
-                self._pubsub = pubsub
                 self._connected.set()
                 if outage is not None:
                     logger.warning(
@@ -433,9 +492,15 @@ class Federation:
                 for item in pubsub.listen():
                     if item["type"] in ("message", "pmessage"):
                         self._deliver(item["data"])
+                        if self._stopping:
+                            # The bus is closing (the emit raised BusClosed):
+                            # nobody here can receive; leave Redis now.
+                            return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._connected.clear()
-                self._pubsub = None
+                broken, self._pubsub = self._pubsub, None
+                if broken is not None:
+                    _close_quietly(broken)  # back to the pool; a new one reconnects
                 if self._stopping:
                     return
                 if outage is None:
@@ -489,7 +554,17 @@ class Federation:
                 "federation %s: a local subscriber refused %r: %s", self.node, env.topic, exc
             )
         except BusClosed:
+            # The bus is closing: the reader leaves when this returns, and
+            # the bus's close listener (_on_bus_closed) ends the writer.
             self._stopping = True
+
+
+def _close_quietly(pubsub: Any) -> None:
+    # Close a pubsub connection that may be broken already.
+    try:
+        pubsub.close()
+    except Exception:  # a broken connection: nothing left to close
+        pass
 
 
 def federate(bus: Bus, url: str, *, prefix: str = "greenbus", **options: Any) -> Federation:
