@@ -37,10 +37,16 @@ from typing import Any
 from .exceptions import AclError, InvalidTopic
 from .topics import is_wildcard, pattern_matches, validate_pattern
 
-__all__ = ["ALLOW_ALL", "Acl", "Permissions", "pattern_covers"]
+__all__ = ["ALLOW_ALL", "Acl", "InboxOwners", "Permissions", "is_inbox", "pattern_covers"]
 
 #: Topics under this prefix are request inboxes (see Bus.request).
 INBOX_PREFIX = "_INBOX."
+
+
+def is_inbox(pattern: str) -> bool:
+    """True for an exact inbox topic (``_INBOX.`` and no wildcard): a request's reply address."""
+    return pattern.startswith(INBOX_PREFIX) and not is_wildcard(pattern)
+
 
 try:
     import tomllib
@@ -81,8 +87,8 @@ class Permissions:
         return any(pattern_matches(p, topic) for p in self.publish)
 
     def can_subscribe(self, pattern: str) -> bool:
-        if pattern.startswith(INBOX_PREFIX) and not is_wildcard(pattern):
-            return True  # a request's own inbox
+        if is_inbox(pattern):
+            return True  # a request's own inbox (InboxOwners decides whose it is)
         return any(pattern_covers(p, pattern) for p in self.subscribe)
 
 
@@ -206,3 +212,59 @@ class Acl:
         except (OSError, ValueError) as exc:
             raise AclError(f"{p}: {exc}") from None
         return cls.from_mapping(data, str(p))
+
+
+class InboxOwners:
+    """Who owns which request inbox on one hub: replies reach their requester only.
+
+    An inbox is an exact ``_INBOX.`` topic.  The first peer to subscribe to
+    it owns it until its last subscription to it ends (unsub or
+    disconnect); meanwhile any other peer's subscription to it is refused.
+    The requester subscribes before it publishes the request, and the name
+    is unguessable, so nobody else can learn it before it is owned.  Inboxes
+    under a reserved prefix (the hub's own bus's :attr:`Bus.inbox_prefix`)
+    belong to in-process requesters and are never given to a peer.
+
+    Pure bookkeeping for the hub's thread; see docs/security.md.
+    """
+
+    __slots__ = ("_claims", "_reserved")
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._claims: dict[str, tuple[str, int]] = {}
+        self._reserved = tuple(prefix + "." for prefix in reserved)
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def reserve(self, prefix: str) -> None:
+        """Keep every inbox ``prefix + ".<token>"`` from peers (an in-process bus's)."""
+        self._reserved = (*self._reserved, prefix + ".")
+
+    def owner(self, inbox: str) -> str | None:
+        """The owner of ``inbox`` now, or None."""
+        claim = self._claims.get(inbox)
+        return claim[0] if claim is not None else None
+
+    def claim(self, inbox: str, owner: str) -> bool:
+        """Record one more subscription of ``owner`` to ``inbox``; False if it is not theirs."""
+        if self._reserved and inbox.startswith(self._reserved):
+            return False
+        held = self._claims.get(inbox)
+        if held is None:
+            self._claims[inbox] = (owner, 1)
+            return True
+        if held[0] != owner:
+            return False
+        self._claims[inbox] = (owner, held[1] + 1)
+        return True
+
+    def release(self, inbox: str, owner: str) -> None:
+        """One subscription of ``owner`` to ``inbox`` ended; the last one frees it."""
+        held = self._claims.get(inbox)
+        if held is None or held[0] != owner:
+            return
+        if held[1] > 1:
+            self._claims[inbox] = (owner, held[1] - 1)
+        else:
+            del self._claims[inbox]

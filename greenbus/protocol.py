@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .acl import ALLOW_ALL, Permissions
+from .acl import ALLOW_ALL, InboxOwners, Permissions, is_inbox
 from .exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
 from .topics import validate_cached
 
@@ -601,12 +601,16 @@ class HubSession:
             it None when no token is configured (anonymous peers may act at
             once, ``hello`` is optional).
         limits: the per-peer limits.
+        inboxes: the hub's :class:`~greenbus.acl.InboxOwners`: an exact
+            ``_INBOX.`` subscription is refused (``forbidden``) unless this
+            peer owns the inbox.  None: no ownership check.
     """
 
     server: str
     peer: str
     authenticate: Any = None
     limits: SessionLimits = field(default_factory=SessionLimits)
+    inboxes: InboxOwners | None = None
     state: SessionState = SessionState.OPEN
     name: str | None = None
     sids: dict[Id, str] = field(default_factory=dict)
@@ -674,15 +678,26 @@ class HubSession:
                     event.id,
                 )
                 return None
+            inboxes = self.inboxes
+            if inboxes is not None and is_inbox(event.topic):
+                if not inboxes.claim(event.topic, self.peer):
+                    self.reject(
+                        ErrorCode.FORBIDDEN,
+                        f"inbox {event.topic!r} belongs to another requester",
+                        event.id,
+                    )
+                    return None
             self.sids[event.sid] = event.topic
             return event
         if isinstance(event, Unsub):
-            if event.sid not in self.sids:
+            topic = self.sids.pop(event.sid, None)
+            if topic is None:
                 self.reject(
                     ErrorCode.UNKNOWN_SID, f"no subscription with sid {event.sid!r}", event.id
                 )
                 return None
-            del self.sids[event.sid]
+            if self.inboxes is not None and is_inbox(topic):
+                self.inboxes.release(topic, self.peer)
             return event
         return event  # Pub
 
@@ -726,6 +741,14 @@ class HubSession:
             self.state = SessionState.CLOSING
             self.close_code = code
             self.close_reason = reason
+
+    def end(self) -> None:
+        """The connection is over: give up what this peer holds (its inboxes).  Idempotent."""
+        sids, self.sids = self.sids, {}
+        if self.inboxes is not None:
+            for topic in sids.values():
+                if is_inbox(topic):
+                    self.inboxes.release(topic, self.peer)
 
     def take_outbox(self) -> list[str]:
         """Return and clear the frames queued to send."""

@@ -31,7 +31,7 @@ from websockets.sync.client import ClientConnection
 
 import greenbus
 from greenbus import RemoteBus
-from greenbus.acl import ALLOW_ALL, Acl, Permissions, pattern_covers
+from greenbus.acl import ALLOW_ALL, Acl, InboxOwners, Permissions, is_inbox, pattern_covers
 from greenbus.exceptions import AclError, GreenbusError
 from greenbus.topics import pattern_matches, validate_pattern
 
@@ -465,6 +465,47 @@ def test_the_repr_of_a_hub_with_an_acl_never_shows_a_token() -> None:
         assert token not in shown, token
 
 
+# -- InboxOwners: whose inbox is whose ---------------------------------------------------------
+
+
+def test_is_inbox_is_true_for_exact_inbox_topics_only() -> None:
+    assert is_inbox("_INBOX.9f2c.1")
+    assert is_inbox("_INBOX.9f2c")
+    assert not is_inbox("_INBOX.>")
+    assert not is_inbox("_INBOX.*.1")
+    assert not is_inbox("svc.echo")
+    assert not is_inbox("_INBOX")
+
+
+def test_the_first_subscriber_of_an_inbox_owns_it_and_nobody_else_may_subscribe() -> None:
+    owners = InboxOwners()
+    assert owners.claim("_INBOX.a", "p1")
+    assert not owners.claim("_INBOX.a", "p2")
+    assert owners.claim("_INBOX.a", "p1")  # its own second subscription
+    assert owners.owner("_INBOX.a") == "p1"
+
+
+def test_an_inbox_is_free_again_once_its_owners_last_subscription_ends() -> None:
+    owners = InboxOwners()
+    owners.claim("_INBOX.a", "p1")
+    owners.claim("_INBOX.a", "p1")
+    owners.release("_INBOX.a", "p2")  # not the owner's: no effect
+    owners.release("_INBOX.a", "p1")
+    assert not owners.claim("_INBOX.a", "p2")
+    owners.release("_INBOX.a", "p1")
+    assert owners.owner("_INBOX.a") is None
+    assert len(owners) == 0
+    assert owners.claim("_INBOX.a", "p2")
+
+
+def test_inboxes_under_a_reserved_prefix_are_never_given_to_a_peer() -> None:
+    owners = InboxOwners(["_INBOX.hubbus"])
+    assert not owners.claim("_INBOX.hubbus.5e1f", "p1")
+    assert owners.claim("_INBOX.hubbusx.1", "p1")  # another prefix that merely starts alike
+    owners.reserve("_INBOX.other")
+    assert not owners.claim("_INBOX.other.1", "p2")
+
+
 # -- end to end: greenbus serve --acl ------------------------------------------------------------
 
 E2E_ACL = """\
@@ -840,3 +881,99 @@ def test_greenbus_serve_with_a_malformed_acl_stops_at_start_naming_file_user_and
     assert repr(user) in last
     assert problem in last
     assert "tok-1" not in err
+
+
+def spy_on_a_request(url: str, requester_token: str | None, responder_token: str | None) -> None:
+    """A requester asks ``svc.echo``; the responder, which sees its reply_to,
+    subscribes to that inbox exactly.  It must be refused and see no reply."""
+
+    def hello(raw: RawClient, token: str | None, name: str) -> None:
+        if token is not None:
+            raw.send_json(op="hello", protocol=1, token=token, name=name, id="hi")
+            assert raw.recv_json()["op"] == "welcome"
+
+    with RawClient(url) as requester, RawClient(url) as responder:
+        hello(requester, requester_token, "requester")
+        hello(responder, responder_token, "responder")
+        responder.send_json(op="sub", sid="svc", topic="svc.*", id=1)
+        assert responder.recv_json() == {"op": "ack", "id": 1}
+        inbox = "_INBOX.5d0c9a6f3e2b41c7a8f0e6d2b9c4a1f3"
+        requester.send_json(op="sub", sid="inbox", topic=inbox, id=1)
+        assert requester.recv_json() == {"op": "ack", "id": 1}
+        requester.send_json(op="pub", topic="svc.echo", data="secret", reply_to=inbox, id=2)
+        assert requester.recv_json() == {"op": "ack", "id": 2}
+        request = responder.recv_json()
+        assert request["reply_to"] == inbox
+        # The spy: an exact subscription to the requester's inbox.
+        responder.send_json(op="sub", sid="spy", topic=inbox, id="spy")
+        refusal = responder.recv_json()
+        assert refusal["op"] == "error"
+        assert (refusal["code"], refusal["id"]) == ("forbidden", "spy")
+        assert "belongs to another requester" in refusal["reason"]
+        # Its reply still reaches the requester, and only the requester: the
+        # pong comes after anything routed to the responder before it.
+        responder.send_json(op="pub", topic=inbox, data="answer", id=3)
+        responder.send_json(op="ping", id="end")
+        assert responder.recv_json() == {"op": "ack", "id": 3}
+        assert responder.recv_json() == {"op": "pong", "id": "end"}
+        assert requester.recv_json() == {
+            "op": "msg",
+            "sid": "inbox",
+            "topic": inbox,
+            "data": "answer",
+        }
+
+
+def test_a_user_that_learns_another_users_inbox_is_forbidden_to_subscribe_to_it(
+    acl_hub: HubProcess,
+) -> None:
+    spy_on_a_request(acl_hub.url, DASHBOARD_TOKEN, "tok-service")
+
+
+def test_on_an_admin_every_pattern_is_allowed_but_another_users_inbox_is_not(
+    acl_hub: HubProcess,
+) -> None:
+    spy_on_a_request(acl_hub.url, DASHBOARD_TOKEN, "tok-admin")
+
+
+@pytest.mark.parametrize("hub_process", [NO_STATS], indirect=True, ids=["no-stats"])
+def test_on_an_anonymous_hub_a_peer_may_not_subscribe_to_another_peers_inbox(
+    hub_process: HubProcess,
+) -> None:
+    spy_on_a_request(hub_process.url, None, None)
+
+
+def test_an_inbox_of_the_hubs_own_bus_is_never_given_to_a_peer(
+    local_hub: Callable[..., greenbus.HubServer],
+) -> None:
+    hub = local_hub()
+    with RawClient(hub.url) as responder:
+        responder.send_json(op="sub", sid="svc", topic="svc.*", id=1)
+        assert responder.recv_json() == {"op": "ack", "id": 1}
+        asking = gevent.spawn(hub.bus.request, "svc.time", timeout=5)
+        request = responder.recv_json()
+        inbox = request["reply_to"]
+        assert inbox.startswith(hub.bus.inbox_prefix + ".")
+        responder.send_json(op="sub", sid="spy", topic=inbox, id="spy")
+        refusal = responder.recv_json()
+        assert (refusal["op"], refusal["code"], refusal["id"]) == ("error", "forbidden", "spy")
+        responder.send_json(op="pub", topic=inbox, data="noon")
+        responder.send_json(op="ping", id="end")
+        assert responder.recv_json() == {"op": "pong", "id": "end"}  # no copy of the reply
+        assert asking.get(timeout=5).data == "noon"
+
+
+def test_a_requesters_inbox_is_free_again_after_it_disconnects(
+    local_hub: Callable[..., greenbus.HubServer],
+) -> None:
+    hub = local_hub()
+    inbox = "_INBOX.0f4e2d7c9b1a46e38d5c2b7a9e0f1d63"
+    with RawClient(hub.url) as first:
+        first.send_json(op="sub", sid=1, topic=inbox, id=1)
+        assert first.recv_json() == {"op": "ack", "id": 1}
+        assert hub.inboxes.owner(inbox) is not None
+    wait_until(lambda: not hub.peers, 5, "the first peer to leave")
+    assert hub.inboxes.owner(inbox) is None
+    with RawClient(hub.url) as second:
+        second.send_json(op="sub", sid=1, topic=inbox, id=1)
+        assert second.recv_json() == {"op": "ack", "id": 1}

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 from conftest import ROOT
 from gevent import socket as gsocket
@@ -49,7 +50,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from websockets.frames import Frame, Opcode
 
-from greenbus.acl import Acl
+from greenbus.acl import Acl, InboxOwners, is_inbox
 from greenbus.exceptions import InvalidTopic, RemoteProtocolError
 from greenbus.protocol import (
     Ack,
@@ -424,13 +425,14 @@ class Closed(Exception):
 class Connection:
     """One fuzzing connection and its model: the session the hub should be in."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, inboxes: InboxOwners) -> None:
         self.raw = RawClient(url, timeout=5)
         self.raw.sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
         self.raw.send_json(op="hello", protocol=1, name=name, id=0)
         welcome = self.raw.recv_json()
         assert welcome["op"] == "welcome", welcome
-        self.model = HubSession(server=welcome["server"], peer=welcome["peer"])
+        # The hub's connections share one InboxOwners: so do the models.
+        self.model = HubSession(server=welcome["server"], peer=welcome["peer"], inboxes=inboxes)
         self.sids: set[Any] = set()  # every sid ever subscribed: a msg may lag an unsub
 
     def expect(self, text: str) -> list[str]:
@@ -496,6 +498,7 @@ class Fuzzer:
         self.hub = hub
         self.url = hub.url
         self.slots: list[Connection | None] = [None] * connections
+        self.inboxes = InboxOwners()
         self.connects = 0
         self.turn = 0
         self.frames = 0
@@ -526,7 +529,9 @@ class Fuzzer:
         conn = self.slots[self.turn]
         if conn is None:
             self.connects += 1
-            conn = self.slots[self.turn] = Connection(self.url, f"fuzz{self.connects}")
+            conn = self.slots[self.turn] = Connection(
+                self.url, f"fuzz{self.connects}", self.inboxes
+            )
         return conn
 
     def play(self, unit: Unit) -> None:
@@ -562,6 +567,17 @@ class Fuzzer:
     def drop(self, conn: Connection) -> None:
         conn.close()
         self.slots[self.turn] = None
+        held = any(is_inbox(topic) for topic in conn.model.sids.values())
+        conn.model.end()
+        if held:
+            # The hub frees the inboxes it held once it has seen it go:
+            # wait for that, or a next connection's sub to one of them
+            # would race it.
+            live = 1 + sum(slot is not None for slot in self.slots)  # and the observer
+            deadline = time.monotonic() + 5
+            while self.hub.metrics()["greenbus_connections"] > live:
+                assert time.monotonic() < deadline, "the hub did not see a connection go"
+                gevent.sleep(0.005)
 
     def collect(
         self,

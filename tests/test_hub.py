@@ -614,7 +614,7 @@ def test_a_peer_that_answers_keepalive_pings_stays_open(
                 pings += 1
         raw.send_json(op="ping", id="still")
         assert raw.recv_json() == {"op": "pong", "id": "still"}
-    assert hub.counters.get("closed_1011", 0) == 0
+    assert hub.counters.closes.get(1011, 0) == 0
 
 
 @pytest.mark.parametrize(
@@ -627,7 +627,7 @@ def test_a_connection_that_does_not_finish_the_http_upgrade_in_time_is_closed(
     with gsocket.create_connection(hub.address, timeout=5) as sock:
         sock.sendall(request_bytes)
         assert sock.recv(1024) == b""
-    assert hub.counters["connections_total"] == 0
+    assert hub.counters.connections_total == 0
     assert 'greenbus_timeouts_total{kind="handshake"} 1\n' in hub.metrics()
 
 
@@ -771,7 +771,7 @@ def test_a_local_message_whose_data_is_not_json_is_skipped_and_counted(
     hub.bus.emit("x.a", float("nan"))
     hub.bus.emit("x.a", 2)
     assert [sub.get(timeout=5).data, sub.get(timeout=5).data] == [1, 2]
-    assert hub.counters["encode_errors"] == 2
+    assert hub.counters.encode_errors == 2
     assert "greenbus_encode_errors_total 2" in hub.metrics().splitlines()
     assert remote.connected
 
@@ -888,7 +888,7 @@ def flood(hub: HubProcess, fast: FastSubscriber, count: int, size: int) -> int:
             ("--max-pending", "1000", "--close-timeout", "60"),
             50_000,
             1000,
-            "more than 1000 messages pending; closing",
+            "more than 1000 frames pending; closing",
         ),
         (
             ("--max-pending-bytes", "300000", "--close-timeout", "60"),
@@ -944,7 +944,7 @@ def test_a_peer_that_stops_reading_entirely_is_aborted_when_its_close_frame_cann
         slow.send_json(op="sub", sid="slow", topic="big.>", id=1)
         assert slow.recv_json() == {"op": "ack", "id": 1}
         sent = 0
-        while not hub.counters["slow_consumers"]:
+        while not hub.counters.slow_consumers:
             assert sent < 2000, "128 MB sent and the peer was never found slow"
             hub.bus.emit("big.data", payload)
             sent += 1
@@ -991,8 +991,8 @@ def test_with_drop_oldest_max_pending_bytes_bounds_the_queue_and_every_drop_is_c
         assert peer.pending_bytes == 0  # every byte counted in was counted out
     assert all(a < b for a, b in pairwise(delivered))
     assert delivered[-1] == count - 1
-    assert hub.counters["dropped"] == peer.dropped == count - len(delivered) > 0
-    assert hub.counters["slow_consumers"] == 0
+    assert hub.counters.dropped == peer.dropped == count - len(delivered) > 0
+    assert hub.counters.slow_consumers == 0
 
 
 @pytest.mark.parametrize(
@@ -1012,13 +1012,15 @@ def test_with_drop_oldest_a_peer_that_never_reads_stays_open_and_its_drops_are_c
         finally:
             fast.close()
         assert fast.got == list(range(count))
-        samples = hub_process.metrics()
         # Still open, and it reads on: the newest messages were kept, in order.
+        # (Its pong counts toward the limit too: queued behind a full queue,
+        # it makes one more message drop.)
         slow.send_json(op="ping", id="alive")
         delivered = []
         while (frame := slow.recv_json())["op"] == "msg":
             delivered.append(frame["data"]["n"])
         assert frame == {"op": "pong", "id": "alive"}
+        samples = hub_process.metrics()
     # 20 MB flow past the slow peer, whose queue holds at most 1,000 of them.
     assert peak - baseline < 16 * 1024, f"RSS grew by {(peak - baseline) // 1024} MiB"
     assert samples["greenbus_slow_consumers_total"] == 0
@@ -1096,6 +1098,99 @@ def test_a_burst_from_one_publisher_does_not_starve_a_reading_subscriber(
     finally:
         fast.close()
     assert fast.got == list(range(count))
+
+
+class Pinger:
+    """Pings the hub every 20 ms from an OS thread and records the slowest answer (s)."""
+
+    def __init__(self, url: str) -> None:
+        self.slowest = 0.0
+        self.answered = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._ws = client(url)
+        self._ws.__enter__()
+        self._thread = threading.Thread(target=self._run, name="pinger", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(0.02):
+                started = time.monotonic()
+                assert ask(self._ws, op="ping", id=self.answered)["op"] == "pong"
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                self.answered += 1
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._ws.__exit__(None, None, None)
+        if self.error is not None:
+            raise AssertionError("the pinger failed") from self.error
+
+
+#: Requests whose answers a flooding peer never reads: each is answered with
+#: a frame (pong, ack), queued to it.  Sub and unsub alternate on one sid.
+UNREAD_REQUESTS = {
+    "ping": [{"op": "ping", "id": 1}],
+    "pub-with-id": [{"op": "pub", "topic": "flood.unread", "data": 1, "id": 2}],
+    "sub-unsub": [
+        {"op": "sub", "sid": "s", "topic": "flood.unread", "id": 3},
+        {"op": "unsub", "sid": "s", "id": 4},
+    ],
+}
+
+
+@pytest.mark.parametrize("hub_transport", ["websockets"], indirect=True)
+@pytest.mark.parametrize(
+    "hub_process", [("--max-pending", "1000", "--close-timeout", "1")], indirect=True
+)
+@pytest.mark.parametrize("requests", UNREAD_REQUESTS.values(), ids=UNREAD_REQUESTS.keys())
+def test_a_peer_that_never_reads_its_answers_is_cut_off_and_the_hub_stays_bounded(
+    hub_process: HubProcess, requests: list[dict[str, Any]]
+) -> None:
+    # Issue 11: 2,000,000 unread pings once grew a hub by ~150 MiB, because
+    # only msg frames counted toward a peer's limits.  Every frame queued to
+    # a peer counts now: this one is a slow consumer after max_pending
+    # answers beyond what the socket buffers hold, its close frame cannot
+    # be written (it reads nothing), and the hub aborts it after
+    # close_timeout.  Meanwhile another peer's pings are answered promptly.
+    baseline = hub_process.rss_kib()
+    peak = baseline
+    pinger = Pinger(hub_process.url)
+    cap = 2_000_000
+    sent = 0
+    with RawClient(hub_process.url, rcvbuf=4096) as flooder:
+        # One chunk of 10,000 frames, built once and sent again and again.
+        for _ in range(10_000 // len(requests)):
+            for frame in requests:
+                flooder.protocol.send_text(json.dumps(frame).encode())
+        chunk = b"".join(flooder.protocol.data_to_send())
+        frames_per_chunk = 10_000 // len(requests) * len(requests)
+        with pytest.raises(OSError):  # the hub aborts the connection
+            while sent < cap:
+                flooder.sock.sendall(chunk)
+                sent += frames_per_chunk
+                peak = max(peak, hub_process.rss_kib())
+    samples = metric_eventually(hub_process, "greenbus_connections", lambda v: v == 1)
+    pinger.stop()
+    peak = max(peak, hub_process.rss_kib())
+    assert samples["greenbus_slow_consumers_total"] == 1
+    assert samples['greenbus_errors_total{code="slow_consumer"}'] == 1
+    # No close reply came (it reads nothing): the closing handshake timed
+    # out after close_timeout (1 s).  Whether its close frame still fit in
+    # the socket buffers (1013) or never got out (1006) is up to the kernel.
+    assert samples['greenbus_timeouts_total{kind="close"}'] == 1
+    closes = [samples.get(f'greenbus_closes_total{{code="{code}"}}', 0) for code in (1006, 1013)]
+    assert sum(closes) == 1, closes
+    # The frames sent before the hub cut it off, at most about 2 MB: the
+    # socket buffers, plus max_pending answers, plus what arrived in the
+    # second before the abort.  Memory grows by the limits, not the flood.
+    assert peak - baseline < 16 * 1024, f"RSS grew by {(peak - baseline) // 1024} MiB"
+    assert pinger.answered > 0
+    assert pinger.slowest < 1.0, f"a ping took {pinger.slowest:.2f} s during the flood"
 
 
 # -- 8. disconnects leave nothing behind --------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greenbus.acl import Acl
+from greenbus.acl import Acl, InboxOwners
 from greenbus.exceptions import LocalProtocolError, ProtocolError, RemoteProtocolError
 from greenbus.protocol import (
     DEFAULT_MAX_DEPTH,
@@ -1346,3 +1346,43 @@ def test_a_session_counts_its_error_frames_by_code_in_a_dict_it_may_share() -> N
     assert shared == {"bad_json": 2, "unknown_op": 1, "unknown_sid": 1}
     assert [f["code"] for f in sent(one)] == ["bad_json", "unknown_op"]
     assert anonymous().error_counts == {}  # its own dict by default
+
+
+# -- inbox ownership in the session -------------------------------------------------
+
+
+def test_a_session_claims_an_exact_inbox_and_another_session_is_forbidden_it() -> None:
+    owners = InboxOwners()
+    one = HubSession(server="hub", peer="p1", inboxes=owners)
+    two = HubSession(server="hub", peer="p2", inboxes=owners)
+    assert one.receive('{"op":"sub","sid":1,"topic":"_INBOX.x1","id":1}') == Sub(1, "_INBOX.x1", 1)
+    assert two.receive('{"op":"sub","sid":1,"topic":"_INBOX.x1","id":7}') is None
+    (frame,) = two.take_outbox()
+    assert json.loads(frame) == {
+        "op": "error",
+        "code": "forbidden",
+        "reason": "inbox '_INBOX.x1' belongs to another requester",
+        "id": 7,
+    }
+    assert two.sids == {}  # refused, so not held
+    assert two.errors == 1
+
+
+def test_unsub_and_the_end_of_a_session_release_its_inboxes() -> None:
+    owners = InboxOwners()
+    one = HubSession(server="hub", peer="p1", inboxes=owners)
+    one.receive('{"op":"sub","sid":1,"topic":"_INBOX.a"}')
+    one.receive('{"op":"sub","sid":2,"topic":"_INBOX.b"}')
+    one.receive('{"op":"unsub","sid":1}')
+    assert owners.owner("_INBOX.a") is None
+    assert owners.owner("_INBOX.b") == "p1"
+    one.end()
+    assert len(owners) == 0
+
+
+def test_a_refused_sub_claims_no_inbox() -> None:
+    owners = InboxOwners()
+    one = HubSession(server="hub", peer="p1", inboxes=owners, limits=SessionLimits(1))
+    one.receive('{"op":"sub","sid":1,"topic":"a"}')
+    assert one.receive('{"op":"sub","sid":2,"topic":"_INBOX.a"}') is None  # over the limit
+    assert owners.owner("_INBOX.a") is None

@@ -8,7 +8,11 @@ own local channel, and a handler runs in its own greenlet, in order.
 
 It reconnects with capped exponential backoff and re-subscribes; while it is
 disconnected, emits wait in a bounded buffer (``max_buffer``; the oldest are
-dropped, counted and logged once per outage when it overflows).
+dropped, counted and logged once per outage when it overflows).  Messages
+still queued, never written, when a connection drops go back to the front of
+that buffer and are sent on the next connection, in order; a batch cut off
+in the middle of its write cannot be told apart from one the hub received,
+so it is counted and logged as dropped, never as sent.
 """
 
 from __future__ import annotations
@@ -67,10 +71,15 @@ logger = logging.getLogger("greenbus.bridge.client")
 class ClientStatistics:
     connected: bool
     reconnects: int
+    #: ``pub`` frames written to the socket (not proof the hub read them).
     sent: int
     received: int
+    #: Emits waiting for a connection.
     buffered: int
+    #: Emits dropped because the buffer was full while disconnected.
     dropped_while_disconnected: int
+    #: Emits lost with a connection: cut off in the middle of their write.
+    dropped_on_disconnect: int
     dropped_on_receive: int
     hub_errors: int
 
@@ -121,7 +130,8 @@ class RemoteBus(Subscriber):
         self._sids = itertools.count(1)
         self._subs: dict[int, Subscription] = {}
         self._sid_of: dict[Subscription, int] = {}
-        self._buffer: deque[str] = deque()
+        #: Encoded pub frames waiting for a connection, oldest first.
+        self._buffer: deque[bytes] = deque()
         self._conn: Connection | None = None
         self._connected = gevent.event.Event()
         self._closed = False
@@ -131,6 +141,7 @@ class RemoteBus(Subscriber):
         self._sent = 0
         self._received = 0
         self._dropped_buffer = 0
+        self._dropped_disconnect = 0
         self._dropped_receive = 0
         self._hub_errors = 0
         self._fatal: RemoteError | None = None
@@ -149,13 +160,15 @@ class RemoteBus(Subscriber):
         return self._connected.wait(timeout)
 
     def statistics(self) -> ClientStatistics:
+        conn = self._conn
         return ClientStatistics(
             connected=self.connected,
             reconnects=self._reconnects,
-            sent=self._sent,
+            sent=self._sent + (conn.outbox.written_messages if conn is not None else 0),
             received=self._received,
             buffered=len(self._buffer),
             dropped_while_disconnected=self._dropped_buffer,
+            dropped_on_disconnect=self._dropped_disconnect,
             dropped_on_receive=self._dropped_receive,
             hub_errors=self._hub_errors,
         )
@@ -187,17 +200,17 @@ class RemoteBus(Subscriber):
         validate_topic(topic)
         if reply_to is not None:
             validate_topic(reply_to)
-        text = encode(Pub(topic, data, dict(headers) if headers else None, reply_to))
-        self._send(text)
+        frame = encode(Pub(topic, data, dict(headers) if headers else None, reply_to)).encode()
+        conn = self._conn
+        if conn is None or not conn.open or not conn.outbox.put_message(frame, b""):
+            self._buffer.append(frame)
+            self._trim_buffer()
         return 1
 
-    def _send(self, text: str) -> None:
-        conn = self._conn
-        if conn is not None and conn.send(text):
-            self._sent += 1
-            return
+    def _trim_buffer(self) -> None:
+        # Keep at most max_buffer emits waiting; drop (and count) the oldest.
         buffer = self._buffer
-        if len(buffer) >= self._max_buffer:
+        while len(buffer) > self._max_buffer:
             buffer.popleft()
             self._dropped_buffer += 1
             if self._dropped_buffer == 1 or self._dropped_buffer % 10_000 == 0:
@@ -208,7 +221,6 @@ class RemoteBus(Subscriber):
                     self._max_buffer,
                     self._dropped_buffer,
                 )
-        buffer.append(text)
 
     # -- subscribing -------------------------------------------------------------
 
@@ -309,21 +321,42 @@ class RemoteBus(Subscriber):
                 conn.send(encode(Hello(token=self._token, name=self.name)))
             for sid, sub in self._subs.items():
                 conn.send(encode(Sub(sid, sub.pattern)))
+            put = conn.outbox.put_message
             while self._buffer:
-                conn.send(self._buffer.popleft())
-                self._sent += 1
+                put(self._buffer.popleft(), b"")
             self._conn = conn
             self._connected.set()
             logger.info("%s: connected to %s", self.name, self.url)
             conn.wait()
             self._conn = None
             self._connected.clear()
+            self._connection_ended(conn)
             if self._fatal is not None:
                 logger.error("%s: giving up: %s", self.name, self._fatal)
                 return
             if not self._closed:
                 self._reconnects += 1
                 logger.info("%s: disconnected (code %s); reconnecting", self.name, conn.close_code)
+
+    def _connection_ended(self, conn: Connection) -> None:
+        # Account for what the connection carried: written pubs are sent;
+        # pubs it never took go back to the front of the buffer, in order
+        # (never written, so no duplicate); a batch cut off mid-write is lost.
+        self._sent += conn.outbox.written_messages
+        unsent = [head for head, body in conn.unsent if body is not None]
+        lost = conn.outbox.dropped
+        if self._closed:
+            lost += len(unsent)  # close() gave up waiting for them
+        elif unsent:
+            self._buffer.extendleft(reversed(unsent))
+            self._trim_buffer()
+        if lost:
+            self._dropped_disconnect += lost
+            logger.warning(
+                "%s: %d message(s) lost with the connection (cut off while being written)",
+                self.name,
+                lost,
+            )
 
     def _open(self) -> Connection:
         uri = self._uri

@@ -4,13 +4,12 @@ A thin driver around the ``websockets`` library's sans-I/O protocol objects
 (``ServerProtocol``/``ClientProtocol``): the reader greenlet feeds socket
 bytes in and hands complete text messages to a callback; the writer greenlet
 is the only one that writes to the socket, so two senders can never
-interleave frames.  It batches: everything queued when it wakes is framed
-and written with one ``sendall``.
+interleave frames.  It drains the connection's
+:class:`~greenbus.bridge.outbox.Outbox` in batches: everything queued when it
+wakes (up to a bound) is framed and written with one ``sendall``.
 
-It knows no routing and no JSON: items queued with :meth:`Connection.send`
-are strings, or objects turned into strings by the ``serialize`` callable
-given at construction (run in the writer greenlet, so encoding costs are
-never paid by the caller).
+It knows no routing and no JSON: what it writes was encoded by whoever
+queued it in the outbox, which also holds the limits.
 
 Close codes follow RFC 6455 section 7.4.1: invalid UTF-8 1007, a binary
 message 1003, a message over ``max_size`` 1009 (enforced by ``websockets``).
@@ -29,8 +28,8 @@ from gevent import Timeout
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
 
-from ..channel import Channel
 from ..exceptions import EndOfChannel
+from .outbox import Outbox, OutboxState
 
 __all__ = ["Connection"]
 
@@ -40,10 +39,10 @@ logger = logging.getLogger("greenbus.bridge.connection")
 READ_SIZE = 65536
 #: A read at least this big makes the reader yield before reading again.
 YIELD_AFTER = 4096
-#: Queued items framed per write, at most.
+#: Queued frames written per ``sendall``, at most.
 MAX_BATCH = 1024
-#: Bytes of text framed per write, at most (a batch stops growing past it),
-#: so a peer that stops reading holds at most this much in its writer.
+#: Bytes framed per ``sendall``, at most (a batch stops growing past it), so a
+#: peer that stops reading holds at most this much (plus one frame) in its writer.
 MAX_BATCH_BYTES = 256 * 1024
 
 
@@ -59,15 +58,6 @@ def wire_logger(name: str) -> logging.LoggerAdapter:  # type: ignore[type-arg]
     return _NoFrameLogging(logging.getLogger(name), {})
 
 
-class _Flush:
-    # Queued by the reader when the protocol has control frames to send
-    # (pong, close): the writer then flushes even with nothing else queued.
-    __slots__ = ()
-
-
-_FLUSH = _Flush()
-
-
 class Connection:
     """Drive ``protocol`` over ``sock`` with one reader and one writer greenlet.
 
@@ -77,7 +67,8 @@ class Connection:
         on_text: called in the reader greenlet with each complete text message.
         on_close: called once, in the reader greenlet, when the connection is
             over (with the close code the peer saw or sent, or 1006).
-        serialize: turns queued non-string items into text (writer greenlet).
+        outbox: what the writer drains; its limits are the owner's (the
+            hub's peers are bounded).  Default: a new unbounded one.
         name: for logs and repr.
         ping_interval: send a ping after this many idle seconds (None: never).
         ping_timeout: close with 1011 if no data arrives this long after a ping.
@@ -96,7 +87,7 @@ class Connection:
         *,
         on_text: Callable[[str], None],
         on_close: Callable[[int], None],
-        serialize: Callable[[Any], str] | None = None,
+        outbox: Outbox | None = None,
         name: str = "connection",
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
@@ -110,17 +101,15 @@ class Connection:
         self.name = name
         self._on_text = on_text
         self._on_close = on_close
-        self._serialize = serialize
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._close_timeout = close_timeout
-        # Unbounded here: the owner (the hub's peer) enforces its limits
-        # before queueing, and control flushes must always fit.
-        self._out: Channel[Any] = Channel(None)
+        #: The frames waiting for the writer.  Its state moves with the
+        #: connection's: it closes when the reader ends, so nothing is
+        #: queued for a connection that can no longer write.
+        self.outbox = outbox if outbox is not None else Outbox(name=name)
         self._fragments: list[bytes] = []
-        self._in_batch = 0
         self._idle_timer: Timeout | None = None
-        self._fragment_size = 0
         self._reader: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None
         self._closed_event = gevent.event.Event()
@@ -130,26 +119,34 @@ class Connection:
         #: Why the connection was given up on, if it timed out: "keepalive"
         #: (no pong) or "close" (the close frame could not be written).
         self.timed_out: str | None = None
-        self.sent = 0
         self.received = 0
         self.bytes_out = 0
         self.bytes_in = 0
         self.close_code: int | None = None
+        #: What the writer never took, once the connection is over (oldest
+        #: first): the owner resends or counts it.
+        self.unsent: list[tuple[bytes, bytes | None]] = []
 
     def __repr__(self) -> str:
         return (
             f"<Connection {self.name} {self.protocol.state.name.lower()} "
-            f"queued={len(self._out)} sent={self.sent} received={self.received}>"
+            f"queued={self.outbox.pending_frames} sent={self.sent} received={self.received}>"
         )
 
     @property
     def open(self) -> bool:
-        return self.protocol.state is State.OPEN
+        """True while frames can still be queued and written."""
+        return self.protocol.state is State.OPEN and self.outbox.state is OutboxState.OPEN
+
+    @property
+    def sent(self) -> int:
+        """Frames written to the socket (not proof that the peer read them)."""
+        return self.outbox.written_frames
 
     @property
     def pending(self) -> int:
-        """Items queued and not yet written (including the writer's current batch)."""
-        return len(self._out) + self._in_batch
+        """Frames queued and not yet written (including the writer's current batch)."""
+        return self.outbox.pending_frames
 
     def start(self, initial_events: Sequence[Any] = ()) -> None:
         """Start the reader and writer greenlets.
@@ -172,58 +169,26 @@ class Connection:
 
     # -- sending ---------------------------------------------------------------
 
-    def send(self, item: Any) -> bool:
-        """Queue a text message (or an item for ``serialize``); never blocks.
+    def send(self, text: str) -> bool:
+        """Queue a text frame as a control frame (never dropped); never blocks.
 
-        Returns False if the connection is no longer open (nothing queued).
+        Returns False if it was not queued: the connection is closing or
+        over, or the frame took the outbox over its limits.
         """
         if self.protocol.state is not State.OPEN:
             return False
-        return self._out.put(item)
-
-    def discard_messages(self) -> int:
-        """Drop every queued *message* not yet written; return how many.
-
-        As in :meth:`drop_oldest`, text frames queued as strings and close
-        requests stay.
-        """
-        queue = self._out._queue
-        kept = [item for item in queue if isinstance(item, (str, _Flush, _CloseRequest))]
-        lost = len(queue) - len(kept)
-        queue.clear()
-        queue.extend(kept)
-        return lost
-
-    def drop_oldest(self) -> Any:
-        """Drop the oldest queued *message* and return it; None if none is queued.
-
-        Text frames queued as strings (acks, errors, pongs) and close
-        requests are never dropped: only items for ``serialize``.
-        """
-        queue = self._out._queue
-        for i, item in enumerate(queue):
-            if not isinstance(item, (str, _Flush, _CloseRequest)):
-                if i == 0:
-                    queue.popleft()
-                else:
-                    del queue[i]
-                return item
-        return None
+        return self.outbox.put_control(text.encode())
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake after what is already queued.
+        """Start the closing handshake after what is already queued.  Idempotent.
 
         If the close frame is not written within ``close_timeout`` (the
         peer stopped reading and the socket buffer is full), the TCP
         connection is aborted: the peer then sees no close frame (1006).
+        A no-op once the connection is over.
         """
-        if self.protocol.state is State.OPEN:
-            # Queued behind pending items, so they are written first.
-            self._out.put(_CloseRequest(code, reason))
-            if self._close_timer is None:
-                self._close_timer = gevent.spawn_later(
-                    self._close_timeout, self._close_overdue, code
-                )
+        if self.protocol.state is State.OPEN and self.outbox.request_close(code, reason):
+            self._close_timer = gevent.spawn_later(self._close_timeout, self._close_overdue, code)
 
     def _close_overdue(self, code: int) -> None:
         if self._close_written or self._closed_event.is_set():
@@ -247,45 +212,32 @@ class Connection:
     # -- the writer ------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        out = self._out
-        get = out.get
-        queue = out._queue
+        outbox = self.outbox
         protocol = self.protocol
-        serialize = self._serialize
         try:
             while True:
                 try:
-                    item = get()
+                    batch = outbox.take(MAX_BATCH, MAX_BATCH_BYTES)
                 except EndOfChannel:
                     return
-                # Frame what is queued now, up to MAX_BATCH items or
-                # MAX_BATCH_BYTES, then write it with one sendall.
-                taken = 1
-                framed = 0
-                while True:
-                    self._in_batch = taken
-                    if item is _FLUSH:
-                        pass  # no frame of its own: the flush below writes the pong/close
-                    elif isinstance(item, _CloseRequest):
-                        if protocol.state is State.OPEN:
-                            protocol.send_close(item.code, item.reason)
-                            self._close_framed = True
-                    elif protocol.state is State.OPEN:
-                        text = item if isinstance(item, str) else serialize(item)  # type: ignore[misc]
-                        data = text.encode()
-                        protocol.send_text(data)
-                        framed += len(data)
-                        self.sent += 1
-                    if not queue or taken >= MAX_BATCH or framed >= MAX_BATCH_BYTES:
-                        break
-                    item = get()
-                    taken += 1
+                # Frame the batch and write it with one sendall.  Once the
+                # protocol is closing (the peer sent a close frame) no data
+                # frame may follow: the batch is lost, and counted so.
+                framed = protocol.state is State.OPEN
+                if framed:
+                    for head, body in batch:
+                        protocol.send_text(head if body is None else head + body)
+                    close = outbox.close_due()
+                    if close is not None:
+                        protocol.send_close(*close)
+                        self._close_framed = True
                 written = self._flush()
-                self._in_batch = 0
+                outbox.done(written and (framed or not batch))
                 if not written:
                     return
         except Exception:
             logger.exception("%s: writer failed", self.name)
+            outbox.done(False)
             self.abort()
 
     def _flush(self) -> bool:
@@ -328,7 +280,7 @@ class Connection:
                 for event in protocol.events_received():
                     self._handle(event)
                 if protocol.writes:  # pong, close: the writer must flush them
-                    self._out.put(_FLUSH)
+                    self._protocol_frames_pending()
                 if not data or protocol.state is State.CLOSED:
                     break
                 if protocol.close_expected():
@@ -345,6 +297,14 @@ class Connection:
             logger.exception("%s: reader failed", self.name)
         finally:
             self._finish()
+
+    def _protocol_frames_pending(self) -> None:
+        # The protocol framed something by itself (a pong, the close reply):
+        # count it toward the outbox's limits (a peer that pings and never
+        # reads must not grow them without bound), and have it written.
+        writes = self.protocol.writes
+        self.outbox.note_unqueued(len(writes), sum(map(len, writes)))
+        self.outbox.request_flush()
 
     def _recv(self) -> bytes:
         # Idle keepalive: after ping_interval seconds without data, ping, and
@@ -369,14 +329,14 @@ class Connection:
             timer.cancel()
         if self.protocol.state is State.OPEN:
             self.protocol.send_ping(b"greenbus")
-            self._out.put(_FLUSH)
+            self.outbox.request_flush()
         with Timeout(self._ping_timeout, False):
             return self._recv_raw(None)
         logger.info("%s: no pong within %s s; closing", self.name, self._ping_timeout)
         self.timed_out = "keepalive"
         if self.protocol.state is State.OPEN:
             self.protocol.fail(1011, "keepalive ping timeout")
-            self._out.put(_FLUSH)
+            self.outbox.request_flush()
         return self._recv_raw(self._close_timeout)
 
     def _recv_raw(self, timeout: float | None) -> bytes:
@@ -404,21 +364,42 @@ class Connection:
         # close the TCP stream; don't wait for it forever.
         # Keep feeding the protocol (RFC 6455 5.5.1 lets data frames precede
         # the close reply) and stop as soon as it says the handshake is done.
+        self.outbox.request_flush()
+        timer = Timeout(self._close_timeout)
+        timer.start()
+        try:
+            self._read_until_closed()
+        except Timeout as exc:
+            if exc is not timer:
+                raise
+            exc.__traceback__ = None  # or its frames keep this connection alive in a cycle
+            self.timed_out = "close"
+            logger.info(
+                "%s: no end to the closing handshake within %s s; closing the TCP connection",
+                self.name,
+                self._close_timeout,
+            )
+        finally:
+            timer.close()
+
+    def _read_until_closed(self) -> None:
         protocol = self.protocol
-        self._out.put(_FLUSH)
-        with Timeout(self._close_timeout, False):
-            while protocol.state is not State.CLOSED:
-                data = self._recv_raw(None)
-                if data:
-                    protocol.receive_data(data)
-                else:
-                    protocol.receive_eof()
-                for event in protocol.events_received():
-                    self._handle(event)
-                if protocol.writes:
-                    self._out.put(_FLUSH)
-                if not data:
-                    break
+        while protocol.state is not State.CLOSED:
+            data = self._recv_raw(None)
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+            for event in protocol.events_received():
+                self._handle(event)
+            if protocol.writes:
+                self._protocol_frames_pending()
+            if not data:
+                break
+            # A peer that keeps sending keeps recv() from blocking: yield, or
+            # the close timeout (a hub timer) could never fire.
+            if len(data) >= YIELD_AFTER:
+                gevent.sleep(0)
 
     def _handle(self, frame: Frame) -> None:
         protocol = self.protocol
@@ -456,13 +437,16 @@ class Connection:
             if protocol.close_sent is not None
             else 1006
         )
-        self._out.close()
+        # The outbox closes with the connection: from now on nothing can be
+        # queued, and what the writer never took goes back to the owner.
+        self.unsent = self.outbox.close()
         if self._close_timer is not None:
             self._close_timer.kill(block=False)
         if self._writer is not None:
             self._writer.join(timeout=self._close_timeout)
             if not self._writer.dead:
-                self._writer.kill(block=False)
+                self._writer.kill(block=True)
+                self.outbox.done(False)  # the batch it was writing is lost
         self.abort()
         try:
             self._on_close(self.close_code)
@@ -480,7 +464,6 @@ class Connection:
         self._reader = self._writer = self._close_timer = None
         self._on_text = _ignore
         self._on_close = _ignore
-        self._serialize = None
         self._recv_bytes = _read_nothing
         self._idle_timer = None
         protocol = self.protocol
@@ -511,11 +494,3 @@ def _read_buffer() -> memoryview:
         buffer = memoryview(bytearray(READ_SIZE))
         hub._greenbus_read_buffer = buffer  # type: ignore[attr-defined]
     return buffer
-
-
-class _CloseRequest:
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason

@@ -31,12 +31,13 @@ from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
 from .._version import __version__
-from ..acl import INBOX_PREFIX, Acl, Permissions
+from ..acl import INBOX_PREFIX, Acl, InboxOwners, Permissions
 from ..bus import Bus
 from ..exceptions import BusClosed
 from ..protocol import SessionLimits
 from .connection import Connection, wire_logger
-from .peer import Peer, PeerLimits
+from .metrics import TIMEOUT_KINDS, HubCounters
+from .peer import MessageEncoder, Peer, PeerLimits
 
 __all__ = ["HubConfig", "HubServer", "serve"]
 
@@ -61,9 +62,6 @@ WEB_FILES = {
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
 }
-
-#: The kinds of timeout counted in ``greenbus_timeouts_total``.
-TIMEOUT_KINDS = ("handshake", "hello", "keepalive", "close")
 
 #: Default maximum message size (bytes), as in ``websockets``.
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
@@ -124,18 +122,11 @@ class HubServer:
         self.config = base
         self.bus = bus
         self.peers: dict[str, Peer] = {}
-        self.counters: dict[str, int] = {
-            "connections_total": 0,
-            "connections_refused": 0,
-            "messages_in": 0,
-            "messages_out": 0,
-            "dropped": 0,
-            "slow_consumers": 0,
-            "encode_errors": 0,
-            "http_requests": 0,
-        }
-        #: Error frames sent to peers, by code (every peer's HubSession adds here).
-        self.error_counts: dict[str, int] = {}
+        #: Every limit, drop and disconnect, counted (shown by /metrics).
+        self.counters = HubCounters()
+        #: Who owns which request inbox; the bus's own are reserved.
+        self.inboxes = InboxOwners([bus.inbox_prefix])
+        self._encoder = MessageEncoder()
         self._server: StreamServer | None = None
         self._stats_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
@@ -254,11 +245,11 @@ class HubServer:
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "totals": {
                 "connections": len(self.peers),
-                "connections_total": c["connections_total"],
-                "messages_in": c["messages_in"],
-                "messages_out": c["messages_out"],
-                "dropped": c["dropped"],
-                "slow_consumers": c["slow_consumers"],
+                "connections_total": c.connections_total,
+                "messages_in": c.messages_in,
+                "messages_out": c.messages_out,
+                "dropped": c.dropped,
+                "slow_consumers": c.slow_consumers,
                 "local_subscriptions": len(self.bus.subscriptions()),
             },
             "peers_total": len(self.peers),
@@ -341,7 +332,7 @@ class HubServer:
                     sock.do_handshake()  # type: ignore[attr-defined]
             except (Timeout, OSError) as exc:
                 if isinstance(exc, Timeout):
-                    self._count("timeouts_handshake")
+                    self.counters.timed_out("handshake")
                 logger.info("%s: TLS handshake failed or timed out: %s", where, exc)
                 sock.close()
                 return
@@ -398,7 +389,7 @@ class HubServer:
                 passes its buffered reader so no byte read ahead is lost.
         """
         cfg = self.config
-        self.counters["connections_total"] += 1
+        self.counters.connections_total += 1
         peer = Peer(
             self.bus,
             server_name=cfg.name,
@@ -407,14 +398,15 @@ class HubServer:
             authenticate=self._authenticate,
             on_gone=self._forget,
             counters=self.counters,
-            error_counts=self.error_counts,
+            encoder=self._encoder,
+            inboxes=self.inboxes,
         )
         connection = Connection(
             sock,
             protocol,
             on_text=peer.on_text,
             on_close=peer.on_close,
-            serialize=peer.serialize,
+            outbox=peer.outbox,
             name=f"{peer.id}@{where}",
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
@@ -430,15 +422,12 @@ class HubServer:
         """True (counted and logged) if ``max_connections`` peers are connected."""
         if len(self.peers) < self.config.max_connections:
             return False
-        self.counters["connections_refused"] += 1
+        self.counters.connections_refused += 1
         logger.warning("%s refused: %d connections (max_connections)", where, len(self.peers))
         return True
 
     def _forget(self, peer: Peer) -> None:
         self.peers.pop(peer.id, None)
-
-    def _count(self, key: str) -> None:
-        self.counters[key] = self.counters.get(key, 0) + 1
 
     def _read_request(
         self, sock: socket.socket, protocol: ServerProtocol, where: str
@@ -459,7 +448,7 @@ class HubServer:
                     logger.info("%s: bad HTTP request: %s", where, protocol.handshake_exc)
                     self._send(sock, protocol, protocol.reject(400, "bad request\n"))
                     return None
-        self._count("timeouts_handshake")
+        self.counters.timed_out("handshake")
         logger.info(
             "%s: no complete HTTP request within %s s", where, self.config.handshake_timeout
         )
@@ -509,13 +498,13 @@ class HubServer:
             "connections_total",
             "counter",
             "WebSocket connections accepted.",
-            [("", c["connections_total"])],
+            [("", c.connections_total)],
         )
         metric(
             "connections_refused_total",
             "counter",
             "Connections refused by max_connections.",
-            [("", c["connections_refused"])],
+            [("", c.connections_refused)],
         )
         metric(
             "remote_subscriptions",
@@ -533,39 +522,46 @@ class HubServer:
             "messages_in_total",
             "counter",
             "pub messages received from peers.",
-            [("", c["messages_in"])],
+            [("", c.messages_in)],
         )
         metric(
             "messages_out_total",
             "counter",
             "msg messages written to peers.",
-            [("", c["messages_out"])],
+            [("", c.messages_out)],
         )
         metric(
             "dropped_total",
             "counter",
-            "Messages to peers dropped (slow consumers).",
-            [("", c["dropped"])],
+            "Messages to peers never written: dropped or refused (slow consumers), or cut off "
+            "by a disconnect.",
+            [("", c.dropped)],
         )
         metric(
             "slow_consumers_total",
             "counter",
             "Peers closed with 1013 as slow consumers.",
-            [("", c["slow_consumers"])],
+            [("", c.slow_consumers)],
         )
         metric(
             "encode_errors_total",
             "counter",
             "Messages not JSON-encodable, not sent.",
-            [("", c["encode_errors"])],
+            [("", c.encode_errors)],
+        )
+        metric(
+            "internal_errors_total",
+            "counter",
+            "Frames whose handling failed inside the hub (answered error internal, close 1011).",
+            [("", c.internal_errors)],
         )
         metric(
             "errors_total",
             "counter",
             "Error frames sent to peers, by code (limit, forbidden, bad_json, ...).",
-            [(f'{{code="{code}"}}', v) for code, v in sorted(self.error_counts.items())],
+            [(f'{{code="{code}"}}', v) for code, v in sorted(c.errors.items())],
         )
-        timeouts = {kind: c.get(f"timeouts_{kind}", 0) for kind in TIMEOUT_KINDS}
+        timeouts = {kind: c.timeouts.get(kind, 0) for kind in TIMEOUT_KINDS}
         metric(
             "timeouts_total",
             "counter",
@@ -573,7 +569,7 @@ class HubServer:
             "time), keepalive (no pong), close (close frame not written: peer not reading).",
             [(f'{{kind="{kind}"}}', v) for kind, v in timeouts.items()],
         )
-        closes = sorted((k[len("closed_") :], v) for k, v in c.items() if k.startswith("closed_"))
+        closes = sorted(c.closes.items())
         metric(
             "closes_total",
             "counter",
@@ -583,19 +579,19 @@ class HubServer:
         metric(
             "queue_depth",
             "gauge",
-            "Messages queued to each peer.",
+            "Frames queued to each peer and not yet written (messages and answers).",
             [(f'{{peer="{p.id}"}}', p.pending) for p in peers],
         )
         metric(
             "queue_bytes",
             "gauge",
-            "Bytes of messages queued to each peer (max_pending_bytes bounds it).",
+            "UTF-8 bytes of the frames queued to each peer (max_pending_bytes bounds it).",
             [(f'{{peer="{p.id}"}}', p.pending_bytes) for p in peers],
         )
         metric(
             "peer_dropped_total",
             "counter",
-            "Messages dropped per peer.",
+            "Messages to each peer never written (dropped, refused, cut off).",
             [(f'{{peer="{p.id}"}}', p.dropped) for p in peers],
         )
         rss = _resident_bytes()
@@ -631,7 +627,7 @@ _WIRE_LOGGER = wire_logger("websockets.server")
 
 def _http_answer(hub: HubServer, path: str) -> tuple[int, str, str, bytes] | None:
     # The hub's plain-HTTP routes, shared by its listener and the WSGI adapter.
-    hub.counters["http_requests"] += 1
+    hub.counters.http_requests += 1
     if path == "/health":
         return (200, "OK", "application/json", json.dumps(hub.health()).encode())
     if path == "/metrics":

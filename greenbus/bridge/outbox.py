@@ -1,0 +1,571 @@
+"""One connection's outbound queue: frames waiting for the writer, with limits.
+
+Everything a connection will write goes through its :class:`Outbox`, in FIFO
+order: the hub's ``msg`` frames and its answers (``ack``, ``error``,
+``pong``, ``welcome``) alike, so a client sees an ack after every message
+routed before it.  The outbox owns the queue, both limits (frames and bytes),
+the overflow policy and its reporting; the connection's writer greenlet only
+drains it (:meth:`Outbox.take`, then :meth:`Outbox.done`).
+
+Two kinds of entry, both already encoded as UTF-8:
+
+* a **message**, ``(head, body)``: a ``msg`` frame split in two so that a
+  fan-out shares one encoded body between every peer it goes to.  Under
+  ``drop_oldest`` messages may be dropped.
+* a **control frame**, ``(data, None)``: an answer.  Never dropped; when the
+  queue is over a limit with no message left to drop, the peer is a slow
+  consumer whatever the policy.
+
+Every entry counts toward both limits: a peer that sends requests (pings,
+pubs with an id, subs) and never reads the answers is held to the same
+bounds as one that does not read its messages.  Frames the WebSocket
+protocol produced by itself (pongs to WebSocket pings, the close reply) and
+that wait outside the queue count too (:meth:`Outbox.note_unqueued`).
+
+Nothing is lost silently: a message refused, dropped, discarded at close or
+cut off in a failed write is counted in :attr:`Outbox.dropped` (and in the
+hub's counters, when given one).
+
+The outbox knows no routing and no JSON; it belongs to one gevent hub (OS
+thread), like a :class:`~greenbus.channel.Channel`, and never blocks a
+producer.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gevent import get_hub
+from gevent.hub import Waiter
+
+from ..exceptions import EndOfChannel, InvalidOption
+from .metrics import HubCounters
+
+__all__ = ["Entry", "Outbox", "OutboxLimits", "OutboxState", "OutboxStatistics", "SlowPolicy"]
+
+logger = logging.getLogger("greenbus.bridge.outbox")
+
+#: ``(head, body)`` for a message, ``(data, None)`` for a control frame.
+Entry = tuple[bytes, "bytes | None"]
+
+
+class SlowPolicy(str, enum.Enum):
+    """What an outbox does when a frame would take it over a limit."""
+
+    #: Report a slow consumer (the hub sends ``error slow_consumer`` and
+    #: closes with 1013); the queued messages are dropped.
+    CLOSE = "close"
+    #: Drop the oldest queued messages until the new frame fits (never a
+    #: control frame); a slow consumer only when no message is left to drop.
+    DROP_OLDEST = "drop_oldest"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OutboxState(enum.IntEnum):
+    """An outbox's life.  Transitions live in :class:`Outbox` only.
+
+    OPEN -> SLOW (over a limit, the close is coming) -> CLOSING -> CLOSED;
+    OPEN -> CLOSING -> CLOSED; any state -> CLOSED.
+    """
+
+    #: Takes messages and control frames.
+    OPEN = 0
+    #: Found to be a slow consumer: messages are refused (counted as
+    #: dropped); control frames (the error that says so) still go in.
+    SLOW = 1
+    #: A close was requested: nothing more goes in; the writer sends what
+    #: is queued, then the close frame.
+    CLOSING = 2
+    #: The connection is over: nothing goes in, the writer ends.
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    """Bounds on one outbox (see docs/limits.md).
+
+    Attributes:
+        max_frames: frames queued and not yet written, at most; None for
+            no bound (the Python client's own outbox).
+        max_bytes: bytes of those frames (UTF-8), at most; one frame alone
+            may exceed it when nothing else is pending, or it could never
+            be sent.  None for no bound.
+        policy: what happens past either bound.
+    """
+
+    max_frames: int | None = None
+    max_bytes: int | None = None
+    policy: SlowPolicy = SlowPolicy.CLOSE
+
+    def __post_init__(self) -> None:
+        for name in ("max_frames", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidOption(name, value, "a positive int, or None for no bound")
+        try:
+            object.__setattr__(self, "policy", SlowPolicy(self.policy))
+        except ValueError:
+            choices = ", ".join(repr(p.value) for p in SlowPolicy)
+            raise InvalidOption("slow_policy", self.policy, f"one of {choices}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatistics:
+    """A snapshot of an outbox's counters (see :meth:`Outbox.statistics`)."""
+
+    state: str
+    #: Frames not yet written, and their bytes (queued + in flight + the protocol's own).
+    pending: int
+    pending_bytes: int
+    #: Of those, frames the writer has taken and is writing now.
+    in_flight: int
+    #: Messages never written: refused, dropped, or cut off.
+    dropped: int
+    #: Frames, and messages among them, written to the socket.
+    written_frames: int
+    written_messages: int
+    #: The most frames ever pending at once.
+    high_water: int
+
+
+#: The unbounded outbox's limits.
+UNBOUNDED = OutboxLimits()
+
+
+class Outbox:
+    """A FIFO of encoded frames for one connection's writer, bounded by ``limits``.
+
+    Args:
+        limits: the bounds and the policy; unbounded by default.
+        on_slow: called once, with the reason (``"more than N frames
+            pending"``), when the outbox turns SLOW.  The owner answers
+            with its error frame (:meth:`put_control` still takes it) and
+            :meth:`request_close`.  Without it, the outbox requests a close
+            with 1013 itself.
+        counters: the hub's counters: ``messages_out`` and ``dropped`` are
+            added to as well as this outbox's own.
+        name: for logs and ``repr``.
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_close_request",
+        "_counters",
+        "_flush",
+        "_frames",
+        "_front",
+        "_hub",
+        "_in_flight",
+        "_in_flight_bytes",
+        "_in_flight_messages",
+        "_limits",
+        "_max_bytes",
+        "_max_frames",
+        "_on_slow",
+        "_overflowing",
+        "_queue",
+        "_state",
+        "_unqueued",
+        "_unqueued_bytes",
+        "_waiter",
+        "_wake_scheduled",
+        "dropped",
+        "high_water",
+        "name",
+        "written_frames",
+        "written_messages",
+    )
+
+    def __init__(
+        self,
+        limits: OutboxLimits = UNBOUNDED,
+        *,
+        on_slow: Callable[[str], object] | None = None,
+        counters: HubCounters | None = None,
+        name: str = "outbox",
+    ) -> None:
+        self._limits = limits
+        self._max_frames = limits.max_frames
+        self._max_bytes = limits.max_bytes
+        self._on_slow = on_slow
+        self._counters = counters
+        self.name = name
+        self._state = OutboxState.OPEN
+        # Control frames that precede everything in _queue: drop_oldest
+        # moves leading control frames here to reach the oldest message in
+        # O(1), without reordering anything.
+        self._front: deque[Entry] = deque()
+        self._queue: deque[Entry] = deque()
+        # Frames and bytes pending: queued, plus taken by the writer and not
+        # yet written (in flight), plus the protocol's own (unqueued).
+        self._frames = 0
+        self._bytes = 0
+        self._in_flight = 0
+        self._in_flight_bytes = 0
+        self._in_flight_messages = 0
+        self._unqueued = 0
+        self._unqueued_bytes = 0
+        self._flush = False
+        self._close_request: tuple[int, str] | None = None
+        self._overflowing = False
+        self._hub = get_hub()
+        self._waiter: Waiter | None = None  # type: ignore[type-arg]
+        self._wake_scheduled = False
+        #: Messages refused, dropped, discarded or cut off: never written.
+        self.dropped = 0
+        #: Frames and messages the writer has written to the socket.
+        self.written_frames = 0
+        self.written_messages = 0
+        #: The most frames ever pending at once.
+        self.high_water = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Outbox {self.name} {self._state.name.lower()} pending={self._frames} "
+            f"bytes={self._bytes} dropped={self.dropped}>"
+        )
+
+    # -- introspection ---------------------------------------------------------
+
+    @property
+    def state(self) -> OutboxState:
+        return self._state
+
+    @property
+    def limits(self) -> OutboxLimits:
+        return self._limits
+
+    @property
+    def accepting(self) -> bool:
+        """True while messages are taken (OPEN)."""
+        return self._state is OutboxState.OPEN
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames not yet written: queued, in the writer's hands, and the protocol's own."""
+        return self._frames + self._unqueued
+
+    @property
+    def pending_bytes(self) -> int:
+        """UTF-8 bytes of the pending frames (their payloads, without WebSocket headers)."""
+        return self._bytes + self._unqueued_bytes
+
+    def statistics(self) -> OutboxStatistics:
+        """A frozen snapshot of the counters."""
+        return OutboxStatistics(
+            state=self._state.name.lower(),
+            pending=self.pending_frames,
+            pending_bytes=self.pending_bytes,
+            in_flight=self._in_flight,
+            dropped=self.dropped,
+            written_frames=self.written_frames,
+            written_messages=self.written_messages,
+            high_water=self.high_water,
+        )
+
+    # -- producers -------------------------------------------------------------
+
+    def put_message(self, head: bytes, body: bytes) -> bool:
+        """Queue the message ``head + body``; never blocks.
+
+        Returns:
+            True if it was queued.  False if it was not (the outbox is not
+            OPEN, or it turned SLOW now); it is then counted as dropped.
+        """
+        if self._state is not OutboxState.OPEN:
+            self._drop(1)
+            return False
+        size = len(head) + len(body)
+        # _over(1, size), inlined: this runs once per peer per emit.
+        frames = self._frames + self._unqueued + 1
+        pending = self._bytes + self._unqueued_bytes
+        if (self._max_frames is not None and frames > self._max_frames) or (
+            self._max_bytes is not None and pending and pending + size > self._max_bytes
+        ):
+            if not self._make_room(1, size):
+                self._drop(1)
+                return False
+        self._queue.append((head, body))
+        self._added(size)
+        return True
+
+    def put_control(self, data: bytes) -> bool:
+        """Queue a control frame (an answer); never blocks, never dropped once queued.
+
+        Over a limit, queued messages are dropped to make room under
+        ``drop_oldest``; with none left, or under ``close``, the outbox
+        turns SLOW (and this frame is refused).  While SLOW, control frames
+        are taken without a limit check: the owner's error frame must go
+        out before the close.
+
+        Returns:
+            True if it was queued; False if the outbox is closing or
+            closed, or turned SLOW now.
+        """
+        state = self._state
+        if state is OutboxState.OPEN:
+            if self._over(1, len(data)) and not self._make_room(1, len(data)):
+                return False
+        elif state is not OutboxState.SLOW:
+            return False
+        self._queue.append((data, None))
+        self._added(len(data))
+        return True
+
+    def note_unqueued(self, frames: int, nbytes: int) -> bool:
+        """Count frames the protocol framed by itself and holds outside the queue.
+
+        Pongs to WebSocket pings and the close reply wait in the protocol
+        object until the writer flushes it; a peer that pings and never
+        reads would grow them without bound.  The connection reports them
+        after every read; the writer resets them by :meth:`done`.
+
+        Returns:
+            False if they took the outbox over a limit (it turned SLOW).
+        """
+        self._unqueued = frames
+        self._unqueued_bytes = nbytes
+        if self._state is not OutboxState.OPEN:
+            return True
+        return not self._over(0, 0) or self._make_room(0, 0)
+
+    def request_flush(self) -> None:
+        """Wake the writer to flush the protocol's own frames (pong, close reply)."""
+        if self._state is not OutboxState.CLOSED:
+            self._flush = True
+            self._notify()
+
+    def request_close(self, code: int, reason: str = "") -> bool:
+        """Queue a close: the writer sends what is queued, then the close frame.
+
+        Nothing is taken after it (a message put later is counted as
+        dropped).  Returns False if a close was requested already or the
+        outbox is closed.
+        """
+        if self._state >= OutboxState.CLOSING:
+            return False
+        self._state = OutboxState.CLOSING
+        self._close_request = (code, reason)
+        self._notify()
+        return True
+
+    def close(self) -> list[Entry]:
+        """End: nothing goes in, the writer's next :meth:`take` raises EndOfChannel.
+
+        Idempotent.  Returns the entries the writer never took (oldest
+        first) so the owner can resend or count them; the first call only.
+        Messages among them are *not* counted as dropped here: the owner
+        decides (the hub counts them, the Python client sends them again).
+        """
+        if self._state is OutboxState.CLOSED:
+            return []
+        self._state = OutboxState.CLOSED
+        # No more reports: also breaks the owner <-> outbox reference cycle,
+        # so a finished connection is freed without the garbage collector.
+        self._on_slow = None
+        left = [*self._front, *self._queue]
+        self._front.clear()
+        self._queue.clear()
+        self._frames = self._in_flight
+        self._bytes = self._in_flight_bytes
+        self._notify()
+        return left
+
+    def count_dropped(self, n: int) -> None:
+        """Count ``n`` messages the owner gave up on (e.g. left by :meth:`close`)."""
+        self._drop(n)
+
+    # -- the writer ------------------------------------------------------------
+
+    def take(self, max_frames: int, max_bytes: int) -> list[Entry]:
+        """Wait for work; take up to ``max_frames`` entries (or about ``max_bytes``).
+
+        The batch stays counted as pending (in flight) until :meth:`done`.
+        Returns an empty list when only a flush or the close is due (see
+        :meth:`close_due`, which the writer asks after every batch).  Only
+        the writer greenlet may call it.
+
+        Raises:
+            EndOfChannel: the outbox is closed.
+        """
+        while True:
+            if self._state is OutboxState.CLOSED:
+                raise EndOfChannel()
+            if self._front or self._queue or self._flush or self._close_request is not None:
+                break
+            waiter: Waiter = Waiter()  # type: ignore[type-arg]
+            self._waiter = waiter
+            try:
+                waiter.get()
+            finally:
+                self._waiter = None
+        self._flush = False
+        batch: list[Entry] = []
+        nbytes = 0
+        messages = 0
+        front = self._front
+        queue = self._queue
+        while len(batch) < max_frames and nbytes < max_bytes:
+            if front:
+                entry = front.popleft()
+            elif queue:
+                entry = queue.popleft()
+            else:
+                break
+            batch.append(entry)
+            head, body = entry
+            if body is None:
+                nbytes += len(head)
+            else:
+                nbytes += len(head) + len(body)
+                messages += 1
+        self._in_flight = len(batch)
+        self._in_flight_bytes = nbytes
+        self._in_flight_messages = messages
+        return batch
+
+    def close_due(self) -> tuple[int, str] | None:
+        """The requested close ``(code, reason)``, once everything before it was taken.
+
+        Returned once: the writer sends it, and it is not due again.
+        """
+        close = self._close_request
+        if close is not None and not self._front and not self._queue:
+            self._close_request = None
+            return close
+        return None
+
+    def done(self, written: bool) -> None:
+        """The writer finished its batch: written to the socket, or not (write failed).
+
+        A batch that could not be written is lost: its messages are counted
+        as dropped (a failed ``sendall`` may have written part of it, so
+        they cannot be sent again without risking duplicates).
+        """
+        frames, messages = self._in_flight, self._in_flight_messages
+        self._frames -= frames
+        self._bytes -= self._in_flight_bytes
+        self._in_flight = self._in_flight_bytes = self._in_flight_messages = 0
+        self._unqueued = self._unqueued_bytes = 0
+        if written:
+            self.written_frames += frames
+            self.written_messages += messages
+            if self._counters is not None:
+                self._counters.messages_out += messages
+        elif messages:
+            self._drop(messages)
+        if self._overflowing and self._below_half():
+            self._overflowing = False
+
+    # -- internals -------------------------------------------------------------
+
+    def _added(self, size: int) -> None:
+        self._frames += 1
+        self._bytes += size
+        if self._frames > self.high_water:
+            self.high_water = self._frames
+        if self._waiter is not None:
+            self._notify()
+
+    def _notify(self) -> None:
+        # Wake the parked writer from the hub, once per batch of puts: the
+        # producer never switches (it may be inside bus.emit).
+        if self._waiter is not None and not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._hub.loop.run_callback(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.switch(None)
+
+    def _over(self, frames: int, size: int) -> bool:
+        # Would ``frames`` more frames of ``size`` bytes take it over a limit?
+        # A lone frame may exceed max_bytes (pending == 0), or it could
+        # never be sent.
+        pending = self._bytes + self._unqueued_bytes
+        return (
+            self._max_frames is not None
+            and self._frames + self._unqueued + frames > self._max_frames
+        ) or (self._max_bytes is not None and pending > 0 and pending + size > self._max_bytes)
+
+    def _make_room(self, frames: int, size: int) -> bool:
+        # Over a limit with ``frames`` more frames of ``size`` bytes: drop
+        # the oldest messages under drop_oldest, else (or if that is not
+        # enough) turn SLOW.  Returns True if there is room now.
+        if self._limits.policy is SlowPolicy.DROP_OLDEST:
+            dropped = 0
+            front = self._front
+            queue = self._queue
+            while queue and self._over(frames, size):
+                while queue and queue[0][1] is None:
+                    front.append(queue.popleft())  # control frames: kept, in order
+                if not queue:
+                    break
+                head, body = queue.popleft()
+                self._frames -= 1
+                self._bytes -= len(head) + len(body)  # type: ignore[arg-type]
+                dropped += 1
+            if dropped:
+                self._drop(dropped)
+                if not self._overflowing:
+                    # Once per episode; it ends when the writer has brought
+                    # the queue down to half the limits.
+                    self._overflowing = True
+                    logger.warning(
+                        "%s: slow consumer, dropping the oldest messages (%d dropped so far)",
+                        self.name,
+                        self.dropped,
+                    )
+            if not self._over(frames, size):
+                return True
+        self._turn_slow(frames)
+        return False
+
+    def _turn_slow(self, frames: int) -> None:
+        limits = self._limits
+        if limits.max_frames is not None and (
+            self._frames + self._unqueued + frames > limits.max_frames
+        ):
+            why = f"more than {limits.max_frames} frames pending"
+        else:
+            why = f"more than {limits.max_bytes} bytes pending"
+        self._state = OutboxState.SLOW
+        # The messages queued will never be written now: drop them (the
+        # control frames stay, and go out before the close).
+        kept: deque[Entry] = deque()
+        lost = 0
+        for entry in self._queue:
+            head, body = entry
+            if body is None:
+                kept.append(entry)
+            else:
+                self._frames -= 1
+                self._bytes -= len(head) + len(body)
+                lost += 1
+        self._queue = kept
+        self._drop(lost)
+        if self._on_slow is not None:
+            self._on_slow(why)
+        else:
+            self.request_close(1013, "slow consumer")
+
+    def _below_half(self) -> bool:
+        frames, limit = self._frames + self._unqueued, self._max_frames
+        nbytes, blimit = self._bytes + self._unqueued_bytes, self._max_bytes
+        return (limit is None or frames <= limit // 2) and (blimit is None or nbytes <= blimit // 2)
+
+    def _drop(self, n: int) -> None:
+        if n:
+            self.dropped += n
+            if self._counters is not None:
+                self._counters.dropped += n

@@ -1,0 +1,158 @@
+"""One Connection over a socket pair: the reader, the writer, the outbox, the end.
+
+No hub and no routing: a gevent ``socketpair``, the ``websockets`` sans-I/O
+protocol in state OPEN on both ends, and a test-side peer that frames and
+reads by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+from waiting import wait_until
+from websockets.frames import Frame, Opcode
+from websockets.protocol import CLIENT, SERVER, Protocol, State
+
+from greenbus.bridge.connection import Connection
+from greenbus.bridge.outbox import Outbox, OutboxLimits, OutboxState
+
+
+class Peer:
+    """The far end: a client-side protocol over the other socket of the pair."""
+
+    def __init__(self, sock: gsocket.socket) -> None:
+        self.sock = sock
+        self.protocol = Protocol(CLIENT, state=State.OPEN, max_size=None)
+
+    def send_text(self, text: str) -> None:
+        self.protocol.send_text(text.encode())
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+
+    def send_frame(self, frame: Frame, times: int = 1) -> None:
+        data = frame.serialize(mask=True, extensions=[])
+        self.sock.sendall(data * times)
+
+    def frames(self, count: int) -> list[Frame]:
+        got: list[Frame] = []
+        while len(got) < count:
+            data = self.sock.recv(65536)
+            if not data:
+                self.protocol.receive_eof()
+            else:
+                self.protocol.receive_data(data)
+            got.extend(self.protocol.events_received())
+            if not data:
+                break
+        return got
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[gsocket.socket, gsocket.socket]]:
+    a, b = gsocket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def make(
+    sock: gsocket.socket, on_text: Any = None, outbox: Outbox | None = None, **options: Any
+) -> tuple[Connection, list[int]]:
+    closed: list[int] = []
+    conn = Connection(
+        sock,
+        Protocol(SERVER, state=State.OPEN, max_size=1 << 20),
+        on_text=on_text or (lambda text: None),
+        on_close=closed.append,
+        outbox=outbox,
+        name="test",
+        ping_interval=None,
+        **options,
+    )
+    return conn, closed
+
+
+def test_queued_text_is_written_in_order_and_counted_as_sent(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    conn, _ = make(pair[0])
+    peer = Peer(pair[1])
+    conn.start()
+    for n in range(5):
+        assert conn.send(f"frame {n}")
+    frames = peer.frames(5)
+    assert [f.data.decode() for f in frames] == [f"frame {n}" for n in range(5)]
+    wait_until(lambda: conn.sent == 5, 5, "the writer to count what it wrote")
+    assert conn.pending == 0
+
+
+def test_after_the_reader_crashes_send_and_close_refuse_quietly_and_the_state_says_so(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    # Issue 11: the reader's failure closed the outbound queue while the
+    # state stayed OPEN, so send() and close() (from the hello timer, say)
+    # raised ChannelClosed.  Both now change together.
+    def crash(text: str) -> None:
+        raise RuntimeError("a bug in the owner")
+
+    conn, closed = make(pair[0], on_text=crash)
+    peer = Peer(pair[1])
+    conn.start()
+    peer.send_text("boom")
+    assert conn.wait(5)
+    assert closed == [1006]
+    assert not conn.open
+    assert conn.outbox.state is OutboxState.CLOSED
+    assert conn.send("late") is False
+    conn.close(1008, "unauthorized")  # no ChannelClosed, no effect
+    assert conn.outbox.state is OutboxState.CLOSED
+
+
+def test_what_the_writer_never_took_is_handed_back_when_the_connection_ends(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    # A writer stuck on a full socket: what is still queued at the end goes
+    # back to the owner (the client sends it again), never counted as sent.
+    pair[0].setsockopt(gsocket.SOL_SOCKET, gsocket.SO_SNDBUF, 4096)
+    pair[1].setsockopt(gsocket.SOL_SOCKET, gsocket.SO_RCVBUF, 4096)
+    conn, _ = make(pair[0])
+    conn.start()
+    payload = b"x" * 100_000
+    for _ in range(50):
+        conn.outbox.put_message(payload, b"")
+    wait_until(lambda: conn.outbox.statistics().in_flight, 5, "the writer to take a batch")
+    pair[1].close()  # the peer vanishes
+    assert conn.wait(5)
+    unsent = [body for _, body in conn.unsent if body is not None]
+    assert unsent, "nothing was left queued"
+    # Each of the 50 is accounted for exactly once: written, lost in the
+    # cut-off batch, or handed back.
+    outbox = conn.outbox
+    assert outbox.written_messages + outbox.dropped + len(unsent) == 50
+
+
+def test_a_flood_of_websocket_pings_that_are_never_read_turns_the_outbox_slow(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    # The protocol answers each ping with a pong of its own, outside the
+    # outbox: those count toward its limits too, or a peer that pings and
+    # never reads would grow them without bound while the writer is stuck.
+    pair[0].setsockopt(gsocket.SOL_SOCKET, gsocket.SO_SNDBUF, 4096)
+    pair[1].setsockopt(gsocket.SOL_SOCKET, gsocket.SO_RCVBUF, 4096)
+    reasons: list[str] = []
+    outbox = Outbox(OutboxLimits(max_frames=100, max_bytes=1 << 20), on_slow=reasons.append)
+    conn, _ = make(pair[0], outbox=outbox)
+    peer = Peer(pair[1])
+    conn.start()
+    ping = Frame(Opcode.PING, b"p" * 100)
+    sent = 0
+    while not reasons:
+        assert sent < 200_000, "never found slow"
+        peer.send_frame(ping, 100)
+        sent += 100
+        gevent.sleep(0)
+    assert reasons == ["more than 100 frames pending"]
+    assert outbox.pending_frames <= 100 + 100  # the limit, plus one read's worth

@@ -1,0 +1,85 @@
+"""A hub's peers in process: encoding once per emit, per hub."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+from hubclient import RawClient
+from waiting import OSThread, preemptible
+
+import greenbus
+from greenbus.bridge.peer import MessageEncoder, PeerLimits
+
+
+def test_the_encoder_encodes_an_emit_once_for_all_its_peers_and_anew_for_the_next() -> None:
+    encode = MessageEncoder()
+    item = ("a.b", {"x": 1}, None, None)
+    first = encode(item)
+    assert first == b',"topic":"a.b","data":{"x":1}}'
+    assert encode(item) is first  # the same emit: not encoded again
+    other = ("a.b", {"x": 1}, None, None)  # equal, but another emit
+    assert encode(other) == first and encode(other) is not first
+
+
+def test_a_message_that_cannot_be_encoded_is_reported_once_per_emit() -> None:
+    encode = MessageEncoder()
+    failure = encode(("a.b", object(), None, None))
+    assert isinstance(failure, greenbus.LocalProtocolError)
+
+
+def serve_and_check(index: int, count: int) -> int:
+    """In its own OS thread: a hub, a raw subscriber, ``count`` emits; how
+    many frames arrived with another hub's data."""
+    bus = greenbus.Bus(f"hub{index}")
+    hub = greenbus.serve(bus, port=0, stats_interval=None).start()
+    wrong = 0
+    try:
+        with RawClient(hub.url) as raw, preemptible(MessageEncoder.__call__.__code__):
+            raw.send_json(op="sub", sid=1, topic="t", id=1)
+            assert raw.recv_json() == {"op": "ack", "id": 1}
+            for first in range(0, count, 100):
+                for n in range(first, first + 100):
+                    bus.emit("t", {"hub": index, "n": n})
+                for _ in range(100):
+                    frame: dict[str, Any] = raw.recv_json()
+                    wrong += frame["data"]["hub"] != index
+    finally:
+        hub.stop(timeout=2)
+        bus.close(timeout=2)
+    return wrong
+
+
+def test_hubs_in_two_threads_never_send_each_other_s_messages() -> None:
+    # Issue 11: the encode cache was one module global for every hub and
+    # thread: a thread switch between storing it and reading it back sent
+    # one hub's message body to another hub's peer.  Each hub has its own
+    # encoder now.  A tiny switch interval, and a thread switch allowed
+    # between any two bytecodes of the encoder, make such switches frequent.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [OSThread(serve_and_check, index, 20_000) for index in (1, 2)]
+        wrong = [thread.join(60) for thread in threads]
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"max_pending": 0}, "max_pending"),
+        ({"max_pending_bytes": -5}, "max_pending_bytes"),
+        ({"slow_policy": "block"}, "slow_policy"),
+        ({"hello_timeout": 0}, "hello_timeout"),
+        ({"max_pending": "10"}, "max_pending"),
+    ],
+)
+def test_bad_peer_limits_raise_invalid_option_naming_the_setting(
+    options: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(greenbus.InvalidOption) as caught:
+        PeerLimits(**options)
+    assert caught.value.name == name
