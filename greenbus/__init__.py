@@ -44,7 +44,9 @@ from .bus import (
     Message,
     Subscription,
     SubscriptionStatistics,
-    _check_extras,
+)
+from .bus import (
+    check_extras as _check_extras,
 )
 from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow
 from .exceptions import (
@@ -54,11 +56,14 @@ from .exceptions import (
     ChannelEmpty,
     ChannelError,
     ChannelFull,
+    ClientClosed,
     EndOfChannel,
     GreenbusError,
+    HubClosed,
     InvalidOption,
     InvalidTopic,
     LocalProtocolError,
+    MessageTooBig,
     NoReplyTo,
     NoResponders,
     ProtocolError,
@@ -91,13 +96,16 @@ __all__ = [
     "ChannelError",
     "ChannelFull",
     "ChannelStatistics",
+    "ClientClosed",
     "EndOfChannel",
     "Federation",
     "GreenbusError",
+    "HubClosed",
     "InvalidOption",
     "InvalidTopic",
     "LocalProtocolError",
     "Message",
+    "MessageTooBig",
     "NoReplyTo",
     "NoResponders",
     "ProtocolError",

@@ -2,11 +2,16 @@
 
 Internal.  A :class:`ThreadPortal` belongs to one hub (the thread that made
 it).  ``submit(item)`` may be called from any OS thread: it appends to a
-thread-safe deque and, at most once per batch, wakes the hub with
-``loop.run_callback_threadsafe``.  A pump greenlet on the hub calls
-``handler(item)`` for each item in FIFO order; the handler may block
-cooperatively (a full channel), which only delays later items, never
-reorders them.
+deque and wakes the hub through the portal's own libev *async watcher*, the
+event loop's thread-safe doorbell (several rings before the hub answers make
+one wake-up).  A pump greenlet on the hub calls ``handler(item)`` for each
+item in FIFO order; the handler may block cooperatively (a full channel),
+which only delays later items, never reorders them.
+
+The watcher is referenced while the portal is open: it keeps the hub's loop
+alive, so a greenlet of the hub's thread that waits for what another OS
+thread will hand in (``sub.get()`` with no timeout) waits for it, instead of
+gevent concluding that nothing can ever wake it (``LoopExit``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import gevent
 from gevent.event import Event
 from gevent.monkey import get_original
 
-__all__ = ["ThreadPortal", "get_ident"]
+__all__ = ["HandOff", "ThreadPortal", "get_ident"]
 
 #: The real OS thread id, even when ``threading`` is monkey-patched.
 get_ident: Callable[[], int] = get_original("_thread", "get_ident")
@@ -54,17 +59,21 @@ class ThreadPortal:
         self._items: deque[Any] = deque()
         self._hub = gevent.get_hub()
         self._thread = get_ident()
-        self._scheduled = False
         self._event = Event()
         self._pump: gevent.Greenlet | None = None
         self._closing = False
         self._closed = False
         #: Items submitted so far, and items lost at close (see close()).
-        #: ``submitted`` is written by every submitting thread, under
-        #: ``_count_lock``; ``lost`` only on the hub's thread.
         self.submitted = 0
         self.lost = 0
-        self._count_lock = _allocate_lock()
+        # Held by submit() around its append, count and ring, and by close()
+        # while it shuts the door: an item is either in before the close
+        # (handled, or counted lost) or refused and counted, never stranded;
+        # and the watcher is never rung after it was closed.  Never held
+        # across a greenlet switch.
+        self._lock = _allocate_lock()
+        self._doorbell = self._hub.loop.async_()
+        self._doorbell.start(self._wake)
 
     @property
     def pending(self) -> int:
@@ -74,30 +83,29 @@ class ThreadPortal:
     def __repr__(self) -> str:
         return f"<ThreadPortal {self._name} pending={len(self._items)} closed={self._closed}>"
 
-    def submit(self, item: Any) -> None:
+    def submit(self, item: Any) -> bool:
         """Queue ``item`` for the hub thread.  Thread-safe; never waits for the hub.
 
-        The count in :attr:`submitted` is exact however the threads race:
-        its ``+= 1`` (a read, then a write) runs under a real OS-thread lock.
-        The lock is held for that increment only, never across a greenlet
-        switch, so a submitter waits at most for another's increment, never
-        for the hub, and a hub's own greenlets cannot deadlock on it.
+        Returns:
+            True if it was queued; False if the portal is closed (the item is
+            counted in :attr:`lost` and logged).
         """
-        self._items.append(item)  # deque.append is atomic: no lock needed
-        with self._count_lock:
-            self.submitted += 1
-        # The flag is cleared on the hub *before* it drains, so an item
-        # appended after the clear schedules a new wake-up: none is lost.
-        if not self._scheduled:
-            self._scheduled = True
-            self._hub.loop.run_callback_threadsafe(self._wake)
+        with self._lock:
+            if self._closed:
+                self.lost += 1
+                closed = True
+            else:
+                self._items.append(item)
+                self.submitted += 1
+                self._doorbell.send()
+                return True
+        if closed:
+            logger.warning("%s: a hand-off from another thread came after close; lost", self._name)
+        return False
 
     def _wake(self) -> None:
-        # On the hub: never block here, just wake (or start) the pump.
-        self._scheduled = False
-        if self._closed:
-            self._drop_stranded()
-            return
+        # On the hub (the watcher's callback): never block here, just wake
+        # (or start) the pump.
         if self._pump is None:
             self._pump = gevent.spawn(self._run)
         self._event.set()
@@ -121,6 +129,9 @@ class ThreadPortal:
     def close(self, timeout: float | None = None) -> int:
         """Handle what is queued (in order, on the pump), then stop.  Idempotent.
 
+        From then on :meth:`submit` refuses items, and the hub's loop is no
+        longer kept alive by this portal.
+
         Args:
             timeout: seconds to wait for the pump to finish; None waits.
 
@@ -141,20 +152,67 @@ class ThreadPortal:
             lost = 1  # the item the pump was handling when killed
             self.lost += 1
             logger.warning("%s: hand-off pump killed after %s s; 1 item lost", self._name, timeout)
-        self._closed = True
-        return lost + self._drop_stranded()
+        with self._lock:
+            self._closed = True
+            self._doorbell.close()
+            stranded = self._drop_stranded()
+        return lost + stranded
 
     def _drop_stranded(self) -> int:
-        # Items submitted after close() (a thread that raced the close) or
-        # left behind by a timeout: count and log them, never drop silently.
-        n = 0
-        while self._items:
-            self._items.popleft()
-            n += 1
+        # Items the pump did not get to (a timeout): count and log them,
+        # never drop silently.
+        n = len(self._items)
+        self._items.clear()
         if n:
             self.lost += n
             logger.warning("%s: %d hand-off(s) from other threads lost at close", self._name, n)
         return n
+
+
+class HandOff:
+    """One value handed, once, from any OS thread to a greenlet of the thread that made it.
+
+    The waiting side makes it (on its own thread, whose gevent hub is made
+    if it has none) and calls :meth:`wait`; another thread calls
+    :meth:`offer`, which rings the waiter's hub through an async watcher.
+    What :meth:`Bus.request` made from another OS thread waits on.
+    """
+
+    __slots__ = ("_closed", "_doorbell", "_event", "_lock", "_value")
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._value: Any = None
+        self._closed = False
+        self._event = Event()
+        self._doorbell = gevent.get_hub().loop.async_()
+        self._doorbell.start(self._event.set)
+
+    def offer(self, value: Any) -> bool:
+        """Hand ``value`` (not None) over; from any thread.
+
+        Returns:
+            False if a value was handed over already, or it is closed.
+        """
+        with self._lock:
+            if self._closed or self._value is not None:
+                return False
+            self._value = value
+            self._doorbell.send()
+        return True
+
+    def wait(self, timeout: float | None) -> Any:
+        """Wait (on the making thread) up to ``timeout`` seconds; the value, or None."""
+        self._event.wait(timeout)
+        with self._lock:
+            return self._value
+
+    def close(self) -> None:
+        """Take nothing more (an offer after it returns False).  Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._doorbell.close()
 
 
 def _call_job(job: Callable[[], object]) -> None:

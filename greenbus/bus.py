@@ -25,8 +25,15 @@ from typing import Any, Protocol, TypeVar, overload
 import gevent
 from greenlet import getcurrent
 
-from ._portal import ThreadPortal, get_ident
-from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow
+from ._portal import HandOff, ThreadPortal, get_ident
+from .channel import (
+    DEFAULT_MAXSIZE,
+    Channel,
+    ChannelStatistics,
+    Overflow,
+    check_options,
+    check_timeout,
+)
 from .exceptions import (
     BusClosed,
     ChannelClosed,
@@ -266,6 +273,7 @@ class Subscription:
         "_message",
         "_in_hand",
         "_stopped",
+        "_error",
         "__weakref__",
     )
 
@@ -296,6 +304,7 @@ class Subscription:
         self._message: type[Message] = bus._message_class
         self._in_hand = 0
         self._stopped = False
+        self._error: BaseException | None = None
         if handler is not None:
             greenlet = gevent.Greenlet(self._run, handler)
             greenlet.name = f"greenbus:{bus.name}:{pattern}"
@@ -369,10 +378,17 @@ class Subscription:
             ReceiveTimeout: nothing arrived in time.
             EndOfChannel: the subscription (or its bus) is closed and drained.
             InvalidOption: this subscription has a handler; its messages go there.
+            GreenbusError: the error it ended with (see :meth:`fail`), once drained.
         """
         if self.handler is not None:
             raise InvalidOption("get()", self.pattern, "a subscription without a handler")
-        return _tuple_new(self._message, self._channel.get(timeout))  # type: ignore[no-any-return]
+        try:
+            item = self._channel.get(timeout)
+        except EndOfChannel:
+            if self._error is not None:
+                raise self._error from None
+            raise
+        return _tuple_new(self._message, item)  # type: ignore[no-any-return]
 
     def get_nowait(self) -> Message:
         """Return the next message at once.
@@ -380,13 +396,29 @@ class Subscription:
         Raises:
             ChannelEmpty: nothing is queued.
             EndOfChannel: closed and drained.
+            GreenbusError: the error it ended with (see :meth:`fail`), once drained.
         """
         if self.handler is not None:
             raise InvalidOption("get_nowait()", self.pattern, "a subscription without a handler")
-        return _tuple_new(self._message, self._channel.get_nowait())  # type: ignore[no-any-return]
+        try:
+            item = self._channel.get_nowait()
+        except EndOfChannel:
+            if self._error is not None:
+                raise self._error from None
+            raise
+        return _tuple_new(self._message, item)  # type: ignore[no-any-return]
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error this subscription ended with (see :meth:`fail`), or None."""
+        return self._error
 
     def __iter__(self) -> Iterator[Message]:
-        """Yield messages until the subscription or its bus is closed."""
+        """Yield messages until the subscription or its bus is closed.
+
+        A subscription that ended with an error (see :meth:`fail`) raises
+        it once the messages queued before it have been yielded.
+        """
         get = self.get
         while True:
             try:
@@ -466,11 +498,33 @@ class Subscription:
         if n:
             logger.debug("%r closed with %d undelivered message(s) discarded", self, n)
 
+    def fail(self, error: BaseException) -> None:
+        """End this subscription because of ``error``, for its owner (the remote client).
+
+        Like :meth:`close`, nothing more is queued to it and its owner
+        forgets it; unlike ``close``, what is queued stays for the
+        consumer, whose ``get`` (and iteration) then raises ``error``
+        instead of ending cleanly.  A handler subscription's handler runs
+        for what is queued, then stops.  A no-op once it is not active.
+        """
+        if not self._active:
+            return
+        self._error = error
+        self._bus._remove(self)
+        self._active = False
+        self._channel.close()
+
     def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _check_subscription(pattern: str, opts: Mapping[str, Any]) -> None:
+    # What subscribe() would refuse, checked when a decorator is made.
+    validate_pattern(pattern)
+    check_options(opts.get("maxsize", DEFAULT_MAXSIZE), opts.get("overflow", Overflow.BLOCK))
 
 
 def _callable_name(fn: object) -> str:
@@ -598,8 +652,13 @@ class Subscriber:
 
         ``opts`` are those of :meth:`subscribe`.  Returns the handler itself
         (so a decorated function stays a function); undo with :meth:`off`.
+
+        Raises:
+            InvalidTopic, InvalidOption: at once, also in its decorator form
+                (not only when the decorator is applied); and as :meth:`subscribe`.
         """
         if handler is None:
+            _check_subscription(pattern, opts)
 
             def decorator(fn: H) -> H:
                 self.subscribe(pattern, fn, **opts)
@@ -622,6 +681,7 @@ class Subscriber:
         messages are not delivered to it even if they were already queued.
         """
         if handler is None:
+            _check_subscription(pattern, opts)
 
             def decorator(fn: H) -> H:
                 self.once(pattern, fn, **opts)
@@ -657,8 +717,9 @@ class Bus(Subscriber):
     """An in-process publish/subscribe bus for greenlets.
 
     A bus belongs to the OS thread (and gevent hub) that creates it.  Its
-    handlers run in greenlets of that thread.  ``emit`` may be called from
-    any OS thread; everything else must be called from the owning thread.
+    handlers run in greenlets of that thread.  ``emit`` and ``request`` may
+    be called from any OS thread; everything else must be called from the
+    owning thread.
 
     Args:
         name: shown in ``repr``, logs and statistics.
@@ -691,7 +752,9 @@ class Bus(Subscriber):
         # 128 random bits: nobody outside this bus can name its inboxes.
         self._inbox_prefix = f"_INBOX.{secrets.token_hex(16)}"
         self._inbox: Forward | None = None
-        self._requests: dict[str, Channel[Message]] = {}
+        # Pending requests by inbox: a channel for a requester on the bus's
+        # thread, a HandOff for one on another OS thread.
+        self._requests: dict[str, Channel[Message] | HandOff] = {}
 
     def __repr__(self) -> str:
         return (
@@ -776,7 +839,7 @@ class Bus(Subscriber):
             # validation in match() is not chained to the cache's KeyError.
             route = self._index.match(topic)
         if headers is not None or reply_to is not None:
-            headers, reply_to = _check_extras(headers, reply_to)
+            headers, reply_to = check_extras(headers, reply_to)
         item = (topic, data, headers, reply_to)
         n = 0
         try:
@@ -800,8 +863,9 @@ class Bus(Subscriber):
             raise BusClosed(self.name)
         matched = len(self._index.match_uncached(topic))  # validates, thread-safe read
         if headers is not None or reply_to is not None:
-            headers, reply_to = _check_extras(headers, reply_to)
-        self._portal.submit((topic, data, headers, reply_to))
+            headers, reply_to = check_extras(headers, reply_to)
+        if not self._portal.submit((topic, data, headers, reply_to)):
+            raise BusClosed(self.name)  # it closed meanwhile (counted in thread_lost)
         return matched
 
     def _emit_rest(
@@ -853,6 +917,15 @@ class Bus(Subscriber):
         # On the bus's thread, in the portal's pump greenlet.  The bus may be
         # CLOSING (close() drains the portal before it closes the channels):
         # deliver, since the emit was accepted while the bus was open.
+        reply_to = item[3]
+        if (
+            reply_to is not None
+            and self._inbox is None
+            and self._state is BusState.OPEN
+            and reply_to in self._requests
+        ):
+            # A request made on another thread: its replies need the inbox.
+            self._ensure_inbox()
         self._offer(self._index.match(item[0]), item)
 
     def _report_thread_error(self, exc: BaseException, item: tuple[Any, ...]) -> None:
@@ -1058,6 +1131,10 @@ class Bus(Subscriber):
         :meth:`Message.reply`.  Later replies are not queued (the reply's
         emit counts 0 for them).
 
+        From another OS thread, the request is handed to the bus's thread as
+        :meth:`emit` does, and the calling thread waits for the reply (in a
+        greenlet of its own gevent hub, made if it has none).
+
         Args:
             timeout: seconds to wait for the reply (after the request was queued).
 
@@ -1067,18 +1144,17 @@ class Bus(Subscriber):
         Raises:
             NoResponders: no subscription matched ``topic`` at send time.
             RequestTimeout: no reply within ``timeout`` (also a TimeoutError).
+            InvalidTopic, InvalidOption: bad arguments (checked before anything is sent).
+            BusClosed: the bus is closing or closed.
         """
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise InvalidOption("timeout", timeout, "a number of seconds >= 0")
-        if self._inbox is None:
-            # One wildcard forward per bus serves every request: a reply is
-            # handed to its waiter inside emit, with no subscription made
-            # and closed per request.
-            self._inbox = self.forward(f"{self._inbox_prefix}.*", self._on_reply)
+        check_timeout(timeout, optional=False)
         # A random token, not a counter: a reply_to seen by a responder (or a
         # remote peer) must not tell anyone the next request's inbox.  With
         # 64 bits, two requests in flight at once never draw the same one.
         inbox = f"{self._inbox_prefix}.{secrets.token_hex(8)}"
+        if get_ident() != self._thread:
+            return self._request_from_thread(topic, data, timeout, headers, inbox)
+        self._ensure_inbox()
         waiter: Channel[Message] = Channel(1, Overflow.DROP_NEWEST)
         self._requests[inbox] = waiter
         try:
@@ -1091,13 +1167,46 @@ class Bus(Subscriber):
         finally:
             del self._requests[inbox]
 
+    def _ensure_inbox(self) -> None:
+        # On the bus's thread.  One wildcard forward per bus serves every
+        # request: a reply is handed to its waiter inside emit, with no
+        # subscription made and closed per request.
+        if self._inbox is None:
+            self._inbox = self.forward(f"{self._inbox_prefix}.*", self._on_reply)
+
+    def _request_from_thread(
+        self,
+        topic: str,
+        data: Any,
+        timeout: float,
+        headers: Mapping[str, Any] | None,
+        inbox: str,
+    ) -> Message:
+        # On another OS thread: the reply is handed over, not queued.  The
+        # hand-off of the request itself makes the inbox forward if needed
+        # (see _emit_handoff), before the request is routed.
+        waiter = HandOff()
+        self._requests[inbox] = waiter
+        try:
+            if self._emit_other(topic, data, headers, inbox) == 0:
+                raise NoResponders(topic)
+            reply = waiter.wait(timeout)
+            if reply is None:
+                raise RequestTimeout(topic, timeout)
+            return reply  # type: ignore[no-any-return]
+        finally:
+            self._requests.pop(inbox, None)
+            waiter.close()
+
     def _on_reply(self, msg: Message) -> bool:
         # The inbox forward's sink (inside emit): the first reply wakes the
         # requester; later ones, and replies after it gave up, are not queued.
         waiter = self._requests.get(msg[0])
         if waiter is None:
             return False
-        return waiter.put_nowait(msg)
+        if type(waiter) is HandOff:
+            return waiter.offer(msg)  # a requester on another OS thread
+        return waiter.put_nowait(msg)  # type: ignore[union-attr]
 
     # -- introspection -----------------------------------------------------
 
@@ -1149,8 +1258,11 @@ class Bus(Subscriber):
 
         Raises:
             WrongThread: called from another OS thread.
+            InvalidOption: ``timeout`` is not None or a number >= 0 (the
+                bus is left as it was).
         """
         self._check_thread("close()")
+        check_timeout(timeout)
         if self._state is not BusState.OPEN:
             return
         self._state = BusState.CLOSING
@@ -1204,9 +1316,15 @@ class Bus(Subscriber):
             raise WrongThread(what)
 
 
-def _check_extras(
+def check_extras(
     headers: Mapping[str, Any] | None, reply_to: str | None
 ) -> tuple[dict[str, Any] | None, str | None]:
+    """Validate and normalise the extras of an emit: ``(headers copy or None, reply_to)``.
+
+    Raises:
+        InvalidOption: ``headers`` is not a mapping (or None).
+        InvalidTopic: ``reply_to`` is not a valid topic.
+    """
     if headers is not None:
         if not isinstance(headers, Mapping):
             raise InvalidOption("headers", headers, "a mapping or None")

@@ -55,7 +55,14 @@ from .exceptions import (
     ReceiveTimeout,
 )
 
-__all__ = ["Channel", "ChannelStatistics", "Overflow", "DEFAULT_MAXSIZE"]
+__all__ = [
+    "Channel",
+    "ChannelStatistics",
+    "Overflow",
+    "DEFAULT_MAXSIZE",
+    "check_options",
+    "check_timeout",
+]
 
 T = TypeVar("T")
 
@@ -89,12 +96,41 @@ def _check_overflow(overflow: object) -> Overflow:
         raise InvalidOption("overflow", overflow, f"one of {_POLICIES}") from None
 
 
+def check_timeout(timeout: object, *, optional: bool = True) -> None:
+    """Refuse a timeout that is not a finite number of seconds >= 0 (or None, if ``optional``).
+
+    Raises:
+        InvalidOption: naming ``timeout``.
+    """
+    if timeout is None and optional:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 <= timeout < float("inf")
+    ):
+        expected = "a number of seconds >= 0" + (", or None" if optional else "")
+        raise InvalidOption("timeout", timeout, expected)
+
+
 def _check_maxsize(maxsize: object) -> int | None:
     if maxsize is None:
         return None
     if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
         raise InvalidOption("maxsize", maxsize, "a positive int, or None for unbounded")
     return maxsize
+
+
+def check_options(maxsize: object, overflow: object) -> tuple[int | None, Overflow]:
+    """Validate a channel's ``maxsize`` and ``overflow`` without making one.
+
+    Returns:
+        ``(maxsize, Overflow)``.
+
+    Raises:
+        InvalidOption: for a bad value.
+    """
+    return _check_maxsize(maxsize), _check_overflow(overflow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,8 +600,7 @@ class Channel(Generic[T]):
         return item
 
     def _get_timed(self, timeout: float) -> T:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise InvalidOption("timeout", timeout, "a number of seconds >= 0, or None")
+        check_timeout(timeout)
         if self._queue:
             return self.get()
         if self._closed:

@@ -13,7 +13,9 @@ The hierarchy::
     │   ├── ChannelEmpty                                get_nowait() found nothing
     │   ├── ChannelClosed                               put() after *you* closed the channel
     │   └── EndOfChannel                                closed and drained: a clean end
+    ├── MessageTooBig               (also ValueError)   a frame over the size limit: not sent
     ├── BusClosed                   (also RuntimeError) emit/subscribe/request on a closed bus
+    │   └── ClientClosed                                ... on a client closed, or refused for good
     ├── NoResponders                                    request() matched no subscription
     ├── ReceiveTimeout              (also TimeoutError) get(timeout=...) expired
     │   └── RequestTimeout                              request(timeout=...) expired
@@ -21,6 +23,7 @@ The hierarchy::
     │   ├── RemoteProtocolError                         ... the peer sent it (with an error code)
     │   └── LocalProtocolError                          ... we tried to send it (e.g. data not JSON)
     ├── RemoteError                                     the hub answered with an error frame
+    ├── HubClosed                                       the hub closed over what we sent
     └── SlowConsumer                                    reported (not raised) to Bus.on_error
                                                         on the first drop of an overflow episode
 
@@ -39,11 +42,14 @@ __all__ = [
     "ChannelEmpty",
     "ChannelError",
     "ChannelFull",
+    "ClientClosed",
     "EndOfChannel",
     "GreenbusError",
+    "HubClosed",
     "InvalidOption",
     "InvalidTopic",
     "LocalProtocolError",
+    "MessageTooBig",
     "NoReplyTo",
     "NoResponders",
     "ProtocolError",
@@ -108,7 +114,7 @@ class WrongThread(GreenbusError, RuntimeError):
         self.what = what
         super().__init__(
             f"{what} must be called from the OS thread that owns the bus "
-            "(only emit() may be called from other threads)"
+            "(only emit() and request() may be called from other threads)"
         )
 
 
@@ -180,6 +186,40 @@ class BusClosed(GreenbusError, RuntimeError):
         super().__init__(f"{name} is closed")
 
 
+class ClientClosed(BusClosed):
+    """The remote client is closed: by :meth:`close`, or for good after the hub refused it.
+
+    Every call of a closed client raises it, and a subscription of a client
+    that was refused ends with it.
+
+    Attributes:
+        name: the client's name.
+        cause: why it closed by itself (a :class:`RemoteError` with code
+            ``unauthorized``, a :class:`HubClosed`, or a failed TLS
+            verification), or None after :meth:`close`.
+    """
+
+    def __init__(self, name: str, cause: BaseException | None = None) -> None:
+        super().__init__(name)
+        self.cause = cause
+        if cause is not None:
+            self.args = (f"{name} is closed: {cause}",)
+
+
+class MessageTooBig(GreenbusError, ValueError):
+    """A frame is bigger than the size limit, so it was not sent.
+
+    Attributes:
+        size: the frame's size in bytes (UTF-8).
+        limit: the limit (``max_message_size``).
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+
+
 class NoResponders(GreenbusError):
     """``request()`` found no subscription matching its topic at send time."""
 
@@ -238,17 +278,54 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteError(GreenbusError):
-    """The hub answered with an ``error`` frame (the client passes it to ``on_error``).
+    """The hub answered with an ``error`` frame.
+
+    The client passes every one to ``on_error``; one that refuses a
+    :meth:`RemoteBus.publish` is raised there, and one that refuses a
+    ``sub`` ends that subscription (its ``get`` raises it).
 
     Attributes:
         code: the error code (an ``ErrorCode`` when known, else the raw string).
         reason: the hub's explanation.
+        id: the id of the refused frame, if it carried one.
     """
 
-    def __init__(self, code: Any, reason: str) -> None:
+    def __init__(self, code: Any, reason: str, id: Any = None) -> None:
         self.code = code
         self.reason = reason
+        self.id = id
         super().__init__(f"hub error {getattr(code, 'value', code)}: {reason}")
+
+    @property
+    def fatal(self) -> bool:
+        """True for ``unauthorized``: the hub refused the token and closes (1008)."""
+        return getattr(self.code, "value", self.code) == "unauthorized"
+
+
+class HubClosed(GreenbusError):
+    """The hub closed the connection with a code that says what it refused.
+
+    Reported to the client's ``on_error`` hook (never raised by a call);
+    ``fatal`` ones (1008, policy: a refused token or too many protocol
+    errors) also close the client for good (see :class:`ClientClosed`).
+
+    Attributes:
+        code: the WebSocket close code (RFC 6455, section 7.4.1).
+        reason: the close reason the hub sent.
+    """
+
+    #: Close codes after which reconnecting cannot help.
+    FATAL = frozenset({1002, 1003, 1007, 1008})
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"the hub closed the connection with {code}: {reason or 'no reason'}")
+
+    @property
+    def fatal(self) -> bool:
+        """True if reconnecting cannot help: the client stops."""
+        return self.code in self.FATAL
 
 
 class SlowConsumer(GreenbusError):
