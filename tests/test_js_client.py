@@ -167,6 +167,14 @@ def test_bad_topics_patterns_and_data_throw_in_js_before_anything_is_sent(
     node_run.check("bad topics, patterns and data are refused at once, and nothing is sent")
 
 
+def test_a_lone_surrogate_in_a_js_frame_throws_local_protocol_error_and_nothing_is_sent(
+    node_run: NodeRun,
+) -> None:
+    node_run.check(
+        "a lone surrogate anywhere in a frame throws LocalProtocolError, and nothing is sent"
+    )
+
+
 def test_a_throwing_js_handler_is_reported_to_onerror_and_delivery_goes_on(
     node_run: NodeRun,
 ) -> None:
@@ -193,6 +201,14 @@ def test_the_js_client_resubscribes_and_flushes_its_buffer_after_a_hub_restart(
     )
 
 
+def test_a_js_request_that_ends_while_disconnected_is_withdrawn_and_never_sent(
+    node_run: NodeRun,
+) -> None:
+    node_run.check(
+        "a request that ends while disconnected is taken out of the buffer and never sent"
+    )
+
+
 def test_closing_the_js_client_rejects_pending_work_and_stops_reconnecting(
     node_run: NodeRun,
 ) -> None:
@@ -214,10 +230,12 @@ CHECKED = {
     "a request resolves with the reply that comes to its private inbox",
     "a request nobody answers rejects with RequestTimeoutError after its timeout",
     "bad topics, patterns and data are refused at once, and nothing is sent",
+    "a lone surrogate anywhere in a frame throws LocalProtocolError, and nothing is sent",
     "a handler that throws is reported to onerror and delivery goes on",
     "the hub's error frames reach onerror, and a refused subscription is dropped",
     "a wrong token is fatal: onerror gets unauthorized, then the client closes for good",
     "after a hub restart on the same port, the client resubscribes and sends its buffer",
+    "a request that ends while disconnected is taken out of the buffer and never sent",
     "close() rejects what is pending, reports a final close, and stops reconnecting",
     "without a WebSocket class, connect() says to pass the one from ws",
 }

@@ -14,13 +14,17 @@
 //
 // The client reconnects by itself, with capped exponential backoff, and
 // subscribes again.  While it is not connected, publishes wait in a bounded
-// buffer (the oldest are dropped first, and counted).  Messages published
-// while it was away are gone: the hub stores nothing (at most once).
+// buffer (the oldest are dropped first, and counted); a request that ends
+// unanswered while its publish still waits there takes it back, so nobody
+// acts on a request its caller gave up on.  Messages published while it was
+// away are gone: the hub stores nothing (at most once).
 //
 // Errors, all under one root:
 //
 //     GreenbusError
 //     ├── InvalidTopicError     a topic or pattern breaks the grammar (thrown at once)
+//     ├── LocalProtocolError    a frame protocol v1 cannot carry: NaN, a lone surrogate,
+//     │                         a BigInt, a cycle (thrown at once)
 //     ├── MessageTooBigError    a frame over maxMessageSize (thrown at once)
 //     ├── HubError              the hub refused a frame: code, reason, id
 //     ├── RemoteProtocolError   the hub sent something that is not protocol v1
@@ -29,9 +33,11 @@
 //     ├── ConnectionLostError   the connection ended before the hub answered
 //     └── ClosedError           the client is closed (close(), or a refused token)
 //
-// Who broke it: InvalidTopicError, MessageTooBigError and ClosedError are
-// the caller's; HubError is the hub refusing what we sent; RemoteProtocolError
-// is the hub misbehaving.
+// Who broke it: InvalidTopicError, LocalProtocolError, MessageTooBigError
+// and ClosedError are the caller's; HubError is the hub refusing what we
+// sent; RemoteProtocolError is the hub misbehaving.  Arguments of the wrong
+// JS type (a handler that is no function, headers that are no object, a bad
+// option) throw the builtin TypeError or RangeError.
 
 /** The protocol version this client speaks. */
 export const PROTOCOL = 1;
@@ -96,6 +102,24 @@ export class InvalidTopicError extends GreenbusError {
   constructor(value, problem) {
     super(`invalid topic ${safeJSON(value)}: ${problem}`);
     this.value = value;
+    this.problem = problem;
+  }
+}
+
+/**
+ * A frame that protocol v1 cannot carry, refused before anything is sent (the
+ * hub would answer `bad_json`): NaN or Infinity, a string or key holding a
+ * lone UTF-16 surrogate (it has no UTF-8 encoding), or a value JSON.stringify
+ * cannot encode (a BigInt, a cycle; then `cause` is its TypeError).  The
+ * Python client raises greenbus.LocalProtocolError for the same frames.
+ */
+export class LocalProtocolError extends GreenbusError {
+  /**
+   * @param {string} problem what the frame holds that the protocol cannot carry
+   * @param {{cause?: unknown}} [options]
+   */
+  constructor(problem, options) {
+    super(`cannot send this frame: ${problem}`, options);
     this.problem = problem;
   }
 }
@@ -251,9 +275,45 @@ export function validatePattern(pattern) {
 // JSON as the hub wants it: NaN and Infinity would silently become null.
 function strict(_key, value) {
   if (typeof value === "number" && !Number.isFinite(value)) {
-    throw new TypeError(`${value} is not valid JSON (the hub refuses NaN and Infinity)`);
+    throw new LocalProtocolError(`${value} is not valid JSON (the hub refuses NaN and Infinity)`);
   }
   return value;
+}
+
+// A lone surrogate as JSON.stringify writes it (ES2019, well-formed): the
+// escape \ud800 to \udfff, while a pair (an astral character) is written raw.
+// The escape must not be escaped itself: an even number of backslashes (0,
+// 2, ...) before the one that starts it.  JSON.stringify writes lower case;
+// the match does not rely on it.
+const LONE_SURROGATE_ESCAPE = /(?<!\\)(?:\\\\)*\\u(d[89a-f][0-9a-f]{2})/i;
+
+/**
+ * The text of a frame, as strict as the hub's decoder (docs/protocol.md,
+ * "Transport": "JSON is strict", and "Refused input worth knowing").
+ * @param {object} frame
+ * @returns {string}
+ * @throws {LocalProtocolError} NaN or Infinity, a lone surrogate in any string
+ *   or key, or a value JSON.stringify refuses (a BigInt, a cycle)
+ */
+function encodeFrame(frame) {
+  let text;
+  try {
+    text = JSON.stringify(frame, strict);
+  } catch (error) {
+    // JSON.stringify refuses a BigInt or a cycle with a TypeError (one thrown by a
+    // toJSON() is wrapped too, as cause); anything else a toJSON() throws passes.
+    if (error instanceof TypeError) {
+      throw new LocalProtocolError(`not JSON: ${error.message}`, { cause: error });
+    }
+    throw error;
+  }
+  const lone = text.includes("\\u") ? LONE_SURROGATE_ESCAPE.exec(text) : null;
+  if (lone !== null) {
+    throw new LocalProtocolError(
+      `a string holds a lone UTF-16 surrogate U+${lone[1].toUpperCase()}, which has no UTF-8 encoding`,
+    );
+  }
+  return text;
 }
 
 function randomHex(bytes) {
@@ -369,12 +429,15 @@ export class Client {
   #fatal = null;
   #subs = new Map(); // sid -> {pattern, handler}
   #nextSid = 1;
-  #buffer = []; // encoded pub frames waiting for a connection
+  // Pub frames waiting for a connection, oldest first: {text} entries, kept by
+  // identity (two equal publishes are two entries) so that a request can take
+  // back its own with #unbuffer().
+  #buffer = new Set();
   #pings = new Map(); // id -> {resolve, reject, timer, sent, started}
   #pingSeq = 0;
   #requests = new Set(); // cancel(error) of every pending request
   #closed = null; // {promise, resolve} once close() was called
-  #stats = { reconnects: 0, sent: 0, received: 0, dropped: 0, hubErrors: 0 };
+  #stats = { reconnects: 0, sent: 0, received: 0, dropped: 0, withdrawn: 0, hubErrors: 0 };
 
   /**
    * @param {string} url `ws://host:port/` or `wss://...`
@@ -443,22 +506,28 @@ export class Client {
   }
 
   toString() {
-    const counts = `subscriptions=${this.#subs.size} buffered=${this.#buffer.length}`;
+    const counts = `subscriptions=${this.#subs.size} buffered=${this.#buffer.size}`;
     return `[greenbus Client ${this.name} ${this.url} ${this.#state} ${counts}]`;
   }
 
   /**
    * A snapshot of the counters.
    * @returns {{state: string, reconnects: number, sent: number, received: number,
-   *   buffered: number, dropped: number, hubErrors: number, subscriptions: number}}
-   *   `sent` counts frames written, `received` msg frames, `dropped` publishes
-   *   lost from a full buffer while disconnected.
+   *   buffered: number, dropped: number, withdrawn: number, hubErrors: number,
+   *   subscriptions: number}}
+   *   `sent` counts frames written, `received` msg frames, `buffered` publishes
+   *   waiting for a connection.  `dropped` counts publishes lost from a full
+   *   buffer while disconnected: losses nobody was told of.  `withdrawn` counts
+   *   requests that timed out while their publish still waited in the buffer:
+   *   it was taken out and never sent (the caller got its RequestTimeoutError),
+   *   so it is neither `dropped` nor `sent`.  close() discards the buffer
+   *   without counting it in either.
    */
   statistics() {
     return Object.freeze({
       state: this.#state,
       ...this.#stats,
-      buffered: this.#buffer.length,
+      buffered: this.#buffer.size,
       subscriptions: this.#subs.size,
     });
   }
@@ -472,8 +541,10 @@ export class Client {
    * @param {*} [data] any JSON value; undefined is sent as null
    * @param {{headers?: object, replyTo?: string}} [options] headers: an object
    *   of JSON values; replyTo: an inbox topic for a reply (request() does this for you)
-   * @throws {InvalidTopicError} a bad topic or replyTo
-   * @throws {TypeError} data or headers that are not JSON (NaN, BigInt, cycles, ...)
+   * @throws {InvalidTopicError} a bad topic or replyTo (a lone surrogate in it included)
+   * @throws {LocalProtocolError} data or headers the protocol cannot carry: NaN or
+   *   Infinity, a lone UTF-16 surrogate in a string or key, a BigInt, a cycle
+   * @throws {TypeError} headers that are not an object
    * @throws {MessageTooBigError} the frame exceeds maxMessageSize
    * @throws {ClosedError} the client is closed
    */
@@ -493,7 +564,7 @@ export class Client {
       if (Object.keys(headers).length > 0) frame.headers = headers;
     }
     if (replyTo != null) frame.reply_to = validateTopic(replyTo);
-    const text = JSON.stringify(frame, strict);
+    const text = encodeFrame(frame);
     const limit = this.#options.maxMessageSize;
     if (text.length * 3 > limit) {
       const size = utf8Length(text);
@@ -502,16 +573,34 @@ export class Client {
     return text;
   }
 
+  /**
+   * Write a pub frame now, or buffer it until the next welcome (dropping the
+   * oldest past maxBuffer, counted in `dropped`).
+   * @param {string} text
+   * @returns {{text: string}|null} the buffer entry, for #unbuffer(); null if written
+   */
   #sendPub(text) {
     if (this.#isOpen()) {
       this.#write(text);
-      return;
+      return null;
     }
-    if (this.#buffer.length >= this.#options.maxBuffer) {
-      this.#buffer.shift();
+    if (this.#buffer.size >= this.#options.maxBuffer) {
+      const [oldest] = this.#buffer;
+      this.#buffer.delete(oldest);
       this.#stats.dropped += 1;
     }
-    this.#buffer.push(text);
+    const entry = { text };
+    this.#buffer.add(entry);
+    return entry;
+  }
+
+  /**
+   * Take a buffered pub back before it is sent.
+   * @param {{text: string}|null} entry what #sendPub() returned
+   * @returns {boolean} whether it was still waiting (false: sent, dropped or discarded)
+   */
+  #unbuffer(entry) {
+    return entry !== null && this.#buffer.delete(entry);
   }
 
   // -- subscribing ------------------------------------------------------------
@@ -541,13 +630,20 @@ export class Client {
    * Publish a request and wait for the first reply.  The reply comes to a
    * private inbox, `_INBOX.<128 random bits in hex>` (new for every request), subscribed exactly
    * (wildcard subscriptions never see inboxes).
+   *
+   * A request that times out while disconnected takes its publish back out of
+   * the buffer (counted in statistics().withdrawn), and close() discards the
+   * buffer: a request is never sent after its caller gave up, so no responder
+   * acts on it.
    * @param {string} topic
    * @param {*} [data]
    * @param {{timeout?: number, headers?: object}} [options] timeout in ms (default 5000)
    * @returns {Promise<Message>} the reply
    * @throws {RequestTimeoutError} (rejects) no reply within the timeout
    * @throws {ClosedError} (rejects) the client was closed meanwhile
-   * @throws {InvalidTopicError|TypeError|MessageTooBigError} (rejects) as publish()
+   * @throws {InvalidTopicError|LocalProtocolError|TypeError|MessageTooBigError}
+   *   (rejects) as publish(); nothing is sent
+   * @throws {RangeError} (rejects) a timeout that is not a positive number
    */
   request(topic, data, { timeout = this.#options.requestTimeout, headers } = {}) {
     return new Promise((resolve, reject) => {
@@ -561,10 +657,16 @@ export class Client {
       // Encoded first: a bad request is refused before anything is sent.
       const text = this.#encodePub(topic, data, headers, inbox);
       let timer = null;
+      let buffered = null; // the pub's buffer entry while disconnected
+      // Every way a request ends comes through here.  A pub still buffered
+      // must never go out after its caller gave up: in practice only a
+      // timeout finds it there (close() has emptied the buffer already, and
+      // no reply can come before the pub was sent).
       const settle = () => {
         clearTimeout(timer);
         unsubscribe();
         this.#requests.delete(cancel);
+        if (this.#unbuffer(buffered)) this.#stats.withdrawn += 1;
       };
       const cancel = (error) => {
         settle();
@@ -576,7 +678,7 @@ export class Client {
       });
       this.#requests.add(cancel);
       timer = setTimeout(() => cancel(new RequestTimeoutError(topic, timeout)), timeout);
-      this.#sendPub(text);
+      buffered = this.#sendPub(text);
     });
   }
 
@@ -746,9 +848,9 @@ export class Client {
     // buffered request finds its inbox subscribed, and a ping comes back
     // after everything before it.
     for (const [sid, { pattern }] of this.#subs) this.#sendSub(sid, pattern);
-    const buffered = this.#buffer;
-    this.#buffer = [];
-    for (const text of buffered) this.#write(text);
+    const buffered = [...this.#buffer];
+    this.#buffer.clear();
+    for (const { text } of buffered) this.#write(text);
     for (const [id, entry] of this.#pings) if (!entry.sent) this.#sendPing(id, entry);
     this.#call("onopen", { server: frame.server, peer: frame.peer, reconnects: this.#stats.reconnects });
   }
@@ -840,7 +942,7 @@ export class Client {
     this.#setState(State.CLOSED);
     clearTimeout(this.#timer);
     this.#timer = null;
-    this.#buffer = [];
+    this.#buffer.clear();
     this.#subs.clear();
     for (const cancel of [...this.#requests]) cancel(error);
     for (const entry of this.#pings.values()) {

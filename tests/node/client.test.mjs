@@ -19,9 +19,11 @@ import WebSocket from "ws";
 
 import {
   ClosedError,
+  GreenbusError,
   HandlerError,
   HubError,
   InvalidTopicError,
+  LocalProtocolError,
   MessageTooBigError,
   RequestTimeoutError,
   State,
@@ -286,10 +288,27 @@ test("bad topics, patterns and data are refused at once, and nothing is sent", a
   invalid(() => client.publish("js.ok", 1, { replyTo: "_INBOX.>" }), /only allowed in subscription patterns/);
   invalid(() => client.subscribe("room*", () => {}), /wildcard inside token 'room\*'/);
   invalid(() => client.subscribe("js.>.temp", () => {}), /'>' must be the last token/);
-  assert.throws(() => client.publish("js.ok", NaN), TypeError);
-  assert.throws(() => client.publish("js.ok", { n: Infinity }), /not valid JSON/);
-  assert.throws(() => client.publish("js.ok", 1n), TypeError);
-  assert.throws(() => client.publish("js.ok", 1, { headers: ["a"] }), /headers must be an object/);
+  // A frame protocol v1 cannot carry is the caller's LocalProtocolError, as in Python.
+  const local = (fn, problem) =>
+    assert.throws(fn, (error) => {
+      assert.ok(error instanceof LocalProtocolError, `${error}`);
+      assert.ok(error instanceof GreenbusError && !(error instanceof TypeError));
+      assert.match(error.message, problem);
+      return true;
+    });
+  local(() => client.publish("js.ok", NaN), /NaN is not valid JSON/);
+  local(() => client.publish("js.ok", { n: Infinity }), /Infinity is not valid JSON/);
+  local(() => client.publish("js.ok", 1, { headers: { n: -Infinity } }), /-Infinity is not valid JSON/);
+  local(() => client.publish("js.ok", 1n), /BigInt/);
+  const cycle = { name: "cycle" };
+  cycle.self = cycle;
+  local(() => client.publish("js.ok", [cycle]), /circular/);
+  await assert.rejects(client.request("js.ok", NaN), LocalProtocolError);
+  // Arguments of the wrong JS type stay TypeErrors.
+  assert.throws(
+    () => client.publish("js.ok", 1, { headers: ["a"] }),
+    (e) => e instanceof TypeError && /headers must be an object/.test(e.message),
+  );
   assert.throws(
     () => client.publish("js.ok", "x".repeat(300)),
     (e) => e instanceof MessageTooBigError && e.limit === 200,
@@ -300,6 +319,70 @@ test("bad topics, patterns and data are refused at once, and nothing is sent", a
   assert.equal(client.statistics().subscriptions, 0);
   assert.throws(() => connect("http://127.0.0.1:1/", { WebSocket: IMPLEMENTATION }), /ws:\/\/ or wss:\/\//);
   assert.throws(() => connect(hub.url, { WebSocket: IMPLEMENTATION, maxBuffer: 0 }), RangeError);
+});
+
+test("a lone surrogate anywhere in a frame throws LocalProtocolError, and nothing is sent", async () => {
+  const publisher = open(hub.url);
+  const subscriber = open(hub.url);
+  await Promise.all([publisher.opened, subscriber.opened]);
+  const reported = [];
+  publisher.client.onerror = (error) => reported.push(error);
+  const got = collector();
+  subscriber.client.subscribe("js.surrogate.>", got);
+  await subscriber.client.ping();
+  const sent = publisher.client.statistics().sent;
+
+  // [where, data, headers]: each frame holds one lone UTF-16 surrogate (or two).
+  const refused = [
+    ["in data", "\ud800", undefined],
+    ["in a header value", 1, { trace: "t-\udfff" }],
+    ["in a header key", 1, { "key-\ud83d": "v" }],
+    ["in a nested array", { list: [1, ["fine", ["\udc00"]]] }, undefined],
+    ["a pair in the wrong order", "\ude00\ud83d", undefined],
+    ["a high surrogate at the end", "bus 🚌\ud83d", undefined],
+    ["after an escaped backslash", "\\\ud800", undefined],
+  ];
+  for (const [where, data, headers] of refused) {
+    assert.throws(
+      () => publisher.client.publish("js.surrogate.bad", data, { headers }),
+      (error) => {
+        assert.ok(error instanceof LocalProtocolError, `${where}: ${error}`);
+        assert.ok(error instanceof GreenbusError);
+        assert.match(error.message, /lone UTF-16 surrogate U\+D[89A-F][0-9A-F]{2}/, where);
+        return true;
+      },
+      where,
+    );
+  }
+  await assert.rejects(
+    publisher.client.request("js.surrogate.bad", { q: "\udbff" }, { timeout: PATIENCE }),
+    LocalProtocolError,
+  );
+  assert.equal(publisher.client.statistics().sent, sent, "nothing was sent");
+  assert.equal(publisher.client.statistics().subscriptions, 0, "the refused request left no inbox");
+
+  // Topics: the grammar refuses lone surrogates (as the hub's does), not pairs.
+  assert.throws(() => publisher.client.publish("js.surrogate.\ud800", 1), InvalidTopicError);
+  assert.throws(() => publisher.client.publish("js.ok", 1, { replyTo: "_INBOX.\udc00" }), InvalidTopicError);
+  assert.throws(() => publisher.client.subscribe("js.\udbff.>", () => {}), InvalidTopicError);
+
+  // A pair is one character; "\\ud800" is a backslash and five letters: both travel intact.
+  publisher.client.publish("js.surrogate.pair", "bus 🚌", { headers: { "🚌": "😀" } });
+  publisher.client.publish("js.surrogate.text", "\\ud800", { headers: { "\\uDFFF": ["\\\\ud800"] } });
+  publisher.client.publish("js.surrogate.🚌", ["\ud83d\ude8c"]);
+  // One routing order: had a refused frame gone out, the subscriber would have got it first.
+  const messages = await got.take(3);
+  assert.deepEqual(
+    messages.map((m) => [m.topic, m.data, m.headers]),
+    [
+      ["js.surrogate.pair", "bus 🚌", { "🚌": "😀" }],
+      ["js.surrogate.text", "\\ud800", { "\\uDFFF": ["\\\\ud800"] }],
+      ["js.surrogate.🚌", ["🚌"], {}],
+    ],
+  );
+  await publisher.client.ping(); // the hub's answer to a refused frame would come before the pong
+  assert.deepEqual(reported, [], "the hub refused nothing");
+  assert.equal(publisher.client.statistics().hubErrors, 0);
 });
 
 test("a handler that throws is reported to onerror and delivery goes on", async () => {
@@ -418,6 +501,56 @@ test("after a hub restart on the same port, the client resubscribes and sends it
   assert.equal(client.statistics().reconnects, 1);
 
   await Promise.all([client.close(), other.client.close()]);
+  await again.stop();
+});
+
+test("a request that ends while disconnected is taken out of the buffer and never sent", async () => {
+  const restarting = await Hub.start();
+  const { client, opened } = open(restarting.url, { reconnectDelay: 20, maxReconnectDelay: 200 });
+  await opened;
+  // The client answers its own requests: after a restart it subscribes again
+  // before it sends its buffer, so whatever the buffer held reaches this responder.
+  const seen = collector();
+  client.subscribe("js.withdrawn.>", (msg) => {
+    seen(msg);
+    if (msg.replyTo !== null) msg.reply({ answered: msg.data });
+  });
+  await client.ping();
+
+  const lost = next(client, "onclose", "close when the hub stops");
+  await restarting.stop();
+  await lost;
+  assert.notEqual(client.state, State.OPEN);
+  await assert.rejects(
+    client.request("js.withdrawn.svc", "given up", { timeout: 100 }),
+    RequestTimeoutError,
+  );
+  const afterTimeout = client.statistics();
+  client.publish("js.withdrawn.after", "published after the timeout");
+  const wanted = client.request("js.withdrawn.svc", "still wanted", { timeout: PATIENCE });
+  const beforeRestart = client.statistics();
+
+  const reopened = next(client, "onopen", "welcome after the restart");
+  const again = await Hub.start([], restarting.port);
+  await reopened;
+  // A request still pending at the welcome goes out and is answered.
+  assert.deepEqual((await wanted).data, { answered: "still wanted" });
+  // The responder saw everything the buffer sent, in order: not the abandoned request.
+  assert.deepEqual(
+    seen.messages.map((m) => m.data),
+    ["published after the timeout", "still wanted"],
+  );
+  assert.equal(afterTimeout.buffered, 0, "the abandoned request's pub left the buffer");
+  assert.equal(afterTimeout.dropped, 0, "a withdrawn request is no overflow");
+  assert.equal(afterTimeout.withdrawn, 1);
+  assert.equal(afterTimeout.subscriptions, 1, "its inbox is gone too");
+  assert.equal(beforeRestart.buffered, 2);
+  const stats = client.statistics();
+  assert.equal(stats.buffered, 0);
+  assert.equal(stats.dropped, 0);
+  assert.equal(stats.withdrawn, 1);
+
+  await client.close();
   await again.stop();
 });
 
