@@ -42,7 +42,14 @@ from urllib.parse import urlsplit
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-from .exceptions import AclError, InvalidTopic
+from .exceptions import (
+    AclError,
+    ClientClosed,
+    InvalidTopic,
+    MessageTooBig,
+    ReceiveTimeout,
+    RemoteError,
+)
 from .topics import validate_pattern, validate_topic
 
 if TYPE_CHECKING:
@@ -618,35 +625,67 @@ def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any, federation: Any) -
 
 
 def _client(args: argparse.Namespace) -> Any:
-    """A client connected to ``args.url`` within ``args.timeout`` seconds.
+    """A client the hub at ``args.url`` welcomed within ``args.timeout`` seconds.
 
     Raises:
-        SystemExit: not connected in time; one line, status 1.
+        SystemExit: not welcomed in time, or refused (a wrong token, a
+            certificate that does not verify); one line, status 1.
     """
     from .bridge.client import connect
 
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     token = args.token or os.environ.get("GREENBUS_TOKEN") or None
     # timeout=None, and wait here: connect(timeout=...) would log a warning of
     # its own before the one line below.
     client = connect(args.url, token=token, name=f"greenbus-{args.command}", timeout=None)
     if not client.wait_connected(args.timeout):
+        refused = client.error
         client.close(timeout=0)
+        if refused is not None:
+            raise SystemExit(f"greenbus {args.command}: {_why(refused)}")
         raise SystemExit(f"greenbus {args.command}: cannot connect to {args.url}")
     return client
 
 
+def _why(error: BaseException) -> str:
+    """One line on what the hub refused (the cause of a ClientClosed, if any)."""
+    cause = getattr(error, "cause", None) or error
+    if isinstance(cause, RemoteError):
+        return f"the hub refused it: {getattr(cause.code, 'value', cause.code)}: {cause.reason}"
+    return f"the hub refused the connection: {cause}"
+
+
 def pub_command(args: argparse.Namespace) -> int:
-    """Publish one message (its data decoded by the parser) and exit once it is written."""
+    """Publish one message (its data decoded by the parser); exit once the hub took it.
+
+    A refusal (a wrong token, a topic the ACL forbids, a message over the
+    size limit) is one line and status 1.
+    """
     client = _client(args)
     try:
-        client.emit(args.topic, args.data)
+        client.publish(args.topic, args.data, timeout=args.timeout)
+    except (RemoteError, ClientClosed) as exc:
+        raise SystemExit(f"greenbus pub: {_why(exc)}") from None
+    except MessageTooBig as exc:
+        raise SystemExit(f"greenbus pub: {exc}") from None
+    except ReceiveTimeout:
+        raise SystemExit(
+            f"greenbus pub: the hub did not answer within {args.timeout:g} s"
+        ) from None
     finally:
         client.close(timeout=args.timeout)
     return 0
 
 
 def sub_command(args: argparse.Namespace) -> int:
-    """Print one JSON line per message until interrupted (or --count)."""
+    """Print one JSON line per message until interrupted (or --count).
+
+    A refused subscription (a pattern the ACL forbids), or a client the hub
+    refuses later, is one line and status 1.
+    """
     client = _client(args)
     sub = client.subscribe(args.pattern)
     seen = 0
@@ -664,6 +703,8 @@ def sub_command(args: argparse.Namespace) -> int:
                 break
     except KeyboardInterrupt:
         pass
+    except (RemoteError, ClientClosed) as exc:
+        raise SystemExit(f"greenbus sub: {_why(exc)}") from None
     finally:
         client.close(timeout=1)
     return 0
@@ -765,7 +806,19 @@ def build_parser() -> argparse.ArgumentParser:
             "--url", type=_hub_url, default=DEFAULT_URL, help=f"hub URL (default {DEFAULT_URL})"
         )
         cmd.add_argument("--token", help="token for the hub (or set GREENBUS_TOKEN)")
-        cmd.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to connect")
+        cmd.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=5.0,
+            help="seconds to connect (and, for pub, for the hub's answer)",
+        )
+        cmd.add_argument(
+            "--log-level",
+            default="critical",
+            choices=("debug", "info", "warning", "error", "critical"),
+            help="the client library's log on stderr (default: none, only this command's "
+            "one-line answer)",
+        )
 
     commands.add_parser("demo", help="run the two-thread pyee/greenbus comparison side by side")
     commands.add_parser("bench", help="run the benchmark suite (options as python -m perf)")

@@ -23,15 +23,16 @@ import enum
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .acl import ALLOW_ALL, InboxOwners, Permissions, is_inbox
-from .exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
+from .exceptions import InvalidOption, InvalidTopic, LocalProtocolError, RemoteProtocolError
 from .topics import validate_cached
 
 __all__ = [
+    "MSG_SLACK",
     "PROTOCOL_VERSION",
     "Ack",
     "ClientEvent",
@@ -176,6 +177,13 @@ ClientEvent = Hello | Sub | Unsub | Pub | Ping
 ServerEvent = Welcome | Msg | Ack | Error | Pong
 
 # -- decoding -----------------------------------------------------------------
+
+#: How much bigger than ``max_message_size`` a ``msg`` frame may be.  A
+#: ``pub`` the hub accepted at the limit comes back in a ``msg`` whose
+#: envelope differs (its ``sid`` for the ``pub``'s ``id``); the hub sends
+#: no ``msg`` over ``max_message_size + MSG_SLACK``, and clients accept up
+#: to that much, so whatever the hub accepted can be delivered.
+MSG_SLACK = 64 * 1024
 
 #: Default maximum nesting depth of a frame's JSON (objects and arrays).
 DEFAULT_MAX_DEPTH = 32
@@ -582,6 +590,12 @@ class SessionLimits:
     #: JSON nesting depth of a frame.
     max_depth: int = DEFAULT_MAX_DEPTH
 
+    def __post_init__(self) -> None:
+        for name, least in (("max_subscriptions", 1), ("max_errors", 0), ("max_depth", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidOption(name, value, f"an int >= {least}")
+
 
 @dataclass
 class HubSession:
@@ -604,6 +618,8 @@ class HubSession:
         inboxes: the hub's :class:`~greenbus.acl.InboxOwners`: an exact
             ``_INBOX.`` subscription is refused (``forbidden``) unless this
             peer owns the inbox.  None: no ownership check.
+        on_error: called with ``(code, reason)`` for every ``error`` frame
+            queued (the hub logs each refusal).
     """
 
     server: str
@@ -611,6 +627,7 @@ class HubSession:
     authenticate: Any = None
     limits: SessionLimits = field(default_factory=SessionLimits)
     inboxes: InboxOwners | None = None
+    on_error: Callable[[ErrorCode, str], object] | None = None
     state: SessionState = SessionState.OPEN
     name: str | None = None
     sids: dict[Id, str] = field(default_factory=dict)
@@ -722,6 +739,8 @@ class HubSession:
         self.outbox.append(encode(Error(code, reason, id)))
         counts = self.error_counts
         counts[code.value] = counts.get(code.value, 0) + 1
+        if self.on_error is not None:
+            self.on_error(code, reason)
 
     def ack(self, event: ClientEvent) -> None:
         """Queue the ``ack`` for an applied event that carried an ``id``."""
@@ -743,7 +762,12 @@ class HubSession:
             self.close_reason = reason
 
     def end(self) -> None:
-        """The connection is over: give up what this peer holds (its inboxes).  Idempotent."""
+        """The connection is over: give up what this peer holds (its inboxes).  Idempotent.
+
+        Also drops the ``on_error`` callback, which usually refers back to
+        the session's owner: a finished session holds nothing alive.
+        """
+        self.on_error = None
         sids, self.sids = self.sids, {}
         if self.inboxes is not None:
             for topic in sids.values():

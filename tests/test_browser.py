@@ -32,7 +32,7 @@ import pytest
 from conftest import ROOT, HubProcess, child_env
 
 import greenbus
-from greenbus.bridge.server import WEB_DIR, WEB_FILES
+from greenbus.bridge.http import WEB_DIR, WEB_FILES
 
 NODE_DIR = ROOT / "tests" / "node"
 DRIVER = NODE_DIR / "browser.mjs"
@@ -243,7 +243,7 @@ def test_the_hub_serves_every_dashboard_file_and_the_page_loads_nothing_from_els
     hub_process: HubProcess,
 ) -> None:
     for path, (name, content_type) in WEB_FILES.items():
-        status, served_type, body = hub_process.http_get(path)
+        status, served_type, body = hub_process.http_get("/" + path)
         assert (status, served_type) == (200, content_type), path
         assert body == (WEB_DIR / name).read_text(encoding="utf-8"), path
     index = (WEB_DIR / "index.html").read_text(encoding="utf-8")
@@ -320,11 +320,18 @@ def test_the_publish_form_refuses_invalid_json_with_a_clear_error_and_sends_noth
     assert error.startswith("Data is not valid JSON: "), error
     assert page.do("attribute", selector="#pub-data", name="aria-invalid")["value"] == "true"
 
+    # Valid JSON for JSON.parse, but a lone surrogate: greenbus.js refuses the
+    # frame itself (LocalProtocolError) instead of sending what the hub refuses.
+    page.do("fill", selector="#pub-data", value='"\\ud800"')
+    page.do("click", selector="#pub-form button[type=submit]")
+    error = page.wait_for("#pub-error", "surrogate")
+    assert "lone UTF-16 surrogate U+D800" in error, error
+
     page.do("fill", selector="#pub-data", value='"fixed"')
     page.do("click", selector="#pub-form button[type=submit]")
     page.wait_for("#pub-status", "Published")
     assert page.do("attribute", selector="#pub-data", name="aria-invalid")["value"] is None
-    # One order of routing: had the invalid one been sent, it would come first.
+    # One order of routing: had an invalid one been sent, it would come first.
     assert commands.get(timeout=10).data == "fixed"
 
     page.do("fill", selector="#pub-topic", value="commands.*")
@@ -423,4 +430,68 @@ def test_the_readme_browser_example_runs_in_chromium_against_the_hub(
     page.do("wait_console", text="42")
     log = page.console()
     assert [m["text"] for m in log["messages"]] == ["chat.room1 hi", "42"], log
+    page.assert_no_page_errors()
+
+
+#: A page that imports greenbus.js from the hub, publishes what protocol v1
+#: cannot carry, then a valid message and a ping, and logs each outcome.
+REFUSALS_PAGE = r"""<!doctype html>
+<title>greenbus.js refusals</title>
+<script type="module">
+  import { GreenbusError, LocalProtocolError, connect } from "/greenbus.js";
+  const bus = connect(`ws://${location.host}/`, { name: "js-refusals" });
+  bus.onerror = (error) => console.error(`onerror: ${error.message}`);
+  const cycle = {};
+  cycle.self = cycle;
+  const refused = [
+    ["lone surrogate in data", "\ud800", undefined],
+    ["lone surrogate in a header key", 1, { "k\udc00": 1 }],
+    ["NaN", NaN, undefined],
+    ["BigInt", 1n, undefined],
+    ["cycle", cycle, undefined],
+  ];
+  bus.onopen = async () => {
+    for (const [what, data, headers] of refused) {
+      try {
+        bus.publish("browser.refusals", data, { headers });
+        console.log(`${what}: published`);
+      } catch (error) {
+        const ours = error instanceof LocalProtocolError && error instanceof GreenbusError;
+        console.log(`${what}: ${error.name} ${ours}`);
+      }
+    }
+    bus.publish("browser.refusals", ["\ud83d\ude8c", "\\ud800"]);
+    await bus.ping(); // the hub's answer to a refused frame would come before the pong
+    console.log("done");
+  };
+</script>
+"""
+
+
+def test_greenbus_js_in_chromium_throws_local_protocol_error_for_frames_v1_cannot_carry(
+    page: Browser,
+    hub_process: HubProcess,
+    remote_bus: Callable[..., greenbus.RemoteBus],
+) -> None:
+    listener = remote_bus(hub_process.url, name="py-listener")
+    sub = subscribed(listener, "browser.refusals", "browser.refusals")
+
+    # Served at the hub's origin, as the README example is (see there for the grant).
+    url = dashboard_url(hub_process) + "refusals.html"
+    page.do("grant", permissions=["local-network-access"])
+    page.do("route", url=url, body=REFUSALS_PAGE)
+    page.do("goto", url=url)
+    page.do("wait_console", text="done")
+    log = page.console()
+    assert [m["text"] for m in log["messages"]] == [
+        "lone surrogate in data: LocalProtocolError true",
+        "lone surrogate in a header key: LocalProtocolError true",
+        "NaN: LocalProtocolError true",
+        "BigInt: LocalProtocolError true",
+        "cycle: LocalProtocolError true",
+        "done",
+    ], log
+    # One connection, one routing order: a refused frame, had it gone out, would come first.
+    msg = sub.get(timeout=10)
+    assert (msg.topic, msg.data) == ("browser.refusals", ["\U0001f68c", "\\ud800"])
     page.assert_no_page_errors()

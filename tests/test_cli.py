@@ -342,3 +342,58 @@ def test_bench_help_is_under_greenbus_bench_and_lists_perf_options(flag: str) ->
     assert "python -m perf" not in run.stdout, run.describe()
     for option in ("--quick", "--tiny", "--only", "--out", "--seed"):
         assert option in run.stdout, run.describe()
+
+
+# -- refusals from a real hub (issue 12) --------------------------------------------
+
+REFUSING_ACL = """\
+[users.alice]
+token = "tok-alice"
+publish = ["a.>"]
+subscribe = ["a.>"]
+"""
+
+
+@pytest.fixture
+def acl_hub_url(tmp_path: Path) -> Iterator[str]:
+    """A ``greenbus serve --acl`` process where alice may use ``a.>`` only."""
+    acl = tmp_path / "users.toml"
+    acl.write_text(REFUSING_ACL, encoding="utf-8")
+    hub = start_hub_process(tmp_path / "hub.log", "--acl", str(acl), "--stats-interval", "0")
+    try:
+        yield hub.url
+    finally:
+        hub.stop()
+
+
+REFUSALS = {
+    "pub-wrong-token": (["pub", "a.b", "1", "--token", "nope"], "unauthorized: missing or wrong"),
+    "pub-no-token": (["pub", "a.b", "1"], "unauthorized: missing or wrong"),
+    "pub-forbidden": (
+        ["pub", "b.c", "1", "--token", "tok-alice"],
+        "forbidden: user 'alice' may not publish to 'b.c'",
+    ),
+    "sub-wrong-token": (["sub", "a.>", "--token", "nope"], "unauthorized: missing or wrong"),
+    "sub-forbidden": (
+        ["sub", "b.>", "--token", "tok-alice"],
+        "forbidden: user 'alice' may not subscribe to 'b.>'",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "said"), REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_refusal_from_the_hub_is_one_line_and_exit_1(
+    acl_hub_url: str, args: list[str], said: str
+) -> None:
+    # Issue 12: a wrong token made pub exit 0 and sub end in a LoopExit
+    # traceback; a forbidden pub exited 0 saying nothing; a forbidden sub
+    # warned and then ran forever.
+    run = greenbus(*args, "--url", acl_hub_url)
+    assert run.returncode == 1, run.describe()
+    assert run.line().startswith(f"greenbus {args[0]}: the hub refused it: {said}")
+
+
+def test_a_pub_the_hub_takes_exits_0_in_silence(acl_hub_url: str) -> None:
+    run = greenbus("pub", "a.b", '{"t": 21}', "--token", "tok-alice", "--url", acl_hub_url)
+    assert run.returncode == 0, run.describe()
+    assert run.stderr == ""

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import gevent
 import pytest
 from gevent import socket as gsocket
-from waiting import wait_until
+from waiting import call_in_thread, wait_until
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 import greenbus
+import greenbus.acl
+import greenbus.bridge.client
 from greenbus import RemoteBus
 
 
 class StallingServer:
-    """Completes one WebSocket upgrade on 127.0.0.1, then never reads again.
+    """Completes one WebSocket upgrade on 127.0.0.1, welcomes, then never reads again.
 
     A client's writer soon blocks on the full socket, with frames still
     queued behind it; :meth:`abort` then resets the connection (RST).
@@ -50,6 +53,9 @@ class StallingServer:
             protocol.receive_data(sock.recv(65536))
             request = next((e for e in protocol.events_received() if isinstance(e, Request)), None)
         protocol.send_response(protocol.accept(request))
+        # Welcome the client (it counts as connected from then on), then
+        # never read what it sends.
+        protocol.send_text(b'{"op":"welcome","protocol":1,"server":"stall","peer":"p1"}')
         sock.sendall(b"".join(protocol.data_to_send()))
         self.sock = sock
 
@@ -123,3 +129,299 @@ def test_messages_queued_on_a_connection_that_dies_are_sent_again_never_counted_
     finally:
         hub.stop(timeout=2)
         bus.close(timeout=2)
+
+
+# -- bad arguments are refused up front (issue 12, item 10) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:8765/", "scheme isn't ws or wss"),
+        ("ws://127.0.0.1:99999/", "Port out of range"),
+        ("ws:///", "hostname isn't provided"),
+        ("ws://127.0.0.1:0/", "port 0"),
+        (8765, "a hub URL"),
+    ],
+)
+def test_connect_to_a_bad_url_raises_invalid_option_at_once(url: object, problem: str) -> None:
+    with pytest.raises(greenbus.InvalidOption) as caught:
+        greenbus.connect(url, timeout=1)  # type: ignore[arg-type]
+    assert caught.value.name == "url"
+    assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"timeout": "x"}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"max_buffer": 0}, "max_buffer"),
+        ({"max_message_size": 10}, "max_message_size"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"max_backoff": float("inf")}, "max_backoff"),
+        ({"token": 5}, "token"),
+        ({"on_error": "print"}, "on_error"),
+    ],
+)
+def test_connect_with_a_bad_option_raises_invalid_option_before_it_starts(
+    stalling: StallingServer, options: dict[str, object], name: str
+) -> None:
+    # Issue 12: connect(timeout="x") raised a TypeError after its connection
+    # greenlet had started.
+    with pytest.raises(greenbus.InvalidOption) as caught:
+        greenbus.connect(stalling.url, **options)  # type: ignore[arg-type]
+    assert caught.value.name == name
+    gevent.sleep(0.05)
+    assert stalling.sock is None  # nothing ever connected
+
+
+@pytest.fixture
+def hub(local_hub: Callable[..., greenbus.HubServer]) -> greenbus.HubServer:
+    return local_hub()
+
+
+def test_remote_emit_refuses_what_the_in_process_emit_refuses(
+    hub: greenbus.HubServer, clients: Callable[..., RemoteBus]
+) -> None:
+    remote = clients(hub.url)
+    for call in (
+        lambda bus: bus.emit("a.b", 1, headers=[("a", 1)]),
+        lambda bus: bus.emit("a..b", 1),
+        lambda bus: bus.emit("a.b", 1, reply_to="x y"),
+    ):
+        with pytest.raises(greenbus.GreenbusError) as remote_error:
+            call(remote)
+        with pytest.raises(greenbus.GreenbusError) as local_error:
+            call(hub.bus)
+        assert type(remote_error.value) is type(local_error.value)
+
+
+def test_remote_emit_of_a_lone_surrogate_raises_local_protocol_error(
+    hub: greenbus.HubServer, clients: Callable[..., RemoteBus]
+) -> None:
+    remote = clients(hub.url)
+    with pytest.raises(greenbus.LocalProtocolError, match="lone surrogate"):
+        remote.emit("a.b", "\ud800")
+    with pytest.raises(greenbus.LocalProtocolError):
+        remote.emit("a.b", float("nan"))
+
+
+def test_on_with_a_bad_pattern_raises_at_once_even_as_a_decorator(
+    hub: greenbus.HubServer, clients: Callable[..., RemoteBus]
+) -> None:
+    # Issue 12: bus.on("a..b") failed only when the decorator was applied.
+    for bus in (hub.bus, clients(hub.url)):
+        with pytest.raises(greenbus.InvalidTopic):
+            bus.on("a..b")
+        with pytest.raises(greenbus.InvalidOption):
+            bus.once("a.b", maxsize=0)
+
+
+# -- oversized messages are refused, never lost silently (item 4) -----------------
+
+
+def test_an_emit_over_max_message_size_raises_message_too_big_and_sends_nothing(
+    hub: greenbus.HubServer, clients: Callable[..., RemoteBus]
+) -> None:
+    # Issue 12: emit() returned 1, the hub closed with 1009, the client
+    # reconnected, and nothing said so.
+    remote = clients(hub.url)
+    got = hub.bus.subscribe("big.>", maxsize=None)
+    with pytest.raises(greenbus.MessageTooBig) as caught:
+        remote.emit("big.one", "x" * 2_000_000)
+    assert caught.value.limit == 1 << 20
+    assert caught.value.size > 2_000_000
+    remote.emit("big.two", "fits")
+    assert got.get(timeout=5).data == "fits"
+    assert remote.statistics().reconnects == 0
+    assert hub.counters.closes == {}
+
+
+def test_a_hub_side_message_over_the_limit_is_not_sent_and_the_next_one_arrives(
+    hub: greenbus.HubServer, clients: Callable[..., RemoteBus]
+) -> None:
+    # Issue 12: a 2 MB hub-side emit made the client close with 1009, and the
+    # next message was lost with the connection.
+    remote = clients(hub.url)
+    sub = remote.subscribe("big.>", maxsize=None)
+    wait_until(lambda: hub.bus.interest() == ["big.>"], 5, "the subscription")
+    hub.bus.emit("big.one", "x" * 2_000_000)
+    hub.bus.emit("big.two", "next")
+    assert sub.get(timeout=5).data == "next"
+    assert hub.counters.too_big == 1
+    assert hub.counters.dropped == 1
+    assert remote.statistics().reconnects == 0
+
+
+def test_a_frame_over_the_clients_own_limit_is_reported_and_the_client_reconnects(
+    hub: greenbus.HubServer, clients: Callable[..., RemoteBus]
+) -> None:
+    errors: list[BaseException] = []
+    remote = clients(hub.url, max_message_size=1000, on_error=lambda e, s, m: errors.append(e))
+    sub = remote.subscribe("big.>", maxsize=None)
+    wait_until(lambda: hub.bus.interest() == ["big.>"], 5, "the subscription")
+    hub.bus.emit("big.one", "x" * 200_000)  # the hub's limit takes it; the client's does not
+    wait_until(lambda: errors, 5, "the report")
+    assert isinstance(errors[0], greenbus.MessageTooBig)
+    wait_until(lambda: remote.connected and hub.bus.interest() == ["big.>"], 10, "a reconnect")
+    hub.bus.emit("big.two", "next")
+    assert sub.get(timeout=5).data == "next"
+
+
+# -- refusals are typed errors, never silent (item 5) ------------------------------
+
+
+@pytest.fixture
+def token_hub(local_hub: Callable[..., greenbus.HubServer]) -> greenbus.HubServer:
+    return local_hub(token="s3cret")
+
+
+def test_connect_with_a_refused_token_raises_client_closed_with_the_hubs_reason(
+    token_hub: greenbus.HubServer,
+) -> None:
+    # Issue 12: connect() returned with connected=True; after the 1008 close
+    # the client gave up silently, emit returned 1 and buffered forever.
+    errors: list[BaseException] = []
+    with pytest.raises(greenbus.ClientClosed) as caught:
+        greenbus.connect(
+            token_hub.url, token="guess", timeout=5, on_error=lambda e, s, m: errors.append(e)
+        )
+    cause = caught.value.cause
+    assert isinstance(cause, greenbus.RemoteError)
+    assert cause.code == "unauthorized"
+    assert cause.fatal
+    assert any(isinstance(e, greenbus.ClientClosed) for e in errors)
+
+
+def test_after_a_refusal_every_call_raises_client_closed(
+    token_hub: greenbus.HubServer,
+) -> None:
+    remote = greenbus.connect(token_hub.url, token="guess", timeout=None)
+    try:
+        assert not remote.wait_connected(5)
+        assert remote.state is greenbus.bridge.client.ClientState.CLOSED
+        sub = remote.subscriptions()
+        assert sub == []
+        for call in (
+            lambda: remote.emit("a", 1),
+            lambda: remote.subscribe("a"),
+            lambda: remote.request("a", timeout=1),
+            lambda: remote.publish("a", 1),
+        ):
+            with pytest.raises(greenbus.ClientClosed) as caught:
+                call()
+            assert isinstance(caught.value.cause, greenbus.RemoteError)
+    finally:
+        remote.close(timeout=1)
+
+
+def test_a_subscription_made_before_the_refusal_ends_with_it(
+    token_hub: greenbus.HubServer,
+) -> None:
+    remote = greenbus.connect(token_hub.url, token="guess", timeout=None)
+    try:
+        sub = remote.subscribe("a.>")
+        with pytest.raises(greenbus.ClientClosed):
+            for _ in sub:
+                pass
+    finally:
+        remote.close(timeout=1)
+
+
+def test_a_subscription_the_hub_forbids_ends_with_its_remote_error(
+    local_hub: Callable[..., greenbus.HubServer], tmp_path: Path
+) -> None:
+    acl = tmp_path / "users.toml"
+    acl.write_text('[users.a]\ntoken = "t"\nsubscribe = ["a.>"]\n', encoding="utf-8")
+    hub = local_hub(acl=greenbus.acl.Acl.load(acl))
+    errors: list[BaseException] = []
+    remote = greenbus.connect(hub.url, token="t", on_error=lambda e, s, m: errors.append(e))
+    try:
+        allowed = remote.subscribe("a.>")
+        refused = remote.subscribe("b.>")
+        with pytest.raises(greenbus.RemoteError) as caught:
+            refused.get(timeout=5)
+        assert caught.value.code == "forbidden"
+        assert not refused.active
+        assert refused.error is caught.value
+        assert errors == [caught.value]
+        assert allowed.active
+        hub.bus.emit("a.x", 1)
+        assert allowed.get(timeout=5).data == 1
+    finally:
+        remote.close(timeout=1)
+
+
+def test_publish_waits_for_the_hubs_answer_and_raises_its_refusal(
+    local_hub: Callable[..., greenbus.HubServer], tmp_path: Path
+) -> None:
+    acl = tmp_path / "users.toml"
+    acl.write_text('[users.a]\ntoken = "t"\npublish = ["a.>"]\n', encoding="utf-8")
+    hub = local_hub(acl=greenbus.acl.Acl.load(acl))
+    got = hub.bus.subscribe(">", maxsize=None)
+    remote = greenbus.connect(hub.url, token="t")
+    try:
+        remote.publish("a.b", 1, timeout=5)
+        assert got.get_nowait().data == 1  # in the hub's bus before the ack came back
+        with pytest.raises(greenbus.RemoteError) as caught:
+            remote.publish("b.c", 2, timeout=5)
+        assert caught.value.code == "forbidden"
+    finally:
+        remote.close(timeout=1)
+
+
+# -- abandoned requests are never sent later (item 6) -------------------------------
+
+
+def test_a_request_that_timed_out_while_disconnected_is_never_sent(
+    clients: Callable[..., RemoteBus],
+) -> None:
+    first = greenbus.serve(greenbus.Bus("first"), port=0).start()
+    port = first.address[1]
+    remote = clients(first.url, max_backoff=0.05)
+    assert remote.wait_connected(5)
+    first.stop(timeout=2)
+    first.bus.close(timeout=2)
+    wait_until(lambda: not remote.connected, 5, "the client to see the hub go")
+    with pytest.raises(greenbus.RequestTimeout):
+        remote.request("svc.act", "given up", timeout=0.05)
+    remote.emit("svc.act", "after the timeout")
+    assert remote.statistics().buffered == 1
+    assert remote.statistics().withdrawn == 1
+
+    bus = greenbus.Bus("second")
+    seen = bus.subscribe("svc.>", maxsize=None)
+    second = greenbus.serve(bus, port=port).start()
+    try:
+        assert remote.wait_connected(10)
+        assert seen.get(timeout=5).data == "after the timeout"
+        remote.publish("svc.end", "marker", timeout=5)  # everything before it arrived
+        assert seen.get(timeout=5).data == "marker"
+        assert seen.pending == 0
+    finally:
+        second.stop(timeout=2)
+        bus.close(timeout=2)
+
+
+# -- closing (item 3) -----------------------------------------------------------------
+
+
+def test_close_from_another_thread_raises_wrong_thread_and_leaves_the_client_working(
+    hub: greenbus.HubServer, clients: Callable[..., RemoteBus]
+) -> None:
+    # Issue 12: it raised WrongThread but marked the client closed, so the
+    # socket and the hub's subscription stayed open for good.
+    remote = clients(hub.url)
+    sub = remote.subscribe("a.>")
+    wait_until(lambda: hub.bus.interest() == ["a.>"], 5, "the subscription")
+    with pytest.raises(greenbus.WrongThread):
+        call_in_thread(remote.close)
+    assert remote.connected
+    hub.bus.emit("a.b", 1)
+    assert sub.get(timeout=5).data == 1
+    with pytest.raises(greenbus.InvalidOption):
+        remote.close(timeout="x")  # type: ignore[arg-type]
+    assert remote.connected
+    remote.close(timeout=5)
+    wait_until(lambda: not hub.peers and hub.bus.interest() == [], 5, "the hub to forget it")

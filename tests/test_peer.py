@@ -10,6 +10,7 @@ from hubclient import RawClient
 from waiting import OSThread, preemptible
 
 import greenbus
+import greenbus.acl
 from greenbus.bridge.peer import MessageEncoder, PeerLimits
 
 
@@ -83,3 +84,38 @@ def test_bad_peer_limits_raise_invalid_option_naming_the_setting(
     with pytest.raises(greenbus.InvalidOption) as caught:
         PeerLimits(**options)
     assert caught.value.name == name
+
+
+ACL_ONE_USER = '[users.alice]\ntoken = "t"\npublish = ["a.>"]\nsubscribe = ["a.>"]\n'
+
+
+def test_every_refusal_has_a_log_line_and_a_flood_of_them_cannot_fill_the_log(
+    local_hub: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 12: forbidden and limit refusals had an error frame and a
+    # counter, but no log line, even at debug level.
+    acl = tmp_path / "users.toml"
+    acl.write_text(ACL_ONE_USER, encoding="utf-8")
+    hub = local_hub(acl=greenbus.acl.Acl.load(acl), max_subscriptions=1, max_errors=10_000)
+    with caplog.at_level("INFO", logger="greenbus.bridge.peer"), RawClient(hub.url) as raw:
+        raw.send_json(op="hello", protocol=1, token="t", name="curious", id=0)
+        assert raw.recv_json()["op"] == "welcome"
+        raw.send_json(op="pub", topic="b.c", data=1, id=1)
+        assert raw.recv_json()["code"] == "forbidden"
+        raw.send_json(op="sub", sid=1, topic="a.x", id=2)
+        raw.send_json(op="sub", sid=2, topic="a.y", id=3)
+        assert raw.recv_json() == {"op": "ack", "id": 2}
+        assert raw.recv_json()["code"] == "limit"
+        refusals = [r for r in caplog.records if "refused with" in r.getMessage()]
+        assert [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in refusals] == [
+            ("WARNING", "refused with forbidden: user 'alice' may not publish to 'b.c'"),
+            ("INFO", "refused with limit: at most 1 subscriptions per connection"),
+        ]
+        assert "(curious)" in refusals[0].getMessage()
+        caplog.clear()
+        raw.send_burst([{"op": "pub", "topic": "b.c", "data": n, "id": n} for n in range(2000)])
+        for _ in range(2000):
+            assert raw.recv_json()["code"] == "forbidden"
+    lines = [r for r in caplog.records if "refused with" in r.getMessage()]
+    assert 1 <= len(lines) <= 40  # the burst, and what the rate let through meanwhile
+    assert hub.counters.errors["forbidden"] == 2001  # the counter counts every one

@@ -13,10 +13,18 @@ still queued, never written, when a connection drops go back to the front of
 that buffer and are sent on the next connection, in order; a batch cut off
 in the middle of its write cannot be told apart from one the hub received,
 so it is counted and logged as dropped, never as sent.
+
+What retrying cannot fix ends the client for good (:class:`ClientState`
+CLOSED): a refused token, a close for a policy violation (1008) or for a
+frame the hub could not read (1002, 1003, 1007), a TLS certificate that
+does not verify, an HTTP refusal of the upgrade (4xx).  The cause goes to
+``on_error`` and is logged, and every later call, and every subscription,
+raises :class:`~greenbus.ClientClosed` carrying it.  See docs/transports.md.
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import secrets
@@ -25,23 +33,28 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
 from gevent import Timeout, socket
 from gevent import ssl as gssl
 from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from .._portal import get_ident
-from ..bus import Message, Subscriber, Subscription, message_class
-from ..channel import DEFAULT_MAXSIZE, Overflow
+from ..bus import Message, Subscriber, Subscription, check_extras, message_class
+from ..channel import DEFAULT_MAXSIZE, Channel, Overflow, check_options, check_timeout
 from ..exceptions import (
-    BusClosed,
     ChannelClosed,
     ChannelFull,
+    ClientClosed,
+    HubClosed,
     InvalidOption,
+    LocalProtocolError,
+    MessageTooBig,
     ReceiveTimeout,
     RemoteError,
     RemoteProtocolError,
@@ -49,27 +62,49 @@ from ..exceptions import (
     WrongThread,
 )
 from ..protocol import (
+    MSG_SLACK,
+    Ack,
     Error,
-    ErrorCode,
     Hello,
     Msg,
     Pub,
     Sub,
     Unsub,
+    Welcome,
     encode,
     parse_server,
 )
 from ..topics import validate_pattern, validate_topic
 from .connection import Connection, wire_logger
 
-__all__ = ["ClientStatistics", "RemoteBus", "RemoteError", "connect"]
+__all__ = ["ClientState", "ClientStatistics", "RemoteBus", "RemoteError", "connect"]
 
 logger = logging.getLogger("greenbus.bridge.client")
+
+#: Reconnect backoff: first delay (seconds).
+FIRST_BACKOFF = 0.05
+
+
+class ClientState(enum.IntEnum):
+    """A client's life.  Transitions live in :class:`RemoteBus` only.
+
+    CONNECTING -> OPEN -> RECONNECTING -> CONNECTING ...; any -> CLOSED (final).
+    """
+
+    #: A connection is being opened, or waits for the hub's welcome.
+    CONNECTING = 0
+    #: Welcomed: subscriptions are in place, emits go out at once.
+    OPEN = 1
+    #: The connection ended; the next attempt is scheduled.
+    RECONNECTING = 2
+    #: Final: close() was called, or the hub refused the client for good.
+    CLOSED = 3
 
 
 @dataclass(frozen=True, slots=True)
 class ClientStatistics:
     connected: bool
+    state: str
     reconnects: int
     #: ``pub`` frames written to the socket (not proof the hub read them).
     sent: int
@@ -80,14 +115,72 @@ class ClientStatistics:
     dropped_while_disconnected: int
     #: Emits lost with a connection: cut off in the middle of their write.
     dropped_on_disconnect: int
+    #: Emits still buffered when the client closed (or was refused), never sent.
+    dropped_at_close: int
+    #: Requests (and publishes) that ended unanswered while their pub was
+    #: still unsent: taken back, never sent (the caller got its timeout).
+    withdrawn: int
     dropped_on_receive: int
     hub_errors: int
+
+
+def _option(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise InvalidOption(name, value, expected)
+
+
+def _positive_number(value: object) -> bool:
+    return (
+        not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < float("inf")
+    )
+
+
+def _positive_int(value: object, minimum: int = 1) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
+def check_url(url: object) -> Any:
+    """Parse a hub URL (``ws://host:port/`` or ``wss://``); return websockets' ``WebSocketURI``.
+
+    Raises:
+        InvalidOption: not a string, another scheme, no host, or a bad port.
+    """
+    expected = "a hub URL, ws://HOST:PORT/ or wss://HOST:PORT/"
+    if not isinstance(url, str):
+        raise InvalidOption("url", url, expected)
+    try:
+        uri = parse_uri(url)
+        port = urlsplit(url).port  # websockets takes port 0 for "no port": 80
+    except (InvalidURI, ValueError) as exc:
+        raise InvalidOption("url", url, f"{expected} ({exc})") from None
+    if port == 0:
+        raise InvalidOption("url", url, f"{expected} (port 0 cannot be connected to)")
+    return uri
 
 
 class RemoteBus(Subscriber):
     """A connection to a greenbus hub.  Use :func:`connect` to make one.
 
-    Belongs to the OS thread (and gevent hub) that made it, like a Bus.
+    Belongs to the OS thread (and gevent hub) that made it, like a Bus:
+    calls from other threads raise :class:`~greenbus.WrongThread`.
+
+    Args:
+        url: ``ws://host:port/`` or ``wss://host:port/``.
+        token: sent in ``hello``; needed by a hub with a token or an ACL.
+        name: this client's name on the hub (default: random).
+        connect_timeout: seconds for one connection attempt (TCP, TLS, upgrade).
+        max_backoff: the longest wait between attempts, in seconds.
+        max_buffer: emits kept while disconnected, at most.
+        max_message_size: the largest frame, in bytes, this client sends
+            (a larger emit raises :class:`~greenbus.MessageTooBig`); keep it
+            at the hub's ``max_message_size`` (1 MiB by default).  Frames
+            from the hub may be :data:`~greenbus.protocol.MSG_SLACK` bigger.
+        on_error: the error hook, ``on_error(exc, subscription, message)``.
+        cafile: PEM file of the CA that signed a ``wss://`` hub's certificate
+            (default: the system's trust store).
+
+    Raises:
+        InvalidOption: a bad argument (nothing is started then).
     """
 
     def __init__(
@@ -103,75 +196,127 @@ class RemoteBus(Subscriber):
         on_error: Any = None,
         cafile: str | None = None,
     ) -> None:
+        self._uri = check_url(url)
+        _option("token", token, token is None or isinstance(token, str), "a string or None")
+        _option("name", name, name is None or isinstance(name, str), "a string or None")
+        _option(
+            "connect_timeout",
+            connect_timeout,
+            _positive_number(connect_timeout),
+            "a number of seconds > 0",
+        )
+        _option(
+            "max_backoff", max_backoff, _positive_number(max_backoff), "a number of seconds > 0"
+        )
+        _option("max_buffer", max_buffer, _positive_int(max_buffer), "a positive int")
+        _option(
+            "max_message_size",
+            max_message_size,
+            _positive_int(max_message_size, 64),
+            "an int >= 64 (bytes)",
+        )
+        _option("on_error", on_error, on_error is None or callable(on_error), "a callable or None")
+        _option("cafile", cafile, cafile is None or isinstance(cafile, str), "a path or None")
         self.url = url
-        self._uri = parse_uri(url)
         self.name = name or f"client-{uuid.uuid4().hex[:8]}"
         self.on_error = on_error
         self._token = token
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
-        if max_buffer < 1:
-            raise InvalidOption("max_buffer", max_buffer, "a positive int")
         self._max_buffer = max_buffer
         self._max_message_size = max_message_size
         self._ssl: Any = None
         if self._uri.secure:
-            # gevent's SSL context, so TLS waits yield to other greenlets.
             # gevent's own SSLContext class (create_default_context would
             # return the stdlib's, whose sockets block the whole process).
             ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
-            if cafile is not None:
-                ctx.load_verify_locations(cafile)
-            else:
-                ctx.load_default_certs()
+            try:
+                if cafile is not None:
+                    ctx.load_verify_locations(cafile)
+                else:
+                    ctx.load_default_certs()
+            except OSError as exc:
+                raise InvalidOption("cafile", cafile, f"a readable PEM file ({exc})") from None
             self._ssl = ctx
         self._thread = get_ident()
         self._message_class = message_class(self)
         self._sids = itertools.count(1)
+        self._ids = itertools.count(1)
         self._subs: dict[int, Subscription] = {}
         self._sid_of: dict[Subscription, int] = {}
+        #: Subscriptions whose sub the hub has not answered yet, by the sub's id.
+        self._unconfirmed_subs: dict[str, int] = {}
+        #: publish() calls waiting for their ack (or error), by the pub's id.
+        self._confirms: dict[str, Channel[RemoteError | None]] = {}
         #: Encoded pub frames waiting for a connection, oldest first.
         self._buffer: deque[bytes] = deque()
         self._conn: Connection | None = None
-        self._connected = gevent.event.Event()
-        self._closed = False
+        self._state = ClientState.CONNECTING
+        self._open_event = gevent.event.Event()
+        self._closed_event = gevent.event.Event()
+        #: Why the client ended by itself (raised by every later call).
+        self._fatal: ClientClosed | None = None
+        self._refusal: BaseException | None = None
         self._inbox_prefix = f"_INBOX.{uuid.uuid4().hex}"
-        self._inbox_seq = itertools.count(1)
         self._reconnects = 0
         self._sent = 0
         self._received = 0
         self._dropped_buffer = 0
         self._dropped_disconnect = 0
+        self._dropped_close = 0
+        self._withdrawn = 0
         self._dropped_receive = 0
         self._hub_errors = 0
-        self._fatal: RemoteError | None = None
         self._runner = gevent.spawn(self._run)
 
     def __repr__(self) -> str:
-        state = "connected" if self.connected else "closed" if self._closed else "connecting"
-        return f"<RemoteBus {self.name} {self.url} {state} subscriptions={len(self._subs)}>"
+        return (
+            f"<RemoteBus {self.name} {self.url} {self._state.name.lower()} "
+            f"subscriptions={len(self._subs)}>"
+        )
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and self._conn.open
+        """True while the hub has welcomed this client (state OPEN)."""
+        return self._state is ClientState.OPEN
+
+    @property
+    def error(self) -> ClientClosed | None:
+        """Why the client ended by itself (the hub refused it), or None."""
+        return self._fatal
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        """Wait until connected to the hub; True if it is."""
-        return self._connected.wait(timeout)
+        """Wait until the hub welcomed this client, or it closed; True if welcomed."""
+        check_timeout(timeout)
+        gevent.wait([self._open_event, self._closed_event], timeout=timeout, count=1)
+        return self._state is ClientState.OPEN
 
     def statistics(self) -> ClientStatistics:
         conn = self._conn
         return ClientStatistics(
             connected=self.connected,
+            state=self._state.name.lower(),
             reconnects=self._reconnects,
             sent=self._sent + (conn.outbox.written_messages if conn is not None else 0),
             received=self._received,
             buffered=len(self._buffer),
             dropped_while_disconnected=self._dropped_buffer,
             dropped_on_disconnect=self._dropped_disconnect,
+            dropped_at_close=self._dropped_close,
+            withdrawn=self._withdrawn,
             dropped_on_receive=self._dropped_receive,
             hub_errors=self._hub_errors,
         )
+
+    def _check_open(self, what: str) -> None:
+        if get_ident() != self._thread:
+            raise WrongThread(what)
+        if self._state is ClientState.CLOSED:
+            raise self._fatal or ClientClosed(self.name)
 
     # -- publishing ---------------------------------------------------------------
 
@@ -183,29 +328,104 @@ class RemoteBus(Subscriber):
         headers: Mapping[str, Any] | None = None,
         reply_to: str | None = None,
     ) -> int:
-        """Publish to the hub.  Never blocks.
+        """Publish to the hub.  Never blocks; never waits for the hub.
 
         Returns:
-            1 if the message was sent (or buffered while reconnecting), 0 if
-            the buffer was full and it had to drop (then the oldest buffered
-            message was dropped instead, so 1 is returned; see statistics).
+            1: the message was written to the connection's queue, or buffered
+            while (re)connecting.  Whether subscribers got it, the client
+            cannot know; :meth:`publish` waits for the hub's ack.
 
         Raises:
             InvalidTopic: malformed topic or reply_to.
-            LocalProtocolError: data or headers are not JSON-serialisable.
-            BusClosed: the client is closed.
+            InvalidOption: headers that are not a mapping.
+            LocalProtocolError: data or headers are not JSON (NaN, a lone
+                surrogate, an object JSON cannot hold).
+            MessageTooBig: the frame is over ``max_message_size``.
+            ClientClosed: the client is closed (the cause, if it was refused).
+            WrongThread: called from another OS thread.
         """
-        if self._closed:
-            raise BusClosed(self.name)
+        self._send_pub(self._encode_pub(topic, data, headers, reply_to, None))
+        return 1
+
+    def publish(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        reply_to: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Publish and wait until the hub has taken the message (its ``ack``).
+
+        Raises:
+            RemoteError: the hub refused it (``forbidden``, say).
+            ReceiveTimeout: no answer within ``timeout``: the message may
+                still reach subscribers if it was written before.
+            ClientClosed: the client is closed, or was refused meanwhile.
+            InvalidTopic, InvalidOption, LocalProtocolError, MessageTooBig,
+            WrongThread: as :meth:`emit`, before anything is sent.
+        """
+        check_timeout(timeout, optional=False)
+        id_ = f"p{next(self._ids)}"
+        frame = self._encode_pub(topic, data, headers, reply_to, id_)
+        answer: Channel[RemoteError | None] = Channel(1)
+        self._confirms[id_] = answer
+        try:
+            self._send_pub(frame)
+            try:
+                refusal = answer.get(timeout=timeout)
+            except ReceiveTimeout:
+                self._withdraw(frame)
+                raise ReceiveTimeout(
+                    timeout, f"no answer from the hub to a pub on {topic!r}"
+                ) from None
+        finally:
+            self._confirms.pop(id_, None)
+        if isinstance(refusal, BaseException):
+            raise refusal
+
+    def _encode_pub(
+        self,
+        topic: str,
+        data: Any,
+        headers: Mapping[str, Any] | None,
+        reply_to: str | None,
+        id_: str | None,
+    ) -> bytes:
+        # Everything checked before anything is queued, as the in-process
+        # bus checks it: the same exceptions for the same mistakes.
+        self._check_open("emit()")
         validate_topic(topic)
-        if reply_to is not None:
-            validate_topic(reply_to)
-        frame = encode(Pub(topic, data, dict(headers) if headers else None, reply_to)).encode()
+        extras, reply_to = check_extras(headers, reply_to)
+        text = encode(Pub(topic, data, extras, reply_to, id_))
+        try:
+            frame = text.encode()
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(
+                f"cannot encode pub on {topic!r}: a lone surrogate "
+                f"{exc.object[exc.start : exc.end]!r} is not text UTF-8 can carry"
+            ) from None
+        if len(frame) > self._max_message_size:
+            raise MessageTooBig(len(frame), self._max_message_size)
+        return frame
+
+    def _send_pub(self, frame: bytes) -> None:
         conn = self._conn
         if conn is None or not conn.open or not conn.outbox.put_message(frame, b""):
             self._buffer.append(frame)
             self._trim_buffer()
-        return 1
+
+    def _withdraw(self, frame: bytes) -> None:
+        # A sender gave up on ``frame`` (a request that timed out): it must
+        # never go out later, from the buffer or the connection's queue.
+        try:
+            self._buffer.remove(frame)
+        except ValueError:
+            conn = self._conn
+            if conn is None or not conn.outbox.withdraw(frame):
+                return  # written already: it may reach subscribers
+        self._withdrawn += 1
 
     def _trim_buffer(self) -> None:
         # Keep at most max_buffer emits waiting; drop (and count) the oldest.
@@ -234,25 +454,37 @@ class RemoteBus(Subscriber):
     ) -> Subscription:
         """Subscribe on the hub; as :meth:`greenbus.Bus.subscribe`.
 
+        Returns at once.  If the hub refuses the subscription (``forbidden``,
+        ``limit``), it ends: its ``get`` and iteration raise the
+        :class:`RemoteError` once drained, and ``on_error`` is told.
+
         A full ``block`` subscription makes the client stop reading the
         socket until there is room, which the hub may treat as a slow
         consumer (close 1013, then this client reconnects).
+
+        Raises:
+            InvalidTopic, InvalidOption: bad arguments.
+            ClientClosed: the client is closed.
+            WrongThread: called from another OS thread.
         """
-        if get_ident() != self._thread:
-            raise WrongThread("subscribe()")
-        if self._closed:
-            raise BusClosed(self.name)
+        self._check_open("subscribe()")
         validate_pattern(pattern)
         if handler is not None and not callable(handler):
             raise InvalidOption("handler", handler, "a callable taking one Message, or None")
+        check_options(maxsize, overflow)
         sub = Subscription(self, pattern, handler, maxsize, overflow)
         sid = next(self._sids)
         self._subs[sid] = sub
         self._sid_of[sub] = sid
         conn = self._conn
-        if conn is not None:
-            conn.send(encode(Sub(sid, pattern)))
+        if conn is not None and conn.open:
+            self._send_sub(conn, sid, pattern)
         return sub
+
+    def _send_sub(self, conn: Connection, sid: int, pattern: str) -> None:
+        id_ = f"s{sid}"
+        self._unconfirmed_subs[id_] = sid
+        conn.send(encode(Sub(sid, pattern, id_)))
 
     def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
         subs = list(self._subs.values())
@@ -271,16 +503,26 @@ class RemoteBus(Subscriber):
         The hub processes this connection's frames in order, so the inbox
         subscription is in place before the request is routed.  Unlike the
         in-process bus, the client cannot know there are no responders: it
-        raises :class:`RequestTimeout`.
+        raises :class:`RequestTimeout`.  A request that ends without a reply
+        is never sent later (if it was still waiting for a connection).
+
+        Raises:
+            RequestTimeout: no reply in time.
+            ClientClosed: the client is closed, or was refused meanwhile.
+            InvalidTopic, InvalidOption, LocalProtocolError, MessageTooBig,
+            WrongThread: as :meth:`emit`, before anything is sent.
         """
+        check_timeout(timeout, optional=False)
         # A fresh random name per request: a responder that saw one reply_to
-        # cannot guess the next (exact inbox subscriptions are allowed to all).
+        # cannot guess the next, and the hub gives it to this client only.
         inbox = f"_INBOX.{secrets.token_hex(16)}"
+        frame = self._encode_pub(topic, data, headers, inbox, None)
         with self.subscribe(inbox, maxsize=None) as sub:
-            self.emit(topic, data, headers=headers, reply_to=inbox)
+            self._send_pub(frame)
             try:
                 return sub.get(timeout=timeout)
             except ReceiveTimeout:
+                self._withdraw(frame)
                 raise RequestTimeout(topic, timeout) from None
 
     # -- the owner protocol of Subscription -------------------------------------
@@ -293,19 +535,21 @@ class RemoteBus(Subscriber):
             return
         del self._subs[sid]
         conn = self._conn
-        if conn is not None:
+        if conn is not None and conn.open:
             conn.send(encode(Unsub(sid)))
 
     # -- the connection ------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = 0.05
-        while not self._closed:
+        backoff = FIRST_BACKOFF
+        while self._state is not ClientState.CLOSED:
             try:
                 conn = self._open()
+            except _Refused as exc:
+                self._give_up(exc.cause)
+                return
             except (OSError, _HandshakeFailed, Timeout) as exc:
-                if self._closed:
-                    return
+                self._state = ClientState.RECONNECTING
                 logger.info(
                     "%s: cannot reach %s (%s); retrying in %.2f s",
                     self.name,
@@ -315,28 +559,30 @@ class RemoteBus(Subscriber):
                 )
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
+                self._state = ClientState.CONNECTING
                 continue
-            backoff = 0.05
-            if self._token is not None or self.name:
-                conn.send(encode(Hello(token=self._token, name=self.name)))
+            backoff = FIRST_BACKOFF
+            conn.send(encode(Hello(token=self._token, name=self.name, id="hello")))
+            self._unconfirmed_subs.clear()
             for sid, sub in self._subs.items():
-                conn.send(encode(Sub(sid, sub.pattern)))
+                self._send_sub(conn, sid, sub.pattern)
             put = conn.outbox.put_message
             while self._buffer:
                 put(self._buffer.popleft(), b"")
             self._conn = conn
-            self._connected.set()
-            logger.info("%s: connected to %s", self.name, self.url)
             conn.wait()
             self._conn = None
-            self._connected.clear()
+            self._open_event.clear()
             self._connection_ended(conn)
-            if self._fatal is not None:
-                logger.error("%s: giving up: %s", self.name, self._fatal)
+            if self._state is ClientState.CLOSED:
                 return
-            if not self._closed:
-                self._reconnects += 1
-                logger.info("%s: disconnected (code %s); reconnecting", self.name, conn.close_code)
+            if self._refusal is not None:
+                self._give_up(self._refusal)
+                return
+            self._state = ClientState.RECONNECTING
+            self._reconnects += 1
+            logger.info("%s: disconnected (code %s); reconnecting", self.name, conn.close_code)
+            self._state = ClientState.CONNECTING
 
     def _connection_ended(self, conn: Connection) -> None:
         # Account for what the connection carried: written pubs are sent;
@@ -345,8 +591,9 @@ class RemoteBus(Subscriber):
         self._sent += conn.outbox.written_messages
         unsent = [head for head, body in conn.unsent if body is not None]
         lost = conn.outbox.dropped
-        if self._closed:
-            lost += len(unsent)  # close() gave up waiting for them
+        if unsent and self._state is ClientState.CLOSED:
+            self._dropped_close += len(unsent)  # close() stopped waiting for them
+            logger.warning("%s: closed with %d unsent message(s)", self.name, len(unsent))
         elif unsent:
             self._buffer.extendleft(reversed(unsent))
             self._trim_buffer()
@@ -357,6 +604,35 @@ class RemoteBus(Subscriber):
                 self.name,
                 lost,
             )
+        self._report_close(conn)
+
+    def _report_close(self, conn: Connection) -> None:
+        # A close that says what was refused is reported, never silent.
+        code = conn.close_code
+        if code is None or self._state is ClientState.CLOSED:
+            return
+        closed: BaseException | None = None
+        if conn.closed_by_peer and code in (1002, 1003, 1007, 1008, 1009):
+            reason = conn.protocol.close_rcvd.reason if conn.protocol.close_rcvd else ""
+            closed = HubClosed(code, reason)
+            if closed.fatal and self._refusal is None:
+                self._refusal = closed
+        elif not conn.closed_by_peer and code == 1009:
+            # Our protocol refused a frame from the hub: over max_message_size.
+            limit = self._max_message_size + MSG_SLACK
+            closed = MessageTooBig(
+                getattr(conn.protocol.parser_exc, "size", None) or limit + 1, limit
+            )
+            logger.error(
+                "%s: the hub sent a frame over %d bytes (max_message_size and the msg "
+                "envelope's slack): closed with 1009, reconnecting; it is lost",
+                self.name,
+                limit,
+            )
+        if closed is not None:
+            if isinstance(closed, HubClosed):
+                logger.error("%s: %s", self.name, closed)
+            self._call_hook(closed, None, None)
 
     def _open(self) -> Connection:
         uri = self._uri
@@ -365,9 +641,15 @@ class RemoteBus(Subscriber):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self._ssl is not None:
-                    sock = self._ssl.wrap_socket(sock, server_hostname=uri.host)
+                    try:
+                        sock = self._ssl.wrap_socket(sock, server_hostname=uri.host)
+                    except gssl.SSLCertVerificationError as exc:
+                        raise _Refused(exc) from None
+                # Frames from the hub may exceed the limit by the msg envelope.
                 protocol = ClientProtocol(
-                    uri, max_size=self._max_message_size, logger=_CLIENT_WIRE_LOGGER
+                    uri,
+                    max_size=self._max_message_size + MSG_SLACK,
+                    logger=_CLIENT_WIRE_LOGGER,
                 )
                 protocol.send_request(protocol.connect())
                 sock.sendall(b"".join(protocol.data_to_send()))
@@ -382,8 +664,13 @@ class RemoteBus(Subscriber):
                     if not data and not events:
                         raise _HandshakeFailed("connection closed during the handshake")
                 response = events[0]
-                if not isinstance(response, Response) or protocol.handshake_exc is not None:
-                    raise _HandshakeFailed(str(protocol.handshake_exc or response))
+                failure = protocol.handshake_exc
+                if isinstance(failure, InvalidStatus):
+                    status = failure.response.status_code
+                    if 400 <= status < 500 and status != 429:
+                        raise _Refused(failure)  # another try gets the same answer
+                if not isinstance(response, Response) or failure is not None:
+                    raise _HandshakeFailed(str(failure or response))
             except BaseException:
                 sock.close()
                 raise
@@ -391,7 +678,7 @@ class RemoteBus(Subscriber):
             sock,
             protocol,
             on_text=self._on_text,
-            on_close=lambda code: None,
+            on_close=_ignore_code,
             name=f"{self.name}->{self.url}",
             ping_interval=20.0,
             ping_timeout=20.0,
@@ -405,6 +692,7 @@ class RemoteBus(Subscriber):
             event = parse_server(text)
         except RemoteProtocolError as exc:
             logger.error("%s: the hub sent an invalid frame: %s", self.name, exc)
+            self._call_hook(exc, None, None)
             return
         if isinstance(event, Msg):
             self._received += 1
@@ -418,32 +706,93 @@ class RemoteBus(Subscriber):
                 self._dropped_receive += 1
             except ChannelClosed:
                 pass
+        elif isinstance(event, Ack):
+            self._answered(event.id, None)
+        elif isinstance(event, Welcome):
+            if self._state is ClientState.CONNECTING:
+                self._state = ClientState.OPEN
+                self._open_event.set()
+                logger.info("%s: connected to %s as %s", self.name, self.url, event.peer)
         elif isinstance(event, Error):
             self._hub_errors += 1
-            err = RemoteError(event.code, event.reason)
+            err = RemoteError(event.code, event.reason, event.id)
             logger.warning("%s: %s", self.name, err)
-            if event.code == ErrorCode.UNAUTHORIZED:
-                self._fatal = err
-            self._call_hook(err, None, None)
+            if err.fatal:
+                self._refusal = err  # the hub closes with 1008 next
+            sub = self._answered(event.id, err)
+            self._call_hook(err, sub, None)
+
+    def _answered(self, id_: Any, refusal: RemoteError | None) -> Subscription | None:
+        # The hub's answer to a frame of ours with an id: a publish() waiting
+        # for it, or a sub (a refused one ends its subscription).
+        if not isinstance(id_, str):
+            return None
+        confirm = self._confirms.get(id_)
+        if confirm is not None:
+            confirm.put_nowait(refusal)
+            return None
+        sid = self._unconfirmed_subs.pop(id_, None)
+        if sid is None or refusal is None:
+            return None
+        sub = self._subs.pop(sid, None)
+        if sub is not None:
+            self._sid_of.pop(sub, None)
+            sub.fail(refusal)
+        return sub
 
     # -- closing -------------------------------------------------------------------
 
-    def close(self, timeout: float | None = 5.0) -> None:
-        """Send what is queued, close the connection and the subscriptions.  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    def _give_up(self, cause: BaseException) -> None:
+        # Retrying cannot help: end for good, and say why, once, everywhere.
+        fatal = ClientClosed(self.name, cause)
+        fatal.__cause__ = cause
+        self._fatal = fatal
+        logger.error("%s: giving up on %s: %s", self.name, self.url, cause)
+        self._end(fatal)
+        self._call_hook(fatal, None, None)
+
+    def _end(self, error: ClientClosed) -> None:
+        self._state = ClientState.CLOSED
         for sub in list(self._subs.values()):
-            sub.close()
+            sub.fail(error)
+        for confirm in self._confirms.values():
+            confirm.put_nowait(error)  # type: ignore[arg-type]
+        if self._buffer:
+            self._dropped_close += len(self._buffer)
+            logger.warning(
+                "%s: closed with %d unsent message(s) buffered; dropped",
+                self.name,
+                len(self._buffer),
+            )
+            self._buffer.clear()
+        self._open_event.clear()
+        self._closed_event.set()
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Send what is queued, close the connection and the subscriptions.  Idempotent.
+
+        Args:
+            timeout: seconds to wait for the closing handshake; None waits.
+
+        Raises:
+            WrongThread: called from another OS thread (nothing is closed then).
+            InvalidOption: a bad ``timeout`` (nothing is closed then).
+        """
+        if get_ident() != self._thread:
+            raise WrongThread("close()")
+        check_timeout(timeout)
+        if self._state is ClientState.CLOSED:
+            if self._runner is not None and not self._runner.dead:
+                self._runner.kill(block=True, timeout=timeout)
+            return
+        for sub in list(self._subs.values()):
+            sub.close()  # sends unsub while the connection is open
         conn = self._conn
+        self._end(ClientClosed(self.name))
         if conn is not None:
             conn.close(1000, "client closing")
             conn.wait(timeout)
         self._runner.kill(block=True, timeout=timeout)
-        if self._buffer:
-            logger.warning(
-                "%s: closed with %d unsent message(s) buffered", self.name, len(self._buffer)
-            )
 
     def __enter__(self) -> RemoteBus:
         return self
@@ -455,8 +804,20 @@ class RemoteBus(Subscriber):
 _CLIENT_WIRE_LOGGER = wire_logger("websockets.client")
 
 
+def _ignore_code(code: int) -> None:
+    # The client reads the close code from the connection once it is over.
+    pass
+
+
 class _HandshakeFailed(Exception):
     pass
+
+
+class _Refused(Exception):
+    # The upgrade was refused in a way another attempt cannot change.
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def connect(
@@ -469,10 +830,21 @@ def connect(
 ) -> RemoteBus:
     """Connect to a hub at ``url`` (``ws://host:port/``) and return a :class:`RemoteBus`.
 
-    Waits up to ``timeout`` seconds for the first connection (None: don't
-    wait); it keeps retrying in the background either way.
+    Waits up to ``timeout`` seconds for the hub's welcome (None: don't
+    wait); if it does not come in time, the client keeps trying in the
+    background (and says so in a warning).  ``options`` are those of
+    :class:`RemoteBus`.
+
+    Raises:
+        InvalidOption: a bad argument; nothing is started.
+        ClientClosed: the hub refused the client while this waited (a wrong
+            token, a certificate that does not verify): ``exc.cause`` says why.
     """
+    check_timeout(timeout)
     bus = RemoteBus(url, token=token, name=name, **options)
     if timeout is not None and not bus.wait_connected(timeout):
+        if bus.error is not None:
+            bus.close(timeout=1)
+            raise bus.error
         logger.warning("%s: not connected to %s after %s s; still trying", bus.name, url, timeout)
     return bus

@@ -139,6 +139,14 @@ class Connection:
         return self.protocol.state is State.OPEN and self.outbox.state is OutboxState.OPEN
 
     @property
+    def closed_by_peer(self) -> bool:
+        """True once over if the peer started the closing handshake (its close code counts)."""
+        protocol = self.protocol
+        return protocol.close_rcvd is not None and (
+            protocol.close_sent is None or bool(protocol.close_rcvd_then_sent)
+        )
+
+    @property
     def sent(self) -> int:
         """Frames written to the socket (not proof that the peer read them)."""
         return self.outbox.written_frames

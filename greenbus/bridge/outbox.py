@@ -379,6 +379,22 @@ class Outbox:
         self._notify()
         return left
 
+    def withdraw(self, head: bytes) -> bool:
+        """Take back a queued message the writer has not taken, by identity of ``head``.
+
+        For a sender that gave up on it (a request that timed out): it is
+        not written, and not counted as dropped.  Returns True if it was
+        still queued.
+        """
+        for queue in (self._front, self._queue):
+            for i, entry in enumerate(queue):
+                if entry[0] is head and entry[1] is not None:
+                    del queue[i]
+                    self._frames -= 1
+                    self._bytes -= len(head) + len(entry[1])
+                    return True
+        return False
+
     def count_dropped(self, n: int) -> None:
         """Count ``n`` messages the owner gave up on (e.g. left by :meth:`close`)."""
         self._drop(n)

@@ -22,10 +22,12 @@ from typing import Any
 
 import gevent
 
+from .._logging import LogLimiter
 from ..acl import INBOX_PREFIX, InboxOwners
 from ..bus import Bus, Forward
 from ..exceptions import BusClosed, ChannelFull, InvalidOption
 from ..protocol import (
+    MSG_SLACK,
     CloseCode,
     ErrorCode,
     HubSession,
@@ -49,6 +51,9 @@ __all__ = ["MessageEncoder", "Peer", "PeerLimits", "PeerStatistics"]
 logger = logging.getLogger("greenbus.bridge.peer")
 
 _peer_ids = itertools.count(1)
+
+#: Refusals logged at WARNING (someone tried what they may not); the rest at INFO.
+_SECURITY_CODES = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN})
 
 #: Slow-consumer policies for a peer's outbound queue.
 SLOW_POLICIES = tuple(p.value for p in SlowPolicy)
@@ -155,6 +160,11 @@ class Peer:
         counters: the hub's counters.
         encoder: the hub's :class:`MessageEncoder`.
         inboxes: the hub's :class:`~greenbus.acl.InboxOwners`.
+        max_message_size: the hub's limit: no ``msg`` frame over it (plus
+            :data:`~greenbus.protocol.MSG_SLACK`) is sent, since a client
+            with the same limit would refuse it.
+        log: the hub's rate-limited log for refusals and failures, so a peer
+            that floods them cannot fill the disk.
     """
 
     def __init__(
@@ -169,6 +179,8 @@ class Peer:
         counters: HubCounters,
         encoder: MessageEncoder,
         inboxes: InboxOwners | None = None,
+        max_message_size: int = 1 << 20,
+        log: LogLimiter | None = None,
     ) -> None:
         self.id = f"p{next(_peer_ids)}"
         self.address = address
@@ -181,6 +193,7 @@ class Peer:
             limits=limits.session,
             error_counts=counters.errors,
             inboxes=inboxes,
+            on_error=self._refused,
         )
         self.outbox = Outbox(
             limits.outbox, on_slow=self._slow_consumer, counters=counters, name=self.id
@@ -193,6 +206,8 @@ class Peer:
         self._on_gone = on_gone
         self._counters = counters
         self._encode = encoder
+        self._max_frame = max_message_size + MSG_SLACK
+        self._log = log if log is not None else LogLimiter(logger)
         self._hello_timer: gevent.Greenlet | None = None
 
     def __repr__(self) -> str:
@@ -323,12 +338,43 @@ class Peer:
         # and counts what it cannot take.
         body = self._encode(item)
         if type(body) is bytes:
-            return self.outbox.put_message(prefix, body)
+            if len(prefix) + len(body) <= self._max_frame:
+                return self.outbox.put_message(prefix, body)
+            return self._too_big(item[0], len(prefix) + len(body))
         self.encode_errors += 1
         self._counters.encode_errors += 1
-        if self.encode_errors == 1 or self.encode_errors % 10_000 == 0:
-            logger.error("%s: message on %r not sent: %s", self.id, item[0], body)
+        self._log.log(logging.ERROR, "%s: message on %r not sent: %s", self.id, item[0], body)
         return False
+
+    def _too_big(self, topic: str, size: int) -> bool:
+        # A client with the hub's limit would close with 1009 and lose what
+        # follows too: the frame is not sent, and that is counted and logged.
+        self.outbox.count_dropped(1)
+        self._counters.too_big += 1
+        self._log.log(
+            logging.ERROR,
+            "%s: message on %r not sent: its frame is %d bytes, over max_message_size (%d) "
+            "and its envelope slack",
+            self.id,
+            topic,
+            size,
+            self._max_frame - MSG_SLACK,
+        )
+        return False
+
+    def _refused(self, code: ErrorCode, reason: str) -> None:
+        # Every error frame the session sends is a refusal: log it (rate
+        # limited: a flood of bad frames must not fill the disk).
+        level = logging.WARNING if code in _SECURITY_CODES else logging.INFO
+        self._log.log(
+            level,
+            "%s %s (%s): refused with %s: %s",
+            self.id,
+            self.address,
+            self.session.name or self.session.permissions.user,
+            code.value,
+            reason,
+        )
 
     def _slow_consumer(self, why: str) -> None:
         # The outbox's on_slow: it is over a limit and has dropped what was

@@ -10,33 +10,30 @@ bus.  Plain HTTP on the same port serves ``GET /health`` (JSON) and
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gevent.event
 from gevent import Timeout
 from gevent import ssl as gssl
 from gevent.server import StreamServer
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
+from .._logging import LogLimiter
 from .._version import __version__
 from ..acl import INBOX_PREFIX, Acl, InboxOwners, Permissions
 from ..bus import Bus
-from ..exceptions import BusClosed
+from ..exceptions import BusClosed, InvalidOption
 from ..protocol import SessionLimits
 from .connection import Connection, wire_logger
-from .metrics import TIMEOUT_KINDS, HubCounters
+from .http import NOT_FOUND, http_answer
+from .metrics import HubCounters, prometheus_text
 from .peer import MessageEncoder, Peer, PeerLimits
 
 __all__ = ["HubConfig", "HubServer", "serve"]
@@ -52,16 +49,6 @@ MAX_STATS_TOPICS = 100
 OTHER_TOPICS = "(other)"
 #: Peers listed in the stats, at most (``peers_total`` says how many there are).
 MAX_STATS_PEERS = 200
-
-#: The static files of the dashboard (greenbus/web), by URL path.
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-WEB_FILES = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/index.html": ("index.html", "text/html; charset=utf-8"),
-    "/greenbus.js": ("greenbus.js", "text/javascript; charset=utf-8"),
-    "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
-    "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
-}
 
 #: Default maximum message size (bytes), as in ``websockets``.
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
@@ -97,14 +84,53 @@ class HubConfig:
     peer: PeerLimits = field(default_factory=PeerLimits)
 
     def __post_init__(self) -> None:
-        if not (0 <= self.port <= 65535):
-            raise ValueError(f"port must be 0..65535, not {self.port!r}")
-        if self.max_message_size < 64:
-            raise ValueError(f"max_message_size must be >= 64 bytes, not {self.max_message_size!r}")
-        if self.max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, not {self.max_connections!r}")
-        if self.close_timeout <= 0:
-            raise ValueError(f"close_timeout must be > 0, not {self.close_timeout!r}")
+        """Check every value.
+
+        Raises:
+            InvalidOption: naming the field and what it must be.
+        """
+        _check("port", self.port, _is_int(self.port) and 0 <= self.port <= 65535, "0..65535")
+        _check("host", self.host, isinstance(self.host, str) and bool(self.host), "an address")
+        _check("name", self.name, isinstance(self.name, str), "a string")
+        _check(
+            "max_message_size",
+            self.max_message_size,
+            _is_int(self.max_message_size) and self.max_message_size >= 64,
+            "an int >= 64 (bytes)",
+        )
+        _check(
+            "max_connections",
+            self.max_connections,
+            _is_int(self.max_connections) and self.max_connections >= 1,
+            "an int >= 1",
+        )
+        for name in ("handshake_timeout", "close_timeout"):
+            value = getattr(self, name)
+            _check(name, value, _is_seconds(value), "a number of seconds > 0")
+        for name in ("stats_interval", "ping_interval", "ping_timeout"):
+            value = getattr(self, name)
+            _check(name, value, value is None or _is_seconds(value), "seconds > 0, or None")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise InvalidOption("certfile", self.certfile, "given with keyfile, or neither")
+        if self.allow_origins is not None and not all(
+            isinstance(o, str) for o in self.allow_origins
+        ):
+            raise InvalidOption("allow_origins", self.allow_origins, "a tuple of origins")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+    )
+
+
+def _check(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise InvalidOption(name, value, expected)
 
 
 class HubServer:
@@ -127,6 +153,8 @@ class HubServer:
         #: Who owns which request inbox; the bus's own are reserved.
         self.inboxes = InboxOwners([bus.inbox_prefix])
         self._encoder = MessageEncoder()
+        # One rate-limited log for every peer's refusals and failures.
+        self._peer_log = LogLimiter(logging.getLogger("greenbus.bridge.peer"))
         self._server: StreamServer | None = None
         self._stats_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
@@ -400,6 +428,8 @@ class HubServer:
             counters=self.counters,
             encoder=self._encoder,
             inboxes=self.inboxes,
+            max_message_size=cfg.max_message_size,
+            log=self._peer_log,
         )
         connection = Connection(
             sock,
@@ -465,10 +495,12 @@ class HubServer:
     # -- plain HTTP ---------------------------------------------------------------
 
     def _http(self, request: Request) -> Response:
-        answer = _http_answer(self, request.path.split("?", 1)[0])
+        # The hub owns its port: the dashboard is at /.
+        answer = http_answer(self, request.path.split("?", 1)[0], dashboard="/")
         if answer is None:
-            answer = (404, "Not Found", "text/plain; charset=utf-8", b"not found\n")
-        return _response(*answer)
+            self.counters.http_requests += 1
+            answer = NOT_FOUND
+        return answer.response()
 
     def health(self) -> dict[str, Any]:
         """The ``/health`` document."""
@@ -483,176 +515,14 @@ class HubServer:
 
     def metrics(self) -> str:
         """The ``/metrics`` text, Prometheus exposition format 0.0.4."""
-        c = self.counters
-        peers = [p.statistics() for p in self.peers.values()]
-        lines: list[str] = []
-
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP greenbus_{name} {help_}")
-            lines.append(f"# TYPE greenbus_{name} {kind}")
-            for labels, value in samples:
-                lines.append(f"greenbus_{name}{labels} {value}")
-
-        metric("connections", "gauge", "Open WebSocket connections.", [("", len(peers))])
-        metric(
-            "connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            [("", c.connections_total)],
+        return prometheus_text(
+            self.counters,
+            [p.statistics() for p in self.peers.values()],
+            local_subscriptions=len(self.bus.subscriptions()),
         )
-        metric(
-            "connections_refused_total",
-            "counter",
-            "Connections refused by max_connections.",
-            [("", c.connections_refused)],
-        )
-        metric(
-            "remote_subscriptions",
-            "gauge",
-            "Subscriptions held by remote peers.",
-            [("", sum(len(p.subscriptions) for p in peers))],
-        )
-        metric(
-            "local_subscriptions",
-            "gauge",
-            "In-process subscriptions on the hub's bus.",
-            [("", len(self.bus.subscriptions()))],
-        )
-        metric(
-            "messages_in_total",
-            "counter",
-            "pub messages received from peers.",
-            [("", c.messages_in)],
-        )
-        metric(
-            "messages_out_total",
-            "counter",
-            "msg messages written to peers.",
-            [("", c.messages_out)],
-        )
-        metric(
-            "dropped_total",
-            "counter",
-            "Messages to peers never written: dropped or refused (slow consumers), or cut off "
-            "by a disconnect.",
-            [("", c.dropped)],
-        )
-        metric(
-            "slow_consumers_total",
-            "counter",
-            "Peers closed with 1013 as slow consumers.",
-            [("", c.slow_consumers)],
-        )
-        metric(
-            "encode_errors_total",
-            "counter",
-            "Messages not JSON-encodable, not sent.",
-            [("", c.encode_errors)],
-        )
-        metric(
-            "internal_errors_total",
-            "counter",
-            "Frames whose handling failed inside the hub (answered error internal, close 1011).",
-            [("", c.internal_errors)],
-        )
-        metric(
-            "errors_total",
-            "counter",
-            "Error frames sent to peers, by code (limit, forbidden, bad_json, ...).",
-            [(f'{{code="{code}"}}', v) for code, v in sorted(c.errors.items())],
-        )
-        timeouts = {kind: c.timeouts.get(kind, 0) for kind in TIMEOUT_KINDS}
-        metric(
-            "timeouts_total",
-            "counter",
-            "Connections given up on: handshake (HTTP upgrade or TLS), hello (no token in "
-            "time), keepalive (no pong), close (close frame not written: peer not reading).",
-            [(f'{{kind="{kind}"}}', v) for kind, v in timeouts.items()],
-        )
-        closes = sorted(c.closes.items())
-        metric(
-            "closes_total",
-            "counter",
-            "WebSocket connections ended, by close code (1006: no close frame).",
-            [(f'{{code="{code}"}}', v) for code, v in closes],
-        )
-        metric(
-            "queue_depth",
-            "gauge",
-            "Frames queued to each peer and not yet written (messages and answers).",
-            [(f'{{peer="{p.id}"}}', p.pending) for p in peers],
-        )
-        metric(
-            "queue_bytes",
-            "gauge",
-            "UTF-8 bytes of the frames queued to each peer (max_pending_bytes bounds it).",
-            [(f'{{peer="{p.id}"}}', p.pending_bytes) for p in peers],
-        )
-        metric(
-            "peer_dropped_total",
-            "counter",
-            "Messages to each peer never written (dropped, refused, cut off).",
-            [(f'{{peer="{p.id}"}}', p.dropped) for p in peers],
-        )
-        rss = _resident_bytes()
-        if rss is not None:
-            metric(
-                "process_resident_memory_bytes",
-                "gauge",
-                "The hub process's resident set size (what the OS counts, allocator "
-                "high-water marks included).",
-                [("", rss)],
-            )
-        metric(
-            "python_allocated_blocks",
-            "gauge",
-            "Memory blocks the interpreter has allocated now (live objects; a leak "
-            "makes it climb, allocator high-water marks do not).",
-            [("", sys.getallocatedblocks())],
-        )
-        return "\n".join(lines) + "\n"
-
-
-def _resident_bytes() -> int | None:
-    # Linux: resident pages from /proc/self/statm; None elsewhere.
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 _WIRE_LOGGER = wire_logger("websockets.server")
-
-
-def _http_answer(hub: HubServer, path: str) -> tuple[int, str, str, bytes] | None:
-    # The hub's plain-HTTP routes, shared by its listener and the WSGI adapter.
-    hub.counters.http_requests += 1
-    if path == "/health":
-        return (200, "OK", "application/json", json.dumps(hub.health()).encode())
-    if path == "/metrics":
-        return (200, "OK", "text/plain; version=0.0.4; charset=utf-8", hub.metrics().encode())
-    web = WEB_FILES.get(path)
-    if web is not None:
-        name, content_type = web
-        try:
-            return (200, "OK", content_type, (WEB_DIR / name).read_bytes())
-        except OSError:
-            logger.error("dashboard file %s is missing from %s", name, WEB_DIR)
-            return (500, "Internal Server Error", "text/plain; charset=utf-8", b"missing file\n")
-    return None
-
-
-def _response(status: int, reason: str, content_type: str, body: bytes) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
-            ("Server", f"greenbus/{__version__}"),
-        ]
-    )
-    return Response(status, reason, headers, body)
 
 
 def serve(bus: Bus, host: str = "127.0.0.1", port: int = 8765, **options: Any) -> HubServer:

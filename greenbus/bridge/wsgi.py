@@ -29,11 +29,24 @@ from typing import Any
 from websockets.protocol import SERVER, Protocol, State
 
 from ..bus import Bus
-from .server import _WIRE_LOGGER, HubConfig, HubServer, _http_answer
+from .connection import wire_logger
+from .http import NOT_FOUND, check_prefix, http_answer
+from .server import HubConfig, HubServer
 
 __all__ = ["hub_app"]
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_WIRE_LOGGER = wire_logger("websockets.server")
+
+
+class _Default:
+    # hub_app's default dashboard: at / without a fallback app, off with one.
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT = _Default()
 
 
 def hub_app(
@@ -42,15 +55,33 @@ def hub_app(
     *,
     path: str | None = None,
     fallback: WSGIApp | None = None,
+    dashboard: str | _Default | None = _DEFAULT,
     **overrides: Any,
 ) -> WSGIApp:
     """A WSGI app serving the hub's WebSocket protocol (at ``path`` only, if given).
 
-    Plain HTTP requests to ``/health`` and ``/metrics`` are answered as by
-    the hub; any other request goes to ``fallback`` (404 without one).  The
-    returned app has a ``.hub`` attribute: the :class:`HubServer` holding
-    the peers, counters and limits (its own listener is never started).
+    Plain HTTP requests get, from the hub, exactly these paths (see
+    :mod:`greenbus.bridge.http`): ``/health`` and ``/metrics``, always; and
+    the dashboard under ``dashboard`` (``<dashboard>``,
+    ``<dashboard>greenbus.js``, ``<dashboard>dashboard.js``,
+    ``<dashboard>dashboard.css``, and ``<dashboard>health``/``metrics``).
+    Every other request goes to ``fallback`` (404 without one).
+
+    Args:
+        dashboard: the dashboard's prefix, a path starting and ending with
+            ``/`` (``"/greenbus/"``), or None for no dashboard.  Default:
+            ``"/"`` without a ``fallback``, None with one, so the hub never
+            takes ``/`` from the caller's app unless asked to.
+
+    Returns:
+        the app; its ``.hub`` attribute is the :class:`HubServer` holding the
+        peers, counters and limits (its own listener is never started).
+
+    Raises:
+        InvalidOption: a bad ``dashboard`` (or hub option).
     """
+    prefix = ("/" if fallback is None else None) if isinstance(dashboard, _Default) else dashboard
+    prefix = check_prefix(prefix)
     hub = HubServer(bus, config, **overrides)
     hub.start_stats()  # the dashboard's feed, as the hub's own listener does
 
@@ -77,17 +108,16 @@ def hub_app(
                 # gevent-websocket must not send another one.
                 ws.closed = True
             return []
-        answer = _http_answer(hub, environ.get("PATH_INFO", "/"))
+        answer = http_answer(hub, environ.get("PATH_INFO", "/"), prefix)
         if answer is None:
             if fallback is not None:
                 return fallback(environ, start_response)
-            answer = (404, "Not Found", "text/plain; charset=utf-8", b"not found\n")
-        status, reason, content_type, body = answer
+            answer = NOT_FOUND
         start_response(
-            f"{status} {reason}",
-            [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+            f"{answer.status} {answer.reason}",
+            [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))],
         )
-        return [body]
+        return [answer.body]
 
     app.hub = hub  # type: ignore[attr-defined]
     return app
