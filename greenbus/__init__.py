@@ -36,18 +36,8 @@ from gevent.monkey import get_original as _get_original
 
 from ._version import __version__
 from .bridge import HubConfig, HubServer, RemoteBus, connect, serve
-from .bus import (
-    Bus,
-    BusState,
-    BusStatistics,
-    Forward,
-    Message,
-    Subscription,
-    SubscriptionStatistics,
-)
-from .bus import (
-    check_extras as _check_extras,
-)
+from .bus import Bus, BusState, BusStatistics
+from .bus import check_extras as _check_extras
 from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow
 from .exceptions import (
     AclError,
@@ -75,6 +65,8 @@ from .exceptions import (
     WrongThread,
 )
 from .federation import Federation, federate
+from .message import Message
+from .subscription import Forward, Subscription, SubscriptionStatistics
 from .topics import pattern_matches, validate_pattern, validate_topic
 
 __all__ = [

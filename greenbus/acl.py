@@ -6,7 +6,7 @@ token and the topic patterns it may publish to and subscribe to, in the bus's
 own wildcard grammar::
 
     [users.sensor-gateway]
-    token = "s3cret-1"              # or: token_env = "GATEWAY_TOKEN"
+    token = "s3cret-1"               # or: token_env = "GATEWAY_TOKEN"
     publish = ["sensors.>"]
     subscribe = []
 

@@ -2,10 +2,11 @@
 
 Data flows one way: ``emit`` looks the topic up in the :class:`TopicIndex`
 (one dict lookup for a topic seen before) and appends one tuple to each
-matching subscription's :class:`Channel`.  Each subscription with a handler
-owns one greenlet that takes items from its channel in order and calls the
-handler, one message at a time.  ``emit`` never runs a handler and never
-switches greenlets, except when a ``block`` channel is full.
+matching subscription's :class:`~greenbus.channel.Channel` (see
+:mod:`greenbus.subscription`).  Each subscription with a handler owns one
+greenlet that takes items from its channel in order and calls the handler,
+one message at a time.  ``emit`` never runs a handler and never switches
+greenlets, except when a ``block`` channel is full.
 
 The ordering contract is stated in ``docs/ordering.md``.
 """
@@ -13,180 +14,42 @@ The ordering contract is stated in ``docs/ordering.md``.
 from __future__ import annotations
 
 import enum
-import functools
 import itertools
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
-from types import MappingProxyType
-from typing import Any, Protocol, TypeVar, overload
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import gevent
 from greenlet import getcurrent
 
+from ._options import check_timeout
 from ._portal import HandOff, ThreadPortal, get_ident
-from .channel import (
-    DEFAULT_MAXSIZE,
-    Channel,
-    ChannelStatistics,
-    Overflow,
-    check_options,
-    check_timeout,
-)
+from .channel import DEFAULT_MAXSIZE, Channel, Overflow
 from .exceptions import (
     BusClosed,
     ChannelClosed,
     ChannelFull,
-    EndOfChannel,
     InvalidOption,
-    NoReplyTo,
     NoResponders,
     ReceiveTimeout,
     RequestTimeout,
-    SlowConsumer,
     WrongThread,
+)
+from .message import Message, message_class
+from .subscription import (
+    ErrorHook,
+    Forward,
+    HandlerMixin,
+    Subscription,
+    SubscriptionStatistics,
 )
 from .topics import TopicIndex, validate_pattern, validate_topic
 
-__all__ = [
-    "Bus",
-    "BusState",
-    "Forward",
-    "Subscriber",
-    "BusStatistics",
-    "ErrorHook",
-    "Handler",
-    "Message",
-    "Subscription",
-    "SubscriptionStatistics",
-]
+__all__ = ["Bus", "BusState", "BusStatistics", "check_extras"]
 
 logger = logging.getLogger("greenbus.bus")
-
-_EMPTY_HEADERS: Mapping[str, Any] = MappingProxyType({})
-_tuple_new = tuple.__new__
-
-#: Yield to other greenlets after this many back-to-back deliveries, so one
-#: subscriber with a deep backlog cannot starve the rest of the process.
-_FAIR_BATCH = 64
-
-
-class Message(tuple):
-    """One delivered message.  Immutable, and shared by every subscriber.
-
-    Attributes:
-        topic: the concrete topic it was emitted on.
-        data: the payload, passed by reference (not copied).
-        headers: a read-only mapping, empty if none were given.
-        reply_to: the inbox topic of a request, or None.
-    """
-
-    __slots__ = ()
-
-    #: The bus ``reply()`` emits on.  Each bus delivers instances of its own
-    #: subclass binding it, so a queued message is a plain 4-tuple of
-    #: atoms that the garbage collector can stop tracking (see
-    #: :func:`message_class`).
-    _bus: Any = None
-
-    def __new__(
-        cls,
-        topic: str,
-        data: Any = None,
-        headers: Mapping[str, Any] | None = None,
-        reply_to: str | None = None,
-        bus: Any = None,
-    ) -> Message:
-        if bus is not None:
-            cls = bus._message_class
-        return _tuple_new(cls, (topic, data, headers, reply_to))
-
-    @property
-    def topic(self) -> str:
-        return self[0]  # type: ignore[no-any-return]
-
-    @property
-    def data(self) -> Any:
-        return self[1]
-
-    @property
-    def headers(self) -> Mapping[str, Any]:
-        headers = self[2]
-        return _EMPTY_HEADERS if headers is None else MappingProxyType(headers)
-
-    @property
-    def reply_to(self) -> str | None:
-        return self[3]  # type: ignore[no-any-return]
-
-    def reply(self, data: Any = None, *, headers: Mapping[str, Any] | None = None) -> int:
-        """Emit ``data`` to this request's ``reply_to`` topic on the same bus.
-
-        Returns:
-            how many subscriptions received the reply (0 if the requester
-            has given up).
-
-        Raises:
-            NoReplyTo: this message is not a request.
-        """
-        reply_to = self[3]
-        bus = self._bus
-        if reply_to is None or bus is None:
-            raise NoReplyTo(self[0])
-        return bus.emit(reply_to, data, headers=headers)  # type: ignore[no-any-return]
-
-    def __repr__(self) -> str:
-        extra = f", reply_to={self[3]!r}" if self[3] is not None else ""
-        if self[2]:
-            extra += f", headers={self[2]!r}"
-        return f"Message(topic={self[0]!r}, data={self[1]!r}{extra})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Message):
-            return NotImplemented
-        return tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        if not isinstance(other, Message):
-            return NotImplemented
-        return tuple.__ne__(self, other)
-
-    def __hash__(self) -> int:
-        return hash((self[0], self[3]))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Message, (self[0], self[1], self[2], self[3]))
-
-
-def message_class(owner: Any) -> type[Message]:
-    """A :class:`Message` subclass whose ``reply()`` emits on ``owner``.
-
-    Each bus (and remote client) makes one.  Delivering instances of it
-    keeps queued items as 4-tuples without a reference to the bus.
-    """
-    return type(
-        "Message",
-        (Message,),
-        {
-            "__slots__": (),
-            "_bus": owner,
-            "__module__": Message.__module__,
-            "__qualname__": "Message",
-        },
-    )
-
-
-class Handler(Protocol):
-    def __call__(self, msg: Message, /) -> object: ...
-
-
-class ErrorHook(Protocol):
-    def __call__(
-        self, exc: BaseException, subscription: Subscription, message: Message | None, /
-    ) -> object: ...
-
-
-H = TypeVar("H", bound=Callable[[Message], object])
 
 
 class BusState(enum.IntEnum):
@@ -196,20 +59,6 @@ class BusState(enum.IntEnum):
     #: ``close()`` is draining subscriptions; emit/subscribe raise BusClosed.
     CLOSING = 1
     CLOSED = 2
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionStatistics(ChannelStatistics):
-    """A snapshot of one subscription's counters: its channel's, plus these."""
-
-    id: int
-    pattern: str
-    handler: str | None
-    active: bool
-    #: Handler calls that raised (each logged and passed to on_error).
-    handler_errors: int
-    #: Overflow episodes reported as SlowConsumer.
-    slow_consumer_events: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,480 +89,10 @@ class BusStatistics:
         return sum(s.dropped for s in self.subscriptions)
 
 
-_sub_ids = itertools.count(1)
-
-
-class Subscription:
-    """Interest in a pattern, with its own FIFO channel.
-
-    Made by :meth:`Bus.subscribe`.  With a handler, a greenlet of its own
-    calls ``handler(msg)`` for each message, in order, one at a time.
-    Without one, consume it with :meth:`get` or by iterating::
-
-        with bus.subscribe("jobs.>") as sub:
-            for msg in sub:
-                ...
-
-    Iteration ends when the subscription or its bus is closed (after the
-    bus has delivered what was queued).  A context manager: leaving the
-    ``with`` block closes it.
-    """
-
-    __slots__ = (
-        "id",
-        "pattern",
-        "handler",
-        "_bus",
-        "_channel",
-        "_put",
-        "_greenlet",
-        "_active",
-        "_handler_errors",
-        "_slow_events",
-        "_message",
-        "_in_hand",
-        "_stopped",
-        "_error",
-        "__weakref__",
-    )
-
-    def __init__(
-        self,
-        bus: Any,
-        pattern: str,
-        handler: Callable[[Message], object] | None,
-        maxsize: int | None,
-        overflow: Overflow | str,
-    ) -> None:
-        # ``bus`` is a Bus, or the remote client: an owner with ``name``,
-        # ``_remove(sub)``, ``_report_handler_error`` and ``_report_slow_consumer``.
-        self.id = next(_sub_ids)
-        self.pattern = pattern
-        self.handler = handler
-        self._bus = bus
-        self._channel: Channel[tuple[Any, ...]] = Channel(
-            maxsize, overflow, on_overflow=self._on_overflow
-        )
-        # The bound method is stored once: the topic index holds it, and
-        # emit calls it without an attribute lookup per subscriber.
-        self._put = self._channel.put
-        self._greenlet: gevent.Greenlet | None = None
-        self._active = True
-        self._handler_errors = 0
-        self._slow_events = 0
-        self._message: type[Message] = bus._message_class
-        self._in_hand = 0
-        self._stopped = False
-        self._error: BaseException | None = None
-        if handler is not None:
-            greenlet = gevent.Greenlet(self._run, handler)
-            greenlet.name = f"greenbus:{bus.name}:{pattern}"
-            self._greenlet = greenlet
-            self._channel.owner = greenlet
-            greenlet.start()
-
-    # -- introspection -----------------------------------------------------
-
-    @property
-    def active(self) -> bool:
-        """True until :meth:`close` (or the bus's close)."""
-        return self._active
-
-    @property
-    def pending(self) -> int:
-        """Messages queued and not yet handed to the handler (or returned by ``get``)."""
-        return len(self._channel) + self._in_hand
-
-    @property
-    def delivered(self) -> int:
-        """Messages handed to the consumer (handler calls started, or ``get`` returns)."""
-        return self._channel._delivered - self._in_hand
-
-    @property
-    def dropped(self) -> int:
-        """Messages dropped by the ``drop_oldest``/``drop_newest`` policies."""
-        return self._channel._dropped
-
-    @property
-    def maxsize(self) -> int | None:
-        return self._channel.maxsize
-
-    @property
-    def overflow(self) -> Overflow:
-        return self._channel.overflow
-
-    def statistics(self) -> SubscriptionStatistics:
-        """A frozen snapshot of this subscription's counters."""
-        channel = self._channel.statistics()
-        counts = {f.name: getattr(channel, f.name) for f in fields(ChannelStatistics)}
-        counts["pending"] = self.pending
-        counts["delivered"] = self.delivered
-        return SubscriptionStatistics(
-            **counts,
-            id=self.id,
-            pattern=self.pattern,
-            handler=_callable_name(self.handler) if self.handler is not None else None,
-            active=self._active,
-            handler_errors=self._handler_errors,
-            slow_consumer_events=self._slow_events,
-        )
-
-    def __repr__(self) -> str:
-        who = f" handler={_callable_name(self.handler)}" if self.handler is not None else ""
-        state = "active" if self._active else "closed"
-        return (
-            f"<Subscription #{self.id} {self.pattern!r}{who} {state} "
-            f"pending={self.pending} delivered={self.delivered} dropped={self.dropped}>"
-        )
-
-    # -- consuming ---------------------------------------------------------
-
-    def get(self, timeout: float | None = None) -> Message:
-        """Return the next message, waiting for one.
-
-        Args:
-            timeout: seconds to wait at most; None waits forever.
-
-        Raises:
-            ReceiveTimeout: nothing arrived in time.
-            EndOfChannel: the subscription (or its bus) is closed and drained.
-            InvalidOption: this subscription has a handler; its messages go there.
-            GreenbusError: the error it ended with (see :meth:`fail`), once drained.
-        """
-        if self.handler is not None:
-            raise InvalidOption("get()", self.pattern, "a subscription without a handler")
-        try:
-            item = self._channel.get(timeout)
-        except EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            raise
-        return _tuple_new(self._message, item)  # type: ignore[no-any-return]
-
-    def get_nowait(self) -> Message:
-        """Return the next message at once.
-
-        Raises:
-            ChannelEmpty: nothing is queued.
-            EndOfChannel: closed and drained.
-            GreenbusError: the error it ended with (see :meth:`fail`), once drained.
-        """
-        if self.handler is not None:
-            raise InvalidOption("get_nowait()", self.pattern, "a subscription without a handler")
-        try:
-            item = self._channel.get_nowait()
-        except EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            raise
-        return _tuple_new(self._message, item)  # type: ignore[no-any-return]
-
-    @property
-    def error(self) -> BaseException | None:
-        """The error this subscription ended with (see :meth:`fail`), or None."""
-        return self._error
-
-    def __iter__(self) -> Iterator[Message]:
-        """Yield messages until the subscription or its bus is closed.
-
-        A subscription that ended with an error (see :meth:`fail`) raises
-        it once the messages queued before it have been yielded.
-        """
-        get = self.get
-        while True:
-            try:
-                yield get()
-            except EndOfChannel:
-                return
-
-    def _run(self, handler: Callable[[Message], object]) -> None:
-        # The handler greenlet: one at a time, in order, never overlapping.
-        # ``handler`` is passed in, not read from self.handler, which once()
-        # replaces with the user's function for display.
-        # Items are taken in batches of up to _FAIR_BATCH (one channel call
-        # per batch, not per message); after a full batch with more waiting,
-        # it yields, so a deep backlog cannot starve other greenlets.
-        channel = self._channel
-        get_batch = channel.get_batch
-        queue = channel._queue
-        make = self._message
-        report = self._bus._report_handler_error
-        while True:
-            try:
-                batch = get_batch(_FAIR_BATCH)
-            except EndOfChannel:
-                return
-            left = len(batch)
-            for item in batch:
-                if self._stopped:
-                    # Subscription.close() ran (maybe in this very batch):
-                    # deliver no more.  (Bus.close() drains instead.)
-                    self._discard_in_hand()
-                    return
-                left -= 1
-                # Taken from the channel but not yet handled: still pending.
-                self._in_hand = left
-                msg = _tuple_new(make, item)
-                try:
-                    handler(msg)
-                except Exception as exc:
-                    self._handler_errors += 1
-                    report(exc, self, msg)
-            if queue and len(batch) == _FAIR_BATCH:
-                gevent.sleep(0)
-
-    def _discard_in_hand(self) -> int:
-        # Messages of the current batch that will not be handled: they were
-        # counted as delivered when taken; count them as discarded instead.
-        n = self._in_hand
-        self._channel._delivered -= n
-        self._channel._discarded += n
-        self._in_hand = 0
-        return n
-
-    def _on_overflow(self, channel: Channel[Any]) -> None:
-        self._slow_events += 1
-        self._bus._report_slow_consumer(self)
-
-    # -- closing -----------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop delivery.  Idempotent.
-
-        Nothing is delivered after it returns (a handler call already
-        running finishes).  Queued messages are discarded and counted in
-        ``statistics().discarded``.
-
-        Raises:
-            WrongThread: called from an OS thread other than the bus's.
-        """
-        if not self._active:
-            return
-        self._bus._remove(self)
-        self._active = False
-        self._stopped = True
-        channel = self._channel
-        channel.close()
-        n = channel.discard()
-        if n:
-            logger.debug("%r closed with %d undelivered message(s) discarded", self, n)
-
-    def fail(self, error: BaseException) -> None:
-        """End this subscription because of ``error``, for its owner (the remote client).
-
-        Like :meth:`close`, nothing more is queued to it and its owner
-        forgets it; unlike ``close``, what is queued stays for the
-        consumer, whose ``get`` (and iteration) then raises ``error``
-        instead of ending cleanly.  A handler subscription's handler runs
-        for what is queued, then stops.  A no-op once it is not active.
-        """
-        if not self._active:
-            return
-        self._error = error
-        self._bus._remove(self)
-        self._active = False
-        self._channel.close()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _check_subscription(pattern: str, opts: Mapping[str, Any]) -> None:
-    # What subscribe() would refuse, checked when a decorator is made.
-    validate_pattern(pattern)
-    check_options(opts.get("maxsize", DEFAULT_MAXSIZE), opts.get("overflow", Overflow.BLOCK))
-
-
-def _callable_name(fn: object) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else repr(fn)
-
-
-class Forward:
-    """A subscription that hands messages to a sink instead of a channel.
-
-    Made by :meth:`Bus.forward`, for transports: the hub forwards each
-    matching message into a remote peer's outbound queue.  A context manager.
-    """
-
-    __slots__ = ("_active", "_bus", "_put", "id", "interest", "pattern", "sink")
-
-    def __init__(
-        self,
-        bus: Bus,
-        pattern: str,
-        sink: Callable[[Message], bool],
-        interest: bool = True,
-        raw: bool = False,
-    ) -> None:
-        self.id = next(_sub_ids)
-        self.interest = interest
-        self.pattern = pattern
-        self.sink = sink
-        self._bus = bus
-        self._active = True
-
-        if raw:
-            # A distinct callable per forward (the index and _by_put key on
-            # it), calling the sink with the emit's own tuple.
-            self._put: Callable[[tuple[Any, ...]], bool] = functools.partial(sink)
-            return
-
-        make = bus._message_class
-
-        def put(item: tuple[Any, ...]) -> bool:
-            return sink(_tuple_new(make, item))
-
-        self._put = put
-
-    @property
-    def active(self) -> bool:
-        return self._active
-
-    def close(self) -> None:
-        """Stop forwarding.  Idempotent."""
-        if self._active:
-            self._bus._remove_forward(self)
-            self._active = False
-
-    def __enter__(self) -> Forward:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "active" if self._active else "closed"
-        return f"<Forward #{self.id} {self.pattern!r} to {_callable_name(self.sink)} {state}>"
-
-
 _bus_ids = itertools.count(1)
 
 
-class Subscriber:
-    """``on``/``once``/``off``, shared by :class:`Bus` and the remote client.
-
-    Built on the subclass's ``subscribe(pattern, handler, **opts)`` and
-    ``subscriptions(pattern)``.  Also reports its subscriptions' handler
-    errors and slow consumers: logged, then passed to ``on_error`` if set.
-    """
-
-    name: str
-    on_error: ErrorHook | None
-
-    def subscribe(
-        self, pattern: str, handler: Callable[[Message], object] | None = None, **opts: Any
-    ) -> Subscription:
-        raise NotImplementedError
-
-    def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
-        raise NotImplementedError
-
-    # -- errors (reported by its subscriptions' greenlets) --------------------
-
-    def _report_handler_error(self, exc: Exception, sub: Subscription, msg: Message) -> None:
-        logger.error(
-            "%s: handler %s of subscription #%d %r raised on topic %r",
-            self.name,
-            _callable_name(sub.handler),
-            sub.id,
-            sub.pattern,
-            msg.topic,
-            exc_info=exc,
-        )
-        self._call_hook(exc, sub, msg)
-
-    def _report_slow_consumer(self, sub: Subscription) -> None:
-        channel = sub._channel
-        exc = SlowConsumer(sub.pattern, channel.maxsize, channel.overflow.value, channel._dropped)
-        logger.warning("%s: %s (subscription #%d)", self.name, exc, sub.id)
-        self._call_hook(exc, sub, None)
-
-    def _call_hook(self, exc: BaseException, sub: Subscription | None, msg: Message | None) -> None:
-        hook = self.on_error
-        if hook is None:
-            return
-        try:
-            hook(exc, sub, msg)
-        except Exception:
-            logger.exception("%s: the on_error hook itself raised", self.name)
-
-    @overload
-    def on(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
-
-    @overload
-    def on(self, pattern: str, handler: H, **opts: Any) -> H: ...
-
-    def on(self, pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
-        """Subscribe ``handler`` to ``pattern``; usable as a decorator.
-
-        ``opts`` are those of :meth:`subscribe`.  Returns the handler itself
-        (so a decorated function stays a function); undo with :meth:`off`.
-
-        Raises:
-            InvalidTopic, InvalidOption: at once, also in its decorator form
-                (not only when the decorator is applied); and as :meth:`subscribe`.
-        """
-        if handler is None:
-            _check_subscription(pattern, opts)
-
-            def decorator(fn: H) -> H:
-                self.subscribe(pattern, fn, **opts)
-                return fn
-
-            return decorator
-        self.subscribe(pattern, handler, **opts)
-        return handler
-
-    @overload
-    def once(self, pattern: str, handler: None = None, **opts: Any) -> Callable[[H], H]: ...
-
-    @overload
-    def once(self, pattern: str, handler: H, **opts: Any) -> H: ...
-
-    def once(self, pattern: str, handler: H | None = None, **opts: Any) -> H | Callable[[H], H]:
-        """Like :meth:`on`, but the handler runs for the first message only.
-
-        The subscription closes itself before the handler runs, so later
-        messages are not delivered to it even if they were already queued.
-        """
-        if handler is None:
-            _check_subscription(pattern, opts)
-
-            def decorator(fn: H) -> H:
-                self.once(pattern, fn, **opts)
-                return fn
-
-            return decorator
-        if not callable(handler):
-            raise InvalidOption("handler", handler, "a callable taking one Message")
-        holder: list[Subscription] = []
-
-        def run_once(msg: Message) -> object:
-            holder[0].close()
-            return handler(msg)
-
-        sub = self.subscribe(pattern, run_once, **opts)
-        sub.handler = handler  # statistics, repr and off() see the user's function
-        holder.append(sub)
-        return handler
-
-    def off(self, pattern: str, handler: Callable[[Message], object] | None = None) -> int:
-        """Close the subscriptions on exactly ``pattern`` (with ``handler``, if given).
-
-        Returns:
-            how many were closed.
-        """
-        subs = [s for s in self.subscriptions(pattern) if handler is None or s.handler == handler]
-        for sub in subs:
-            sub.close()
-        return len(subs)
-
-
-class Bus(Subscriber):
+class Bus(HandlerMixin):
     """An in-process publish/subscribe bus for greenlets.
 
     A bus belongs to the OS thread (and gevent hub) that creates it.  Its
@@ -742,13 +121,16 @@ class Bus(Subscriber):
         self._interest: dict[str, int] = {}
         self._interest_listeners: list[Callable[[str, bool], object]] = []
         self._close_listeners: list[Callable[[], object]] = []
-        self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription] = {}
+        # Each subscription's (and forward's) put, to find it from a route.
+        self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription | Forward] = {}
         self._state = BusState.OPEN
         self._thread = get_ident()
         self._open_in = self._thread
         self._portal = ThreadPortal(self._emit_handoff, self._report_thread_error, self.name)
         self._thread_errors = 0
-        self._message_class = message_class(self)
+        #: The :class:`Message` subclass this bus delivers (its ``reply()``
+        #: emits here).
+        self.message_class = message_class(self)
         # 128 random bits: nobody outside this bus can name its inboxes.
         self._inbox_prefix = f"_INBOX.{secrets.token_hex(16)}"
         self._inbox: Forward | None = None
@@ -972,9 +354,9 @@ class Bus(Subscriber):
         if handler is not None and not callable(handler):
             raise InvalidOption("handler", handler, "a callable taking one Message, or None")
         sub = Subscription(self, pattern, handler, maxsize, overflow)
-        self._index.add(pattern, sub._put)
+        self._index.add(pattern, sub.put)
         self._subs[sub] = None
-        self._by_put[sub._put] = sub
+        self._by_put[sub.put] = sub
         self._gain_interest(pattern)
         return sub
 
@@ -1019,9 +401,9 @@ class Bus(Subscriber):
         if not callable(sink):
             raise InvalidOption("sink", sink, "a callable taking one Message")
         fwd = Forward(self, pattern, sink, interest, raw)
-        self._index.add(pattern, fwd._put)
+        self._index.add(pattern, fwd.put)
         self._forwards[fwd] = None
-        self._by_put[fwd._put] = fwd  # type: ignore[assignment]
+        self._by_put[fwd.put] = fwd
         if interest:
             self._gain_interest(pattern)
         return fwd
@@ -1030,20 +412,34 @@ class Bus(Subscriber):
         """The active forwarding subscriptions, oldest first."""
         return list(self._forwards)
 
-    def _remove_forward(self, fwd: Forward) -> None:
+    def remove_forward(self, fwd: Forward) -> None:
+        """Forget ``fwd``; :meth:`Forward.close` calls it.
+
+        Raises:
+            WrongThread: called from another OS thread.
+        """
         self._check_thread("Forward.close()")
         if self._forwards.pop(fwd, 0) is None:
-            self._index.remove(fwd.pattern, fwd._put)
-            self._by_put.pop(fwd._put, None)
-            if fwd.interest:
-                self._lose_interest(fwd.pattern)
+            self._unroute(fwd.pattern, fwd.put, fwd.interest)
 
-    def _remove(self, sub: Subscription) -> None:
+    def remove_subscription(self, sub: Subscription) -> None:
+        """Forget ``sub``; :meth:`Subscription.close` calls it.
+
+        Raises:
+            WrongThread: called from another OS thread.
+        """
         self._check_thread("Subscription.close()")
         if self._subs.pop(sub, 0) is None:
-            self._index.remove(sub.pattern, sub._put)
-            self._by_put.pop(sub._put, None)
-            self._lose_interest(sub.pattern)
+            self._unroute(sub.pattern, sub.put, True)
+
+    def _unroute(
+        self, pattern: str, put: Callable[[tuple[Any, ...]], bool], interest: bool
+    ) -> None:
+        # Nothing more is routed to ``put``; the interest it held goes.
+        self._index.remove(pattern, put)
+        self._by_put.pop(put, None)
+        if interest:
+            self._lose_interest(pattern)
 
     # -- interest (for federation) -------------------------------------------
 
@@ -1270,18 +666,13 @@ class Bus(Subscriber):
         # Route what other threads handed in first: those emits were accepted.
         self._portal.close(timeout)
         subs = list(self._subs)
-        for sub in subs:
-            sub._channel.close()
         current = getcurrent()
-        greenlets = [
-            s._greenlet for s in subs if s._greenlet is not None and s._greenlet is not current
-        ]
+        greenlets = [g for g in (sub.drain() for sub in subs) if g is not None and g is not current]
         gevent.joinall(greenlets, timeout=timeout)
         for sub in subs:
-            g = sub._greenlet
-            if g is not None and g is not current and not g.dead:
-                g.kill(block=True)
-                n = sub._channel.discard() + sub._discard_in_hand()
+            self._unroute(sub.pattern, sub.put, True)
+            n = sub.finish()
+            if n:
                 logger.warning(
                     "%s: subscription #%d %r did not drain within %s s; %d message(s) discarded",
                     self.name,
@@ -1290,10 +681,6 @@ class Bus(Subscriber):
                     timeout,
                     n,
                 )
-            self._index.remove(sub.pattern, sub._put)
-            self._by_put.pop(sub._put, None)
-            self._lose_interest(sub.pattern)
-            sub._active = False
         self._subs.clear()
         for fwd in list(self._forwards):
             fwd.close()

@@ -46,6 +46,7 @@ from typing import Generic, TypeVar
 from gevent import Timeout, get_hub
 from greenlet import getcurrent
 
+from ._options import check_timeout
 from .exceptions import (
     ChannelClosed,
     ChannelEmpty,
@@ -61,7 +62,6 @@ __all__ = [
     "Overflow",
     "DEFAULT_MAXSIZE",
     "check_options",
-    "check_timeout",
 ]
 
 T = TypeVar("T")
@@ -96,27 +96,10 @@ def _check_overflow(overflow: object) -> Overflow:
         raise InvalidOption("overflow", overflow, f"one of {_POLICIES}") from None
 
 
-def check_timeout(timeout: object, *, optional: bool = True) -> None:
-    """Refuse a timeout that is not a finite number of seconds >= 0 (or None, if ``optional``).
-
-    Raises:
-        InvalidOption: naming ``timeout``.
-    """
-    if timeout is None and optional:
-        return
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not 0 <= timeout < float("inf")
-    ):
-        expected = "a number of seconds >= 0" + (", or None" if optional else "")
-        raise InvalidOption("timeout", timeout, expected)
-
-
 def _check_maxsize(maxsize: object) -> int | None:
-    if maxsize is None:
-        return None
-    if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+    if maxsize is not None and (
+        isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1
+    ):
         raise InvalidOption("maxsize", maxsize, "a positive int, or None for unbounded")
     return maxsize
 
@@ -224,29 +207,14 @@ class _Scheduler:
         for _ in range(len(ready)):
             if not ready:
                 break
-            ready.popleft()._notify()
+            ready.popleft().wake_getters()
 
     def switch_out(self) -> object:
         """Park the current greenlet; return the value it is switched back with."""
         ready = self.ready
         while ready and self.budget > 0:
-            # _take_getter, inlined: this runs on every direct hand-off.
-            channel = ready.popleft()
-            channel._notify_scheduled = False
-            getters = channel._getters
-            waiter = None
-            if channel._queue or channel._closed:
-                while getters:
-                    candidate = getters.popleft()
-                    if candidate.parked:
-                        waiter = candidate
-                        if getters:
-                            channel._notify_scheduled = True
-                            ready.append(channel)
-                        break
-            if waiter is None:
-                channel._wake_needed = bool(getters)
-            else:
+            waiter = ready.popleft().take_ready_getter()
+            if waiter is not None:
                 self.budget -= 1
                 waiter.parked = False
                 return waiter.greenlet.switch(waiter)  # type: ignore[attr-defined]
@@ -356,6 +324,21 @@ class Channel(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def delivered(self) -> int:
+        """Items handed to a consumer so far (see :meth:`discard_taken`)."""
+        return self._delivered
+
+    @property
+    def dropped(self) -> int:
+        """Items dropped by ``drop_oldest``/``drop_newest``."""
+        return self._dropped
+
+    @property
+    def discarded(self) -> int:
+        """Items discarded by :meth:`discard`, :meth:`discard_taken`, or a close."""
+        return self._discarded
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -653,14 +636,37 @@ class Channel(Generic[T]):
             self._notify_scheduled = True
             self._scheduler.schedule(self)
 
-    def _notify(self) -> None:
-        # On the hub: wake parked getters while there is something for them.
+    def wake_getters(self) -> None:
+        """Wake the parked getters while there is something for them (on the hub).
+
+        For this hub's scheduler (:class:`_Scheduler`), which calls it for a
+        channel it was told is ready.
+        """
         self._notify_scheduled = False
         getters = self._getters
         queue = self._queue
         while getters and (queue or self._closed):
             getters.popleft().wake()
         self._wake_needed = bool(getters) and not self._notify_scheduled
+
+    def take_ready_getter(self) -> _Waiter | None:
+        """The first parked getter, out of the line, if there is something for it.
+
+        For this hub's scheduler, which switches straight to it (a direct
+        hand-off); when more getters wait, the channel stays ready.
+        """
+        self._notify_scheduled = False
+        getters = self._getters
+        if self._queue or self._closed:
+            while getters:
+                candidate = getters.popleft()
+                if candidate.parked:
+                    if getters:
+                        self._notify_scheduled = True
+                        self._scheduler.ready.append(self)
+                    return candidate
+        self._wake_needed = bool(getters)
+        return None
 
     # -- closing -----------------------------------------------------------
 
@@ -682,6 +688,15 @@ class Channel(Generic[T]):
             if waiter.parked:
                 self._run_callback(waiter.wake)
         self._schedule_notify()
+
+    def discard_taken(self, n: int) -> None:
+        """Count ``n`` items a consumer took (a batch) but will not handle as discarded.
+
+        They were counted as delivered when taken: a consumer that stops in
+        the middle of a batch moves the rest to ``discarded``.
+        """
+        self._delivered -= n
+        self._discarded += n
 
     def discard(self) -> int:
         """Drop everything queued now; return how many items that was.

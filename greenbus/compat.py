@@ -59,13 +59,19 @@ class _Feed:
     # or _Marker objects used by shutdown() to detect quiescence.
     __slots__ = ("channel", "greenlet", "listener")
 
-    def __init__(self, emitter: EventEmitter, listener: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        listener: Callable[..., Any],
+        maxsize: int | None,
+        overflow: Overflow | str,
+        on_failure: Callable[[str | None, Callable[..., Any], Exception], None],
+    ) -> None:
         self.listener = listener
-        self.channel: Channel[Any] = Channel(emitter._maxsize, emitter._overflow)
-        self.greenlet = gevent.spawn(self._run, emitter)
+        self.channel: Channel[Any] = Channel(maxsize, overflow)
+        self.greenlet = gevent.spawn(self._run, on_failure)
         self.channel.owner = self.greenlet
 
-    def _run(self, emitter: EventEmitter) -> None:
+    def _run(self, on_failure: Callable[[str | None, Callable[..., Any], Exception], None]) -> None:
         get = self.channel.get
         listener = self.listener
         while True:
@@ -80,7 +86,11 @@ class _Feed:
             try:
                 listener(*args, **kwargs)
             except Exception as exc:
-                emitter._listener_failed(event, listener, exc)
+                on_failure(event, listener, exc)
+
+
+#: One listener call, as queued: (event, args, kwargs).
+_Call = tuple[str | None, tuple[Any, ...], dict[str, Any]]
 
 
 class _Marker:
@@ -92,8 +102,16 @@ class _Marker:
         self.event = GeventEvent()
 
 
-def _is_once(fn: Callable[..., Any]) -> bool:
-    return getattr(fn, "_greenbus_once", False) is True
+class _Once:
+    # The wrapper once() registers: a callable pyee stores like any listener,
+    # told apart from plain listeners by its type.
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
 
 
 class EventEmitter(pyee.EventEmitter):
@@ -142,11 +160,7 @@ class EventEmitter(pyee.EventEmitter):
         """
 
         def wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def call_once(*args: Any, **kwargs: Any) -> Any:
-                return fn(*args, **kwargs)
-
-            call_once._greenbus_once = True  # type: ignore[attr-defined]
-            self._add_event_handler(event, fn, call_once)
+            self._add_event_handler(event, fn, _Once(fn))
             return fn
 
         return wrapper if f is None else wrapper(f)
@@ -164,11 +178,12 @@ class EventEmitter(pyee.EventEmitter):
             if not handlers:
                 return False
             calls = list(handlers.items())
-            fired = [(k, v) for k, v in calls if _is_once(v)]
+            fired = [(k, v) for k, v in calls if type(v) is _Once]
             for k, _ in fired:
                 pyee.EventEmitter._remove_listener(self, event, k)
+        call = (event, args, kwargs)
         for _, v in calls:
-            self._dispatch(event, v, args, kwargs)
+            self._dispatch(v, call)
         if fired:
             self._retire([v for _, v in fired])
         return True
@@ -177,37 +192,26 @@ class EventEmitter(pyee.EventEmitter):
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         # pyee's per-listener hook, kept for callers that use it directly.
-        self._dispatch(None, f, args, kwargs)
+        self._dispatch(f, (None, args, kwargs))
 
-    def _dispatch(
-        self,
-        event: str | None,
-        f: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
+    def _dispatch(self, f: Callable[..., Any], call: _Call) -> None:
+        # ``call`` is (event, args, kwargs), queued as is to f's channel.
         if get_ident() == self._home:
-            self._deliver(event, f, args, kwargs)
+            self._deliver(f, call)
         else:
-            self._submit(lambda: self._deliver(event, f, args, kwargs))
+            self._submit(lambda: self._deliver(f, call))
 
-    def _deliver(
-        self,
-        event: str | None,
-        f: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
+    def _deliver(self, f: Callable[..., Any], call: _Call) -> None:
         # On the home thread.
         if self._closed:
-            logger.warning("event %r for listener %r arrived after shutdown(); dropped", event, f)
+            logger.warning("event %r for listener %r arrived after shutdown(); dropped", call[0], f)
             return
         feed = self._feeds.get(f)
         fresh = feed is None
         if feed is None:
-            feed = self._feeds[f] = _Feed(self, f)
+            feed = self._feeds[f] = _Feed(f, self._maxsize, self._overflow, self._listener_failed)
         try:
-            feed.channel.put((event, args, kwargs))
+            feed.channel.put(call)
         except ChannelClosed:
             logger.warning("listener %r was removed while emit waited; call dropped", f)
         if fresh and f not in self._live():
@@ -307,7 +311,7 @@ class EventEmitter(pyee.EventEmitter):
             return
         current = gevent.getcurrent()
         while True:
-            before = {f: feed.channel._delivered for f, feed in self._feeds.items()}
+            before = {f: feed.channel.delivered for f, feed in self._feeds.items()}
             markers = []
             for feed in list(self._feeds.values()):
                 if feed.greenlet is current:
@@ -320,7 +324,7 @@ class EventEmitter(pyee.EventEmitter):
                 markers.append(marker)
             for marker in markers:
                 marker.event.wait()
-            after = {f: feed.channel._delivered for f, feed in self._feeds.items()}
+            after = {f: feed.channel.delivered for f, feed in self._feeds.items()}
             # Each marker counts as one delivery; anything beyond is new work.
             settled = after.keys() == before.keys() and all(
                 after[f] - before[f] <= 1 for f in after

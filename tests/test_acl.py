@@ -186,17 +186,25 @@ def test_allow_all_may_publish_and_subscribe_to_everything() -> None:
 
 # -- Acl.load ------------------------------------------------------------------------------
 
-DOC_TOML = """\
-[users.sensor-gateway]
-token = "s3cret-1"               # or: token_env = "GATEWAY_TOKEN"
-publish = ["sensors.>"]
-subscribe = []
+def documented_acl() -> str:
+    """The ACL file docs/security.md shows (and greenbus.acl's docstring, word for word)."""
+    text = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", text, re.S)
+    assert block, "docs/security.md lost its ACL example"
+    return block.group(1)
 
-[users.dashboard]
-token_env = "DASHBOARD_TOKEN"
-publish = ["commands.*"]
-subscribe = ["sensors.>", "$greenbus.stats"]
-"""
+
+DOC_TOML = documented_acl()
+
+
+def test_the_acl_modules_docstring_shows_the_documented_acl() -> None:
+    import greenbus.acl
+
+    assert greenbus.acl.__doc__ is not None
+    shown = [line.strip() for line in greenbus.acl.__doc__.splitlines()]
+    for line in DOC_TOML.splitlines():
+        assert line.strip() in shown, line  # the same words, and the same spacing
+
 
 DOC_JSON = {
     "users": {

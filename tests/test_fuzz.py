@@ -56,15 +56,13 @@ from greenbus.protocol import (
     Ack,
     Error,
     ErrorCode,
-    HubSession,
     Ping,
     Pong,
-    SessionLimits,
-    SessionState,
     Welcome,
     encode,
     parse_server,
 )
+from greenbus.session import HubSession, SessionLimits, SessionState
 from greenbus.topics import (
     TopicIndex,
     pattern_matches,

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from frames import TOKEN, anonymous, nested, with_token
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greenbus.acl import Acl, InboxOwners
 from greenbus.exceptions import LocalProtocolError, ProtocolError, RemoteProtocolError
 from greenbus.protocol import (
     DEFAULT_MAX_DEPTH,
@@ -27,13 +27,10 @@ from greenbus.protocol import (
     Error,
     ErrorCode,
     Hello,
-    HubSession,
     Msg,
     Ping,
     Pong,
     Pub,
-    SessionLimits,
-    SessionState,
     Sub,
     Unsub,
     Welcome,
@@ -44,10 +41,9 @@ from greenbus.protocol import (
     parse_client,
     parse_server,
 )
+from greenbus.session import SessionState
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.schema.json"
-
-TOKEN = "s3cret"
 
 
 def rejection(text: Any, parse: Any = parse_client, **options: Any) -> RemoteProtocolError:
@@ -55,34 +51,6 @@ def rejection(text: Any, parse: Any = parse_client, **options: Any) -> RemotePro
     with pytest.raises(RemoteProtocolError) as info:
         parse(text, **options)
     return info.value
-
-
-def nested(depth: int, id: Any = None) -> str:
-    """A pub frame whose JSON is exactly ``depth`` levels deep (the frame is level 1)."""
-    data = "[" * (depth - 1) + "]" * (depth - 1)
-    tail = "" if id is None else f',"id":{json.dumps(id)}'
-    return f'{{"op":"pub","topic":"a","data":{data}{tail}}}'
-
-
-def anonymous(**limits: Any) -> HubSession:
-    return HubSession(server="hub", peer="p1", limits=SessionLimits(**limits))
-
-
-def with_token(**limits: Any) -> HubSession:
-    return HubSession(
-        server="hub",
-        peer="p1",
-        authenticate=Acl.single_token(TOKEN).authenticate,
-        limits=SessionLimits(**limits),
-    )
-
-
-def sent(session: HubSession) -> list[dict[str, Any]]:
-    """Take the session's outbox, each frame checked to be a valid server frame."""
-    frames = session.take_outbox()
-    for frame in frames:
-        parse_server(frame)
-    return [json.loads(frame) for frame in frames]
 
 
 # -- parse_client: every op ---------------------------------------------------
@@ -630,332 +598,6 @@ def test_a_local_protocol_error_is_a_protocol_error_and_a_value_error():
     assert not issubclass(LocalProtocolError, RemoteProtocolError)
 
 
-# -- HubSession: auth -----------------------------------------------------------------
-
-
-def test_an_anonymous_session_is_open_and_accepts_sub_at_once():
-    session = anonymous()
-    assert session.state is SessionState.OPEN
-    event = session.receive('{"op":"sub","sid":1,"topic":"a.>"}')
-    assert event == Sub(1, "a.>")
-    assert session.sids == {1: "a.>"}
-    assert sent(session) == []
-
-
-def test_an_anonymous_session_accepts_pub_at_once_and_returns_it():
-    session = anonymous()
-    assert session.receive('{"op":"pub","topic":"a","data":1}') == Pub("a", 1)
-    assert sent(session) == []
-
-
-def test_an_anonymous_session_still_answers_hello_with_welcome():
-    session = anonymous()
-    assert session.receive('{"op":"hello","protocol":1,"name":"alice","id":1}') is None
-    assert sent(session) == [
-        {"op": "welcome", "protocol": PROTOCOL_VERSION, "server": "hub", "peer": "p1", "id": 1}
-    ]
-    assert session.name == "alice"
-    assert session.state is SessionState.OPEN
-
-
-def test_an_anonymous_session_ignores_a_token_in_hello():
-    session = anonymous()
-    session.receive('{"op":"hello","protocol":1,"token":"anything"}')
-    assert [f["op"] for f in sent(session)] == ["welcome"]
-
-
-def test_a_token_session_waits_for_hello():
-    assert with_token().state is SessionState.AWAITING_HELLO
-
-
-@pytest.mark.parametrize(
-    "first",
-    [
-        '{"op":"sub","sid":1,"topic":"a","id":9}',
-        '{"op":"pub","topic":"a","id":9}',
-        '{"op":"ping","id":9}',
-        '{"op":"unsub","sid":1,"id":9}',
-    ],
-)
-def test_a_token_session_answers_anything_but_hello_first_with_unauthorized_and_1008(first):
-    session = with_token()
-    assert session.receive(first) is None
-    assert [(f["code"], f["id"]) for f in sent(session)] == [("unauthorized", 9)]
-    assert session.state is SessionState.CLOSING
-    assert session.close_code is CloseCode.POLICY
-
-
-@pytest.mark.parametrize("garbage", ["hello", "[]", '{"op":"nope"}', '{"op":"hello"}'])
-def test_a_token_session_answers_a_bad_first_frame_with_unauthorized_and_1008(garbage):
-    session = with_token()
-    assert session.receive(garbage) is None
-    assert [f["code"] for f in sent(session)] == ["unauthorized"]
-    assert session.state is SessionState.CLOSING
-    assert session.close_code is CloseCode.POLICY
-
-
-@pytest.mark.parametrize(
-    "hello",
-    [
-        '{"op":"hello","protocol":1,"token":"guess","id":1}',
-        '{"op":"hello","protocol":1,"token":"S3CRET","id":1}',
-        '{"op":"hello","protocol":1,"token":"","id":1}',
-        '{"op":"hello","protocol":1,"token":null,"id":1}',
-        '{"op":"hello","protocol":1,"id":1}',
-    ],
-    ids=["wrong", "wrong-case", "empty", "null", "missing"],
-)
-def test_a_wrong_or_missing_token_gets_unauthorized_and_1008(hello):
-    session = with_token()
-    assert session.receive(hello) is None
-    frames = sent(session)
-    assert [(f["code"], f["id"]) for f in frames] == [("unauthorized", 1)]
-    assert session.state is SessionState.CLOSING
-    assert session.close_code is CloseCode.POLICY
-    assert session.close_code == 1008
-    assert TOKEN not in frames[0]["reason"]
-
-
-def test_the_right_token_gets_welcome_and_opens_the_session():
-    session = with_token()
-    hello = f'{{"op":"hello","protocol":1,"token":"{TOKEN}","name":"bob","id":"h"}}'
-    assert session.receive(hello) is None
-    assert sent(session) == [
-        {"op": "welcome", "protocol": 1, "server": "hub", "peer": "p1", "id": "h"}
-    ]
-    assert session.state is SessionState.OPEN
-    assert session.name == "bob"
-    assert session.receive('{"op":"sub","sid":1,"topic":"a"}') == Sub(1, "a")
-
-
-def test_a_second_hello_with_a_wrong_token_closes_an_open_session():
-    session = with_token()
-    session.receive(f'{{"op":"hello","protocol":1,"token":"{TOKEN}"}}')
-    session.take_outbox()
-    session.receive('{"op":"hello","protocol":1,"token":"guess"}')
-    assert [f["code"] for f in sent(session)] == ["unauthorized"]
-    assert session.close_code is CloseCode.POLICY
-
-
-# -- HubSession: subscriptions and errors -------------------------------------------
-
-
-def test_a_duplicate_sid_is_refused_and_the_first_subscription_kept():
-    session = anonymous()
-    session.receive('{"op":"sub","sid":"s","topic":"a"}')
-    assert session.receive('{"op":"sub","sid":"s","topic":"b","id":2}') is None
-    assert [(f["code"], f["id"]) for f in sent(session)] == [("duplicate_sid", 2)]
-    assert session.sids == {"s": "a"}
-    assert session.state is SessionState.OPEN
-
-
-def test_a_string_sid_and_a_numeric_sid_are_different_sids():
-    session = anonymous()
-    assert session.receive('{"op":"sub","sid":"1","topic":"a"}') is not None
-    assert session.receive('{"op":"sub","sid":1,"topic":"a"}') is not None
-    assert len(session.sids) == 2
-
-
-def test_unsub_of_an_unknown_sid_is_refused():
-    session = anonymous()
-    assert session.receive('{"op":"unsub","sid":"nope","id":8}') is None
-    assert [(f["code"], f["id"]) for f in sent(session)] == [("unknown_sid", 8)]
-
-
-def test_unsub_returns_the_event_and_frees_the_sid_for_reuse():
-    session = anonymous()
-    session.receive('{"op":"sub","sid":"s","topic":"a"}')
-    assert session.receive('{"op":"unsub","sid":"s","id":1}') == Unsub("s", 1)
-    assert session.sids == {}
-    assert session.receive('{"op":"sub","sid":"s","topic":"b"}') == Sub("s", "b")
-    assert sent(session) == []
-
-
-def test_a_sub_past_max_subscriptions_gets_limit_until_one_is_unsubscribed():
-    session = anonymous(max_subscriptions=2)
-    session.receive('{"op":"sub","sid":1,"topic":"a"}')
-    session.receive('{"op":"sub","sid":2,"topic":"b"}')
-    assert session.receive('{"op":"sub","sid":3,"topic":"c","id":"x"}') is None
-    frames = sent(session)
-    assert [(f["code"], f["id"]) for f in frames] == [("limit", "x")]
-    assert "2" in frames[0]["reason"]
-    session.receive('{"op":"unsub","sid":1}')
-    assert session.receive('{"op":"sub","sid":3,"topic":"c"}') == Sub(3, "c")
-
-
-def test_a_protocol_error_leaves_the_session_open():
-    session = anonymous()
-    session.receive("not json")
-    assert [f["code"] for f in sent(session)] == ["bad_json"]
-    assert session.state is SessionState.OPEN
-    assert session.close_code is None
-    assert session.receive('{"op":"ping"}') is None
-
-
-def test_errors_up_to_max_errors_keep_the_session_open():
-    session = anonymous(max_errors=3)
-    for _ in range(3):
-        session.receive("x")
-    assert session.errors == 3
-    assert session.state is SessionState.OPEN
-
-
-def test_one_error_past_max_errors_closes_with_1008_after_sending_that_error():
-    session = anonymous(max_errors=3)
-    for _ in range(4):
-        session.receive('{"op":"nope","id":1}')
-    frames = sent(session)
-    assert [f["code"] for f in frames] == ["unknown_op"] * 4
-    assert frames[-1]["id"] == 1
-    assert session.state is SessionState.CLOSING
-    assert session.close_code is CloseCode.POLICY
-    assert "4" in session.close_reason
-
-
-def test_every_kind_of_refusal_counts_towards_max_errors():
-    session = anonymous(max_errors=4, max_subscriptions=1)
-    session.receive('{"op":"sub","sid":1,"topic":"a"}')
-    for text in [
-        "x",  # bad_json
-        '{"op":"sub","sid":1,"topic":"b"}',  # duplicate_sid
-        '{"op":"sub","sid":2,"topic":"b"}',  # limit
-        '{"op":"unsub","sid":9}',  # unknown_sid
-        '{"op":"pub","topic":"a.*"}',  # bad_topic
-    ]:
-        session.receive(text)
-    assert [f["code"] for f in sent(session)] == [
-        "bad_json",
-        "duplicate_sid",
-        "limit",
-        "unknown_sid",
-        "bad_topic",
-    ]
-    assert session.close_code is CloseCode.POLICY
-
-
-def test_max_errors_zero_closes_on_the_first_error():
-    session = anonymous(max_errors=0)
-    session.receive("x")
-    assert session.close_code is CloseCode.POLICY
-
-
-def test_the_session_uses_its_max_depth():
-    session = anonymous(max_depth=3)
-    assert session.receive(nested(3)) is not None
-    session.receive(nested(4, id=4))
-    assert [(f["code"], f["id"]) for f in sent(session)] == [("bad_json", 4)]
-
-
-def test_ping_is_answered_with_pong_echoing_the_id_and_no_ack():
-    session = anonymous()
-    assert session.receive('{"op":"ping","id":"p1"}') is None
-    assert session.receive('{"op":"ping","id":2}') is None
-    assert session.receive('{"op":"ping"}') is None
-    assert sent(session) == [{"op": "pong", "id": "p1"}, {"op": "pong", "id": 2}, {"op": "pong"}]
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        '{"op":"sub","sid":2,"topic":"a","id":"i"}',
-        '{"op":"pub","topic":"a","id":"i"}',
-        '{"op":"unsub","sid":1,"id":"i"}',
-    ],
-)
-def test_ack_is_sent_only_for_an_event_with_an_id(text):
-    session = anonymous()
-    session.sids[1] = "a"
-    event = session.receive(text)
-    assert event is not None
-    session.ack(event)
-    assert sent(session) == [{"op": "ack", "id": "i"}]
-    session.ack(parse_client(text.replace(',"id":"i"', "")))
-    assert sent(session) == []
-
-
-def test_frames_leave_the_outbox_in_the_order_they_were_queued():
-    session = anonymous()
-    session.receive('{"op":"ping","id":1}')
-    session.receive("x")
-    session.receive('{"op":"hello","protocol":1,"id":3}')
-    session.ack(Pub("a", id=4))
-    assert [f["op"] for f in sent(session)] == ["pong", "error", "welcome", "ack"]
-
-
-def test_take_outbox_returns_and_clears_the_queued_frames():
-    session = anonymous()
-    session.receive('{"op":"ping"}')
-    assert session.take_outbox() == ['{"op":"pong"}']
-    assert session.take_outbox() == []
-
-
-def test_a_closing_session_ignores_all_input():
-    session = anonymous(max_errors=0)
-    session.receive("x")
-    session.take_outbox()
-    errors = session.errors
-    for text in ['{"op":"ping","id":1}', '{"op":"sub","sid":1,"topic":"a"}', "x", "[]"]:
-        assert session.receive(text) is None
-    assert session.take_outbox() == []
-    assert session.sids == {}
-    assert session.errors == errors
-
-
-def test_a_token_session_ignores_the_right_hello_after_deciding_to_close():
-    session = with_token()
-    session.receive('{"op":"ping"}')
-    session.take_outbox()
-    assert session.receive(f'{{"op":"hello","protocol":1,"token":"{TOKEN}"}}') is None
-    assert session.take_outbox() == []
-    assert session.state is SessionState.CLOSING
-
-
-def test_the_first_close_decision_wins():
-    session = anonymous()
-    session.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
-    session.close(CloseCode.POLICY, "too many errors")
-    assert session.close_code is CloseCode.TRY_AGAIN_LATER
-    assert session.close_reason == "slow consumer"
-
-
-def test_reject_queues_an_error_frame_and_counts_it():
-    session = anonymous()
-    session.reject(ErrorCode.INTERNAL, "oops", "r")
-    assert sent(session) == [{"op": "error", "code": "internal", "reason": "oops", "id": "r"}]
-    assert session.errors == 1
-
-
-def test_the_close_codes_are_the_rfc_6455_numbers():
-    assert {c.name: int(c) for c in CloseCode} == {
-        "NORMAL": 1000,
-        "GOING_AWAY": 1001,
-        "PROTOCOL_ERROR": 1002,
-        "UNSUPPORTED_DATA": 1003,
-        "INVALID_DATA": 1007,
-        "POLICY": 1008,
-        "TOO_BIG": 1009,
-        "INTERNAL_ERROR": 1011,
-        "TRY_AGAIN_LATER": 1013,
-    }
-
-
-def test_the_error_codes_are_those_of_the_specification():
-    assert {str(c) for c in ErrorCode} == {
-        "bad_json",
-        "bad_frame",
-        "unknown_op",
-        "bad_topic",
-        "unauthorized",
-        "forbidden",
-        "unsupported_protocol",
-        "duplicate_sid",
-        "unknown_sid",
-        "limit",
-        "slow_consumer",
-        "internal",
-    }
-
-
 # -- properties -----------------------------------------------------------------------
 
 json_scalars = (
@@ -1312,77 +954,8 @@ def test_parse_server_rejects_a_welcome_whose_protocol_is_not_an_integer(protoco
     assert rejection(text, parse_server).code is ErrorCode.BAD_FRAME
 
 
-@pytest.mark.parametrize(
-    "first",
-    [
-        f'{{"op":"hello","protocol":2,"token":"{TOKEN}","id":7}}',
-        f'{{"op":"hello","protocol":1,"token":"{TOKEN}","extra":1,"id":7}}',
-        '{"op":"nope","id":7}',
-    ],
-    ids=["other-version", "unknown-field", "unknown-op"],
-)
-def test_the_unauthorized_answer_to_a_bad_first_frame_echoes_its_readable_id(first):
-    session = with_token()
-    session.receive(first)
-    assert [(f["code"], f.get("id")) for f in sent(session)] == [("unauthorized", 7)]
-    assert session.close_code is CloseCode.POLICY
-
-
 def test_msg_prefix_and_body_splice_into_the_frame_encode_writes() -> None:
     body = encode_msg_body("a.b", {"x": [1, "é"]}, {"k": "v"}, "_INBOX.1")
     assert body.startswith(',"topic":')
     assert msg_prefix(7) + body == encode(Msg(7, "a.b", {"x": [1, "é"]}, {"k": "v"}, "_INBOX.1"))
     assert msg_prefix("s") + body == encode_msg("s", "a.b", {"x": [1, "é"]}, {"k": "v"}, "_INBOX.1")
-
-
-def test_a_session_counts_its_error_frames_by_code_in_a_dict_it_may_share() -> None:
-    shared: dict[str, int] = {}
-    one = HubSession(server="hub", peer="p1", error_counts=shared)
-    two = HubSession(server="hub", peer="p2", error_counts=shared)
-    one.receive("not json")
-    one.receive('{"op":"nope"}')
-    two.receive("{")
-    two.receive('{"op":"unsub","sid":"x"}')
-    assert shared == {"bad_json": 2, "unknown_op": 1, "unknown_sid": 1}
-    assert [f["code"] for f in sent(one)] == ["bad_json", "unknown_op"]
-    assert anonymous().error_counts == {}  # its own dict by default
-
-
-# -- inbox ownership in the session -------------------------------------------------
-
-
-def test_a_session_claims_an_exact_inbox_and_another_session_is_forbidden_it() -> None:
-    owners = InboxOwners()
-    one = HubSession(server="hub", peer="p1", inboxes=owners)
-    two = HubSession(server="hub", peer="p2", inboxes=owners)
-    assert one.receive('{"op":"sub","sid":1,"topic":"_INBOX.x1","id":1}') == Sub(1, "_INBOX.x1", 1)
-    assert two.receive('{"op":"sub","sid":1,"topic":"_INBOX.x1","id":7}') is None
-    (frame,) = two.take_outbox()
-    assert json.loads(frame) == {
-        "op": "error",
-        "code": "forbidden",
-        "reason": "inbox '_INBOX.x1' belongs to another requester",
-        "id": 7,
-    }
-    assert two.sids == {}  # refused, so not held
-    assert two.errors == 1
-
-
-def test_unsub_and_the_end_of_a_session_release_its_inboxes() -> None:
-    owners = InboxOwners()
-    one = HubSession(server="hub", peer="p1", inboxes=owners)
-    one.receive('{"op":"sub","sid":1,"topic":"_INBOX.a"}')
-    one.receive('{"op":"sub","sid":2,"topic":"_INBOX.b"}')
-    one.receive('{"op":"unsub","sid":1}')
-    assert owners.owner("_INBOX.a") is None
-    assert owners.owner("_INBOX.b") == "p1"
-    one.end()
-    assert len(owners) == 0
-
-
-def test_a_refused_sub_claims_no_inbox() -> None:
-    owners = InboxOwners()
-    one = HubSession(server="hub", peer="p1", inboxes=owners, limits=SessionLimits(1))
-    one.receive('{"op":"sub","sid":1,"topic":"a"}')
-    assert one.receive('{"op":"sub","sid":2,"topic":"_INBOX.a"}') is None  # over the limit
-    assert owners.owner("_INBOX.a") is None

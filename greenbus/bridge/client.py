@@ -29,24 +29,19 @@ import itertools
 import logging
 import secrets
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
-from gevent import Timeout, socket
+from gevent import Timeout
 from gevent import ssl as gssl
-from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus, InvalidURI
-from websockets.http11 import Response
-from websockets.uri import parse_uri
 
+from .._options import check_int, check_seconds, check_timeout, check_type
 from .._portal import get_ident
-from ..bus import Message, Subscriber, Subscription, check_extras, message_class
-from ..channel import DEFAULT_MAXSIZE, Channel, Overflow, check_options, check_timeout
+from ..bus import check_extras
+from ..channel import DEFAULT_MAXSIZE, Channel, Overflow, check_options
 from ..exceptions import (
     ChannelClosed,
     ChannelFull,
@@ -61,6 +56,7 @@ from ..exceptions import (
     RequestTimeout,
     WrongThread,
 )
+from ..message import Message, message_class
 from ..protocol import (
     MSG_SLACK,
     Ack,
@@ -74,8 +70,11 @@ from ..protocol import (
     encode,
     parse_server,
 )
+from ..subscription import HandlerMixin, Subscription
 from ..topics import validate_pattern, validate_topic
-from .connection import Connection, wire_logger
+from .backlog import Backlog
+from .connection import Connection
+from .dial import HandshakeFailed, Refused, check_url, dial
 
 __all__ = ["ClientState", "ClientStatistics", "RemoteBus", "RemoteError", "connect"]
 
@@ -124,41 +123,7 @@ class ClientStatistics:
     hub_errors: int
 
 
-def _option(name: str, value: object, ok: bool, expected: str) -> None:
-    if not ok:
-        raise InvalidOption(name, value, expected)
-
-
-def _positive_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < float("inf")
-    )
-
-
-def _positive_int(value: object, minimum: int = 1) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
-
-
-def check_url(url: object) -> Any:
-    """Parse a hub URL (``ws://host:port/`` or ``wss://``); return websockets' ``WebSocketURI``.
-
-    Raises:
-        InvalidOption: not a string, another scheme, no host, or a bad port.
-    """
-    expected = "a hub URL, ws://HOST:PORT/ or wss://HOST:PORT/"
-    if not isinstance(url, str):
-        raise InvalidOption("url", url, expected)
-    try:
-        uri = parse_uri(url)
-        port = urlsplit(url).port  # websockets takes port 0 for "no port": 80
-    except (InvalidURI, ValueError) as exc:
-        raise InvalidOption("url", url, f"{expected} ({exc})") from None
-    if port == 0:
-        raise InvalidOption("url", url, f"{expected} (port 0 cannot be connected to)")
-    return uri
-
-
-class RemoteBus(Subscriber):
+class RemoteBus(HandlerMixin):
     """A connection to a greenbus hub.  Use :func:`connect` to make one.
 
     Belongs to the OS thread (and gevent hub) that made it, like a Bus:
@@ -197,33 +162,21 @@ class RemoteBus(Subscriber):
         cafile: str | None = None,
     ) -> None:
         self._uri = check_url(url)
-        _option("token", token, token is None or isinstance(token, str), "a string or None")
-        _option("name", name, name is None or isinstance(name, str), "a string or None")
-        _option(
-            "connect_timeout",
-            connect_timeout,
-            _positive_number(connect_timeout),
-            "a number of seconds > 0",
-        )
-        _option(
-            "max_backoff", max_backoff, _positive_number(max_backoff), "a number of seconds > 0"
-        )
-        _option("max_buffer", max_buffer, _positive_int(max_buffer), "a positive int")
-        _option(
-            "max_message_size",
-            max_message_size,
-            _positive_int(max_message_size, 64),
-            "an int >= 64 (bytes)",
-        )
-        _option("on_error", on_error, on_error is None or callable(on_error), "a callable or None")
-        _option("cafile", cafile, cafile is None or isinstance(cafile, str), "a path or None")
+        check_type("token", token, (str, type(None)), "a string or None")
+        check_type("name", name, (str, type(None)), "a string or None")
+        check_seconds("connect_timeout", connect_timeout)
+        check_seconds("max_backoff", max_backoff)
+        check_int("max_buffer", max_buffer)
+        check_int("max_message_size", max_message_size, 64)
+        if on_error is not None and not callable(on_error):
+            raise InvalidOption("on_error", on_error, "a callable or None")
+        check_type("cafile", cafile, (str, type(None)), "a path or None")
         self.url = url
         self.name = name or f"client-{uuid.uuid4().hex[:8]}"
         self.on_error = on_error
         self._token = token
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
-        self._max_buffer = max_buffer
         self._max_message_size = max_message_size
         self._ssl: Any = None
         if self._uri.secure:
@@ -239,7 +192,8 @@ class RemoteBus(Subscriber):
                 raise InvalidOption("cafile", cafile, f"a readable PEM file ({exc})") from None
             self._ssl = ctx
         self._thread = get_ident()
-        self._message_class = message_class(self)
+        #: The :class:`Message` subclass this client delivers (``reply()`` emits here).
+        self.message_class = message_class(self)
         self._sids = itertools.count(1)
         self._ids = itertools.count(1)
         self._subs: dict[int, Subscription] = {}
@@ -249,7 +203,7 @@ class RemoteBus(Subscriber):
         #: publish() calls waiting for their ack (or error), by the pub's id.
         self._confirms: dict[str, Channel[RemoteError | None]] = {}
         #: Encoded pub frames waiting for a connection, oldest first.
-        self._buffer: deque[bytes] = deque()
+        self._backlog = Backlog(max_buffer, self.name)
         self._conn: Connection | None = None
         self._state = ClientState.CONNECTING
         self._open_event = gevent.event.Event()
@@ -261,7 +215,6 @@ class RemoteBus(Subscriber):
         self._reconnects = 0
         self._sent = 0
         self._received = 0
-        self._dropped_buffer = 0
         self._dropped_disconnect = 0
         self._dropped_close = 0
         self._withdrawn = 0
@@ -303,11 +256,11 @@ class RemoteBus(Subscriber):
             reconnects=self._reconnects,
             sent=self._sent + (conn.outbox.written_messages if conn is not None else 0),
             received=self._received,
-            buffered=len(self._buffer),
-            dropped_while_disconnected=self._dropped_buffer,
+            buffered=len(self._backlog),
+            dropped_while_disconnected=self._backlog.dropped,
             dropped_on_disconnect=self._dropped_disconnect,
             dropped_at_close=self._dropped_close,
-            withdrawn=self._withdrawn,
+            withdrawn=self._withdrawn + self._backlog.withdrawn,
             dropped_on_receive=self._dropped_receive,
             hub_errors=self._hub_errors,
         )
@@ -413,34 +366,17 @@ class RemoteBus(Subscriber):
     def _send_pub(self, frame: bytes) -> None:
         conn = self._conn
         if conn is None or not conn.open or not conn.outbox.put_message(frame, b""):
-            self._buffer.append(frame)
-            self._trim_buffer()
+            self._backlog.append(frame)
 
     def _withdraw(self, frame: bytes) -> None:
         # A sender gave up on ``frame`` (a request that timed out): it must
-        # never go out later, from the buffer or the connection's queue.
-        try:
-            self._buffer.remove(frame)
-        except ValueError:
-            conn = self._conn
-            if conn is None or not conn.outbox.withdraw(frame):
-                return  # written already: it may reach subscribers
-        self._withdrawn += 1
-
-    def _trim_buffer(self) -> None:
-        # Keep at most max_buffer emits waiting; drop (and count) the oldest.
-        buffer = self._buffer
-        while len(buffer) > self._max_buffer:
-            buffer.popleft()
-            self._dropped_buffer += 1
-            if self._dropped_buffer == 1 or self._dropped_buffer % 10_000 == 0:
-                logger.warning(
-                    "%s: disconnected and the buffer is full (%d); dropping the oldest "
-                    "(%d dropped so far)",
-                    self.name,
-                    self._max_buffer,
-                    self._dropped_buffer,
-                )
+        # never go out later, from the backlog or the connection's queue.
+        if self._backlog.withdraw(frame):
+            return
+        conn = self._conn
+        if conn is not None and conn.outbox.withdraw(frame):
+            self._withdrawn += 1
+        # Otherwise it was written already: it may reach subscribers.
 
     # -- subscribing -------------------------------------------------------------
 
@@ -527,7 +463,12 @@ class RemoteBus(Subscriber):
 
     # -- the owner protocol of Subscription -------------------------------------
 
-    def _remove(self, sub: Subscription) -> None:
+    def remove_subscription(self, sub: Subscription) -> None:
+        """Forget ``sub`` and unsubscribe on the hub; :meth:`Subscription.close` calls it.
+
+        Raises:
+            WrongThread: called from another OS thread.
+        """
         if get_ident() != self._thread:
             raise WrongThread("Subscription.close()")
         sid = self._sid_of.pop(sub, None)
@@ -545,10 +486,10 @@ class RemoteBus(Subscriber):
         while self._state is not ClientState.CLOSED:
             try:
                 conn = self._open()
-            except _Refused as exc:
+            except Refused as exc:
                 self._give_up(exc.cause)
                 return
-            except (OSError, _HandshakeFailed, Timeout) as exc:
+            except (OSError, HandshakeFailed, Timeout) as exc:
                 self._state = ClientState.RECONNECTING
                 logger.info(
                     "%s: cannot reach %s (%s); retrying in %.2f s",
@@ -567,8 +508,8 @@ class RemoteBus(Subscriber):
             for sid, sub in self._subs.items():
                 self._send_sub(conn, sid, sub.pattern)
             put = conn.outbox.put_message
-            while self._buffer:
-                put(self._buffer.popleft(), b"")
+            for frame in self._backlog.take_all():
+                put(frame, b"")
             self._conn = conn
             conn.wait()
             self._conn = None
@@ -595,8 +536,7 @@ class RemoteBus(Subscriber):
             self._dropped_close += len(unsent)  # close() stopped waiting for them
             logger.warning("%s: closed with %d unsent message(s)", self.name, len(unsent))
         elif unsent:
-            self._buffer.extendleft(reversed(unsent))
-            self._trim_buffer()
+            self._backlog.requeue(unsent)
         if lost:
             self._dropped_disconnect += lost
             logger.warning(
@@ -635,55 +575,14 @@ class RemoteBus(Subscriber):
             self._call_hook(closed, None, None)
 
     def _open(self) -> Connection:
-        uri = self._uri
-        with Timeout(self._connect_timeout):
-            sock = socket.create_connection((uri.host, uri.port))
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self._ssl is not None:
-                    try:
-                        sock = self._ssl.wrap_socket(sock, server_hostname=uri.host)
-                    except gssl.SSLCertVerificationError as exc:
-                        raise _Refused(exc) from None
-                # Frames from the hub may exceed the limit by the msg envelope.
-                protocol = ClientProtocol(
-                    uri,
-                    max_size=self._max_message_size + MSG_SLACK,
-                    logger=_CLIENT_WIRE_LOGGER,
-                )
-                protocol.send_request(protocol.connect())
-                sock.sendall(b"".join(protocol.data_to_send()))
-                events: list[Any] = []
-                while not events:
-                    data = sock.recv(65536)
-                    if data:
-                        protocol.receive_data(data)
-                    else:
-                        protocol.receive_eof()
-                    events = protocol.events_received()
-                    if not data and not events:
-                        raise _HandshakeFailed("connection closed during the handshake")
-                response = events[0]
-                failure = protocol.handshake_exc
-                if isinstance(failure, InvalidStatus):
-                    status = failure.response.status_code
-                    if 400 <= status < 500 and status != 429:
-                        raise _Refused(failure)  # another try gets the same answer
-                if not isinstance(response, Response) or failure is not None:
-                    raise _HandshakeFailed(str(failure or response))
-            except BaseException:
-                sock.close()
-                raise
-        conn = Connection(
-            sock,
-            protocol,
+        conn = dial(
+            self._uri,
+            tls=self._ssl,
+            timeout=self._connect_timeout,
+            max_size=self._max_message_size + MSG_SLACK,  # a msg may exceed it by its envelope
             on_text=self._on_text,
-            on_close=_ignore_code,
             name=f"{self.name}->{self.url}",
-            ping_interval=20.0,
-            ping_timeout=20.0,
         )
-        conn.start(initial_events=events[1:])
         return conn
 
     def _on_text(self, text: str) -> None:
@@ -701,7 +600,7 @@ class RemoteBus(Subscriber):
                 return  # unsubscribed while it was in flight
             item = (event.topic, event.data, event.headers, event.reply_to)
             try:
-                sub._put(item)
+                sub.put(item)
             except ChannelFull:
                 self._dropped_receive += 1
             except ChannelClosed:
@@ -757,14 +656,12 @@ class RemoteBus(Subscriber):
             sub.fail(error)
         for confirm in self._confirms.values():
             confirm.put_nowait(error)  # type: ignore[arg-type]
-        if self._buffer:
-            self._dropped_close += len(self._buffer)
+        if self._backlog:
+            left = self._backlog.take_all()
+            self._dropped_close += len(left)
             logger.warning(
-                "%s: closed with %d unsent message(s) buffered; dropped",
-                self.name,
-                len(self._buffer),
+                "%s: closed with %d unsent message(s) buffered; dropped", self.name, len(left)
             )
-            self._buffer.clear()
         self._open_event.clear()
         self._closed_event.set()
 
@@ -799,25 +696,6 @@ class RemoteBus(Subscriber):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-_CLIENT_WIRE_LOGGER = wire_logger("websockets.client")
-
-
-def _ignore_code(code: int) -> None:
-    # The client reads the close code from the connection once it is over.
-    pass
-
-
-class _HandshakeFailed(Exception):
-    pass
-
-
-class _Refused(Exception):
-    # The upgrade was refused in a way another attempt cannot change.
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 def connect(

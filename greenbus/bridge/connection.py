@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -494,11 +495,13 @@ def _read_nothing(_: int) -> bytes:
     return b""
 
 
+_read_buffers: weakref.WeakKeyDictionary[object, memoryview] = weakref.WeakKeyDictionary()
+
+
 def _read_buffer() -> memoryview:
     # One READ_SIZE buffer per gevent hub (per OS thread), made on first use.
     hub = gevent.get_hub()
-    buffer: memoryview | None = getattr(hub, "_greenbus_read_buffer", None)
+    buffer = _read_buffers.get(hub)
     if buffer is None:
-        buffer = memoryview(bytearray(READ_SIZE))
-        hub._greenbus_read_buffer = buffer  # type: ignore[attr-defined]
+        buffer = _read_buffers[hub] = memoryview(bytearray(READ_SIZE))
     return buffer

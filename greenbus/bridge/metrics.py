@@ -63,6 +63,57 @@ class HubCounters:
         self.closes[code] = self.closes.get(code, 0) + 1
 
 
+#: The plain counters of ``/metrics``: (metric, HubCounters field, help).
+COUNTERS = (
+    ("connections_total", "connections_total", "WebSocket connections accepted."),
+    ("connections_refused_total", "connections_refused", "Connections refused by max_connections."),
+    ("messages_in_total", "messages_in", "pub messages received from peers."),
+    ("messages_out_total", "messages_out", "msg messages written to peers."),
+    (
+        "dropped_total",
+        "dropped",
+        "Messages to peers never written: dropped or refused (slow consumers), or cut off "
+        "by a disconnect.",
+    ),
+    ("slow_consumers_total", "slow_consumers", "Peers closed with 1013 as slow consumers."),
+    ("encode_errors_total", "encode_errors", "Messages not JSON-encodable, not sent."),
+    (
+        "too_big_total",
+        "too_big",
+        "Messages not sent to a peer: their frame is over max_message_size.",
+    ),
+    (
+        "internal_errors_total",
+        "internal_errors",
+        "Frames whose handling failed inside the hub (answered error internal, close 1011).",
+    ),
+)
+
+#: Per-peer gauges and counters: (metric, kind, PeerStatistics field, help).
+PER_PEER = (
+    (
+        "queue_depth",
+        "gauge",
+        "pending",
+        "Frames queued to each peer and not yet written (messages and answers).",
+    ),
+    (
+        "queue_bytes",
+        "gauge",
+        "pending_bytes",
+        "UTF-8 bytes of the frames queued to each peer (max_pending_bytes bounds it).",
+    ),
+    (
+        "peer_dropped_total",
+        "counter",
+        "dropped",
+        "Messages to each peer never written (dropped, refused, cut off).",
+    ),
+)
+
+Samples = list[tuple[str, float]]
+
+
 def prometheus_text(
     c: HubCounters, peers: Sequence[PeerStatistics], *, local_subscriptions: int
 ) -> str:
@@ -73,138 +124,75 @@ def prometheus_text(
         peers: a snapshot of each connected peer.
         local_subscriptions: in-process subscriptions on the hub's bus.
     """
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP greenbus_{name} {help_}")
-        lines.append(f"# TYPE greenbus_{name} {kind}")
-        for labels, value in samples:
-            lines.append(f"greenbus_{name}{labels} {value}")
-
-    metric("connections", "gauge", "Open WebSocket connections.", [("", len(peers))])
-    metric(
-        "connections_total",
-        "counter",
-        "WebSocket connections accepted.",
-        [("", c.connections_total)],
-    )
-    metric(
-        "connections_refused_total",
-        "counter",
-        "Connections refused by max_connections.",
-        [("", c.connections_refused)],
-    )
-    metric(
-        "remote_subscriptions",
-        "gauge",
-        "Subscriptions held by remote peers.",
-        [("", sum(len(p.subscriptions) for p in peers))],
-    )
-    metric(
-        "local_subscriptions",
-        "gauge",
-        "In-process subscriptions on the hub's bus.",
-        [("", local_subscriptions)],
-    )
-    metric(
-        "messages_in_total",
-        "counter",
-        "pub messages received from peers.",
-        [("", c.messages_in)],
-    )
-    metric(
-        "messages_out_total",
-        "counter",
-        "msg messages written to peers.",
-        [("", c.messages_out)],
-    )
-    metric(
-        "dropped_total",
-        "counter",
-        "Messages to peers never written: dropped or refused (slow consumers), or cut off "
-        "by a disconnect.",
-        [("", c.dropped)],
-    )
-    metric(
-        "slow_consumers_total",
-        "counter",
-        "Peers closed with 1013 as slow consumers.",
-        [("", c.slow_consumers)],
-    )
-    metric(
-        "encode_errors_total",
-        "counter",
-        "Messages not JSON-encodable, not sent.",
-        [("", c.encode_errors)],
-    )
-    metric(
-        "too_big_total",
-        "counter",
-        "Messages not sent to a peer: their frame is over max_message_size.",
-        [("", c.too_big)],
-    )
-    metric(
-        "internal_errors_total",
-        "counter",
-        "Frames whose handling failed inside the hub (answered error internal, close 1011).",
-        [("", c.internal_errors)],
-    )
-    metric(
-        "errors_total",
-        "counter",
-        "Error frames sent to peers, by code (limit, forbidden, bad_json, ...).",
-        [(f'{{code="{code}"}}', v) for code, v in sorted(c.errors.items())],
-    )
-    timeouts = {kind: c.timeouts.get(kind, 0) for kind in TIMEOUT_KINDS}
-    metric(
-        "timeouts_total",
-        "counter",
-        "Connections given up on: handshake (HTTP upgrade or TLS), hello (no token in "
-        "time), keepalive (no pong), close (close frame not written: peer not reading).",
-        [(f'{{kind="{kind}"}}', v) for kind, v in timeouts.items()],
-    )
-    closes = sorted(c.closes.items())
-    metric(
-        "closes_total",
-        "counter",
-        "WebSocket connections ended, by close code (1006: no close frame).",
-        [(f'{{code="{code}"}}', v) for code, v in closes],
-    )
-    metric(
-        "queue_depth",
-        "gauge",
-        "Frames queued to each peer and not yet written (messages and answers).",
-        [(f'{{peer="{p.id}"}}', p.pending) for p in peers],
-    )
-    metric(
-        "queue_bytes",
-        "gauge",
-        "UTF-8 bytes of the frames queued to each peer (max_pending_bytes bounds it).",
-        [(f'{{peer="{p.id}"}}', p.pending_bytes) for p in peers],
-    )
-    metric(
-        "peer_dropped_total",
-        "counter",
-        "Messages to each peer never written (dropped, refused, cut off).",
-        [(f'{{peer="{p.id}"}}', p.dropped) for p in peers],
-    )
+    families: list[tuple[str, str, str, Samples]] = [
+        ("connections", "gauge", "Open WebSocket connections.", [("", len(peers))]),
+        *((name, "counter", text, [("", getattr(c, field))]) for name, field, text in COUNTERS),
+        (
+            "remote_subscriptions",
+            "gauge",
+            "Subscriptions held by remote peers.",
+            [("", sum(len(p.subscriptions) for p in peers))],
+        ),
+        (
+            "local_subscriptions",
+            "gauge",
+            "In-process subscriptions on the hub's bus.",
+            [("", local_subscriptions)],
+        ),
+        (
+            "errors_total",
+            "counter",
+            "Error frames sent to peers, by code (limit, forbidden, bad_json, ...).",
+            _labelled("code", sorted(c.errors.items())),
+        ),
+        (
+            "timeouts_total",
+            "counter",
+            "Connections given up on: handshake (HTTP upgrade or TLS), hello (no token in "
+            "time), keepalive (no pong), close (the closing handshake not done in time).",
+            _labelled("kind", [(kind, c.timeouts.get(kind, 0)) for kind in TIMEOUT_KINDS]),
+        ),
+        (
+            "closes_total",
+            "counter",
+            "WebSocket connections ended, by close code (1006: no close frame).",
+            _labelled("code", sorted(c.closes.items())),
+        ),
+        *(
+            (name, kind, text, _labelled("peer", [(p.id, getattr(p, field)) for p in peers]))
+            for name, kind, field, text in PER_PEER
+        ),
+    ]
     rss = resident_bytes()
     if rss is not None:
-        metric(
-            "process_resident_memory_bytes",
-            "gauge",
-            "The hub process's resident set size (what the OS counts, allocator "
-            "high-water marks included).",
-            [("", rss)],
+        families.append(
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "The hub process's resident set size (what the OS counts, allocator "
+                "high-water marks included).",
+                [("", rss)],
+            )
         )
-    metric(
-        "python_allocated_blocks",
-        "gauge",
-        "Memory blocks the interpreter has allocated now (live objects; a leak "
-        "makes it climb, allocator high-water marks do not).",
-        [("", sys.getallocatedblocks())],
+    families.append(
+        (
+            "python_allocated_blocks",
+            "gauge",
+            "Memory blocks the interpreter has allocated now (live objects; a leak "
+            "makes it climb, allocator high-water marks do not).",
+            [("", sys.getallocatedblocks())],
+        )
     )
+    lines: list[str] = []
+    for name, kind, text, samples in families:
+        lines.append(f"# HELP greenbus_{name} {text}")
+        lines.append(f"# TYPE greenbus_{name} {kind}")
+        lines.extend(f"greenbus_{name}{labels} {value}" for labels, value in samples)
     return "\n".join(lines) + "\n"
+
+
+def _labelled(label: str, values: Sequence[tuple[object, float]]) -> Samples:
+    return [(f'{{{label}="{key}"}}', value) for key, value in values]
 
 
 def resident_bytes() -> int | None:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from gevent import get_hub
 from gevent.hub import Waiter
 
+from .._options import check_int
 from ..exceptions import EndOfChannel, InvalidOption
 from .metrics import HubCounters
 
@@ -104,12 +105,8 @@ class OutboxLimits:
     policy: SlowPolicy = SlowPolicy.CLOSE
 
     def __post_init__(self) -> None:
-        for name in ("max_frames", "max_bytes"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise InvalidOption(name, value, "a positive int, or None for no bound")
+        check_int("max_frames", self.max_frames, optional=True)
+        check_int("max_bytes", self.max_bytes, optional=True)
         try:
             object.__setattr__(self, "policy", SlowPolicy(self.policy))
         except ValueError:

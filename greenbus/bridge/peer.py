@@ -23,24 +23,24 @@ from typing import Any
 import gevent
 
 from .._logging import LogLimiter
+from .._options import check_int, check_seconds
 from ..acl import INBOX_PREFIX, InboxOwners
-from ..bus import Bus, Forward
+from ..bus import Bus
 from ..exceptions import BusClosed, ChannelFull, InvalidOption
 from ..protocol import (
     MSG_SLACK,
     CloseCode,
     ErrorCode,
-    HubSession,
     Id,
     LocalProtocolError,
     Pub,
-    SessionLimits,
-    SessionState,
     Sub,
     Unsub,
     encode_msg_body,
     msg_prefix,
 )
+from ..session import HubSession, SessionLimits, SessionState
+from ..subscription import Forward
 from ..topics import is_wildcard
 from .connection import Connection
 from .metrics import HubCounters
@@ -57,13 +57,6 @@ _SECURITY_CODES = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN})
 
 #: Slow-consumer policies for a peer's outbound queue.
 SLOW_POLICIES = tuple(p.value for p in SlowPolicy)
-
-
-def _positive(name: str, value: object, *, number: bool = False) -> None:
-    kinds: tuple[type, ...] = (int, float) if number else (int,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
-        what = "a number of seconds > 0" if number else "a positive int"
-        raise InvalidOption(name, value, what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +84,9 @@ class PeerLimits:
     def __post_init__(self) -> None:
         if self.slow_policy not in SLOW_POLICIES:
             raise InvalidOption("slow_policy", self.slow_policy, f"one of {SLOW_POLICIES}")
-        _positive("max_pending", self.max_pending)
-        _positive("max_pending_bytes", self.max_pending_bytes)
-        _positive("hello_timeout", self.hello_timeout, number=True)
+        check_int("max_pending", self.max_pending)
+        check_int("max_pending_bytes", self.max_pending_bytes)
+        check_seconds("hello_timeout", self.hello_timeout)
 
     @property
     def outbox(self) -> OutboxLimits:

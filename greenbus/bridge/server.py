@@ -26,11 +26,12 @@ from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
 from .._logging import LogLimiter
+from .._options import check_int, check_seconds, check_type
 from .._version import __version__
 from ..acl import INBOX_PREFIX, Acl, InboxOwners, Permissions
 from ..bus import Bus
 from ..exceptions import BusClosed, InvalidOption
-from ..protocol import SessionLimits
+from ..session import SessionLimits
 from .connection import Connection, wire_logger
 from .http import NOT_FOUND, http_answer
 from .metrics import HubCounters, prometheus_text
@@ -89,48 +90,23 @@ class HubConfig:
         Raises:
             InvalidOption: naming the field and what it must be.
         """
-        _check("port", self.port, _is_int(self.port) and 0 <= self.port <= 65535, "0..65535")
-        _check("host", self.host, isinstance(self.host, str) and bool(self.host), "an address")
-        _check("name", self.name, isinstance(self.name, str), "a string")
-        _check(
-            "max_message_size",
-            self.max_message_size,
-            _is_int(self.max_message_size) and self.max_message_size >= 64,
-            "an int >= 64 (bytes)",
-        )
-        _check(
-            "max_connections",
-            self.max_connections,
-            _is_int(self.max_connections) and self.max_connections >= 1,
-            "an int >= 1",
-        )
-        for name in ("handshake_timeout", "close_timeout"):
-            value = getattr(self, name)
-            _check(name, value, _is_seconds(value), "a number of seconds > 0")
+        check_int("port", self.port, 0)
+        if self.port > 65535:
+            raise InvalidOption("port", self.port, "a port number 0..65535")
+        check_type("host", self.host, str, "an address")
+        check_type("name", self.name, str, "a string")
+        check_int("max_message_size", self.max_message_size, 64)
+        check_int("max_connections", self.max_connections)
+        check_seconds("handshake_timeout", self.handshake_timeout)
+        check_seconds("close_timeout", self.close_timeout)
         for name in ("stats_interval", "ping_interval", "ping_timeout"):
-            value = getattr(self, name)
-            _check(name, value, value is None or _is_seconds(value), "seconds > 0, or None")
+            check_seconds(name, getattr(self, name), optional=True)
         if (self.certfile is None) != (self.keyfile is None):
             raise InvalidOption("certfile", self.certfile, "given with keyfile, or neither")
         if self.allow_origins is not None and not all(
             isinstance(o, str) for o in self.allow_origins
         ):
             raise InvalidOption("allow_origins", self.allow_origins, "a tuple of origins")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_seconds(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
-    )
-
-
-def _check(name: str, value: object, ok: bool, expected: str) -> None:
-    if not ok:
-        raise InvalidOption(name, value, expected)
 
 
 class HubServer:

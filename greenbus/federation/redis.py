@@ -42,7 +42,7 @@ import gevent.event
 from gevent import socket as gsocket
 from greenlet import getcurrent
 
-from ..bus import Bus, Forward
+from ..bus import Bus
 from ..channel import Channel, Overflow
 from ..exceptions import (
     BusClosed,
@@ -52,6 +52,7 @@ from ..exceptions import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from ..subscription import Forward
 from .envelope import Envelope, decode_envelope, encode_envelope
 
 try:
@@ -298,7 +299,7 @@ class Federation:
             connected=self._connected.is_set(),
             published=self._published,
             outbound_pending=len(self._out) if self._out is not None else 0,
-            dropped=self._dropped + (self._out._dropped if self._out is not None else 0),
+            dropped=self._dropped + (self._out.dropped if self._out is not None else 0),
             unencodable=self._unencodable,
             received=self._received,
             duplicates=self._duplicates,
