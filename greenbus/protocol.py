@@ -558,5 +558,10 @@ def encode_msg_body(
 def encode_msg(
     sid: Id, topic: str, data: Any, headers: Mapping[str, Any] | None, reply_to: str | None
 ) -> str:
-    """``encode(Msg(sid, topic, data, headers, reply_to))``, by the hub's fast path."""
+    """``encode(Msg(sid, topic, data, headers, reply_to))``, built as the hub builds it.
+
+    The hub never calls it: it encodes :func:`encode_msg_body` once per
+    message and prepends each subscription's :func:`msg_prefix`.  This joins
+    the two, for tests and for anyone who wants one frame.
+    """
     return msg_prefix(sid) + encode_msg_body(topic, data, headers, reply_to)

@@ -211,7 +211,6 @@ class RemoteBus(HandlerMixin):
         #: Why the client ended by itself (raised by every later call).
         self._fatal: ClientClosed | None = None
         self._refusal: BaseException | None = None
-        self._inbox_prefix = f"_INBOX.{uuid.uuid4().hex}"
         self._reconnects = 0
         self._sent = 0
         self._received = 0

@@ -362,7 +362,7 @@ class HubServer:
             self._send(sock, protocol, self._http(request))
             sock.close()
             return
-        if self.full(where):
+        if self.refuse_if_full(where):
             self._send(sock, protocol, protocol.reject(503, "too many connections\n"))
             sock.close()
             return
@@ -424,8 +424,13 @@ class HubServer:
         logger.info("%s connected from %s", peer.id, where)
         connection.run()
 
-    def full(self, where: str) -> bool:
-        """True (counted and logged) if ``max_connections`` peers are connected."""
+    def refuse_if_full(self, where: str) -> bool:
+        """Refuse a connection from ``where`` if ``max_connections`` peers are connected.
+
+        Returns:
+            True if it is refused: counted in ``connections_refused`` and
+            logged; the caller answers it (HTTP 503, or close 1013).
+        """
         if len(self.peers) < self.config.max_connections:
             return False
         self.counters.connections_refused += 1

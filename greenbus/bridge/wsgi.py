@@ -90,7 +90,7 @@ def hub_app(
         if ws is not None and (path is None or environ.get("PATH_INFO", "/") == path):
             handler = ws.handler
             where = "{}:{}".format(*handler.client_address[:2])
-            if hub.full(where):
+            if hub.refuse_if_full(where):
                 # The upgrade is done already: refuse with a close frame of
                 # our own (gevent-websocket's close() would lose the code).
                 refusal = Protocol(SERVER, state=State.OPEN)
