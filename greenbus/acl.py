@@ -29,6 +29,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +49,10 @@ def is_inbox(pattern: str) -> bool:
     return pattern.startswith(INBOX_PREFIX) and not is_wildcard(pattern)
 
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # Python 3.10
+    import tomli as tomllib
 
 
 def pattern_covers(allowed: str, requested: str) -> bool:

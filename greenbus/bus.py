@@ -617,8 +617,8 @@ class Bus(HandlerMixin):
             return list(self._subs)
         return [s for s in self._subs if s.pattern == pattern]
 
-    def matching(self, topic: str) -> list[Subscription]:
-        """The active subscriptions a message on ``topic`` would be queued to."""
+    def matching(self, topic: str) -> list[Subscription | Forward]:
+        """The active subscriptions (and forwards) a message on ``topic`` would go to."""
         validate_topic(topic)
         return [self._by_put[put] for put in self._index.match(topic)]
 
@@ -705,7 +705,7 @@ class Bus(HandlerMixin):
 
 def check_extras(
     headers: Mapping[str, Any] | None, reply_to: str | None
-) -> tuple[dict[str, Any] | None, str | None]:
+) -> tuple[Mapping[str, Any] | None, str | None]:
     """Validate and normalise the extras of an emit: ``(headers copy or None, reply_to)``.
 
     Raises:
@@ -718,4 +718,4 @@ def check_extras(
         headers = dict(headers) if headers else None
     if reply_to is not None:
         validate_topic(reply_to)
-    return headers, reply_to  # type: ignore[return-value]
+    return headers, reply_to

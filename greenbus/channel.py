@@ -41,7 +41,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gevent import Timeout, get_hub
 from greenlet import getcurrent
@@ -186,11 +186,11 @@ class _Scheduler:
 
     def __init__(self, hub: object) -> None:
         self.hub = hub
-        self.ready: deque[Channel[object]] = deque()
+        self.ready: deque[Channel[Any]] = deque()
         self.callback_pending = False
         self.budget = DIRECT_SWITCH_BUDGET
 
-    def schedule(self, channel: Channel[object]) -> None:
+    def schedule(self, channel: Channel[Any]) -> None:
         self.ready.append(channel)
         if not self.callback_pending:
             self.callback_pending = True

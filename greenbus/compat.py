@@ -137,6 +137,7 @@ class EventEmitter(pyee.EventEmitter):
         self._feeds: dict[Callable[..., Any], _Feed] = {}
         self._shutting_down = False
         self._closed = False
+        self._submit: Callable[[Callable[[], object]], object]
         if is_module_patched("threading"):
             portal: ThreadPortal = job_portal()
             self._home = get_ident()
@@ -235,7 +236,8 @@ class EventEmitter(pyee.EventEmitter):
     # -- removal closes the listener's greenlet once its queue is drained ---
 
     def _remove_listener(self, event: str, f: Callable[..., Any]) -> None:
-        wrapped = self._events.get(event, {}).get(f)
+        listeners: dict[Callable[..., Any], Callable[..., Any]] = self._events.get(event, {})
+        wrapped = listeners.get(f)
         super()._remove_listener(event, f)
         if wrapped is not None:
             self._retire([wrapped])

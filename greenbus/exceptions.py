@@ -299,7 +299,8 @@ class RemoteError(GreenbusError):
     @property
     def fatal(self) -> bool:
         """True for ``unauthorized``: the hub refused the token and closes (1008)."""
-        return getattr(self.code, "value", self.code) == "unauthorized"
+        code: object = getattr(self.code, "value", self.code)
+        return code == "unauthorized"
 
 
 class HubClosed(GreenbusError):

@@ -28,7 +28,7 @@ class Emitter(Protocol):
         """Queue ``data`` on ``topic``; how many subscriptions took it."""
 
 
-class Message(tuple):
+class Message(tuple[Any, ...]):
     """One delivered message.  Immutable, and shared by every subscriber.
 
     Attributes:

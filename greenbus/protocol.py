@@ -512,7 +512,7 @@ def encode(event: ClientEvent | ServerEvent) -> str:
     if op is None:
         raise LocalProtocolError(f"not a protocol v1 event: {event!r}")
     out: dict[str, Any] = {"op": op}
-    for name in event.__dataclass_fields__:  # type: ignore[union-attr]
+    for name in event.__dataclass_fields__:
         value = getattr(event, name)
         if value is None and name != "data":
             continue

@@ -115,7 +115,7 @@ class HubSession:
         if self.authenticate is not None:
             self.state = SessionState.AWAITING_HELLO
 
-    def receive(self, text: str) -> ClientEvent | None:
+    def receive(self, text: str) -> Sub | Unsub | Pub | None:
         """Apply one client message; return the event the hub must carry out."""
         if self.state is SessionState.CLOSING:
             return None
@@ -144,7 +144,8 @@ class HubSession:
             self._unauthorized("a token is required: the first message must be hello", event.id)
             return None
         if isinstance(event, Hello):
-            return self._hello(event)
+            self._hello(event)
+            return None
         if isinstance(event, Ping):
             self.outbox.append(encode(Pong(event.id)))
             return None

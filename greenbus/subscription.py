@@ -50,8 +50,10 @@ class Handler(Protocol):
 
 
 class ErrorHook(Protocol):
+    """``on_error(exc, subscription, message)``; either may be None where none applies."""
+
     def __call__(
-        self, exc: BaseException, subscription: Subscription, message: Message | None, /
+        self, exc: BaseException, subscription: Subscription | None, message: Message | None, /
     ) -> object: ...
 
 
@@ -246,7 +248,7 @@ class Subscription:
             if self._error is not None:
                 raise self._error from None
             raise
-        return _tuple_new(self._message, item)  # type: ignore[no-any-return]
+        return _tuple_new(self._message, item)
 
     def get_nowait(self) -> Message:
         """Return the next message at once.
@@ -264,7 +266,7 @@ class Subscription:
             if self._error is not None:
                 raise self._error from None
             raise
-        return _tuple_new(self._message, item)  # type: ignore[no-any-return]
+        return _tuple_new(self._message, item)
 
     @property
     def error(self) -> BaseException | None:
@@ -491,8 +493,14 @@ class HandlerMixin:
     message_class: type[Message]
 
     def subscribe(
-        self, pattern: str, handler: Callable[[Message], object] | None = None, **opts: Any
+        self,
+        pattern: str,
+        handler: Callable[[Message], object] | None = None,
+        *,
+        maxsize: int | None = DEFAULT_MAXSIZE,
+        overflow: Overflow | str = Overflow.BLOCK,
     ) -> Subscription:
+        """Subscribe ``handler`` (or a consumer, without one) to ``pattern``."""
         raise NotImplementedError
 
     def subscriptions(self, pattern: str | None = None) -> list[Subscription]:

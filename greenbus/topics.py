@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .exceptions import InvalidTopic
 
@@ -151,6 +151,12 @@ def pattern_matches(pattern: str, topic: str) -> bool:
     return len(p) == len(t)
 
 
+#: A node's values with their insertion sequence numbers.  The trie is not
+#: generic (a node holds whatever the index holds): TopicIndex[T] gives its
+#: callers back the T it was given.
+_Entries = tuple[tuple[int, Any], ...]
+
+
 class _Node:
     # Values are kept in tuples and replaced, never mutated (copy-on-write),
     # so a reader on another OS thread can walk the trie safely while the
@@ -160,8 +166,8 @@ class _Node:
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
         self.star: _Node | None = None
-        self.here: tuple[tuple[int, object], ...] = ()  # patterns ending at this node
-        self.tail: tuple[tuple[int, object], ...] = ()  # patterns ending with '>' here
+        self.here: _Entries = ()  # patterns ending at this node
+        self.tail: _Entries = ()  # patterns ending with '>' here
 
     def empty(self) -> bool:
         return not (self.children or self.star or self.here or self.tail)
@@ -309,11 +315,11 @@ class TopicIndex(Generic[T]):
         Safe to call from any OS thread while the owner thread mutates.
         """
         validate_topic(topic)
-        out: list[tuple[int, object]] = []
+        out: list[tuple[int, Any]] = []
         _walk(self._root, topic.split("."), 0, out)
         if len(out) > 1:
             out.sort(key=_seq_of)
-        return tuple(value for _, value in out)  # type: ignore[misc]
+        return tuple(value for _, value in out)
 
     def __iter__(self) -> Iterator[tuple[str, T]]:
         """Yield ``(pattern, value)`` pairs in no particular order."""
@@ -336,18 +342,18 @@ class TopicIndex(Generic[T]):
             self._cache.pop(pattern, None)
 
 
-def _seq_of(entry: tuple[int, object]) -> int:
+def _seq_of(entry: tuple[int, Any]) -> int:
     return entry[0]
 
 
-def _without(entries: tuple[tuple[int, object], ...], value: object) -> tuple | None:
+def _without(entries: _Entries, value: object) -> _Entries | None:
     for i, (_, v) in enumerate(entries):
         if v is value:
             return entries[:i] + entries[i + 1 :]
     return None
 
 
-def _walk(node: _Node, tokens: list[str], i: int, out: list) -> None:
+def _walk(node: _Node, tokens: list[str], i: int, out: list[tuple[int, Any]]) -> None:
     if i == len(tokens):
         out.extend(node.here)
         return
@@ -361,7 +367,7 @@ def _walk(node: _Node, tokens: list[str], i: int, out: list) -> None:
         _walk(star, tokens, i + 1, out)
 
 
-def _iter_node(node: _Node, prefix: list[str]) -> Iterator[tuple[str, object]]:
+def _iter_node(node: _Node, prefix: list[str]) -> Iterator[tuple[str, Any]]:
     for _, value in node.tail:
         yield ".".join([*prefix, ">"]), value
     for _, value in node.here:

@@ -514,7 +514,7 @@ class RemoteBus(HandlerMixin):
             self._conn = None
             self._open_event.clear()
             self._connection_ended(conn)
-            if self._state is ClientState.CLOSED:
+            if self.state is ClientState.CLOSED:  # close() may have run meanwhile
                 return
             if self._refusal is not None:
                 self._give_up(self._refusal)

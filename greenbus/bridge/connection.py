@@ -21,13 +21,14 @@ import logging
 import socket
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import gevent
 import gevent.event
 from gevent import Timeout
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
+from websockets.typing import BytesLike
 
 from ..exceptions import EndOfChannel
 from .outbox import Outbox, OutboxState
@@ -109,7 +110,7 @@ class Connection:
         #: connection's: it closes when the reader ends, so nothing is
         #: queued for a connection that can no longer write.
         self.outbox = outbox if outbox is not None else Outbox(name=name)
-        self._fragments: list[bytes] = []
+        self._fragments: list[BytesLike] = []
         self._idle_timer: Timeout | None = None
         self._reader: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None
@@ -174,7 +175,7 @@ class Connection:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the connection is over; True if it is."""
-        return self._closed_event.wait(timeout)
+        return bool(self._closed_event.wait(timeout))
 
     # -- sending ---------------------------------------------------------------
 
@@ -286,7 +287,7 @@ class Connection:
                     protocol.receive_data(data)
                 else:
                     protocol.receive_eof()
-                for event in protocol.events_received():
+                for event in cast("list[Frame]", protocol.events_received()):
                     self._handle(event)
                 if protocol.writes:  # pong, close: the writer must flush them
                     self._protocol_frames_pending()
@@ -399,7 +400,7 @@ class Connection:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
-            for event in protocol.events_received():
+            for event in cast("list[Frame]", protocol.events_received()):
                 self._handle(event)
             if protocol.writes:
                 self._protocol_frames_pending()
@@ -419,6 +420,7 @@ class Connection:
             if not frame.fin:
                 self._fragments.append(frame.data)
                 return
+            data: BytesLike
             if self._fragments:
                 self._fragments.append(frame.data)
                 data = b"".join(self._fragments)
@@ -426,7 +428,7 @@ class Connection:
             else:
                 data = frame.data
             try:
-                text = data.decode("utf-8")
+                text = str(data, "utf-8")
             except UnicodeDecodeError as exc:
                 protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
                 return

@@ -214,7 +214,7 @@ class Outbox:
         self._close_request: tuple[int, str] | None = None
         self._overflowing = False
         self._hub = get_hub()
-        self._waiter: Waiter | None = None  # type: ignore[type-arg]
+        self._waiter: Waiter | None = None
         self._wake_scheduled = False
         #: Messages refused, dropped, discarded or cut off: never written.
         self.dropped = 0
@@ -414,7 +414,7 @@ class Outbox:
                 raise EndOfChannel()
             if self._front or self._queue or self._flush or self._close_request is not None:
                 break
-            waiter: Waiter = Waiter()  # type: ignore[type-arg]
+            waiter: Waiter = Waiter()
             self._waiter = waiter
             try:
                 waiter.get()

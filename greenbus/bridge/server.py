@@ -24,6 +24,7 @@ from gevent.server import StreamServer
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
+from websockets.typing import Origin
 
 from .._logging import LogLimiter
 from .._options import check_int, check_seconds, check_type
@@ -340,17 +341,17 @@ class HubServer:
                 logger.info("%s: TLS handshake failed or timed out: %s", where, exc)
                 sock.close()
                 return
-        origins = None
+        origins: list[Origin | None] | None = None
         if cfg.allow_origins is not None:
             # The hub's own pages (the dashboard) always may; so may clients
             # that send no Origin (programs, not browsers).
             host, port = self.address
             own = [
-                f"{scheme}://{name}:{port}"
+                Origin(f"{scheme}://{name}:{port}")
                 for scheme in ("http", "https")
                 for name in (host, "localhost")
             ]
-            origins = [*cfg.allow_origins, *own, None]
+            origins = [*map(Origin, cfg.allow_origins), *own, None]
         protocol = ServerProtocol(
             max_size=cfg.max_message_size, origins=origins, logger=_WIRE_LOGGER
         )
@@ -514,7 +515,7 @@ def serve(bus: Bus, host: str = "127.0.0.1", port: int = 8765, **options: Any) -
     ``max_pending_bytes``, ``slow_policy``, ``hello_timeout``,
     ``max_subscriptions``, ``max_errors``, ``max_depth``.
     """
-    peer_fields = {
+    peer_fields: dict[str, Any] = {
         k: options.pop(k)
         for k in ("max_pending", "max_pending_bytes", "slow_policy", "hello_timeout")
         if k in options

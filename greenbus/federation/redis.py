@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,7 +226,7 @@ class Federation:
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the reader is subscribed; True if it is."""
-        return self._connected.wait(timeout)
+        return bool(self._connected.wait(timeout))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Detach; publish what is queued (for up to ``timeout``); close.  Idempotent."""
@@ -490,7 +491,8 @@ class Federation:
                     )
                     outage = None
                 backoff = 0.05
-                for item in pubsub.listen():
+                listen: Callable[[], Iterator[dict[str, Any]]] = pubsub.listen
+                for item in listen():
                     if item["type"] in ("message", "pmessage"):
                         self._deliver(item["data"])
                         if self._stopping:
