@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import select
@@ -387,3 +388,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# -- subscriptions, as the bus tests read them (test_bus, test_subscription, test_message) --
+
+
+def drain(sub: greenbus.Subscription) -> list[object]:
+    """Everything queued on a handler-less subscription now, as data."""
+    out = []
+    while True:
+        try:
+            out.append(sub.get_nowait().data)
+        except (greenbus.ChannelEmpty, greenbus.EndOfChannel):
+            return out
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    """What the bus logged at ``level`` (on ``greenbus.bus``)."""
+    return [r for r in caplog.records if r.name == "greenbus.bus" and r.levelno == level]

@@ -22,7 +22,7 @@ from typing import Any
 
 import gevent
 import pytest
-from conftest import ROOT, HubProcess, child_env
+from conftest import ROOT, HubProcess, child_env, drain
 from hubclient import RawClient, ask, client, in_step, metric_eventually, recv, send, until_closed
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -185,6 +185,7 @@ def test_allow_all_may_publish_and_subscribe_to_everything() -> None:
 
 
 # -- Acl.load ------------------------------------------------------------------------------
+
 
 def documented_acl() -> str:
     """The ACL file docs/security.md shows (and greenbus.acl's docstring, word for word)."""
@@ -748,14 +749,6 @@ def test_inboxes_stay_private_on_an_anonymous_hub_too(
     assert topics == ["svc.echo"]
 
 
-def drain(sub: Any) -> list[Any]:
-    """What a subscription holds right now."""
-    out = []
-    while sub.pending:
-        out.append(sub.get_nowait().data)
-    return out
-
-
 def test_a_responder_cannot_read_the_replies_to_the_requesters_later_requests(
     acl_hub: HubProcess, remote_bus: Callable[..., RemoteBus]
 ) -> None:
@@ -784,7 +777,11 @@ def test_a_responder_cannot_read_the_replies_to_the_requesters_later_requests(
     in_step_as(service)  # the guesses are in place
     assert dashboard.request("commands.status", timeout=5).data == "the secret status"
     in_step_as(service)  # anything routed to the service before now has arrived
-    overheard = [data for sub in guesses for data in drain(sub)]
+    # A guess the hub refused (the inbox was still the requester's) ends
+    # with forbidden; the others hold nothing.
+    refused = [sub for sub in guesses if sub.error is not None]
+    assert all(sub.error.code == "forbidden" for sub in refused)  # type: ignore[union-attr]
+    overheard = [data for sub in guesses if sub.error is None for data in drain(sub)]
     assert overheard == [], f"inbox {seen[0]!r} let another user read a later reply"
 
 

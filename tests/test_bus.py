@@ -15,7 +15,7 @@ import threading
 
 import gevent
 import pytest
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, drain, records
 from gevent.event import Event
 from waiting import OSThread, call_in_thread, wait_until
 
@@ -24,33 +24,15 @@ from greenbus import (
     Bus,
     BusClosed,
     BusState,
-    ChannelEmpty,
     ChannelFull,
-    EndOfChannel,
     GreenbusError,
     InvalidOption,
     InvalidTopic,
     NoResponders,
     ReceiveTimeout,
     RequestTimeout,
-    Subscription,
     WrongThread,
 )
-
-
-def drain(sub: Subscription) -> list[object]:
-    """Everything queued on a handler-less subscription now, as data."""
-    out = []
-    while True:
-        try:
-            out.append(sub.get_nowait().data)
-        except (ChannelEmpty, EndOfChannel):
-            return out
-
-
-def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "greenbus.bus" and r.levelno == level]
-
 
 # -- emit ----------------------------------------------------------------------
 

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import pytest
 
 from greenbus import (
-    ChannelEmpty,
-    EndOfChannel,
     Message,
     NoReplyTo,
-    Subscription,
 )
-
-
-def drain(sub: Subscription) -> list[object]:
-    """Everything queued on a handler-less subscription now, as data."""
-    out = []
-    while True:
-        try:
-            out.append(sub.get_nowait().data)
-        except (ChannelEmpty, EndOfChannel):
-            return out
-
-
-def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "greenbus.bus" and r.levelno == level]
-
 
 # -- Message -------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import logging
 
 import gevent
 import pytest
+from conftest import drain, records
 from gevent.event import Event
 from waiting import wait_until
 
@@ -22,23 +23,7 @@ from greenbus import (
     Message,
     ReceiveTimeout,
     SlowConsumer,
-    Subscription,
 )
-
-
-def drain(sub: Subscription) -> list[object]:
-    """Everything queued on a handler-less subscription now, as data."""
-    out = []
-    while True:
-        try:
-            out.append(sub.get_nowait().data)
-        except (ChannelEmpty, EndOfChannel):
-            return out
-
-
-def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "greenbus.bus" and r.levelno == level]
-
 
 # -- subscriptions without a handler -------------------------------------------
 
