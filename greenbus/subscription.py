@@ -491,20 +491,11 @@ class HandlerMixin:
     name: str
     on_error: ErrorHook | None
     message_class: type[Message]
+    #: The subclass's ``subscribe(pattern, handler=None, *, maxsize, overflow)``.
+    subscribe: Callable[..., Subscription]
+    #: The subclass's ``subscriptions(pattern=None)``, oldest first.
+    subscriptions: Callable[..., list[Subscription]]
 
-    def subscribe(
-        self,
-        pattern: str,
-        handler: Callable[[Message], object] | None = None,
-        *,
-        maxsize: int | None = DEFAULT_MAXSIZE,
-        overflow: Overflow | str = Overflow.BLOCK,
-    ) -> Subscription:
-        """Subscribe ``handler`` (or a consumer, without one) to ``pattern``."""
-        raise NotImplementedError
-
-    def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
-        raise NotImplementedError
 
     # -- errors (reported by its subscriptions' greenlets) --------------------
 
