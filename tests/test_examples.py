@@ -1,30 +1,66 @@
-"""The examples run as a user runs them, and print what their docstrings promise.
+"""The examples and the demo's scenarios run as a user runs them, and print what they promise.
 
-Every script in ``examples/`` (helper modules named ``_*.py`` aside) is run
-once, in a subprocess, from the repository root, and its output is shared by
-the smoke test that every example gets and the specific checks listed in
-``CHECKS``.  A new example is smoke-tested without touching this file.
-``greenbus demo`` runs the two-thread examples and is checked here as well.
+Every script in ``examples/`` (helper modules named ``_*.py`` aside) and every
+two-thread scenario of the ``greenbus.demo`` package (``python -m
+greenbus.demo.NAME``) is run once, in a subprocess, from the repository root,
+and its output is shared by the smoke test that every program gets and the
+specific checks listed in ``CHECKS``.  A new example is smoke-tested without
+touching this file; a new scenario must be listed in ``greenbus.demo.SCENARIOS``.
+``greenbus demo`` runs the scenarios side by side and is checked here as well.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import greenbus.demo
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+DEMO = ROOT / "greenbus" / "demo"
 
-#: The runnable examples; ``_scenario.py`` and other ``_*.py`` are helpers.
+#: The runnable examples; ``_*.py`` would be helpers.
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+
+#: The demo's two-thread scenarios, modules of greenbus.demo.
+SCENARIOS = [module for module, _ in greenbus.demo.SCENARIOS]
+
+
+@dataclass(frozen=True)
+class Program:
+    """An example script or a demo scenario, and how a user runs it."""
+
+    #: Its source file.
+    path: Path
+    #: The command line a user types (``python ...``), as the docstring says it.
+    usage: str
+
+    def argv(self) -> list[str]:
+        """The command line, with this interpreter for ``python``."""
+        return [sys.executable, *self.usage.split()[1:]]
+
+
+#: Every program, by the name its tests are known by.
+PROGRAMS = {
+    **{f"examples/{name}": Program(EXAMPLES / name, f"python examples/{name}") for name in SCRIPTS},
+    **{
+        f"greenbus.demo.{module}": Program(
+            DEMO / f"{module}.py", f"python -m greenbus.demo.{module}"
+        )
+        for module in SCENARIOS
+    },
+}
 
 
 def child_env() -> dict[str, str]:
@@ -51,13 +87,13 @@ def run(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @functools.cache
-def run_example(name: str) -> subprocess.CompletedProcess[str]:
-    """Run ``examples/<name>`` once; later calls return the same result."""
-    return run([sys.executable, str(EXAMPLES / name)])
+def run_program(name: str) -> subprocess.CompletedProcess[str]:
+    """Run the program ``PROGRAMS[name]`` once; later calls return the same result."""
+    return run(PROGRAMS[name].argv())
 
 
 def output_of(name: str) -> str:
-    proc = run_example(name)
+    proc = run_program(name)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stderr}"
     return proc.stdout
 
@@ -75,17 +111,36 @@ def code_after_docstring(path: Path) -> list[str]:
     return source.splitlines()[first.end_lineno :]
 
 
-# -- every example -----------------------------------------------------------
+# -- every example and scenario ----------------------------------------------
 
 
-def test_there_are_examples_to_run() -> None:
+def test_there_are_examples_and_scenarios_to_run() -> None:
     assert "request_reply.py" in SCRIPTS
-    assert "_scenario.py" not in SCRIPTS
+    assert SCENARIOS == ["threads_pyee", "pyee_dropin", "threads_greenbus"]
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_example_runs_to_the_end_and_prints_a_result(name: str) -> None:
-    proc = run_example(name)
+def test_every_scenario_module_in_the_demo_package_is_listed() -> None:
+    modules = {p.stem for p in DEMO.glob("*.py") if not p.name.startswith("_")}
+
+    assert modules == set(SCENARIOS)
+
+
+def test_the_scenarios_live_only_in_the_package_not_in_examples() -> None:
+    in_examples = {p.name for p in EXAMPLES.glob("*.py")}
+
+    assert in_examples & {f"{module}.py" for module in [*SCENARIOS, "_scenario"]} == set()
+
+
+def test_the_examples_readme_says_how_to_run_each_scenario() -> None:
+    readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+
+    assert [m for m in SCENARIOS if f"python -m greenbus.demo.{m}" not in readme] == []
+    assert "greenbus demo" in readme
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_program_runs_to_the_end_and_prints_a_result(name: str) -> None:
+    proc = run_program(name)
 
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -93,15 +148,27 @@ def test_example_runs_to_the_end_and_prints_a_result(name: str) -> None:
     assert proc.stdout.strip(), f"{name} printed nothing"
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_example_says_what_it_shows_and_how_to_run_it(name: str) -> None:
-    tree = ast.parse((EXAMPLES / name).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_program_says_what_it_shows_and_how_to_run_it(name: str) -> None:
+    program = PROGRAMS[name]
+    tree = ast.parse(program.path.read_text(encoding="utf-8"))
     docstring = ast.get_docstring(tree)
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
 
     assert docstring, f"{name} has no module docstring"
-    assert f"python examples/{name}" in docstring
+    assert program.usage in docstring
     assert "main" in functions
+
+
+@pytest.mark.parametrize("module", SCENARIOS)
+def test_scenario_prints_its_figures_as_one_json_object_for_the_demo(module: str) -> None:
+    proc = run([sys.executable, "-m", f"greenbus.demo.{module}", "--json"])
+    figures = json.loads(proc.stdout)
+
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(figures) == ["block_us", "rtt_us", "title"]
+    assert len(figures["block_us"]) == 10
+    assert sorted(figures["rtt_us"], key=int) == [str(i) for i in range(10)]
 
 
 # -- what each example prints ------------------------------------------------
@@ -167,7 +234,7 @@ def check_threads_unpatched(out: str) -> None:
 
 
 def scenario_rows(out: str) -> list[re.Match[str]]:
-    """The per-message rows of ``_scenario.report``: msg, emit held, round trip."""
+    """The per-message rows of ``greenbus.demo._scenario.report``: msg, emit held, round trip."""
     return lines_matching(r"\s*(\d+)\s+([\d.]+)\s+([\d.]+|lost)", out)
 
 
@@ -185,25 +252,31 @@ def check_two_thread_scenario(title: str) -> Callable[[str], None]:
 
 #: Specific facts per example, on top of the smoke test every example gets.
 CHECKS: dict[str, Callable[[str], None]] = {
-    "request_reply.py": check_request_reply,
-    "wildcards.py": check_wildcards,
-    "slow_subscriber.py": check_slow_subscriber,
-    "iterator_consumer.py": check_iterator_consumer,
-    "threads_unpatched.py": check_threads_unpatched,
-    "threads_greenbus.py": check_two_thread_scenario("greenbus.Bus, gevent-patched threads"),
-    "threads_pyee.py": check_two_thread_scenario("pyee."),
-    "pyee_dropin.py": check_two_thread_scenario("greenbus.compat.EventEmitter"),
+    "examples/request_reply.py": check_request_reply,
+    "examples/wildcards.py": check_wildcards,
+    "examples/slow_subscriber.py": check_slow_subscriber,
+    "examples/iterator_consumer.py": check_iterator_consumer,
+    "examples/threads_unpatched.py": check_threads_unpatched,
+    "greenbus.demo.threads_greenbus": check_two_thread_scenario(
+        "greenbus.Bus, gevent-patched threads"
+    ),
+    "greenbus.demo.threads_pyee": check_two_thread_scenario("pyee."),
+    "greenbus.demo.pyee_dropin": check_two_thread_scenario("greenbus.compat.EventEmitter"),
 }
 
 
+def test_every_check_names_a_program() -> None:
+    assert set(CHECKS) - set(PROGRAMS) == set()
+
+
 @pytest.mark.parametrize("name", sorted(CHECKS))
-def test_example_prints_what_it_demonstrates(name: str) -> None:
+def test_program_prints_what_it_demonstrates(name: str) -> None:
     CHECKS[name](output_of(name))
 
 
 def test_pyee_dropin_differs_from_threads_pyee_only_in_the_import() -> None:
-    pyee = code_after_docstring(EXAMPLES / "threads_pyee.py")
-    dropin = code_after_docstring(EXAMPLES / "pyee_dropin.py")
+    pyee = code_after_docstring(DEMO / "threads_pyee.py")
+    dropin = code_after_docstring(DEMO / "pyee_dropin.py")
     changed = [(a, b) for a, b in zip(pyee, dropin, strict=False) if a != b]
 
     assert len(pyee) == len(dropin)

@@ -7,8 +7,10 @@ records the round trip.  pyee runs every handler inline, in the emitting
 thread, so the emitter is held while handlers run, and the round trip is
 set by the polling sleep.
 
-Run: ``python examples/threads_pyee.py``
+Run: ``python -m greenbus.demo.threads_pyee`` (``--json``: the figures as JSON)
 """
+
+from __future__ import annotations
 
 import queue
 import threading
@@ -16,25 +18,27 @@ import time
 
 from pyee import EventEmitter
 
-from _scenario import N, report
+from ._scenario import N, report
 
 
 class Thread1(threading.Thread):
-    def __init__(self, ee):
+    """Emits ``data`` i = 0..N-1, 10 ms apart; records emit times and round trips."""
+
+    def __init__(self, ee: EventEmitter) -> None:
         super().__init__(name="thread1")
         self.ee = ee
-        self.sent = {}
-        self.block_us = []
-        self.rtt_us = {}
+        self.sent: dict[int, float] = {}
+        self.block_us: list[float] = []
+        self.rtt_us: dict[int, float] = {}
         self.all_replied = threading.Event()
         ee.on("reply", self.on_reply)
 
-    def on_reply(self, i):
+    def on_reply(self, i: int) -> None:
         self.rtt_us[i] = (time.perf_counter() - self.sent[i]) * 1e6
         if len(self.rtt_us) == N:
             self.all_replied.set()
 
-    def run(self):
+    def run(self) -> None:
         for i in range(N):
             self.sent[i] = start = time.perf_counter()
             self.ee.emit("data", i)
@@ -44,24 +48,27 @@ class Thread1(threading.Thread):
 
 
 class Thread2(threading.Thread):
-    def __init__(self, ee):
+    """Queues each ``data`` item; every 10 ms, until stopped, replies to those queued."""
+
+    def __init__(self, ee: EventEmitter) -> None:
         super().__init__(name="thread2")
         self.ee = ee
-        self.q = queue.Queue()
+        self.q: queue.Queue[int] = queue.Queue()
         self.stopped = threading.Event()
         ee.on("data", self.on_data)
 
-    def on_data(self, i):
+    def on_data(self, i: int) -> None:
         self.q.put(i)
 
-    def run(self):
+    def run(self) -> None:
         while not self.stopped.is_set():
             while not self.q.empty():
                 self.ee.emit("reply", self.q.get_nowait())
             time.sleep(0.01)
 
 
-def main():
+def main() -> None:
+    """Run the scenario once and print its figures (``report``)."""
     ee = EventEmitter()
     thread1, thread2 = Thread1(ee), Thread2(ee)
     thread2.start()
