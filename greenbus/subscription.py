@@ -496,7 +496,6 @@ class HandlerMixin:
     #: The subclass's ``subscriptions(pattern=None)``, oldest first.
     subscriptions: Callable[..., list[Subscription]]
 
-
     # -- errors (reported by its subscriptions' greenlets) --------------------
 
     def report_handler_error(self, exc: Exception, sub: Subscription, msg: Message) -> None:
