@@ -61,6 +61,27 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def start_child(cmd: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` from the checkout in :func:`child_env`: stdin closed, stdout and
+    stderr piped (read them with ``communicate``)."""
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def run_child(cmd: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    """Run ``cmd`` to its end from the checkout in :func:`child_env`, output captured;
+    whatever its exit code."""
+    return subprocess.run(
+        cmd, cwd=ROOT, env=child_env(), capture_output=True, timeout=timeout, check=False
+    )
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
     """Terminate ``proc``, wait up to ``timeout`` s, then kill it; return its exit code."""
     if proc.poll() is None:
@@ -74,6 +95,13 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
         if pipe is not None:
             pipe.close()
     return proc.returncode
+
+
+def show_log_tail(what: str, log: str, lines: int = 40) -> None:
+    """Print the last ``lines`` of a child's ``log``, headed by ``what`` it is (its
+    name, pid and exit code): printed at teardown, pytest shows it when the test failed."""
+    print(f"--- {what} log, last lines:")
+    print("\n".join(log.splitlines()[-lines:]))
 
 
 @dataclass
@@ -132,6 +160,11 @@ class HubProcess:
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM, wait, SIGKILL if needed; the exit code."""
         return stop_process(self.proc, timeout)
+
+    def stop_and_show_log(self) -> None:
+        """At teardown: :meth:`stop`, then :func:`show_log_tail`."""
+        code = self.stop()
+        show_log_tail(f"{self.url} (pid {self.pid}, exit {code})", self.log())
 
     def kill(self) -> None:
         """SIGKILL, and reap."""
@@ -208,10 +241,7 @@ def hub_factory(tmp_path: Path, hub_transport: str) -> Iterator[Callable[..., Hu
 
     yield start
     for hub in hubs:
-        code = hub.stop()
-        # Shown by pytest only when the test failed.
-        print(f"--- {hub.url} (pid {hub.pid}, exit {code}) log, last lines:")
-        print("\n".join(hub.log().splitlines()[-40:]))
+        hub.stop_and_show_log()
 
 
 @pytest.fixture

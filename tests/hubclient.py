@@ -187,6 +187,11 @@ class RawClient:
                 return json.loads(frame.data)  # type: ignore[no-any-return]
             assert frame.opcode in (Opcode.PING, Opcode.PONG, Opcode.CLOSE), frame
 
+    def ask_json(self, **frame: Any) -> dict[str, Any]:
+        """Send one text message and return the next one the hub sends."""
+        self.send_json(**frame)
+        return self.recv_json()
+
     def until_closed(self) -> tuple[list[dict[str, Any]], Closed]:
         """Read to the end of the stream: (text messages before the close, (code, reason))."""
         texts = []
@@ -310,7 +315,4 @@ class HubLauncher:
 
     def stop_all(self) -> None:
         for hub in self.hubs:
-            code = hub.stop()
-            # Shown by pytest only when the test failed.
-            print(f"--- {hub.url} (pid {hub.pid}, exit {code}) log, last lines:")
-            print("\n".join(hub.log().splitlines()[-40:]))
+            hub.stop_and_show_log()

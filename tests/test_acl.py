@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import gevent
 import pytest
-from conftest import ROOT, HubProcess, child_env, drain
+from conftest import ROOT, HubProcess, drain, run_child
 from hubclient import RawClient, ask, client, in_step, metric_eventually, recv, send, until_closed
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -869,14 +868,7 @@ def test_greenbus_serve_with_a_malformed_acl_stops_at_start_naming_file_user_and
     contents, user, problem = MALFORMED[case]
     path = tmp_path / f"users-{case}.toml"
     path.write_text(contents, encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "greenbus", "serve", "--port", "0", "--acl", str(path)],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_child([sys.executable, "-m", "greenbus", "serve", "--port", "0", "--acl", str(path)])
     err = proc.stderr.decode()
     assert proc.returncode != 0
     assert b"listening" not in proc.stdout

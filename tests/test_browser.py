@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import gevent.select
 import pytest
 from conftest import ROOT, HubProcess, child_env
+from nodejs import NODE_DIR, LineReader, node_executable, wait_for_exit
 
 import greenbus
 from greenbus.bridge.http import WEB_DIR, WEB_FILES
 
-NODE_DIR = ROOT / "tests" / "node"
 DRIVER = NODE_DIR / "browser.mjs"
 CHROMIUM = "/usr/bin/chromium"
 
@@ -44,7 +42,6 @@ COMMAND_TIMEOUT = 15.0
 START_TIMEOUT = 40.0
 
 INSTALL_CHROMIUM = "apt-get update && apt-get install -y chromium chromium-driver"
-INSTALL_NODE_PACKAGES = "npm install --prefix tests/node (CI runs `npm ci --prefix tests/node`)"
 
 # The hub's own listener only: under --transport wsgi the hub publishes no
 # $greenbus.stats (hub_app never starts them), so the dashboard has no figures.
@@ -59,16 +56,7 @@ def require_browser_tools() -> str:
             f"install it with `{INSTALL_CHROMIUM}`",
             pytrace=False,
         )
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(f"`node` is not on PATH: install Node.js (>= 20), then {INSTALL_NODE_PACKAGES}")
-    if not (NODE_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
-        pytest.fail(
-            f"the `playwright-core` package is not installed in {NODE_DIR / 'node_modules'}: "
-            f"run {INSTALL_NODE_PACKAGES}",
-            pytrace=False,
-        )
-    return node
+    return node_executable("playwright-core")
 
 
 class Browser:
@@ -77,10 +65,7 @@ class Browser:
     def __init__(self, proc: subprocess.Popen[bytes], stderr_path: Path) -> None:
         self.proc = proc
         self.stderr_path = stderr_path
-        assert proc.stdout is not None
-        self._fd = proc.stdout.fileno()
-        os.set_blocking(self._fd, False)
-        self._buffer = b""
+        self._lines = LineReader(proc, self.describe)
 
     def describe(self) -> str:
         try:
@@ -91,22 +76,9 @@ class Browser:
 
     def read_answer(self, timeout: float) -> dict[str, Any]:
         """The next JSON line, waiting in gevent so that the Python clients keep running."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"no answer within {timeout} s from {self.describe()}")
-            readable, _, _ = gevent.select.select([self._fd], [], [], remaining)
-            if not readable:
-                continue
-            try:
-                chunk = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                pytest.fail(f"the browser driver exited: {self.describe()}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line = self._lines.readline(time.monotonic() + timeout)
+        if line is None:
+            pytest.fail(f"the browser driver exited: {self.describe()}")
         return json.loads(line)  # type: ignore[no-any-return]
 
     def _send(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -148,10 +120,7 @@ class Browser:
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-        deadline = time.monotonic() + 10
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        if self.proc.poll() is None:
+        if wait_for_exit(self.proc, time.monotonic() + 10) is None:
             self.proc.kill()
             self.proc.wait(5)
         assert self.proc.stdout is not None
@@ -193,6 +162,14 @@ def page(browser: Browser) -> Browser:
     return browser
 
 
+@pytest.fixture
+def python_client(
+    hub_process: HubProcess, remote_bus: Callable[..., greenbus.RemoteBus]
+) -> Callable[[str], greenbus.RemoteBus]:
+    """``connect(name)``: a :func:`greenbus.connect` client of ``hub_process`` called ``name``."""
+    return lambda name: remote_bus(hub_process.url, name=name)
+
+
 def dashboard_url(hub: HubProcess) -> str:
     return f"http://{hub.host}:{hub.port}/"
 
@@ -200,6 +177,23 @@ def dashboard_url(hub: HubProcess) -> str:
 def open_dashboard(page: Browser, hub: HubProcess) -> None:
     assert page.do("goto", url=dashboard_url(hub))["status"] == 200
     page.wait_for('#status[data-state="open"]')
+
+
+def run_page(page: Browser, hub: HubProcess, name: str, body: str, last: str) -> dict[str, Any]:
+    """Serve ``body`` as the page ``name`` at the hub's origin, open it, wait until its
+    console logs ``last``, and return the console (see :meth:`Browser.console`).
+
+    At the hub's origin, "/greenbus.js" and ``location.host`` are the hub's.  A
+    routed page does not come from the network, so Chromium's Local Network Access
+    checks count it as public and would block its WebSocket to 127.0.0.1 but for
+    the grant (the dashboard itself comes from 127.0.0.1 and needs no such grant).
+    """
+    url = dashboard_url(hub) + name
+    page.do("grant", permissions=["local-network-access"])
+    page.do("route", url=url, body=body)
+    page.do("goto", url=url)
+    page.do("wait_console", text=last)
+    return page.console()
 
 
 def subscribed(client: greenbus.RemoteBus, pattern: str, probe_topic: str) -> greenbus.Subscription:
@@ -256,12 +250,10 @@ def test_the_hub_serves_every_dashboard_file_and_the_page_loads_nothing_from_els
 
 
 def test_the_dashboard_shows_python_peers_and_their_messages_and_publishes_from_its_form(
-    page: Browser,
-    hub_process: HubProcess,
-    remote_bus: Callable[..., greenbus.RemoteBus],
+    page: Browser, hub_process: HubProcess, python_client: Callable[[str], greenbus.RemoteBus]
 ) -> None:
-    sensors = remote_bus(hub_process.url, name="py-sensors")
-    lamp = remote_bus(hub_process.url, name="py-lamp")
+    sensors = python_client("py-sensors")
+    lamp = python_client("py-lamp")
     commands = subscribed(lamp, "commands.>", "commands.probe")
 
     open_dashboard(page, hub_process)
@@ -305,12 +297,9 @@ def test_the_dashboard_shows_python_peers_and_their_messages_and_publishes_from_
 
 
 def test_the_publish_form_refuses_invalid_json_with_a_clear_error_and_sends_nothing(
-    page: Browser,
-    hub_process: HubProcess,
-    remote_bus: Callable[..., greenbus.RemoteBus],
+    page: Browser, hub_process: HubProcess, python_client: Callable[[str], greenbus.RemoteBus]
 ) -> None:
-    lamp = remote_bus(hub_process.url, name="py-lamp")
-    commands = subscribed(lamp, "commands.>", "commands.probe")
+    commands = subscribed(python_client("py-lamp"), "commands.>", "commands.probe")
     open_dashboard(page, hub_process)
 
     page.do("fill", selector="#pub-topic", value="commands.lamp")
@@ -408,27 +397,17 @@ def test_the_dashboard_shows_what_an_acl_user_may_not_do(
 
 
 def test_the_readme_browser_example_runs_in_chromium_against_the_hub(
-    page: Browser,
-    hub_process: HubProcess,
-    remote_bus: Callable[..., greenbus.RemoteBus],
+    page: Browser, hub_process: HubProcess, python_client: Callable[[str], greenbus.RemoteBus]
 ) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```html\n(.*?)```", readme, re.S)
     assert len(blocks) == 1, "the README's browser example is the one html block"
-    responder = remote_bus(hub_process.url, name="py-math")
+    responder = python_client("py-math")
     responder.subscribe("math.double", lambda msg: msg.reply(msg.data * 2))
     subscribed(responder, "math.probe", "math.probe")
 
-    # Served at the hub's origin, so that "/greenbus.js" and location.host are the hub's.
-    # A routed page does not come from the network, so Chromium's Local Network
-    # Access checks count it as public and would block its WebSocket to 127.0.0.1
-    # (the dashboard itself comes from 127.0.0.1 and needs no such grant).
-    url = dashboard_url(hub_process) + "readme-example.html"
-    page.do("grant", permissions=["local-network-access"])
-    page.do("route", url=url, body=f"<!doctype html>\n<title>README example</title>\n{blocks[0]}")
-    page.do("goto", url=url)
-    page.do("wait_console", text="42")
-    log = page.console()
+    body = f"<!doctype html>\n<title>README example</title>\n{blocks[0]}"
+    log = run_page(page, hub_process, "readme-example.html", body, last="42")
     assert [m["text"] for m in log["messages"]] == ["chat.room1 hi", "42"], log
     page.assert_no_page_errors()
 
@@ -469,20 +448,11 @@ REFUSALS_PAGE = r"""<!doctype html>
 
 
 def test_greenbus_js_in_chromium_throws_local_protocol_error_for_frames_v1_cannot_carry(
-    page: Browser,
-    hub_process: HubProcess,
-    remote_bus: Callable[..., greenbus.RemoteBus],
+    page: Browser, hub_process: HubProcess, python_client: Callable[[str], greenbus.RemoteBus]
 ) -> None:
-    listener = remote_bus(hub_process.url, name="py-listener")
-    sub = subscribed(listener, "browser.refusals", "browser.refusals")
+    sub = subscribed(python_client("py-listener"), "browser.refusals", "browser.refusals")
 
-    # Served at the hub's origin, as the README example is (see there for the grant).
-    url = dashboard_url(hub_process) + "refusals.html"
-    page.do("grant", permissions=["local-network-access"])
-    page.do("route", url=url, body=REFUSALS_PAGE)
-    page.do("goto", url=url)
-    page.do("wait_console", text="done")
-    log = page.console()
+    log = run_page(page, hub_process, "refusals.html", REFUSALS_PAGE, last="done")
     assert [m["text"] for m in log["messages"]] == [
         "lone surrogate in data: LocalProtocolError true",
         "lone surrogate in a header key: LocalProtocolError true",

@@ -90,6 +90,13 @@ def parked_getter(spawn, channel, *args):
     return greenlet
 
 
+def assert_a_parked_getter_gets(spawn, channel, item, *args):
+    """A getter that parks on ``channel`` (``get(*args)``) gets the ``item`` put next."""
+    getter = parked_getter(spawn, channel, *args)
+    channel.put(item)
+    assert results([getter]) == [item]
+
+
 def full_block_channel(maxsize=1):
     channel = Channel(maxsize, "block")
     for i in range(maxsize):
@@ -248,16 +255,12 @@ def test_a_timed_out_getter_does_not_take_a_later_item(spawn):
     timed_out = spawn(outcome_of, channel.get, 0.01)
     results([timed_out])
     assert isinstance(timed_out.value, ReceiveTimeout)
-    patient = parked_getter(spawn, channel)
-    channel.put("item")
-    assert results([patient]) == ["item"]
+    assert_a_parked_getter_gets(spawn, channel, "item")  # a patient one
 
 
 def test_get_with_a_timeout_returns_an_item_that_arrives_in_time(spawn):
     channel = Channel()
-    getter = parked_getter(spawn, channel, PATIENCE)
-    channel.put("item")
-    assert results([getter]) == ["item"]
+    assert_a_parked_getter_gets(spawn, channel, "item", PATIENCE)
     assert channel.statistics().waiting_getters == 0
 
 
@@ -786,9 +789,7 @@ def test_a_killed_getter_leaves_no_waiter_behind(spawn):
     assert "getters=0" in repr(channel)
     channel.put("x")
     assert channel.get_nowait() == "x"
-    replacement = parked_getter(spawn, channel)
-    channel.put("y")
-    assert results([replacement]) == ["y"]
+    assert_a_parked_getter_gets(spawn, channel, "y")  # a replacement
 
 
 def test_a_getter_killed_while_waiting_with_a_timeout_leaves_no_waiter_behind(spawn):

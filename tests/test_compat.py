@@ -18,7 +18,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,35 @@ def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> boo
     return True
 
 
+def recorded(ee: EventEmitter, event: str = "data") -> list[Any]:
+    """A list that a new listener of ``event``, the list's own ``append``, fills with the
+    argument of each event."""
+    got: list[Any] = []
+    ee.on(event, got.append)
+    return got
+
+
+def emit_each(ee: EventEmitter, values: Iterable[Any], event: str = "data") -> None:
+    """``ee.emit(event, value)`` for each value, in order."""
+    for value in values:
+        ee.emit(event, value)
+
+
+def run_script(source: str) -> dict[str, Any]:
+    """Run ``source`` in a fresh interpreter from the checkout, warnings fatal, and return
+    the JSON object it prints last; it must exit with 0."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", source],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 @contextlib.contextmanager
 def hub_thread_held(ee: EventEmitter) -> Iterator[None]:
     """Block the shared hub thread for real: no listener runs inside the block."""
@@ -64,18 +93,15 @@ def hub_thread_held(ee: EventEmitter) -> Iterator[None]:
 
 
 @pytest.fixture
-def make_emitter() -> Iterator[Callable[..., EventEmitter]]:
+def make_emitter(request: pytest.FixtureRequest) -> Callable[..., EventEmitter]:
     """Make emitters that are shut down when the test ends."""
-    made: list[EventEmitter] = []
 
     def make(**options: Any) -> EventEmitter:
         emitter = EventEmitter(**options)
-        made.append(emitter)
+        request.addfinalizer(emitter.shutdown)
         return emitter
 
-    yield make
-    for emitter in made:
-        emitter.shutdown()
+    return make
 
 
 @pytest.fixture
@@ -120,8 +146,7 @@ def test_emitting_error_without_a_listener_or_an_exception_raises_pyee_error(
 
 
 def test_emitting_error_with_a_listener_delivers_it_instead_of_raising(ee: EventEmitter) -> None:
-    received: list[BaseException] = []
-    ee.on("error", received.append)
+    received = recorded(ee, "error")
     boom = ValueError("boom")
 
     assert ee.emit("error", boom) is True
@@ -216,13 +241,10 @@ def test_a_blocking_listener_does_not_hold_the_emitter(ee: EventEmitter) -> None
 
 
 def test_every_listener_sees_a_thousand_events_in_emit_order(ee: EventEmitter) -> None:
-    first: list[int] = []
-    second: list[int] = []
-    ee.on("data", first.append)
-    ee.on("data", second.append)
+    first = recorded(ee)
+    second = recorded(ee)
 
-    for i in range(1000):
-        ee.emit("data", i)
+    emit_each(ee, range(1000))
 
     assert wait_until(lambda: len(first) == len(second) == 1000)
     assert first == list(range(1000))
@@ -264,8 +286,7 @@ def test_one_listeners_calls_never_overlap(ee: EventEmitter) -> None:
         calls += 1
 
     ee.on("data", listener)
-    for i in range(200):
-        ee.emit("data", i)
+    emit_each(ee, range(200))
 
     assert wait_until(lambda: calls == 200)
     assert most_active == 1
@@ -279,7 +300,6 @@ def test_a_slow_listener_does_not_delay_a_fast_one(ee: EventEmitter) -> None:
     release = gevent.event.Event()
     slow_started = threading.Event()
     slow_done: list[int] = []
-    fast_done: list[int] = []
 
     def slow(i: int) -> None:
         slow_started.set()
@@ -287,10 +307,9 @@ def test_a_slow_listener_does_not_delay_a_fast_one(ee: EventEmitter) -> None:
         slow_done.append(i)
 
     ee.on("data", slow)
-    ee.on("data", fast_done.append)
+    fast_done = recorded(ee)
     ee.on("release", release.set)
-    for i in range(100):
-        ee.emit("data", i)
+    emit_each(ee, range(100))
 
     assert wait_until(lambda: len(fast_done) == 100)
     assert slow_started.is_set()
@@ -324,8 +343,7 @@ def test_once_runs_exactly_once_when_several_events_were_emitted_before_it_ran(
     ee.once("data", calls.append)
 
     with hub_thread_held(ee):
-        for i in range(5):
-            ee.emit("data", i)
+        emit_each(ee, range(5))
     ee.shutdown()
 
     assert calls == [0]
@@ -347,16 +365,12 @@ def test_emit_returns_false_once_the_once_listener_has_had_its_event_like_pyee(
 
 
 def test_remove_listener_stops_later_deliveries_but_keeps_earlier_ones(ee: EventEmitter) -> None:
-    removed: list[int] = []
-    kept: list[int] = []
-    ee.on("data", removed.append)
-    ee.on("data", kept.append)
+    removed = recorded(ee)
+    kept = recorded(ee)
 
-    for i in range(5):
-        ee.emit("data", i)
+    emit_each(ee, range(5))
     ee.remove_listener("data", removed.append)
-    for i in range(5, 10):
-        ee.emit("data", i)
+    emit_each(ee, range(5, 10))
     ee.shutdown()
 
     assert removed == [0, 1, 2, 3, 4]
@@ -365,12 +379,9 @@ def test_remove_listener_stops_later_deliveries_but_keeps_earlier_ones(ee: Event
 
 
 def test_remove_all_listeners_of_one_event_leaves_the_others(ee: EventEmitter) -> None:
-    x1: list[int] = []
-    x2: list[int] = []
-    y: list[int] = []
-    ee.on("x", x1.append)
-    ee.on("x", x2.append)
-    ee.on("y", y.append)
+    x1 = recorded(ee, "x")
+    x2 = recorded(ee, "x")
+    y = recorded(ee, "y")
     for i in range(3):
         ee.emit("x", i)
         ee.emit("y", i)
@@ -386,10 +397,8 @@ def test_remove_all_listeners_of_one_event_leaves_the_others(ee: EventEmitter) -
 
 
 def test_remove_all_listeners_removes_every_listener(ee: EventEmitter) -> None:
-    x: list[int] = []
-    y: list[int] = []
-    ee.on("x", x.append)
-    ee.on("y", y.append)
+    x = recorded(ee, "x")
+    y = recorded(ee, "y")
     ee.emit("x", 0)
     ee.emit("y", 0)
 
@@ -529,18 +538,7 @@ RAISING_ERROR_LISTENER = textwrap.dedent(
 
 def test_an_error_listener_that_raises_is_logged_and_not_fed_its_own_exception() -> None:
     # In a subprocess: if the error loops, it takes the shared hub thread with it.
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", RAISING_ERROR_LISTENER],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stderr
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    assert outcome == {
+    assert run_script(RAISING_ERROR_LISTENER) == {
         "other_emitter_delivered": True,
         "shutdown_returned": True,
         "error_listener_calls": ["ValueError"],
@@ -559,20 +557,17 @@ def test_shutdown_delivers_everything_queued(ee: EventEmitter) -> None:
         seen.append(i)
 
     ee.on("data", slow)
-    for i in range(100):
-        ee.emit("data", i)
+    emit_each(ee, range(100))
     ee.shutdown(wait=True)
 
     assert seen == list(range(100))
 
 
 def test_shutdown_delivers_what_listeners_emit_while_it_drains(ee: EventEmitter) -> None:
-    relayed: list[int] = []
     ee.on("a", lambda i: ee.emit("b", i))
-    ee.on("b", relayed.append)
+    relayed = recorded(ee, "b")
 
-    for i in range(50):
-        ee.emit("a", i)
+    emit_each(ee, range(50), "a")
     ee.shutdown(wait=True)
 
     assert relayed == list(range(50))
@@ -610,8 +605,7 @@ def test_shutdown_keeps_a_listeners_order_and_one_call_at_a_time_while_draining(
     ee.on("a", relay)
     ee.on("b", record)
     ee.emit("b", 0)
-    for i in range(1, count + 1):
-        ee.emit("a", i)
+    emit_each(ee, range(1, count + 1), "a")
     ee.shutdown(wait=True)
 
     assert seen == list(range(count + 1))
@@ -619,8 +613,7 @@ def test_shutdown_keeps_a_listeners_order_and_one_call_at_a_time_while_draining(
 
 
 def test_emit_after_shutdown_raises_like_executor_event_emitter(ee: EventEmitter) -> None:
-    seen: list[int] = []
-    ee.on("data", seen.append)
+    seen = recorded(ee)
     ee.emit("data", 0)
     ee.shutdown()
 
@@ -634,8 +627,7 @@ def test_emit_after_shutdown_raises_like_executor_event_emitter(ee: EventEmitter
 
 
 def test_shutdown_twice_is_harmless(ee: EventEmitter) -> None:
-    seen: list[int] = []
-    ee.on("data", seen.append)
+    seen = recorded(ee)
     ee.emit("data", 0)
 
     ee.shutdown()
@@ -737,18 +729,7 @@ PATCHED_ROUND_TRIP = textwrap.dedent(
 
 
 def test_monkey_patched_threads_round_trip_in_order() -> None:
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", PATCHED_ROUND_TRIP],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stderr
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    assert outcome == {
+    assert run_script(PATCHED_ROUND_TRIP) == {
         "arrived": True,
         "replies": list(range(200)),
         "listeners_ran_on_main_os_thread": True,

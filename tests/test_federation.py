@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import gevent
 import gevent.event
 import pytest
 import redis
-from conftest import ROOT, HubProcess, RedisServer, child_env, stop_process
+from conftest import ROOT, HubProcess, RedisServer, child_env, show_log_tail, stop_process
 from waiting import wait_until
 
 import greenbus
@@ -46,6 +46,11 @@ from greenbus.federation import Envelope, encode_envelope, redis_glob
 
 PREFIX = "greenbus"
 NODE_SCRIPT = Path(__file__).with_name("fed_node.py")
+
+#: The ``federated`` fixture: ``make(name, start=True, url=None, **options)``.
+Federated = Callable[..., tuple[Bus, Federation]]
+#: The ``fed_node`` fixture: ``start(*names)``.
+StartNodes = Callable[..., Any]
 
 # -- looking into Redis ----------------------------------------------------------------
 
@@ -95,6 +100,76 @@ def wait_frozen(predicate: Callable[[], object], timeout: float = 10.0, what: st
         time.sleep(0.005)
 
 
+def wait_subscribed(r: redis.Redis, topic: str, count: int = 1) -> None:
+    """Wait until ``count`` connections SUBSCRIBE to ``topic`` (0: until none does)."""
+    wait_until(lambda: subscribers(r, topic) == count, 5, f"{count} SUBSCRIBE {topic}")
+
+
+def wait_patterns(r: redis.Redis, count: int, what: str) -> None:
+    """Wait until the connections hold ``count`` PSUBSCRIBEs between them."""
+    wait_until(lambda: pattern_subscriptions(r) == count, 5, what)
+
+
+def wait_asked_for(r: redis.Redis, topics: set[str], patterns: int) -> None:
+    """Wait until the nodes SUBSCRIBE to exactly ``topics`` and hold ``patterns`` PSUBSCRIBEs."""
+    wait_until(
+        lambda: channels(r) == topics and pattern_subscriptions(r) == patterns,
+        5,
+        f"SUBSCRIBE to {sorted(topics)} and {patterns} PSUBSCRIBEs",
+    )
+
+
+def subscribed(bus: Bus, r: redis.Redis, *topics: str) -> list[greenbus.Subscription]:
+    """``bus.subscribe(topic, maxsize=None)`` for each topic in order, returned once Redis
+    has the SUBSCRIBE of the last one, which must be a plain topic.
+
+    The node's connection sends its commands in order, so whatever the
+    earlier subscriptions asked of Redis (a PSUBSCRIBE, or nothing for a
+    ``$`` topic) has taken effect by then too: the last topic is a fence.
+    """
+    subs = [bus.subscribe(topic, maxsize=None) for topic in topics]
+    wait_subscribed(r, topics[-1])
+    return subs
+
+
+def collect(bus: Bus, pattern: str) -> list[Any]:
+    """The data of what ``bus`` delivers on ``pattern`` from now on, filled in by a handler."""
+    got: list[Any] = []
+    bus.subscribe(pattern, lambda msg: got.append(msg.data), maxsize=None)
+    return got
+
+
+def emit_all(bus: Bus, topic: str, items: Iterable[Any]) -> None:
+    """``bus.emit(topic, item)`` for each item, in order."""
+    for item in items:
+        bus.emit(topic, item)
+
+
+def take(sub: greenbus.Subscription, count: int) -> list[Any]:
+    """The data of the next ``count`` messages of ``sub``, each waited for up to 5 s."""
+    return [sub.get(timeout=5).data for _ in range(count)]
+
+
+def wait_published(federation: Federation, count: int) -> None:
+    """Wait until ``federation`` counts ``count`` messages published into Redis."""
+    wait_until(lambda: federation.stats().published == count, 5, f"{count} publishes")
+
+
+def wait_outage_noticed(federation: Federation) -> None:
+    """Wait until ``federation`` knows it lost Redis (after a kill)."""
+    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
+
+
+def wait_writer_took_all(federation: Federation) -> None:
+    """Wait until the writer holds what was emitted: nothing left in the outbound queue."""
+    wait_until(lambda: federation.stats().outbound_pending == 0, 5, "the writer taking them")
+
+
+def wait_only_the_tests_connection(r: redis.Redis) -> None:
+    """Wait until the nodes closed every connection: only ``r``'s own is left."""
+    wait_until(lambda: len(r.client_list()) == 1, 5, "only the test's own connection")
+
+
 def live_greenlets() -> set[gevent.Greenlet]:
     return {g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead}
 
@@ -113,9 +188,7 @@ def connections_named(r: redis.Redis, name: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def federated(
-    request: pytest.FixtureRequest, redis_server: RedisServer
-) -> Iterator[Callable[..., tuple[Bus, Federation]]]:
+def federated(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Federated]:
     """``make(name, start=True, url=None, **options)``: a bus and its federation; both
     stopped afterwards.
 
@@ -139,6 +212,30 @@ def federated(
     for bus, federation in made:
         federation.stop(timeout=2)
         bus.close(timeout=2)
+
+
+@dataclasses.dataclass
+class Link:
+    """Node ``b``, whose subscription ``sub`` to one topic Redis has the SUBSCRIBE of, and
+    node ``a`` (its bus and federation), started after it: what ``a`` emits there reaches ``b``."""
+
+    a_bus: Bus
+    a: Federation
+    b: Federation
+    sub: greenbus.Subscription
+
+
+@pytest.fixture
+def link(federated: Federated, redis_cli: redis.Redis) -> Callable[[str], Link]:
+    """``make(topic)``: a :class:`Link` on ``topic``."""
+
+    def make(topic: str) -> Link:
+        b_bus, b = federated("b")
+        [sub] = subscribed(b_bus, redis_cli, topic)
+        a_bus, a = federated("a")
+        return Link(a_bus, a, b, sub)
+
+    return make
 
 
 # -- nodes in child processes ----------------------------------------------------------
@@ -235,6 +332,11 @@ class NodeProcess:
         """Send a command and wait for its answer."""
         return self.answer(self.send(op, **args), timeout, frozen=frozen)
 
+    def subscribe(self, **patterns: str) -> None:
+        """Subscribe to each pattern, under its keyword as subscription id, in order."""
+        for sid, pattern in patterns.items():
+            self.call("sub", sid=sid, pattern=pattern)
+
     def stats(self, *, frozen: bool = False) -> dict[str, Any]:
         return self.call("stats", frozen=frozen)  # type: ignore[no-any-return]
 
@@ -245,6 +347,11 @@ class NodeProcess:
 
     def data(self, sid: str) -> list[Any]:
         return [data for _, data in self.got[sid]]
+
+    def quit_and_show_log(self) -> None:
+        """At teardown: :meth:`quit`, then :func:`conftest.show_log_tail`."""
+        code = self.quit()
+        show_log_tail(f"node {self.name} (pid {self.proc.pid}, exit {code})", self.log())
 
     def quit(self, timeout: float = 10.0) -> int:
         """Ask the node to stop and exit; its exit code (killed if it does not)."""
@@ -266,7 +373,7 @@ class NodeProcess:
 
 
 @pytest.fixture
-def fed_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def fed_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
     """``start(*names)``: one ready node process per name (a list if several); all stopped."""
     nodes: list[NodeProcess] = []
 
@@ -279,10 +386,15 @@ def fed_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[...
 
     yield start
     for node in nodes:
-        code = node.quit()
-        # Shown by pytest only when the test failed.
-        print(f"--- node {node.name} (pid {node.proc.pid}, exit {code}) log, last lines:")
-        print("\n".join(node.log().splitlines()[-40:]))
+        node.quit_and_show_log()
+
+
+@pytest.fixture
+def redis_hub(
+    redis_server: RedisServer, hub_factory: Callable[..., HubProcess]
+) -> Callable[[], HubProcess]:
+    """``start()``: a ``greenbus serve --redis`` hub process, federated through the server."""
+    return lambda: hub_factory("--redis", redis_server.url)
 
 
 def assert_ended_cleanly(*nodes: NodeProcess) -> None:
@@ -342,11 +454,11 @@ def test_glob_characters_in_the_prefix_of_a_pattern_are_escaped_too() -> None:
 
 
 def test_a_node_without_subscribers_asks_redis_for_nothing_though_it_forwards_everything(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("quiet")
     bus.emit("anything.at.all", 1)
-    wait_until(lambda: federation.stats().published == 1, 5, "the publish")
+    wait_published(federation, 1)
 
     assert channels(redis_cli) == set()
     assert pattern_subscriptions(redis_cli) == 0
@@ -354,17 +466,13 @@ def test_a_node_without_subscribers_asks_redis_for_nothing_though_it_forwards_ev
 
 
 def test_a_node_subscribes_in_redis_to_what_its_subscribers_want_and_leaves_with_the_last(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("b")
     first = bus.subscribe("sensors.temp")
     second = bus.subscribe("sensors.temp")
     wild = bus.subscribe("sensors.>")
-    wait_until(
-        lambda: channels(redis_cli) == {"sensors.temp"} and pattern_subscriptions(redis_cli) == 1,
-        5,
-        "SUBSCRIBE sensors.temp and one PSUBSCRIBE",
-    )
+    wait_asked_for(redis_cli, {"sensors.temp"}, 1)
     assert subscribers(redis_cli, "sensors.temp") == 1
     assert federation.stats().subscriptions == 2
 
@@ -372,47 +480,41 @@ def test_a_node_subscribes_in_redis_to_what_its_subscribers_want_and_leaves_with
     wild.close()
     # The PUNSUBSCRIBE went after anything first.close() sent on the same
     # connection: once it took effect, so would have a wrong UNSUBSCRIBE.
-    wait_until(lambda: pattern_subscriptions(redis_cli) == 0, 5, "PUNSUBSCRIBE")
+    wait_patterns(redis_cli, 0, "PUNSUBSCRIBE")
     assert channels(redis_cli) == {"sensors.temp"}
 
     second.close()
-    wait_until(lambda: channels(redis_cli) == set(), 5, "UNSUBSCRIBE after the last subscriber")
+    wait_asked_for(redis_cli, set(), 0)  # UNSUBSCRIBE after the last subscriber
     assert federation.stats().subscriptions == 0
 
 
 def test_two_patterns_sharing_one_glob_hold_one_redis_pattern_until_both_leave(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("b")
-    star = bus.subscribe("jobs.*")
-    tail = bus.subscribe("jobs.>")  # also "greenbus:jobs.*" in Redis
-    marker = bus.subscribe("marker")
-    wait_until(lambda: subscribers(redis_cli, "marker") == 1, 5, "SUBSCRIBE marker")
+    # "jobs.>" is also "greenbus:jobs.*" in Redis.
+    star, tail, marker = subscribed(bus, redis_cli, "jobs.*", "jobs.>", "marker")
     assert pattern_subscriptions(redis_cli) == 1
     assert federation.stats().subscriptions == 2
 
     star.close()
     marker.close()  # sent after anything star.close() sent
-    wait_until(lambda: subscribers(redis_cli, "marker") == 0, 5, "UNSUBSCRIBE marker")
+    wait_subscribed(redis_cli, "marker", 0)
     assert pattern_subscriptions(redis_cli) == 1
 
     tail.close()
-    wait_until(lambda: pattern_subscriptions(redis_cli) == 0, 5, "PUNSUBSCRIBE")
+    wait_patterns(redis_cli, 0, "PUNSUBSCRIBE")
 
 
 def test_subscriptions_made_before_federating_are_asked_for_when_it_connects(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("late", start=False)
     exact = bus.subscribe("early.a", maxsize=None)
     wild = bus.subscribe("early.*", maxsize=None)
     federation.start()
     assert federation.wait_connected(5)
-    wait_until(
-        lambda: channels(redis_cli) == {"early.a"} and pattern_subscriptions(redis_cli) == 1,
-        5,
-        "the subscriptions made before start",
-    )
+    wait_asked_for(redis_cli, {"early.a"}, 1)  # the subscriptions made before start
 
     other, _ = federated("other")
     other.emit("early.a", "hi")
@@ -422,29 +524,25 @@ def test_subscriptions_made_before_federating_are_asked_for_when_it_connects(
 
 
 def test_a_node_receives_from_redis_only_the_topics_its_subscribers_want(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    link: Callable[[str], Link],
 ) -> None:
-    b_bus, b = federated("b")
-    wanted = b_bus.subscribe("x.a", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "x.a") == 1, 5, "SUBSCRIBE x.a")
-    a_bus, a = federated("a")
+    nodes = link("x.a")
 
-    for n in range(100):
-        a_bus.emit("x.b", n)
-    a_bus.emit("x.a", "last")
+    emit_all(nodes.a_bus, "x.b", range(100))
+    nodes.a_bus.emit("x.a", "last")
     # A publishes in order on one connection: when x.a arrives, the x.b
     # messages went through Redis before it, to nobody.
-    assert wanted.get(timeout=5).data == "last"
-    wait_until(lambda: a.stats().published == 101, 5, "the publishes")
-    assert b.stats().received == 1
+    assert nodes.sub.get(timeout=5).data == "last"
+    wait_published(nodes.a, 101)
+    assert nodes.b.stats().received == 1
 
 
 def test_a_pattern_with_glob_characters_gets_only_its_literal_topics_from_redis(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     b_bus, b = federated("b")
     subs = [b_bus.subscribe(p, maxsize=None) for p in ("odd.[x].*", "why.a?.>", "back.a\\b.*")]
-    wait_until(lambda: pattern_subscriptions(redis_cli) == 3, 5, "three PSUBSCRIBEs")
+    wait_patterns(redis_cli, 3, "three PSUBSCRIBEs")
     a_bus, _ = federated("a")
 
     # Unescaped, "[x]" would match "x", "a?" would match "ab", and "a\b" would match "ab".
@@ -460,12 +558,10 @@ def test_a_pattern_with_glob_characters_gets_only_its_literal_topics_from_redis(
 
 
 def test_a_dollar_topic_emitted_on_a_node_stays_on_that_node(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     b_bus, _ = federated("b")
-    elsewhere = b_bus.subscribe("$sys.x", maxsize=None)
-    fence = b_bus.subscribe("sys.end", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "sys.end") == 1, 5, "SUBSCRIBE sys.end")
+    elsewhere, fence = subscribed(b_bus, redis_cli, "$sys.x", "sys.end")
     a_bus, a = federated("a")
     here = a_bus.subscribe("$sys.x", maxsize=None)
 
@@ -475,28 +571,25 @@ def test_a_dollar_topic_emitted_on_a_node_stays_on_that_node(
     assert fence.get(timeout=5).data == "end"
     assert here.get_nowait().data == "mine"
     assert elsewhere.pending == 0
-    wait_until(lambda: a.stats().published == 1, 5, "the publish of sys.end")
+    wait_published(a, 1)  # sys.end
 
 
 def test_a_node_does_not_ask_redis_for_dollar_topics_that_are_never_federated(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("hub")
-    bus.subscribe("$greenbus.stats")  # what a hub's dashboard client subscribes to
-    bus.subscribe("marker")  # sent after it, on the same connection
-    wait_until(lambda: subscribers(redis_cli, "marker") == 1, 5, "SUBSCRIBE marker")
+    # What a hub's dashboard client subscribes to, then a fence.
+    subscribed(bus, redis_cli, "$greenbus.stats", "marker")
 
     assert channels(redis_cli) == {"marker"}
     assert federation.stats().subscriptions == 1
 
 
 def test_a_dollar_topic_arriving_from_redis_is_not_delivered_to_local_subscribers(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, _ = federated("hub")
-    stats = bus.subscribe("$greenbus.stats", maxsize=None)
-    marker = bus.subscribe("marker", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "marker") == 1, 5, "SUBSCRIBE marker")
+    stats, marker = subscribed(bus, redis_cli, "$greenbus.stats", "marker")
 
     # Published into Redis by something else (a node of an older version, say).
     publish_raw(redis_cli, "$greenbus.stats", stranger("$greenbus.stats", {"hub": "other"}))
@@ -510,21 +603,11 @@ def test_a_dollar_topic_arriving_from_redis_is_not_delivered_to_local_subscriber
 
 
 def test_a_message_from_another_process_reaches_exact_and_wildcard_subscribers_as_in_process(
-    fed_node: Callable[..., Any], redis_cli: redis.Redis
+    fed_node: StartNodes, redis_cli: redis.Redis
 ) -> None:
     publisher, receiver = fed_node("publisher", "receiver")
-    for sid, pattern in [
-        ("exact", "orders.new"),
-        ("star", "orders.*"),
-        ("tail", "orders.>"),
-        ("new", "*.new"),
-    ]:
-        receiver.call("sub", sid=sid, pattern=pattern)
-    wait_until(
-        lambda: subscribers(redis_cli, "orders.new") == 1 and pattern_subscriptions(redis_cli) == 2,
-        5,
-        "receiver's subscriptions in Redis",
-    )
+    receiver.subscribe(exact="orders.new", star="orders.*", tail="orders.>", new="*.new")
+    wait_asked_for(redis_cli, {"orders.new"}, 2)
 
     for n, topic in enumerate(["orders.new", "orders.eu.new", "stock.new", "orders", "orders.eu"]):
         publisher.call("emit", topic=topic, start=n, count=1)
@@ -547,18 +630,12 @@ def test_a_message_from_another_process_reaches_exact_and_wildcard_subscribers_a
 
 
 def test_five_thousand_messages_cross_processes_in_order_once_per_overlapping_subscription(
-    fed_node: Callable[..., Any], redis_cli: redis.Redis
+    fed_node: StartNodes, redis_cli: redis.Redis
 ) -> None:
     count = 5000
     publisher, receiver = fed_node("publisher", "receiver")
-    receiver.call("sub", sid="exact", pattern="seq.a")
-    receiver.call("sub", sid="star", pattern="seq.*")
-    receiver.call("sub", sid="tail", pattern="seq.>")
-    wait_until(
-        lambda: subscribers(redis_cli, "seq.a") == 1 and pattern_subscriptions(redis_cli) == 1,
-        5,
-        "receiver's subscriptions in Redis",
-    )
+    receiver.subscribe(exact="seq.a", star="seq.*", tail="seq.>")
+    wait_asked_for(redis_cli, {"seq.a"}, 1)
 
     publisher.call("emit", topic="seq.a", count=count)
     receiver.wait_for(
@@ -578,13 +655,13 @@ def test_five_thousand_messages_cross_processes_in_order_once_per_overlapping_su
 
 
 def test_three_nodes_each_get_the_other_two_streams_in_order_and_their_own_only_once(
-    fed_node: Callable[..., Any], redis_cli: redis.Redis
+    fed_node: StartNodes, redis_cli: redis.Redis
 ) -> None:
     count = 1000
     nodes = fed_node("n1", "n2", "n3")
     for node in nodes:
-        node.call("sub", sid="room", pattern="room.>")
-    wait_until(lambda: pattern_subscriptions(redis_cli) == 3, 5, "three PSUBSCRIBEs")
+        node.subscribe(room="room.>")
+    wait_patterns(redis_cli, 3, "three PSUBSCRIBEs")
 
     emits = [(node, node.send("emit", topic=f"room.{node.name}", count=count)) for node in nodes]
     for node, ident in emits:
@@ -606,8 +683,8 @@ def test_three_nodes_each_get_the_other_two_streams_in_order_and_their_own_only_
 
 
 def test_a_node_does_not_get_its_own_messages_back_from_redis(
-    federated: Callable[..., tuple[Bus, Federation]],
-    fed_node: Callable[..., Any],
+    federated: Federated,
+    fed_node: StartNodes,
     redis_cli: redis.Redis,
 ) -> None:
     count = 1000
@@ -615,11 +692,10 @@ def test_a_node_does_not_get_its_own_messages_back_from_redis(
     local: list[tuple[str, Any]] = []
     bus.subscribe("t.>", lambda msg: local.append((msg.topic, msg.data)), maxsize=None)
     other = fed_node("other")
-    other.call("sub", sid="t", pattern="t.>")
-    wait_until(lambda: pattern_subscriptions(redis_cli) == 2, 5, "both nodes' PSUBSCRIBE t.*")
+    other.subscribe(t="t.>")
+    wait_patterns(redis_cli, 2, "both nodes' PSUBSCRIBE t.*")
 
-    for n in range(count):
-        bus.emit("t.mine", n)
+    emit_all(bus, "t.mine", range(count))
     other.wait_for(lambda: len(other.got["t"]) == count, "receiving them")
     # Redis sent the echoes to this node before other's reply, and the
     # reader handles what arrives in order: once "t.done" is here, so were they.
@@ -627,7 +703,7 @@ def test_a_node_does_not_get_its_own_messages_back_from_redis(
     wait_until(lambda: ("t.done", 0) in local, 5, "t.done from the other node")
 
     assert local == [*(("t.mine", n) for n in range(count)), ("t.done", 0)]
-    wait_until(lambda: federation.stats().published == count, 5, "the publishes")
+    wait_published(federation, count)
     stats = federation.stats()
     assert (stats.published, stats.received, stats.duplicates) == (count, 1, 0)
 
@@ -636,13 +712,13 @@ def test_a_node_does_not_get_its_own_messages_back_from_redis(
 
 
 def test_a_request_is_answered_by_a_responder_in_another_process(
-    federated: Callable[..., tuple[Bus, Federation]],
-    fed_node: Callable[..., Any],
+    federated: Federated,
+    fed_node: StartNodes,
     redis_cli: redis.Redis,
 ) -> None:
     responder = fed_node("responder")
     responder.call("respond", pattern="svc.echo")
-    wait_until(lambda: subscribers(redis_cli, "svc.echo") == 1, 5, "the responder's SUBSCRIBE")
+    wait_subscribed(redis_cli, "svc.echo")
     bus, _ = federated("requester")
 
     assert bus.request("svc.echo", "hi", timeout=5).data == {"echo": "hi", "by": "responder"}
@@ -651,13 +727,13 @@ def test_a_request_is_answered_by_a_responder_in_another_process(
 
 
 def test_a_request_from_another_process_is_answered_by_a_local_responder(
-    federated: Callable[..., tuple[Bus, Federation]],
-    fed_node: Callable[..., Any],
+    federated: Federated,
+    fed_node: StartNodes,
     redis_cli: redis.Redis,
 ) -> None:
     bus, _ = federated("responder")
     bus.on("svc.add", lambda msg: msg.reply(sum(msg.data)))
-    wait_until(lambda: subscribers(redis_cli, "svc.add") == 1, 5, "the responder's SUBSCRIBE")
+    wait_subscribed(redis_cli, "svc.add")
     requester = fed_node("requester")
 
     answer = requester.call("request", topic="svc.add", data=[1, 2, 3], timeout=5)
@@ -666,7 +742,7 @@ def test_a_request_from_another_process_is_answered_by_a_local_responder(
 
 
 def test_a_request_nobody_answers_times_out_instead_of_raising_no_responders(
-    federated: Callable[..., tuple[Bus, Federation]],
+    federated: Federated,
 ) -> None:
     bus, _ = federated("requester")
 
@@ -678,28 +754,22 @@ def test_a_request_nobody_answers_times_out_instead_of_raising_no_responders(
 
 
 def test_messages_emitted_while_redis_is_down_are_published_once_it_is_back(
-    federated: Callable[..., tuple[Bus, Federation]],
-    fed_node: Callable[..., Any],
-    redis_server: RedisServer,
-    redis_cli: redis.Redis,
+    federated: Federated, fed_node: StartNodes, redis_server: RedisServer, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("a")
-    local: list[Any] = []
-    bus.subscribe("feed.>", lambda msg: local.append(msg.data), maxsize=None)
+    local = collect(bus, "feed.>")
     receiver = fed_node("receiver")
-    receiver.call("sub", sid="feed", pattern="feed.>")
-    wait_until(lambda: pattern_subscriptions(redis_cli) == 2, 5, "both PSUBSCRIBEs")
-    for n in range(100):
-        bus.emit("feed.x", n)
+    receiver.subscribe(feed="feed.>")
+    wait_patterns(redis_cli, 2, "both PSUBSCRIBEs")
+    emit_all(bus, "feed.x", range(100))
     receiver.wait_for(lambda: len(receiver.got["feed"]) == 100, "the first 100")
 
     redis_server.kill()
-    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
-    for n in range(100, 200):
-        bus.emit("feed.x", n)
+    wait_outage_noticed(federation)
+    emit_all(bus, "feed.x", range(100, 200))
     # The local bus keeps working: local subscribers get local messages at once.
     wait_until(lambda: len(local) == 200, 5, "local delivery during the outage")
-    wait_until(lambda: federation.stats().outbound_pending == 0, 5, "the writer taking them")
+    wait_writer_took_all(federation)
     assert federation.stats().published == 100
 
     redis_server.start()
@@ -709,7 +779,7 @@ def test_messages_emitted_while_redis_is_down_are_published_once_it_is_back(
 
     assert receiver.data("feed") == list(range(200))
     assert local == list(range(200))
-    wait_until(lambda: federation.stats().published == 200, 5, "the publishes")
+    wait_published(federation, 200)
     stats = federation.stats()
     assert (stats.published, stats.dropped, stats.outbound_pending) == (200, 0, 0)
     assert stats.reconnects >= 1
@@ -720,21 +790,17 @@ def test_messages_emitted_while_redis_is_down_are_published_once_it_is_back(
 
 
 def test_messages_published_while_a_subscriber_is_cut_off_are_counted_as_its_gap(
-    federated: Callable[..., tuple[Bus, Federation]],
-    fed_node: Callable[..., Any],
-    redis_server: RedisServer,
-    redis_cli: redis.Redis,
+    federated: Federated, fed_node: StartNodes, redis_server: RedisServer, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("b")
-    got: list[Any] = []
-    bus.subscribe("feed.x", lambda msg: got.append(msg.data), maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "feed.x") == 1, 5, "SUBSCRIBE feed.x")
+    got = collect(bus, "feed.x")
+    wait_subscribed(redis_cli, "feed.x")
     publisher = fed_node("publisher")
     publisher.call("emit", topic="feed.x", count=100)
     wait_until(lambda: len(got) == 100, 5, "the first 100")
 
     redis_server.kill()
-    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
+    wait_outage_noticed(federation)
     publisher.call("emit", topic="feed.x", start=100, count=50)  # queued by the publisher
     redis_server.start()
     # Frozen: the publisher reconnects and publishes its queue while this
@@ -747,7 +813,7 @@ def test_messages_published_while_a_subscriber_is_cut_off_are_counted_as_its_gap
     assert channels(redis_cli) == set()
 
     assert federation.wait_connected(10)
-    wait_until(lambda: subscribers(redis_cli, "feed.x") == 1, 5, "SUBSCRIBE again")
+    wait_subscribed(redis_cli, "feed.x")  # again
     publisher.call("emit", topic="feed.x", start=150, count=50)
     wait_until(lambda: len(got) == 150, 5, "the 50 after the reconnection")
 
@@ -760,12 +826,12 @@ def test_messages_published_while_a_subscriber_is_cut_off_are_counted_as_its_gap
 
 
 def test_a_stream_through_a_redis_kill_arrives_in_order_without_repeats_and_every_loss_is_a_gap(
-    fed_node: Callable[..., Any], redis_server: RedisServer, redis_cli: redis.Redis
+    fed_node: StartNodes, redis_server: RedisServer, redis_cli: redis.Redis
 ) -> None:
     count = 800
     publisher, receiver = fed_node("publisher", "receiver")
-    receiver.call("sub", sid="s", pattern="stream.x")
-    wait_until(lambda: subscribers(redis_cli, "stream.x") == 1, 5, "SUBSCRIBE stream.x")
+    receiver.subscribe(s="stream.x")
+    wait_subscribed(redis_cli, "stream.x")
 
     streaming = publisher.send("emit", topic="stream.x", count=count, pace=0.002)
     receiver.wait_for(lambda: len(receiver.got["s"]) >= 100, "the stream flowing")
@@ -776,7 +842,7 @@ def test_a_stream_through_a_redis_kill_arrives_in_order_without_repeats_and_ever
     # One more once the receiver is back for sure: it closes the sequence,
     # so whatever the outage cost shows as a gap.
     receiver.wait_for(lambda: receiver.stats()["connected"], "reconnecting")
-    wait_until(lambda: subscribers(redis_cli, "stream.x") == 1, 5, "SUBSCRIBE again")
+    wait_subscribed(redis_cli, "stream.x")  # again
     publisher.call("emit", topic="stream.x", start=count, count=1)
     receiver.wait_for(lambda: receiver.data("s")[-1] == count, "the last message")
 
@@ -792,16 +858,16 @@ def test_a_stream_through_a_redis_kill_arrives_in_order_without_repeats_and_ever
 
 
 def test_a_full_outbound_queue_drops_the_oldest_counts_them_and_logs_once(
-    federated: Callable[..., tuple[Bus, Federation]],
+    federated: Federated,
     redis_server: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     bus, federation = federated("a", max_pending=10)
     redis_server.kill()
-    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
+    wait_outage_noticed(federation)
     bus.emit("q.x", 0)
     # The writer holds message 0 and retries; the queue takes 10 more.
-    wait_until(lambda: federation.stats().outbound_pending == 0, 5, "the writer taking it")
+    wait_writer_took_all(federation)
     with caplog.at_level(logging.WARNING, logger="greenbus.federation"):
         for n in range(1, 25):
             assert bus.emit("q.x", n) == 1
@@ -826,11 +892,10 @@ def test_a_full_outbound_queue_drops_the_oldest_counts_them_and_logs_once(
     ids=["not-json", "version-2", "timestamp-too-big-for-a-float"],
 )
 def test_a_bad_envelope_is_counted_and_the_node_keeps_receiving(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis, poison: bytes
+    federated: Federated, redis_cli: redis.Redis, poison: bytes
 ) -> None:
     bus, federation = federated("b")
-    sub = bus.subscribe("t.x", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "t.x") == 1, 5, "SUBSCRIBE t.x")
+    [sub] = subscribed(bus, redis_cli, "t.x")
 
     assert publish_raw(redis_cli, "t.x", poison) == 1
     assert publish_raw(redis_cli, "t.x", stranger("t.x", "fine")) == 1
@@ -844,25 +909,19 @@ def test_a_bad_envelope_is_counted_and_the_node_keeps_receiving(
 
 
 def test_statistics_count_published_received_and_duplicate_messages(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     b_bus, b = federated("b")
     exact = b_bus.subscribe("s.a", maxsize=None)
     wild = b_bus.subscribe("s.*", maxsize=None)
-    wait_until(
-        lambda: subscribers(redis_cli, "s.a") == 1 and pattern_subscriptions(redis_cli) == 1,
-        5,
-        "b's subscriptions",
-    )
+    wait_asked_for(redis_cli, {"s.a"}, 1)
     a_bus, a = federated("a")
-    for n in range(10):
-        a_bus.emit("s.a", n)
-    for n in range(5):
-        a_bus.emit("s.b", n)
+    emit_all(a_bus, "s.a", range(10))
+    emit_all(a_bus, "s.b", range(5))
 
-    assert [exact.get(timeout=5).data for _ in range(10)] == list(range(10))
-    assert [wild.get(timeout=5).data for _ in range(15)] == [*range(10), *range(5)]
-    wait_until(lambda: a.stats().published == 15, 5, "the publishes")
+    assert take(exact, 10) == list(range(10))
+    assert take(wild, 15) == [*range(10), *range(5)]
+    wait_published(a, 15)
     sent, got = a.stats(), b.stats()
     assert dataclasses.asdict(sent) | {"lag_ms": 0, "max_lag_ms": 0} == {
         "node": a.node,
@@ -886,50 +945,38 @@ def test_statistics_count_published_received_and_duplicate_messages(
 
 
 def test_an_unencodable_message_is_counted_and_shows_no_gap_at_the_receivers(
-    federated: Callable[..., tuple[Bus, Federation]],
-    redis_cli: redis.Redis,
-    caplog: pytest.LogCaptureFixture,
+    link: Callable[[str], Link], caplog: pytest.LogCaptureFixture
 ) -> None:
-    b_bus, b = federated("b")
-    remote = b_bus.subscribe("u.x", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "u.x") == 1, 5, "SUBSCRIBE u.x")
-    a_bus, a = federated("a")
-    local = a_bus.subscribe("u.x", maxsize=None)
+    nodes = link("u.x")
+    local = nodes.a_bus.subscribe("u.x", maxsize=None)
 
     with caplog.at_level(logging.ERROR, logger="greenbus.federation"):
-        for data in (1, object(), 2):
-            a_bus.emit("u.x", data)
-        assert [remote.get(timeout=5).data for _ in range(2)] == [1, 2]
+        emit_all(nodes.a_bus, "u.x", (1, object(), 2))
+        assert take(nodes.sub, 2) == [1, 2]
 
     assert local.pending == 3  # local subscribers still got it
-    wait_until(lambda: a.stats().published == 2, 5, "the publishes")
-    assert a.stats().unencodable == 1
+    wait_published(nodes.a, 2)
+    assert nodes.a.stats().unencodable == 1
     assert any("'u.x'" in r.getMessage() for r in caplog.records)
     # Nothing was lost in an outage: a gap here would send someone looking for one.
-    assert (b.stats().received, b.stats().gaps) == (2, 0)
+    assert (nodes.b.stats().received, nodes.b.stats().gaps) == (2, 0)
 
 
 # -- stop() ------------------------------------------------------------------------------
 
 
-def test_stop_publishes_what_is_queued_before_it_returns(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
-) -> None:
-    b_bus, _ = federated("b")
-    sub = b_bus.subscribe("q.x", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "q.x") == 1, 5, "SUBSCRIBE q.x")
-    a_bus, a = federated("a")
+def test_stop_publishes_what_is_queued_before_it_returns(link: Callable[[str], Link]) -> None:
+    nodes = link("q.x")
 
-    for n in range(2000):
-        a_bus.emit("q.x", n)
-    a.stop()
+    emit_all(nodes.a_bus, "q.x", range(2000))
+    nodes.a.stop()
 
-    assert a.stats().published == 2000
-    assert [sub.get(timeout=5).data for _ in range(2000)] == list(range(2000))
+    assert nodes.a.stats().published == 2000
+    assert take(nodes.sub, 2000) == list(range(2000))
 
 
 def test_stop_is_idempotent_closes_its_connections_and_leaves_no_greenlet_running(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     before = live_greenlets()
     _, unused = federated("unused", start=False)
@@ -939,14 +986,14 @@ def test_stop_is_idempotent_closes_its_connections_and_leaves_no_greenlet_runnin
     bus.emit("a.b", 1)
     with pytest.raises(greenbus.RequestTimeout):
         bus.request("svc.nobody", timeout=0.05)
-    wait_until(lambda: federation.stats().published == 2, 5, "the publishes")
+    wait_published(federation, 2)
 
     federation.stop()
     federation.stop()
 
     assert live_greenlets() - before == set()
     assert not federation.stats().connected
-    wait_until(lambda: len(redis_cli.client_list()) == 1, 5, "only the test's own connection")
+    wait_only_the_tests_connection(redis_cli)
     # The bus lives on, unfederated.
     late = bus.subscribe("late.x", maxsize=None)
     assert bus.emit("late.x", 2) == 1 and late.get_nowait().data == 2
@@ -955,15 +1002,14 @@ def test_stop_is_idempotent_closes_its_connections_and_leaves_no_greenlet_runnin
 
 
 def test_stop_during_an_outage_counts_the_messages_it_could_not_publish_as_dropped(
-    federated: Callable[..., tuple[Bus, Federation]], redis_server: RedisServer
+    federated: Federated, redis_server: RedisServer
 ) -> None:
     before = live_greenlets()
     bus, federation = federated("a")
     redis_server.kill()
-    wait_until(lambda: not federation.stats().connected, 5, "the node noticing the outage")
-    for n in range(10):
-        bus.emit("q.x", n)
-    wait_until(lambda: federation.stats().outbound_pending == 0, 5, "the writer taking them")
+    wait_outage_noticed(federation)
+    emit_all(bus, "q.x", range(10))
+    wait_writer_took_all(federation)
 
     started = time.monotonic()
     federation.stop(timeout=0.3)
@@ -975,12 +1021,11 @@ def test_stop_during_an_outage_counts_the_messages_it_could_not_publish_as_dropp
 
 
 def test_stopping_after_the_bus_closed_still_ends_the_federations_greenlets(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     before = live_greenlets()
     bus, federation = federated("b")
-    bus.subscribe("z.x", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "z.x") == 1, 5, "SUBSCRIBE z.x")
+    subscribed(bus, redis_cli, "z.x")
 
     # stop() right after the close, before the federation's greenlets have
     # run to notice it.
@@ -989,24 +1034,22 @@ def test_stopping_after_the_bus_closed_still_ends_the_federations_greenlets(
 
     assert live_greenlets() - before == set()
     assert not federation.stats().connected
-    wait_until(lambda: len(redis_cli.client_list()) == 1, 5, "only the test's own connection")
+    wait_only_the_tests_connection(redis_cli)
 
 
 # -- the bus closing under a federation ----------------------------------------------------
 
 
 def test_a_node_whose_bus_closed_leaves_redis_by_itself_after_publishing_what_it_had_queued(
-    federated: Callable[..., tuple[Bus, Federation]],
+    federated: Federated,
     redis_server: RedisServer,
     redis_cli: redis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     b_bus, _ = federated("b")
-    last = b_bus.subscribe("t.last", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "t.last") == 1, 5, "SUBSCRIBE t.last")
+    [last] = subscribed(b_bus, redis_cli, "t.last")
     a_bus, a = federated("a", url=named_url(redis_server, "node-a"))
-    a_bus.subscribe("t.x", maxsize=None)
-    wait_until(lambda: subscribers(redis_cli, "t.x") == 1, 5, "SUBSCRIBE t.x")
+    subscribed(a_bus, redis_cli, "t.x")
     assert subscribers(redis_cli, f"_node.{a.node}") == 1  # a's reader, on its own channel
     assert len(connections_named(redis_cli, "node-a")) == 1
 
@@ -1031,7 +1074,7 @@ def test_a_node_whose_bus_closed_leaves_redis_by_itself_after_publishing_what_it
 
 
 def test_a_message_arriving_while_the_bus_is_closing_makes_the_reader_leave_redis(
-    federated: Callable[..., tuple[Bus, Federation]], redis_cli: redis.Redis
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("b")
     release = gevent.event.Event()
@@ -1042,7 +1085,7 @@ def test_a_message_arriving_while_the_bus_is_closing_makes_the_reader_leave_redi
         release.wait()
 
     bus.on("z.x", busy)
-    wait_until(lambda: subscribers(redis_cli, "z.x") == 1, 5, "SUBSCRIBE z.x")
+    wait_subscribed(redis_cli, "z.x")
     assert publish_raw(redis_cli, "z.x", stranger("z.x", 1)) == 1
     wait_until(lambda: handled == [1], 5, "the handler to be busy with the first")
     # close() waits for the busy handler: the bus is closing, not yet closed,
@@ -1069,16 +1112,13 @@ def test_a_message_arriving_while_the_bus_is_closing_makes_the_reader_leave_redi
 
 
 def test_a_websocket_client_of_one_hub_receives_what_a_client_of_another_hub_publishes(
-    redis_server: RedisServer,
+    redis_hub: Callable[[], HubProcess],
     redis_cli: redis.Redis,
-    hub_factory: Callable[..., HubProcess],
     remote_bus: Callable[..., RemoteBus],
 ) -> None:
-    hub_a = hub_factory("--redis", redis_server.url)
-    hub_b = hub_factory("--redis", redis_server.url)
-    sub = remote_bus(hub_a.url).subscribe("chat.>", maxsize=None)
-    wait_until(lambda: pattern_subscriptions(redis_cli) == 1, 5, "hub A's PSUBSCRIBE chat.*")
-    publisher = remote_bus(hub_b.url)
+    sub = remote_bus(redis_hub().url).subscribe("chat.>", maxsize=None)
+    wait_patterns(redis_cli, 1, "hub A's PSUBSCRIBE chat.*")
+    publisher = remote_bus(redis_hub().url)
 
     for n in range(500):
         publisher.emit("chat.room1", n, headers={"n": n} if n == 0 else None)
@@ -1090,38 +1130,32 @@ def test_a_websocket_client_of_one_hub_receives_what_a_client_of_another_hub_pub
 
 
 def test_a_websocket_client_of_a_hub_and_an_in_process_bus_federated_reach_each_other(
-    redis_server: RedisServer,
+    redis_hub: Callable[[], HubProcess],
     redis_cli: redis.Redis,
-    hub_factory: Callable[..., HubProcess],
     remote_bus: Callable[..., RemoteBus],
-    federated: Callable[..., tuple[Bus, Federation]],
+    federated: Federated,
 ) -> None:
-    hub = hub_factory("--redis", redis_server.url)
     bus, _ = federated("app")
-    client = remote_bus(hub.url)
+    client = remote_bus(redis_hub().url)
     events = client.subscribe("app.events", maxsize=None)
     commands = bus.subscribe("app.commands", maxsize=None)
-    wait_until(lambda: channels(redis_cli) == {"app.events", "app.commands"}, 5, "both SUBSCRIBEs")
+    wait_asked_for(redis_cli, {"app.events", "app.commands"}, 0)
 
-    for n in range(200):
-        bus.emit("app.events", n)
+    emit_all(bus, "app.events", range(200))
     client.emit("app.commands", {"cmd": "stop"})
 
-    assert [events.get(timeout=5).data for _ in range(200)] == list(range(200))
+    assert take(events, 200) == list(range(200))
     assert commands.get(timeout=5).data == {"cmd": "stop"}
 
 
 def test_a_websocket_clients_request_is_answered_by_a_client_of_another_hub(
-    redis_server: RedisServer,
+    redis_hub: Callable[[], HubProcess],
     redis_cli: redis.Redis,
-    hub_factory: Callable[..., HubProcess],
     remote_bus: Callable[..., RemoteBus],
 ) -> None:
-    hub_a = hub_factory("--redis", redis_server.url)
-    hub_b = hub_factory("--redis", redis_server.url)
-    responder = remote_bus(hub_b.url)
+    responder = remote_bus(redis_hub().url)
     responder.on("svc.upper", lambda msg: msg.reply(msg.data.upper()))
-    wait_until(lambda: subscribers(redis_cli, "svc.upper") == 1, 5, "hub B's SUBSCRIBE")
-    requester = remote_bus(hub_a.url)
+    wait_subscribed(redis_cli, "svc.upper")  # by hub B
+    requester = remote_bus(redis_hub().url)
 
     assert requester.request("svc.upper", "hello", timeout=5).data == "HELLO"

@@ -34,7 +34,7 @@ from typing import Any
 
 import gevent
 import pytest
-from conftest import ROOT, HubProcess, child_env, stop_process
+from conftest import HubProcess, child_env, run_child, start_child, stop_process
 from gevent import socket as gsocket
 from hubclient import (
     RawClient,
@@ -404,8 +404,7 @@ def test_a_hello_in_time_stops_the_hello_timeout(local_hub: Callable[..., HubSer
         raw.send_json(op="hello", protocol=1, token=TOKEN, id=1)
         assert raw.recv_json()["op"] == "welcome"
         gevent.sleep(0.6)  # past the deadline: it must not fire any more
-        raw.send_json(op="ping", id=2)
-        assert raw.recv_json() == {"op": "pong", "id": 2}
+        assert raw.ask_json(op="ping", id=2) == {"op": "pong", "id": 2}
 
 
 # -- 3. every close code -------------------------------------------------------------
@@ -413,8 +412,7 @@ def test_a_hello_in_time_stops_the_hello_timeout(local_hub: Callable[..., HubSer
 
 def test_invalid_utf8_in_a_text_message_closes_with_1007(hub_process: HubProcess) -> None:
     with RawClient(hub_process.url) as raw:
-        raw.send_json(op="ping", id=1)
-        assert raw.recv_json() == {"op": "pong", "id": 1}
+        assert raw.ask_json(op="ping", id=1) == {"op": "pong", "id": 1}
         raw.send_raw(Frame(Opcode.TEXT, b"\xff\xfe").serialize(mask=True, extensions=[]))
         frames, closed = raw.until_closed()
     assert frames == []
@@ -573,8 +571,7 @@ def test_a_closed_connection_is_freed_at_once_without_the_garbage_collector(
     gc.disable()
     try:
         with RawClient(hub.url) as raw:
-            raw.send_json(op="sub", sid=1, topic="a.>", id=1)
-            assert raw.recv_json() == {"op": "ack", "id": 1}
+            assert raw.ask_json(op="sub", sid=1, topic="a.>", id=1) == {"op": "ack", "id": 1}
             hub.bus.emit("a.b", {"x": 1})
             assert raw.recv_json()["data"] == {"x": 1}
             if pinged:  # idle long enough for the keepalive timer to fire
@@ -612,8 +609,7 @@ def test_a_peer_that_answers_keepalive_pings_stays_open(
         while pings < 5:  # each one answered as it is read
             if raw.next_frame().opcode is Opcode.PING:
                 pings += 1
-        raw.send_json(op="ping", id="still")
-        assert raw.recv_json() == {"op": "pong", "id": "still"}
+        assert raw.ask_json(op="ping", id="still") == {"op": "pong", "id": "still"}
     assert hub.counters.closes.get(1011, 0) == 0
 
 
@@ -658,13 +654,18 @@ def test_five_thousand_messages_between_two_remote_peers_arrive_complete_and_in_
     assert got == {"exact": list(range(count)), "wild": list(range(count))}
 
 
+def remote_subscription(hub: HubServer, remote: RemoteBus, pattern: str) -> greenbus.Subscription:
+    """``remote.subscribe(pattern, maxsize=None)``, returned once the hub's bus has it."""
+    sub = remote.subscribe(pattern, maxsize=None)
+    wait_until(lambda: len(hub.bus.interest()) == 1, 5, "the remote subscription")
+    return sub
+
+
 def test_a_local_emit_reaches_a_remote_subscriber_in_order(
     local_hub: Callable[..., HubServer], remote_bus: Callable[..., RemoteBus]
 ) -> None:
     hub = local_hub()
-    remote = remote_bus(hub.url)
-    sub = remote.subscribe("local.>", maxsize=None)
-    wait_until(lambda: len(hub.bus.interest()) == 1, 5, "the remote subscription")
+    sub = remote_subscription(hub, remote_bus(hub.url), "local.>")
     count = 2000
     for n in range(count):
         assert hub.bus.emit("local.seq", n, headers={"n": n}) == 1
@@ -764,8 +765,7 @@ def test_a_local_message_whose_data_is_not_json_is_skipped_and_counted(
 ) -> None:
     hub = local_hub()
     remote = remote_bus(hub.url)
-    sub = remote.subscribe("x.>", maxsize=None)
-    wait_until(lambda: len(hub.bus.interest()) == 1, 5, "the remote subscription")
+    sub = remote_subscription(hub, remote, "x.>")
     hub.bus.emit("x.a", 1)
     hub.bus.emit("x.a", object())
     hub.bus.emit("x.a", float("nan"))
@@ -877,6 +877,19 @@ def flood(hub: HubProcess, fast: FastSubscriber, count: int, size: int) -> int:
     return max(peak, hub.rss_kib())
 
 
+def flood_past(slow: RawClient, hub: HubProcess, count: int, size: int) -> int:
+    """Subscribe ``slow``, a peer that does not read, to ``flood.>``, then :func:`flood`
+    the hub past it while a :class:`FastSubscriber` gets everything; the peak RSS (KiB)."""
+    assert slow.ask_json(op="sub", sid="slow", topic="flood.>", id=1) == {"op": "ack", "id": 1}
+    fast = FastSubscriber(hub.url, count)
+    try:
+        peak = flood(hub, fast, count, size)
+    finally:
+        fast.close()
+    assert fast.got == list(range(count))
+    return peak
+
+
 # --close-timeout 60: the slow peer reads what it was sent only after the
 # flood, and its close frame must still be waiting for it then.  With 10 KB
 # messages, 300,000 bytes are about 30 of them, far below max_pending's
@@ -905,14 +918,7 @@ def test_a_peer_that_never_reads_is_closed_with_1013_and_the_fast_subscriber_get
 ) -> None:
     baseline = hub_process.rss_kib()
     with RawClient(hub_process.url, rcvbuf=4096) as slow:
-        slow.send_json(op="sub", sid="slow", topic="flood.>", id=1)
-        assert slow.recv_json() == {"op": "ack", "id": 1}
-        fast = FastSubscriber(hub_process.url, count)
-        try:
-            peak = flood(hub_process, fast, count, size)
-        finally:
-            fast.close()
-        assert fast.got == list(range(count))
+        peak = flood_past(slow, hub_process, count, size)
         # Now read what the never-reading peer was sent before it was cut off.
         frames, closed = slow.until_closed()
     assert closed == (1013, "slow consumer")
@@ -941,8 +947,7 @@ def test_a_peer_that_stops_reading_entirely_is_aborted_when_its_close_frame_cann
     hub = local_hub(close_timeout=0.5, max_pending_bytes=1 << 20)
     payload = "x" * 65536
     with RawClient(hub.url, rcvbuf=4096) as slow:
-        slow.send_json(op="sub", sid="slow", topic="big.>", id=1)
-        assert slow.recv_json() == {"op": "ack", "id": 1}
+        assert slow.ask_json(op="sub", sid="slow", topic="big.>", id=1) == {"op": "ack", "id": 1}
         sent = 0
         while not hub.counters.slow_consumers:
             assert sent < 2000, "128 MB sent and the peer was never found slow"
@@ -973,8 +978,7 @@ def test_with_drop_oldest_max_pending_bytes_bounds_the_queue_and_every_drop_is_c
     hub = local_hub(max_pending_bytes=limit, slow_policy="drop_oldest")
     padding = "x" * size
     with RawClient(hub.url, rcvbuf=4096) as slow:
-        slow.send_json(op="sub", sid="s", topic="flood.>", id=1)
-        assert slow.recv_json() == {"op": "ack", "id": 1}
+        assert slow.ask_json(op="sub", sid="s", topic="flood.>", id=1) == {"op": "ack", "id": 1}
         (peer,) = hub.peers.values()
         most = 0
         for n in range(count):
@@ -1004,14 +1008,7 @@ def test_with_drop_oldest_a_peer_that_never_reads_stays_open_and_its_drops_are_c
     count = 20_000
     baseline = hub_process.rss_kib()
     with RawClient(hub_process.url, rcvbuf=4096) as slow:
-        slow.send_json(op="sub", sid="slow", topic="flood.>", id=1)
-        assert slow.recv_json() == {"op": "ack", "id": 1}
-        fast = FastSubscriber(hub_process.url, count)
-        try:
-            peak = flood(hub_process, fast, count, 1000)
-        finally:
-            fast.close()
-        assert fast.got == list(range(count))
+        peak = flood_past(slow, hub_process, count, 1000)
         # Still open, and it reads on: the newest messages were kept, in order.
         # (Its pong counts toward the limit too: queued behind a full queue,
         # it makes one more message drop.)
@@ -1048,8 +1045,7 @@ def test_with_drop_oldest_only_messages_are_dropped_never_the_pong_queued_among_
     with RawClient(hub_process.url, rcvbuf=4096) as slow, client(hub_process.url) as publisher:
         slow.send_json(op="hello", protocol=1, name="slow")
         peer = slow.recv_json()["peer"]
-        slow.send_json(op="sub", sid="slow", topic="flood.>", id=1)
-        assert slow.recv_json() == {"op": "ack", "id": 1}
+        assert slow.ask_json(op="sub", sid="slow", topic="flood.>", id=1) == {"op": "ack", "id": 1}
         assert ask(publisher, op="sub", sid="m", topic="marker", id=0)["op"] == "ack"
         # Chunks with a round trip between them, so the hub's writer runs:
         # the slow peer's socket buffers fill, then its queue, then it drops.
@@ -1386,24 +1382,10 @@ def test_greenbus_sub_prints_the_message_greenbus_pub_publishes(
     hub_process: HubProcess, auth: list[str]
 ) -> None:
     url = ["--url", hub_process.url]
-    sub = subprocess.Popen(
-        [*greenbus_command(), "sub", "chat.>", "--count", "1", *url, *auth],
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    sub = start_child([*greenbus_command(), "sub", "chat.>", "--count", "1", *url, *auth])
     try:
         metric_eventually(hub_process, "greenbus_remote_subscriptions", lambda v: v == 1)
-        pub = subprocess.run(
-            [*greenbus_command(), "pub", "chat.room1", '"hi"', *url, *auth],
-            cwd=ROOT,
-            env=child_env(),
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        pub = run_child([*greenbus_command(), "pub", "chat.room1", '"hi"', *url, *auth])
         assert pub.returncode == 0, pub.stderr.decode()
         out, err = sub.communicate(timeout=30)
     finally:
@@ -1418,13 +1400,8 @@ def test_greenbus_pub_without_a_hub_fails_with_a_message(hub_process: HubProcess
     port = hub_process.port
     hub_process.stop()
     url = f"ws://127.0.0.1:{port}/"
-    pub = subprocess.run(
-        [*greenbus_command(), "pub", "chat.room1", '"hi"', "--url", url, "--timeout", "0.5"],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        timeout=30,
-        check=False,
+    pub = run_child(
+        [*greenbus_command(), "pub", "chat.room1", '"hi"', "--url", url, "--timeout", "0.5"]
     )
     assert pub.returncode != 0
     assert b"cannot connect" in pub.stderr

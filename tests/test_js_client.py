@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
+from nodejs import NODE_DIR, node_executable
 
-ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "tests" / "node"
 TEST_FILE = NODE_DIR / "client.test.mjs"
 
 #: Seconds the whole Node run may take (it takes about 4).
 DEADLINE = 60.0
-
-INSTALL_HINT = "run `npm install --prefix tests/node` (CI runs `npm ci --prefix tests/node`)"
 
 # A top-level TAP test line of Node's reporter: "ok 3 - name" or "not ok 3 - name # SKIP why".
 TAP_LINE = re.compile(r"^(ok|not ok) \d+ - (.*?)(?: # (SKIP|TODO)\b.*)?$")
@@ -78,17 +73,6 @@ def parse_tap(output: str) -> dict[str, Result]:
     return results
 
 
-def node_executable() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(f"`node` is not on PATH: install Node.js (>= 20), then {INSTALL_HINT}")
-    if not (NODE_DIR / "node_modules" / "ws" / "package.json").is_file():
-        pytest.fail(
-            f"the `ws` package is not installed in {NODE_DIR / 'node_modules'}: {INSTALL_HINT}"
-        )
-    return node
-
-
 def global_websocket_flags(node: str) -> list[str]:
     """What ``node`` needs for a global WebSocket: nothing from Node 22 on."""
     probe = [node, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"]
@@ -100,7 +84,7 @@ def global_websocket_flags(node: str) -> list[str]:
 @pytest.fixture(scope="module", params=["ws", "global"])
 def node_run(request: pytest.FixtureRequest) -> NodeRun:
     """``node --test-reporter=tap client.test.mjs``, once per WebSocket implementation."""
-    node = node_executable()
+    node = node_executable("ws")
     env = dict(os.environ)
     env["PYTHON"] = sys.executable
     env["GREENBUS_JS_WEBSOCKET"] = request.param

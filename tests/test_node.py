@@ -17,10 +17,7 @@ SIGCHLD reaping would reach the children of other test modules.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,15 +26,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import gevent
-import gevent.select
 import pytest
+from conftest import ROOT, child_env
+from nodejs import NODE_DIR, LineReader, node_executable, wait_for_exit
 
 import greenbus
 from greenbus.protocol import CloseCode, ErrorCode
 
-ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "tests" / "node"
 PEER = NODE_DIR / "peer.mjs"
 
 #: Seconds a Node peer may live; it is killed after that, whatever happens.
@@ -47,34 +42,6 @@ PEER_TIMEOUT = 20.0
 #: Seconds to wait for the hub to print its URL, and to stop.
 HUB_TIMEOUT = 10.0
 
-INSTALL_HINT = "run `npm install --prefix tests/node` (CI runs `npm ci --prefix tests/node`)"
-
-
-def child_env() -> dict[str, str]:
-    """The children's environment: the checkout importable, warnings fatal, no token."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    env["PYTHONWARNINGS"] = "error"
-    # The hub reads GREENBUS_TOKEN, and so does peer.mjs: these tests run without one.
-    env.pop("GREENBUS_TOKEN", None)
-    return env
-
-
-@functools.cache
-def node_executable() -> str:
-    """The path of ``node``, once ``ws`` is known to be installed for peer.mjs.
-
-    Fails (no skip) when either is missing: CI installs them.
-    """
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(f"`node` is not on PATH: install Node.js (>= 18), then {INSTALL_HINT}")
-    if not (NODE_DIR / "node_modules" / "ws" / "package.json").is_file():
-        pytest.fail(
-            f"the `ws` package is not installed in {NODE_DIR / 'node_modules'}: {INSTALL_HINT}"
-        )
-    return node
-
 
 def read_file(path: Path) -> str:
     try:
@@ -83,57 +50,11 @@ def read_file(path: Path) -> str:
         return ""
 
 
-class LineReader:
-    """Lines from a child's stdout pipe, waiting in gevent (never blocking the hub)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], describe: Callable[[], str]) -> None:
-        assert proc.stdout is not None
-        self._fd = proc.stdout.fileno()
-        os.set_blocking(self._fd, False)
-        self._buffer = b""
-        self._eof = False
-        self._describe = describe
-
-    def readline(self, deadline: float) -> str | None:
-        """The next line without its newline; None at EOF.  Fails at ``deadline``."""
-        while b"\n" not in self._buffer and not self._eof:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"timed out waiting for a line from {self._describe()}")
-            readable, _, _ = gevent.select.select([self._fd], [], [], remaining)
-            if not readable:
-                continue
-            try:
-                chunk = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
-            if chunk:
-                self._buffer += chunk
-            else:
-                self._eof = True
-        if b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            return line.decode("utf-8")
-        if self._buffer:  # a last line without a newline
-            line, self._buffer = self._buffer, b""
-            return line.decode("utf-8")
-        return None
-
-
-def wait_for_exit(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
-    """Poll (in gevent) until ``proc`` exits; its return code, or None at ``deadline``."""
-    while proc.poll() is None:
-        if time.monotonic() >= deadline:
-            return None
-        gevent.sleep(0.01)
-    return proc.returncode
-
-
 class NodePeer:
     """One ``node peer.mjs URL MODE ARGS...`` process (see the top of peer.mjs)."""
 
     def __init__(self, url: str, mode: str, args: tuple[str, ...], log_dir: Path) -> None:
-        node = node_executable()
+        node = node_executable("ws")
         self.mode = mode
         self.argv = [mode, *args]
         self.stderr_path = log_dir / f"node-{mode}-{time.monotonic_ns()}.stderr"

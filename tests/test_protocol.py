@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import json_strategies
 import pytest
 from frames import TOKEN, anonymous, nested, with_token
 from hypothesis import given, settings
@@ -126,142 +127,105 @@ def test_a_number_up_to_the_int_string_limit_is_accepted():
 
 # -- parse_client: every error code -------------------------------------------
 
-CLIENT_ERRORS = [
-    # bad_json: not JSON at all
-    pytest.param("hello", ErrorCode.BAD_JSON, None, id="bad_json-word"),
-    pytest.param("", ErrorCode.BAD_JSON, None, id="bad_json-empty"),
-    pytest.param('{"op":"ping"', ErrorCode.BAD_JSON, None, id="bad_json-truncated"),
-    pytest.param('{"op":"ping"} {}', ErrorCode.BAD_JSON, None, id="bad_json-trailing-data"),
-    pytest.param("{'op':'ping'}", ErrorCode.BAD_JSON, None, id="bad_json-single-quotes"),
-    pytest.param('\ufeff{"op":"ping"}', ErrorCode.BAD_JSON, None, id="bad_json-bom"),
-    # bad_frame: JSON, but not an object
-    pytest.param("[]", ErrorCode.BAD_FRAME, None, id="bad_frame-array"),
-    pytest.param('"ping"', ErrorCode.BAD_FRAME, None, id="bad_frame-string"),
-    pytest.param("42", ErrorCode.BAD_FRAME, None, id="bad_frame-number"),
-    pytest.param("null", ErrorCode.BAD_FRAME, None, id="bad_frame-null"),
-    pytest.param("true", ErrorCode.BAD_FRAME, None, id="bad_frame-boolean"),
-    # bad_frame: an object of the wrong shape
-    pytest.param("{}", ErrorCode.BAD_FRAME, None, id="bad_frame-no-op"),
-    pytest.param('{"id":3}', ErrorCode.BAD_FRAME, 3, id="bad_frame-no-op-with-id"),
-    pytest.param('{"op":1,"id":"x"}', ErrorCode.BAD_FRAME, "x", id="bad_frame-op-not-string"),
-    pytest.param('{"op":null}', ErrorCode.BAD_FRAME, None, id="bad_frame-op-null"),
-    pytest.param('{"op":"sub","topic":"a","id":1}', ErrorCode.BAD_FRAME, 1, id="sub-no-sid"),
-    pytest.param('{"op":"sub","sid":1,"id":1}', ErrorCode.BAD_FRAME, 1, id="sub-no-topic"),
-    pytest.param(
-        '{"op":"sub","sid":null,"topic":"a","id":1}', ErrorCode.BAD_FRAME, 1, id="sub-null-sid"
-    ),
-    pytest.param(
-        '{"op":"sub","sid":{},"topic":"a","id":1}', ErrorCode.BAD_FRAME, 1, id="sub-object-sid"
-    ),
-    pytest.param(
-        '{"op":"sub","sid":[1],"topic":"a","id":1}', ErrorCode.BAD_FRAME, 1, id="sub-array-sid"
-    ),
-    pytest.param(
-        '{"op":"sub","sid":1,"topic":5,"id":1}', ErrorCode.BAD_FRAME, 1, id="sub-topic-not-string"
-    ),
-    pytest.param('{"op":"unsub","id":"u"}', ErrorCode.BAD_FRAME, "u", id="unsub-no-sid"),
-    pytest.param('{"op":"pub","data":1,"id":2}', ErrorCode.BAD_FRAME, 2, id="pub-no-topic"),
-    pytest.param(
-        '{"op":"pub","topic":"a","headers":[1],"id":2}',
-        ErrorCode.BAD_FRAME,
-        2,
-        id="pub-headers-not-object",
-    ),
-    pytest.param(
-        '{"op":"pub","topic":"a","headers":"h","id":2}',
-        ErrorCode.BAD_FRAME,
-        2,
-        id="pub-headers-string",
-    ),
-    pytest.param(
-        '{"op":"pub","topic":"a","reply_to":7,"id":2}',
-        ErrorCode.BAD_FRAME,
-        2,
-        id="pub-reply_to-not-string",
-    ),
-    pytest.param('{"op":"hello","id":4}', ErrorCode.BAD_FRAME, 4, id="hello-no-protocol"),
-    pytest.param(
-        '{"op":"hello","protocol":"1","id":4}', ErrorCode.BAD_FRAME, 4, id="hello-protocol-string"
-    ),
-    pytest.param(
-        '{"op":"hello","protocol":1.0,"id":4}', ErrorCode.BAD_FRAME, 4, id="hello-protocol-float"
-    ),
-    pytest.param(
-        '{"op":"hello","protocol":true,"id":4}', ErrorCode.BAD_FRAME, 4, id="hello-protocol-bool"
-    ),
-    pytest.param(
-        '{"op":"hello","protocol":1,"token":42,"id":4}',
-        ErrorCode.BAD_FRAME,
-        4,
-        id="hello-token-number",
-    ),
-    pytest.param(
-        '{"op":"hello","protocol":1,"name":["a"],"id":4}',
-        ErrorCode.BAD_FRAME,
-        4,
-        id="hello-name-array",
-    ),
-    # bad_frame: an id that cannot be read is not echoed
-    pytest.param('{"op":"ping","id":null}', ErrorCode.BAD_FRAME, None, id="id-null"),
-    pytest.param('{"op":"ping","id":{"a":1}}', ErrorCode.BAD_FRAME, None, id="id-object"),
-    pytest.param('{"op":"ping","id":[1]}', ErrorCode.BAD_FRAME, None, id="id-array"),
-    # unknown_op, including the hub's own ops sent by a client
-    pytest.param('{"op":"publish","id":6}', ErrorCode.UNKNOWN_OP, 6, id="unknown_op"),
-    pytest.param('{"op":"PUB","topic":"a"}', ErrorCode.UNKNOWN_OP, None, id="unknown_op-case"),
-    pytest.param('{"op":""}', ErrorCode.UNKNOWN_OP, None, id="unknown_op-empty"),
-    pytest.param('{"op":"welcome","id":"w"}', ErrorCode.UNKNOWN_OP, "w", id="unknown_op-welcome"),
-    pytest.param('{"op":"msg","sid":1,"topic":"a"}', ErrorCode.UNKNOWN_OP, None, id="op-msg"),
-    # bad_topic
-    pytest.param('{"op":"pub","topic":"","id":1}', ErrorCode.BAD_TOPIC, 1, id="pub-empty-topic"),
-    pytest.param(
-        '{"op":"pub","topic":"a..b","id":1}', ErrorCode.BAD_TOPIC, 1, id="pub-empty-token"
-    ),
-    pytest.param('{"op":"pub","topic":".a","id":1}', ErrorCode.BAD_TOPIC, 1, id="pub-leading-dot"),
-    pytest.param('{"op":"pub","topic":"a b","id":1}', ErrorCode.BAD_TOPIC, 1, id="pub-space"),
-    pytest.param('{"op":"pub","topic":"a\\tb","id":1}', ErrorCode.BAD_TOPIC, 1, id="pub-tab"),
-    pytest.param('{"op":"pub","topic":"a.*","id":1}', ErrorCode.BAD_TOPIC, 1, id="pub-star"),
-    pytest.param('{"op":"pub","topic":"a.>","id":1}', ErrorCode.BAD_TOPIC, 1, id="pub-gt"),
-    pytest.param(
-        '{"op":"pub","topic":"a","reply_to":"_INBOX.*","id":1}',
-        ErrorCode.BAD_TOPIC,
-        1,
-        id="pub-wildcard-reply_to",
-    ),
-    pytest.param(
-        '{"op":"pub","topic":"a","reply_to":"","id":1}',
-        ErrorCode.BAD_TOPIC,
-        1,
-        id="pub-empty-reply_to",
-    ),
-    pytest.param(
-        '{"op":"sub","sid":1,"topic":"a.>.b","id":1}', ErrorCode.BAD_TOPIC, 1, id="sub-gt-not-last"
-    ),
-    pytest.param(
-        '{"op":"sub","sid":1,"topic":"room*","id":1}',
-        ErrorCode.BAD_TOPIC,
-        1,
-        id="sub-star-in-token",
-    ),
-    pytest.param(
-        '{"op":"sub","sid":1,"topic":"a.","id":1}', ErrorCode.BAD_TOPIC, 1, id="sub-a-dot"
-    ),
-    # unsupported_protocol
-    pytest.param(
-        '{"op":"hello","protocol":2,"id":"h"}',
-        ErrorCode.UNSUPPORTED_PROTOCOL,
-        "h",
-        id="unsupported_protocol-2",
-    ),
-    pytest.param(
-        '{"op":"hello","protocol":0}', ErrorCode.UNSUPPORTED_PROTOCOL, None, id="protocol-0"
-    ),
-    pytest.param(
-        '{"op":"hello","protocol":-1}', ErrorCode.UNSUPPORTED_PROTOCOL, None, id="protocol-negative"
-    ),
-]
+#: Bad client frames with no id the hub can read, so it echoes none: ``{code: {test id: text}}``.
+WITHOUT_ID = {
+    ErrorCode.BAD_JSON: {
+        # not JSON at all
+        "bad_json-word": "hello",
+        "bad_json-empty": "",
+        "bad_json-truncated": '{"op":"ping"',
+        "bad_json-trailing-data": '{"op":"ping"} {}',
+        "bad_json-single-quotes": "{'op':'ping'}",
+        "bad_json-bom": '\ufeff{"op":"ping"}',
+    },
+    ErrorCode.BAD_FRAME: {
+        # JSON, but not an object
+        "bad_frame-array": "[]",
+        "bad_frame-string": '"ping"',
+        "bad_frame-number": "42",
+        "bad_frame-null": "null",
+        "bad_frame-boolean": "true",
+        # an object of the wrong shape
+        "bad_frame-no-op": "{}",
+        "bad_frame-op-null": '{"op":null}',
+        # an id that cannot be read is not echoed
+        "id-null": '{"op":"ping","id":null}',
+        "id-object": '{"op":"ping","id":{"a":1}}',
+        "id-array": '{"op":"ping","id":[1]}',
+    },
+    ErrorCode.UNKNOWN_OP: {
+        "unknown_op-case": '{"op":"PUB","topic":"a"}',
+        "unknown_op-empty": '{"op":""}',
+        "op-msg": '{"op":"msg","sid":1,"topic":"a"}',  # the hub's own op, from a client
+    },
+    ErrorCode.UNSUPPORTED_PROTOCOL: {
+        "protocol-0": '{"op":"hello","protocol":0}',
+        "protocol-negative": '{"op":"hello","protocol":-1}',
+    },
+}
+
+#: Bad client frames whose id the hub reads and echoes: ``{code: {test id: text}}``.
+WITH_ID = {
+    ErrorCode.BAD_FRAME: {
+        "bad_frame-no-op-with-id": '{"id":3}',
+        "bad_frame-op-not-string": '{"op":1,"id":"x"}',
+        "sub-no-sid": '{"op":"sub","topic":"a","id":1}',
+        "sub-no-topic": '{"op":"sub","sid":1,"id":1}',
+        "sub-null-sid": '{"op":"sub","sid":null,"topic":"a","id":1}',
+        "sub-object-sid": '{"op":"sub","sid":{},"topic":"a","id":1}',
+        "sub-array-sid": '{"op":"sub","sid":[1],"topic":"a","id":1}',
+        "sub-topic-not-string": '{"op":"sub","sid":1,"topic":5,"id":1}',
+        "unsub-no-sid": '{"op":"unsub","id":"u"}',
+        "pub-no-topic": '{"op":"pub","data":1,"id":2}',
+        "pub-headers-not-object": '{"op":"pub","topic":"a","headers":[1],"id":2}',
+        "pub-headers-string": '{"op":"pub","topic":"a","headers":"h","id":2}',
+        "pub-reply_to-not-string": '{"op":"pub","topic":"a","reply_to":7,"id":2}',
+        "hello-no-protocol": '{"op":"hello","id":4}',
+        "hello-protocol-string": '{"op":"hello","protocol":"1","id":4}',
+        "hello-protocol-float": '{"op":"hello","protocol":1.0,"id":4}',
+        "hello-protocol-bool": '{"op":"hello","protocol":true,"id":4}',
+        "hello-token-number": '{"op":"hello","protocol":1,"token":42,"id":4}',
+        "hello-name-array": '{"op":"hello","protocol":1,"name":["a"],"id":4}',
+    },
+    ErrorCode.UNKNOWN_OP: {
+        "unknown_op": '{"op":"publish","id":6}',
+        "unknown_op-welcome": '{"op":"welcome","id":"w"}',  # the hub's own op, from a client
+    },
+    ErrorCode.BAD_TOPIC: {
+        "pub-empty-topic": '{"op":"pub","topic":"","id":1}',
+        "pub-empty-token": '{"op":"pub","topic":"a..b","id":1}',
+        "pub-leading-dot": '{"op":"pub","topic":".a","id":1}',
+        "pub-space": '{"op":"pub","topic":"a b","id":1}',
+        "pub-tab": '{"op":"pub","topic":"a\\tb","id":1}',
+        "pub-star": '{"op":"pub","topic":"a.*","id":1}',
+        "pub-gt": '{"op":"pub","topic":"a.>","id":1}',
+        "pub-wildcard-reply_to": '{"op":"pub","topic":"a","reply_to":"_INBOX.*","id":1}',
+        "pub-empty-reply_to": '{"op":"pub","topic":"a","reply_to":"","id":1}',
+        "sub-gt-not-last": '{"op":"sub","sid":1,"topic":"a.>.b","id":1}',
+        "sub-star-in-token": '{"op":"sub","sid":1,"topic":"room*","id":1}',
+        "sub-a-dot": '{"op":"sub","sid":1,"topic":"a.","id":1}',
+    },
+    ErrorCode.UNSUPPORTED_PROTOCOL: {
+        "unsupported_protocol-2": '{"op":"hello","protocol":2,"id":"h"}',
+    },
+}
 
 
-@pytest.mark.parametrize(("text", "code", "id"), CLIENT_ERRORS)
+@pytest.mark.parametrize(
+    ("text", "code", "id"),
+    [
+        *(
+            pytest.param(text, code, None, id=name)
+            for code, frames in WITHOUT_ID.items()
+            for name, text in frames.items()
+        ),
+        *(
+            pytest.param(text, code, json.loads(text)["id"], id=name)
+            for code, frames in WITH_ID.items()
+            for name, text in frames.items()
+        ),
+    ],
+)
 def test_a_bad_client_frame_gets_its_error_code_with_the_id_echoed_when_readable(text, code, id):
     exc = rejection(text)
     assert exc.code is code
@@ -452,23 +416,28 @@ def test_an_unknown_error_code_is_kept_as_a_plain_string():
     assert not isinstance(event.code, ErrorCode)
 
 
-@pytest.mark.parametrize(
-    ("text", "code"),
-    [
-        ('{"op":"ack"}', ErrorCode.BAD_FRAME),
-        ('{"op":"ack","id":true}', ErrorCode.BAD_FRAME),
-        ('{"op":"msg","topic":"a","data":1}', ErrorCode.BAD_FRAME),
-        ('{"op":"msg","sid":1,"data":1}', ErrorCode.BAD_FRAME),
-        ('{"op":"msg","sid":1,"topic":"a","headers":[]}', ErrorCode.BAD_FRAME),
-        ('{"op":"error","reason":"x"}', ErrorCode.BAD_FRAME),
-        ('{"op":"error","code":1,"reason":"x"}', ErrorCode.BAD_FRAME),
-        ('{"op":"error","code":"internal"}', ErrorCode.BAD_FRAME),
-        ('{"op":"welcome","server":"hub","peer":"p1"}', ErrorCode.BAD_FRAME),
-        ('{"op":"pong","extra":1}', ErrorCode.BAD_FRAME),
-        ('{"op":"pub","topic":"a"}', ErrorCode.UNKNOWN_OP),
-        ("[]", ErrorCode.BAD_FRAME),
-        ("nope", ErrorCode.BAD_JSON),
+#: What a hub may not send, by the error code parse_server raises for it.
+SERVER_ERRORS = {
+    ErrorCode.BAD_FRAME: [
+        '{"op":"ack"}',
+        '{"op":"ack","id":true}',
+        '{"op":"msg","topic":"a","data":1}',
+        '{"op":"msg","sid":1,"data":1}',
+        '{"op":"msg","sid":1,"topic":"a","headers":[]}',
+        '{"op":"error","reason":"x"}',
+        '{"op":"error","code":1,"reason":"x"}',
+        '{"op":"error","code":"internal"}',
+        '{"op":"welcome","server":"hub","peer":"p1"}',
+        '{"op":"pong","extra":1}',
+        "[]",
     ],
+    ErrorCode.UNKNOWN_OP: ['{"op":"pub","topic":"a"}'],
+    ErrorCode.BAD_JSON: ["nope"],
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "code"), [(text, code) for code, texts in SERVER_ERRORS.items() for text in texts]
 )
 def test_parse_server_rejects_what_a_hub_may_not_send(text, code):
     assert rejection(text, parse_server).code is code
@@ -600,20 +569,8 @@ def test_a_local_protocol_error_is_a_protocol_error_and_a_value_error():
 
 # -- properties -----------------------------------------------------------------------
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+json_scalars = json_strategies.json_scalars(max_text=10)
+json_values = json_strategies.json_values(json_scalars, max_key=5, max_leaves=12)
 # Topics and patterns near the grammar's edges.  No "\n": Python's re lets "$"
 # match before a final newline, so jsonschema would take "a\n" for a topic
 # where the schema's (ECMA-262) regex does not.
@@ -790,22 +747,25 @@ def test_the_schema_lists_every_error_code(schema):
     assert sorted(codes) == sorted(str(c) for c in ErrorCode)
 
 
-@pytest.mark.parametrize("event", CLIENT_EVENTS, ids=event_id)
-def test_every_encoded_client_event_is_valid_per_the_schema(event, validators):
+def assert_valid_per_the_schema(event: Any, validators: dict[str, Any], side: str) -> None:
+    """``encode(event)`` is a frame, a ``side`` frame ("client" or "server") and a frame of
+    its op per the schema, and not a frame of the other side."""
+    other = {"client": "server", "server": "client"}[side]
     frame = json.loads(encode(event))
     validators["frame"].validate(frame)
-    validators["client_frame"].validate(frame)
+    validators[f"{side}_frame"].validate(frame)
     validators[frame["op"]].validate(frame)
-    assert not validators["server_frame"].is_valid(frame)
+    assert not validators[f"{other}_frame"].is_valid(frame)
+
+
+@pytest.mark.parametrize("event", CLIENT_EVENTS, ids=event_id)
+def test_every_encoded_client_event_is_valid_per_the_schema(event, validators):
+    assert_valid_per_the_schema(event, validators, "client")
 
 
 @pytest.mark.parametrize("event", SERVER_EVENTS, ids=event_id)
 def test_every_encoded_server_event_is_valid_per_the_schema(event, validators):
-    frame = json.loads(encode(event))
-    validators["frame"].validate(frame)
-    validators["server_frame"].validate(frame)
-    validators[frame["op"]].validate(frame)
-    assert not validators["client_frame"].is_valid(frame)
+    assert_valid_per_the_schema(event, validators, "server")
 
 
 def test_a_frame_from_encode_msg_is_valid_per_the_schema(validators):

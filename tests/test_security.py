@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, HubProcess, child_env
+from conftest import HubProcess, start_child
 from gevent import socket as gsocket
 from hubclient import HubLauncher, LaunchedHub, ask, client, in_step, send, until_closed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
@@ -204,14 +204,7 @@ def test_greenbus_connect_with_cafile_talks_to_a_tls_hub(
     # In a child process with a deadline: a client whose TLS socket blocks
     # the whole process must fail this test, not freeze the test run.
     cert, _ = certificate
-    child = subprocess.Popen(
-        [sys.executable, "-c", TLS_CLIENT, tls_hub.url, str(cert)],
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    child = start_child([sys.executable, "-c", TLS_CLIENT, tls_hub.url, str(cert)])
     try:
         out, err = child.communicate(timeout=8)
     except subprocess.TimeoutExpired:

@@ -172,21 +172,34 @@ function unexpected(frame) {
   die(5, `unexpected frame in mode ${mode}: ${JSON.stringify(frame)}`);
 }
 
+// Modes sub and echo: subscribe to `pattern` as sid 1; the mode is done
+// after `wanted` messages (or answers) of its own counting.
+function subscribe(handler, pattern, wanted) {
+  handler.pattern = pattern;
+  handler.wanted = wanted;
+  send({ op: "sub", sid: 1, topic: pattern, id: "sub-1" });
+}
+
+// Whether `f` is the ack of subscribe(): then print {"subscribed": pattern},
+// and finish at once if nothing is wanted.
+function subscribed(handler, f) {
+  if (f.op !== "ack" || f.id !== "sub-1") return false;
+  print({ subscribed: handler.pattern });
+  if (handler.wanted === 0) finish();
+  return true;
+}
+
 // -- the modes ------------------------------------------------------------------
 
 const modes = {
   sub: {
     start() {
-      this.pattern = args[0];
-      this.wanted = count(args[1], "COUNT");
       this.seen = 0;
-      send({ op: "sub", sid: 1, topic: this.pattern, id: "sub-1" });
+      subscribe(this, args[0], count(args[1], "COUNT"));
     },
     frame(f) {
-      if (f.op === "ack" && f.id === "sub-1") {
-        print({ subscribed: this.pattern });
-        if (this.wanted === 0) finish();
-      } else if (f.op === "msg" && f.sid === 1) {
+      if (subscribed(this, f)) return;
+      if (f.op === "msg" && f.sid === 1) {
         const line = { topic: f.topic, data: f.data };
         if (f.headers) line.headers = f.headers;
         if (f.reply_to !== undefined) line.reply_to = f.reply_to;
@@ -223,18 +236,14 @@ const modes = {
 
   echo: {
     start() {
-      this.topic = args[0];
-      this.wanted = args.length > 1 ? count(args[1], "COUNT") : Infinity;
       this.replies = new Set();
       this.answered = 0;
       this.seq = 0;
-      send({ op: "sub", sid: 1, topic: this.topic, id: "sub-1" });
+      subscribe(this, args[0], args.length > 1 ? count(args[1], "COUNT") : Infinity);
     },
     frame(f) {
-      if (f.op === "ack" && f.id === "sub-1") {
-        print({ subscribed: this.topic });
-        if (this.wanted === 0) finish();
-      } else if (f.op === "msg" && f.sid === 1) {
+      if (subscribed(this, f)) return;
+      if (f.op === "msg" && f.sid === 1) {
         if (typeof f.reply_to !== "string") return; // not a request: nothing to answer
         const id = `reply-${++this.seq}`;
         this.replies.add(id);
