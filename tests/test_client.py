@@ -329,12 +329,24 @@ def test_a_subscription_made_before_the_refusal_ends_with_it(
         remote.close(timeout=1)
 
 
-def test_a_subscription_the_hub_forbids_ends_with_its_remote_error(
+@pytest.fixture
+def acl_hub(
     local_hub: Callable[..., greenbus.HubServer], tmp_path: Path
+) -> Callable[[str], greenbus.HubServer]:
+    """``start(permissions)``: an in-process hub whose one user, token "t", has them (TOML)."""
+
+    def start(permissions: str) -> greenbus.HubServer:
+        acl = tmp_path / "users.toml"
+        acl.write_text(f'[users.a]\ntoken = "t"\n{permissions}\n', encoding="utf-8")
+        return local_hub(acl=greenbus.acl.Acl.load(acl))
+
+    return start
+
+
+def test_a_subscription_the_hub_forbids_ends_with_its_remote_error(
+    acl_hub: Callable[[str], greenbus.HubServer],
 ) -> None:
-    acl = tmp_path / "users.toml"
-    acl.write_text('[users.a]\ntoken = "t"\nsubscribe = ["a.>"]\n', encoding="utf-8")
-    hub = local_hub(acl=greenbus.acl.Acl.load(acl))
+    hub = acl_hub('subscribe = ["a.>"]')
     errors: list[BaseException] = []
     remote = greenbus.connect(hub.url, token="t", on_error=lambda e, s, m: errors.append(e))
     try:
@@ -354,11 +366,9 @@ def test_a_subscription_the_hub_forbids_ends_with_its_remote_error(
 
 
 def test_publish_waits_for_the_hubs_answer_and_raises_its_refusal(
-    local_hub: Callable[..., greenbus.HubServer], tmp_path: Path
+    acl_hub: Callable[[str], greenbus.HubServer],
 ) -> None:
-    acl = tmp_path / "users.toml"
-    acl.write_text('[users.a]\ntoken = "t"\npublish = ["a.>"]\n', encoding="utf-8")
-    hub = local_hub(acl=greenbus.acl.Acl.load(acl))
+    hub = acl_hub('publish = ["a.>"]')
     got = hub.bus.subscribe(">", maxsize=None)
     remote = greenbus.connect(hub.url, token="t")
     try:

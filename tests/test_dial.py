@@ -29,11 +29,12 @@ def http_server(answer: bytes) -> tuple[int, gevent.Greenlet]:
     return listener.getsockname()[1], gevent.spawn(serve)
 
 
-def open_to(port: int) -> greenbus.bridge.connection.Connection:
+def open_to(port: int, timeout: float = 5) -> greenbus.bridge.connection.Connection:
+    """``dial`` a plain ws:// connection to 127.0.0.1:port."""
     return dial(
         check_url(f"ws://127.0.0.1:{port}/"),
         tls=None,
-        timeout=5,
+        timeout=timeout,
         max_size=1 << 20,
         on_text=lambda text: None,
         name="test",
@@ -84,13 +85,6 @@ def test_a_closed_port_and_a_silent_server_are_failed_attempts() -> None:
     silent.listen(1)
     try:
         with pytest.raises(Timeout):
-            dial(
-                check_url(f"ws://127.0.0.1:{silent.getsockname()[1]}/"),
-                tls=None,
-                timeout=0.2,
-                max_size=1 << 20,
-                on_text=lambda text: None,
-                name="test",
-            )
+            open_to(silent.getsockname()[1], timeout=0.2)
     finally:
         silent.close()
