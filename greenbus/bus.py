@@ -24,6 +24,7 @@ from typing import Any
 import gevent
 from greenlet import getcurrent
 
+from ._attrs import readonly
 from ._options import check_timeout
 from ._portal import HandOff, ThreadPortal, get_ident
 from .channel import DEFAULT_MAXSIZE, Channel, Overflow
@@ -144,9 +145,7 @@ class Bus(HandlerMixin):
             f"subscriptions={len(self._subs)} patterns={len(self._index.patterns())}>"
         )
 
-    @property
-    def state(self) -> BusState:
-        return self._state
+    state = readonly[BusState]("_state")
 
     @property
     def closed(self) -> bool:

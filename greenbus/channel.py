@@ -43,9 +43,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from gevent import Timeout, get_hub
+from gevent import get_hub, with_timeout
 from greenlet import getcurrent
 
+from ._attrs import readonly
 from ._options import check_timeout
 from .exceptions import (
     ChannelClosed,
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: What a timed get() finds when its time ran out (no item is ever this object).
+_TIMED_OUT = object()
 
 #: Default capacity of a subscription's channel (messages).
 DEFAULT_MAXSIZE = 65536
@@ -313,32 +317,21 @@ class Channel(Generic[T]):
 
     # -- introspection -----------------------------------------------------
 
-    @property
-    def maxsize(self) -> int | None:
-        return self._maxsize
+    maxsize = readonly[int | None]("_maxsize")
 
-    @property
-    def overflow(self) -> Overflow:
-        return self._overflow
+    overflow = readonly[Overflow]("_overflow")
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    closed = readonly[bool]("_closed")
 
-    @property
-    def delivered(self) -> int:
-        """Items handed to a consumer so far (see :meth:`discard_taken`)."""
-        return self._delivered
+    delivered = readonly[int](
+        "_delivered", "Items handed to a consumer so far (see :meth:`discard_taken`)."
+    )
 
-    @property
-    def dropped(self) -> int:
-        """Items dropped by ``drop_oldest``/``drop_newest``."""
-        return self._dropped
+    dropped = readonly[int]("_dropped", "Items dropped by ``drop_oldest``/``drop_newest``.")
 
-    @property
-    def discarded(self) -> int:
-        """Items discarded by :meth:`discard`, :meth:`discard_taken`, or a close."""
-        return self._discarded
+    discarded = readonly[int](
+        "_discarded", "Items discarded by :meth:`discard`, :meth:`discard_taken`, or a close."
+    )
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -593,16 +586,10 @@ class Channel(Generic[T]):
             raise ChannelEmpty()
         if timeout == 0:
             raise ReceiveTimeout(timeout)
-        timer = Timeout(timeout)
-        timer.start()
-        try:
-            return self._get_slow(None)
-        except Timeout as exc:
-            if exc is not timer:
-                raise
-            raise ReceiveTimeout(timeout) from None
-        finally:
-            timer.close()
+        item = with_timeout(timeout, self._get_slow, None, timeout_value=_TIMED_OUT)
+        if item is _TIMED_OUT:
+            raise ReceiveTimeout(timeout)
+        return item  # type: ignore[no-any-return]
 
     def _after_get(self, pending: int) -> None:
         if self._overflowing and pending <= self._limit // 2:

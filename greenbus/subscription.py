@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar, overload
 import gevent
 from greenlet import getcurrent
 
+from ._attrs import readonly
 from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow, check_options
 from .exceptions import EndOfChannel, InvalidOption, SlowConsumer
 from .message import Message
@@ -174,10 +175,7 @@ class Subscription:
 
     # -- introspection -----------------------------------------------------
 
-    @property
-    def active(self) -> bool:
-        """True until :meth:`close` (or the bus's close)."""
-        return self._active
+    active = readonly[bool]("_active", "True until :meth:`close` (or the bus's close).")
 
     @property
     def pending(self) -> int:
@@ -189,18 +187,13 @@ class Subscription:
         """Messages handed to the consumer (handler calls started, or ``get`` returns)."""
         return self._channel.delivered - self._in_hand
 
-    @property
-    def dropped(self) -> int:
-        """Messages dropped by the ``drop_oldest``/``drop_newest`` policies."""
-        return self._channel.dropped
+    dropped = readonly[int](
+        "_channel.dropped", "Messages dropped by the ``drop_oldest``/``drop_newest`` policies."
+    )
 
-    @property
-    def maxsize(self) -> int | None:
-        return self._channel.maxsize
+    maxsize = readonly[int | None]("_channel.maxsize")
 
-    @property
-    def overflow(self) -> Overflow:
-        return self._channel.overflow
+    overflow = readonly[Overflow]("_channel.overflow")
 
     def statistics(self) -> SubscriptionStatistics:
         """A frozen snapshot of this subscription's counters."""
@@ -268,10 +261,9 @@ class Subscription:
             raise
         return _tuple_new(self._message, item)
 
-    @property
-    def error(self) -> BaseException | None:
-        """The error this subscription ended with (see :meth:`fail`), or None."""
-        return self._error
+    error = readonly[BaseException | None](
+        "_error", "The error this subscription ended with (see :meth:`fail`), or None."
+    )
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscription or its bus is closed.
@@ -456,9 +448,7 @@ class Forward:
 
         self.put = put
 
-    @property
-    def active(self) -> bool:
-        return self._active
+    active = readonly[bool]("_active")
 
     def close(self) -> None:
         """Stop forwarding.  Idempotent."""

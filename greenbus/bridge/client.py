@@ -38,6 +38,7 @@ import gevent.event
 from gevent import Timeout
 from gevent import ssl as gssl
 
+from .._attrs import readonly
 from .._options import check_int, check_seconds, check_timeout, check_type
 from .._portal import get_ident
 from ..bus import check_extras
@@ -227,19 +228,16 @@ class RemoteBus(HandlerMixin):
             f"subscriptions={len(self._subs)}>"
         )
 
-    @property
-    def state(self) -> ClientState:
-        return self._state
+    state = readonly[ClientState]("_state")
 
     @property
     def connected(self) -> bool:
         """True while the hub has welcomed this client (state OPEN)."""
         return self._state is ClientState.OPEN
 
-    @property
-    def error(self) -> ClientClosed | None:
-        """Why the client ended by itself (the hub refused it), or None."""
-        return self._fatal
+    error = readonly[ClientClosed | None](
+        "_fatal", "Why the client ended by itself (the hub refused it), or None."
+    )
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the hub welcomed this client, or it closed; True if welcomed."""

@@ -30,6 +30,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
 from websockets.typing import BytesLike
 
+from .._attrs import readonly
 from ..exceptions import EndOfChannel
 from .outbox import Outbox, OutboxState
 
@@ -148,15 +149,14 @@ class Connection:
             protocol.close_sent is None or bool(protocol.close_rcvd_then_sent)
         )
 
-    @property
-    def sent(self) -> int:
-        """Frames written to the socket (not proof that the peer read them)."""
-        return self.outbox.written_frames
+    sent = readonly[int](
+        "outbox.written_frames", "Frames written to the socket (not proof that the peer read them)."
+    )
 
-    @property
-    def pending(self) -> int:
-        """Frames queued and not yet written (including the writer's current batch)."""
-        return self.outbox.pending_frames
+    pending = readonly[int](
+        "outbox.pending_frames",
+        "Frames queued and not yet written (including the writer's current batch).",
+    )
 
     def start(self, initial_events: Sequence[Any] = ()) -> None:
         """Start the reader and writer greenlets.

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from gevent import get_hub
 from gevent.hub import Waiter
 
+from .._attrs import readonly
 from .._options import check_int
 from ..exceptions import EndOfChannel, InvalidOption
 from .metrics import HubCounters
@@ -232,13 +233,9 @@ class Outbox:
 
     # -- introspection ---------------------------------------------------------
 
-    @property
-    def state(self) -> OutboxState:
-        return self._state
+    state = readonly[OutboxState]("_state")
 
-    @property
-    def limits(self) -> OutboxLimits:
-        return self._limits
+    limits = readonly[OutboxLimits]("_limits")
 
     @property
     def accepting(self) -> bool:

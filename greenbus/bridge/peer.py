@@ -22,6 +22,7 @@ from typing import Any
 
 import gevent
 
+from .._attrs import readonly
 from .._logging import LogLimiter
 from .._options import check_int, check_seconds
 from ..acl import INBOX_PREFIX, InboxOwners
@@ -208,19 +209,13 @@ class Peer:
             f"<Peer {self.id} {self.session.name or ''} {self.address} subs={len(self.forwards)}>"
         )
 
-    @property
-    def name(self) -> str | None:
-        return self.session.name
+    name = readonly[str | None]("session.name")
 
-    @property
-    def dropped(self) -> int:
-        """Messages to this peer that were never written."""
-        return self.outbox.dropped
+    dropped = readonly[int]("outbox.dropped", "Messages to this peer that were never written.")
 
-    @property
-    def pending_bytes(self) -> int:
-        """UTF-8 bytes of the frames queued to this peer and not yet written."""
-        return self.outbox.pending_bytes
+    pending_bytes = readonly[int](
+        "outbox.pending_bytes", "UTF-8 bytes of the frames queued to this peer and not yet written."
+    )
 
     def attach(self, connection: Connection) -> None:
         """Bind the connection (made with this peer's callbacks and outbox)."""
