@@ -1,21 +1,14 @@
 """greenbus's benchmark suite.
 
-Compares greenbus with the ways Python programs pass messages today -- the
-classic two-thread pyee scenario, pyee inline and on a thread pool, OS
-threads with ``queue.Queue``, greenlets with ``gevent.queue``, and blinker --
-in one process, interleaving the systems round by round.  Its WebSocket hub
-is measured across processes, beside Redis pub/sub and a raw TCP echo; its
-Redis federation (two processes with federated buses), beside raw redis-py
-pub/sub between two processes.
+``python -m perf`` (or ``greenbus bench``) compares greenbus with the ways
+Python programs pass messages today, in one process and across processes;
+``python -m perf.load`` puts the hub under load and over time.  The layout:
 
-Run it from the repository root with ``python -m perf`` (or ``greenbus
-bench``); ``python -m perf --help`` lists the options.  The layout:
-
-* ``systems.py``: one adapter per in-process system under test;
-* ``hub.py``: the systems across processes (greenbus's WebSocket hub, Redis
-  pub/sub, the federation through Redis, a raw TCP echo), whose parties run
-  in ``hub_worker.py`` processes;
-* ``metrics.py``: what is measured, the sizes, and greenbus's targets;
-* ``report.py``: the JSON record, ``RESULTS.md`` and the charts;
-* ``__main__.py``: the command line and the interleaved run.
+* ``procs.py``: the child processes of every harness (start, ready line, stop);
+* ``systems.py``, ``hub.py``: the systems under test, in one process and across
+  processes (their helper processes run ``hub_worker.py``);
+* ``metrics.py``: what ``python -m perf`` measures, the sizes, greenbus's targets;
+* ``__main__.py``: its command line and interleaved run;
+* ``load.py``: ``python -m perf.load``, whose client processes run ``load_worker.py``;
+* ``report.py``: the JSON records, RESULTS.md, LOAD.md and the charts of both.
 """

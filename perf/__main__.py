@@ -17,6 +17,8 @@ was an error (messages lost, a wait timed out), after writing the report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import faulthandler
 import gc
 import random
@@ -24,21 +26,17 @@ import shlex
 import sys
 import time
 import traceback
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import report
-from .metrics import DEFAULT, METRICS, QUICK, SYSTEMS, TINY, Case, Metric, Sizes
+from .metrics import DEFAULT, METRICS, QUICK, SYSTEMS, TARGETS, TINY, Case, Metric, Sizes, Target
 
 #: Seconds one measurement may take before the run is aborted with a traceback
 #: (a lost message would otherwise block a ping-pong forever).
@@ -59,6 +57,14 @@ class Step:
         return f"{self.metric.name} · {self.case.label} · {self.system} · {when}"
 
 
+@dataclass
+class Series:
+    """The samples of one (metric, case, system), and the errors met on the way."""
+
+    samples: list[float] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.split("\n")[0])
     size = parser.add_argument_group("size")
@@ -73,24 +79,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--out",
         metavar="DIR",
         type=Path,
-        default=Path(__file__).resolve().parent,
+        default=report.PERF,
         help="where to write RESULTS.md, the charts and results/ (default: perf/)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the shuffled order")
     args = parser.parse_args(argv)
-    if args.only:
-        unknown = set(args.only.split(",")) - set(METRICS)
-        if unknown:
-            parser.error(
-                f"unknown metric(s) {', '.join(sorted(unknown))}; of: {', '.join(METRICS)}"
-            )
+    if args.only and (unknown := set(args.only.split(",")) - set(METRICS)):
+        parser.error(f"unknown metric(s) {', '.join(sorted(unknown))}; of: {', '.join(METRICS)}")
     return args
-
-
-def choose(args: argparse.Namespace) -> tuple[Sizes, list[Metric]]:
-    sizes = TINY if args.tiny else QUICK if args.quick else DEFAULT
-    names = args.only.split(",") if args.only else list(METRICS)
-    return sizes, [METRICS[name] for name in METRICS if name in names]
 
 
 def plan(metrics: list[Metric], sizes: Sizes, rng: random.Random) -> list[Step]:
@@ -106,9 +102,8 @@ def plan(metrics: list[Metric], sizes: Sizes, rng: random.Random) -> list[Step]:
     return steps
 
 
-def run_step(step: Step, sizes: Sizes, store: report.Store, console: Console) -> None:
-    """Measure one step into ``store``; an exception becomes an error entry."""
-    series = store.series(step.metric.name, step.case.label, step.system)
+def run_step(step: Step, sizes: Sizes, series: Series, console: Console) -> None:
+    """Measure one step into ``series``; an exception becomes an error entry."""
     gc.collect()  # start every measurement from the same place; GC stays enabled
     faulthandler.dump_traceback_later(STEP_TIMEOUT, exit=True)
     try:
@@ -125,34 +120,106 @@ def run_step(step: Step, sizes: Sizes, store: report.Store, console: Console) ->
         faulthandler.cancel_dump_traceback_later()
 
 
+def evaluate(target: Target, doc: dict[str, Any]) -> dict[str, Any]:
+    """A target's figure in this run and whether it is met (None: not measured)."""
+    cases = doc["metrics"].get(target.metric, {}).get("cases", {})
+    results = cases.get(target.case, {}).get("results", {})
+    value = results.get(target.system, {}).get(target.stat)
+    if target.against:
+        baseline = results.get(target.against, {}).get(target.stat)
+        figure = value / baseline if value is not None and baseline else None
+    else:
+        baseline, figure = None, value
+    met = None if figure is None else target.met(figure)
+    fields = {"value": value, "baseline": baseline, "figure": figure, "met": met}
+    return {**dataclasses.asdict(target), **fields}
+
+
+def wildcard_share(doc: dict[str, Any]) -> dict[str, float | None]:
+    """Per subscriber count: wildcard emit cost ÷ exact-topic emit cost (medians)."""
+    shares: dict[str, float | None] = {}
+    for label, case in doc["metrics"].get("emit_cost_by_subscribers", {}).get("cases", {}).items():
+        wildcard = case["results"].get("greenbus-wildcard", {}).get("median")
+        exact = case["results"].get("greenbus", {}).get("median")
+        shares[label] = wildcard / exact if wildcard is not None and exact else None
+    return shares
+
+
+def document(
+    store: defaultdict[tuple[str, str, str], Series],
+    metrics: list[Metric],
+    sizes: Sizes,
+    *,
+    command: str,
+    seed: int,
+    started: float,
+) -> dict[str, Any]:
+    """The run as one JSON-ready record (its layout: perf/report.py)."""
+    used = {system for m in metrics for system in m.systems}
+    doc: dict[str, Any] = {
+        "suite": "greenbus perf",
+        "date": datetime.date.fromtimestamp(started).isoformat(),
+        "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "command": command,
+        "profile": sizes.profile,
+        "seed": seed,
+        "machine": report.machine_info(),
+        "sizes": dataclasses.asdict(sizes),
+        "systems": {name: s.summary for name, s in SYSTEMS.items() if name in used},
+        "metrics": {
+            m.name: {
+                "title": m.title,
+                "timed": m.timed,
+                "better": m.better,
+                "reference": m.reference,
+                "rounds": m.rounds(sizes),
+                "cases": {
+                    case.label: {
+                        "unit": case.unit,
+                        "params": dict(case.params),
+                        "results": {
+                            system: report.figures(series.samples, series.errors)
+                            for system in m.systems
+                            for series in [store[m.name, case.label, system]]
+                        },
+                    }
+                    for case in m.cases(sizes)
+                },
+            }
+            for m in metrics
+        },
+    }
+    doc["derived"] = {"wildcard_share": wildcard_share(doc)}
+    doc["targets"] = [evaluate(t, doc) for t in TARGETS]
+    return doc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    sizes, metrics = choose(args)
+    sizes = TINY if args.tiny else QUICK if args.quick else DEFAULT
+    names = args.only.split(",") if args.only else list(METRICS)
+    metrics = [METRICS[name] for name in METRICS if name in names]
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     steps = plan(metrics, sizes, random.Random(seed))
     console = Console(stderr=True)
-    store = report.Store()
+    store: defaultdict[tuple[str, str, str], Series] = defaultdict(Series)
     started = time.time()
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    columns = TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("starting", total=len(steps))
         for step in steps:
             progress.update(task, description=step.describe(step.metric.rounds(sizes)))
-            run_step(step, sizes, store, console)
+            run_step(step, sizes, store[step.metric.name, step.case.label, step.system], console)
             progress.advance(task)
     command = shlex.join(["python", "-m", "perf", *argv])
-    doc = report.document(store, metrics, sizes, command=command, seed=seed, started=started)
-    written = report.write_all(doc, args.out)
+    doc = document(store, metrics, sizes, command=command, seed=seed, started=started)
+    written = report.write_results(doc, args.out)
     console.print(report.summary(doc))
     for path in written:
         console.print(f"wrote {path}")
-    return 1 if store.has_errors() else 0
+    return 1 if any(series.errors for series in store.values()) else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
-"""The helper processes of the benchmarks across processes (``perf/hub.py``): one command per role.
+"""The helper processes of the benchmarks across processes (``perf/hub.py``).
 
-Run as ``python -m perf.hub_worker COMMAND ARGS...`` (``--help`` lists
-them).  A command talks to the benchmark in JSON lines on stdout: one when
-it is ready (with its address, if it is a server), then one with its result,
-if it has one.  A command that fails prints ``{"error": "..."}`` and exits 1;
-logs go to stderr.
+Run as ``python -m perf.hub_worker COMMAND OPTIONS``, OPTIONS a JSON object
+of the command's keyword arguments.  A command says ``{"ready": ...}`` when
+it is ready (a server: its address), then ``{"result": ...}`` if it has
+one (see :mod:`perf.procs`).
 
 ===============================  ============  ===============  =============  ============
 role                             greenbus hub  Redis            federation     raw TCP
@@ -17,29 +16,19 @@ publisher: M stamped, GAP apart                ``redis-probe``  ``fed-probe``
 publisher: M via its client                    ``redis-send``   ``fed-send``
 ===============================  ============  ===============  =============  ============
 
-The federation's parties are nodes: processes with a :class:`greenbus.Bus`
-federated through redis-server (``greenbus.federate``).  ``fed-sub`` counts
-in a subscription's handler; ``fed-probe`` and ``fed-send`` emit on their
-bus and let the federation publish.
+A federation's parties are nodes: a :class:`greenbus.Bus` federated through
+redis-server (``greenbus.federate``).  Every flood carries ``0 .. M-1``,
+checked on arrival by a :class:`~perf.procs.Tally`.  A *stamped* payload
+also carries ``time.monotonic_ns()`` read just before the publishing call
+(``[i, ns]`` on a bus, ``b"i ns"`` in raw Redis); a ``stamped`` subscriber
+reads the same clock first thing on arrival and reports each latency.
 
-Every flood carries the payloads ``0 .. M-1``; a :class:`Tally` checks that
-each arrives once, in order.  Times are ``time.monotonic()``: on Linux that
-is CLOCK_MONOTONIC, one clock for every process of the machine, so times
-taken in different processes can be subtracted.  A *stamped* payload also
-carries its send time, ``time.monotonic_ns()`` read just before the
-publishing call (``[i, ns]`` on a bus, ``b"i ns"`` in raw Redis); with
-``--stamped`` a subscriber reads the same clock first thing on arrival and
-reports each message's one-way latency.
-
-The gevent commands stop cleanly on SIGTERM (so a hub or a federated node
-run under cProfile writes its profile); the others are simply ended by the
-benchmark.  Heavy
-imports happen inside the commands, so a raw TCP echo starts in a blink.
+The gevent commands stop cleanly on SIGTERM (a hub or node run under
+cProfile writes its profile).  Heavy imports happen inside the commands.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import socket
@@ -47,10 +36,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .procs import HOST, Tally, say, worker_main
 
 if TYPE_CHECKING:
     import redis
@@ -58,36 +48,20 @@ if TYPE_CHECKING:
 
     from greenbus import Bus, Federation, RemoteBus, Subscription
 
-__all__ = [
-    "HOST",
-    "Idle",
-    "Tally",
-    "WorkerError",
-    "await_routing",
-    "next_message",
-    "subscribe_confirmed",
-    "unstamp",
-]
+__all__ = ["PING", "PONG", "Idle", "await_routing", "next_message", "subscribe_confirmed"]
 
-#: Every server binds here and every client connects here: loopback only.
-HOST = "127.0.0.1"
 #: A subscriber that receives nothing for this long reports what it has.
 IDLE_TIMEOUT = 10.0
 #: Bytes written per ``sendall`` by the publishers (the whole flood is pre-made).
 CHUNK = 1 << 16
-#: How many out-of-order arrivals a tally describes (it counts them all).
-SHOWN = 5
-#: The topic the greenbus echo peer listens on, and the one it answers on.
+#: The topic the echo peers listen on, and the one they answer on.
 PING, PONG = "ping", "pong"
-#: The topic a federated node emits on to open its publishing connection
-#: before the clock starts (nobody subscribes to it).
+#: A federated node emits here to open its publishing connection before the clock starts.
 WARM_TOPIC = "perf.warm"
-#: How often a federated node polls its statistics while the federation
-#: publishes what was emitted.
+#: How often a federated node polls its statistics while the federation publishes.
 DRAIN_POLL = 0.001
 
-clock = time.monotonic
-clock_ns = time.monotonic_ns
+clock, clock_ns = time.monotonic, time.monotonic_ns
 
 
 class Idle(Exception):
@@ -95,48 +69,12 @@ class Idle(Exception):
 
 
 class WorkerError(Exception):
-    """The worker cannot do its part (no connection, a refused handshake, lost replies)."""
+    """The worker cannot do its part (no connection, lost replies, dropped messages)."""
 
 
-@dataclass
-class Tally:
-    """The arrivals of the payloads ``0 .. expected-1``: each must be the next one."""
-
-    expected: int
-    count: int = 0
-    misplaced: int = 0
-    examples: list[str] = field(default_factory=list)
-    first: float | None = None
-    last: float | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.count >= self.expected
-
-    def add(self, payload: object, now: float) -> None:
-        if self.first is None:
-            self.first = now
-        self.last = now
-        if payload != self.count:
-            self.misplaced += 1
-            if len(self.examples) < SHOWN:
-                self.examples.append(f"arrival {self.count} was {payload!r}")
-        self.count += 1
-
-    def result(self) -> dict[str, Any]:
-        return {
-            "count": self.count,
-            "expected": self.expected,
-            "misplaced": self.misplaced,
-            "examples": self.examples,
-            "first": self.first,
-            "last": self.last,
-        }
-
-
-def count_arrivals(receive: Callable[[float], object], expected: int) -> Tally:
+def count_arrivals(receive: Callable[[float], int], expected: int) -> dict[str, Any]:
     """Call ``receive(IDLE_TIMEOUT)`` until ``expected`` payloads came, or it raises Idle."""
-    tally = Tally(expected)
+    tally = Tally()
     add = tally.add
     try:
         for _ in range(expected):
@@ -144,16 +82,11 @@ def count_arrivals(receive: Callable[[float], object], expected: int) -> Tally:
             add(payload, clock())
     except Idle:
         pass
-    return tally
+    return tally.result()
 
 
-def unstamp(payload: object, now_ns: int, latencies: list[float]) -> object:
-    """The index of a stamped payload; its one-way latency (µs) is appended to ``latencies``.
-
-    A stamped payload is ``[index, sent_ns]`` (a bus's JSON data) or
-    ``b"index sent_ns"`` (raw Redis); ``now_ns`` is ``time.monotonic_ns()``
-    on arrival.  Raises ValueError or TypeError for anything else.
-    """
+def unstamp(payload: object, now_ns: int, latencies: list[float]) -> int:
+    """The index of a stamped payload; its one-way latency (µs) goes to ``latencies``."""
     if isinstance(payload, bytes):
         index, sent = (int(part) for part in payload.split())
     else:
@@ -162,13 +95,7 @@ def unstamp(payload: object, now_ns: int, latencies: list[float]) -> object:
     return index
 
 
-def say(**fields: Any) -> None:
-    """One JSON line to the benchmark."""
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
-# -- client helpers, shared with the benchmark process -------------------------------
+# -- client helpers, shared with the benchmark process ------------------------------------
 
 
 def await_routing(client: RemoteBus, timeout: float = IDLE_TIMEOUT) -> None:
@@ -177,9 +104,6 @@ def await_routing(client: RemoteBus, timeout: float = IDLE_TIMEOUT) -> None:
     The hub applies one connection's frames in order, so a message that
     comes back on a fresh topic proves the earlier ``sub`` frames are in
     place (``RemoteBus.subscribe`` does not wait for its ack).
-
-    Raises:
-        ReceiveTimeout: the hub did not route it within ``timeout``.
     """
     topic = f"perf.ready.{uuid.uuid4().hex}"
     with client.subscribe(topic, maxsize=None) as sub:
@@ -188,11 +112,7 @@ def await_routing(client: RemoteBus, timeout: float = IDLE_TIMEOUT) -> None:
 
 
 def subscribe_confirmed(pubsub: PubSub, channel: str, timeout: float = IDLE_TIMEOUT) -> None:
-    """SUBSCRIBE and wait for Redis's confirmation: after it, publishes reach us.
-
-    Raises:
-        Idle: no confirmation within ``timeout``.
-    """
+    """SUBSCRIBE and wait for Redis's confirmation, after which publishes reach us."""
     pubsub.subscribe(channel)
     deadline = clock() + timeout
     while (left := deadline - clock()) > 0:
@@ -203,11 +123,7 @@ def subscribe_confirmed(pubsub: PubSub, channel: str, timeout: float = IDLE_TIME
 
 
 def next_message(pubsub: PubSub, timeout: float) -> bytes:
-    """The data of the next published message.
-
-    Raises:
-        Idle: none within ``timeout``.
-    """
+    """The data of the next published message; raises Idle after ``timeout``."""
     deadline = clock() + timeout
     while (left := deadline - clock()) > 0:
         msg = pubsub.get_message(timeout=left)
@@ -223,21 +139,20 @@ def _redis(port: int) -> redis.Redis:
     return redis.Redis(host=HOST, port=port)
 
 
-# -- gevent processes -----------------------------------------------------------------
+# -- gevent processes ---------------------------------------------------------------------
 
 
 @contextmanager
 def _until_terminated() -> Iterator[Callable[[], None]]:
     """Yield ``wait()``, which blocks until SIGTERM; SIGTERM ends the body cleanly.
 
-    SIGTERM raises SystemExit in the main greenlet, wherever it waits, so
-    the ``finally`` clauses run and the process exits with 0.
+    SIGTERM raises SystemExit in the main greenlet wherever it waits, so the
+    ``finally`` clauses run and the process exits with 0.
     """
     import gevent
     import gevent.event
 
-    main = gevent.getcurrent()
-    handler = gevent.signal_handler(signal.SIGTERM, gevent.kill, main, SystemExit)
+    handler = gevent.signal_handler(signal.SIGTERM, gevent.kill, gevent.getcurrent(), SystemExit)
     try:
         yield gevent.event.Event().wait
     except SystemExit:
@@ -256,44 +171,45 @@ def _connect(url: str, name: str) -> RemoteBus:
     return client
 
 
-def _payloads(sub: Subscription) -> Callable[[float], object]:
+def _payloads(sub: Subscription) -> Callable[[float], int]:
     """``receive(timeout)`` for :func:`count_arrivals`: the next message's data."""
     from greenbus import ReceiveTimeout
 
     get = sub.get
 
-    def receive(timeout: float) -> object:
+    def receive(timeout: float) -> int:
         try:
-            return get(timeout=timeout).data
+            data: int = get(timeout=timeout).data
+            return data
         except ReceiveTimeout:
             raise Idle from None
 
     return receive
 
 
-def hub(args: argparse.Namespace) -> None:
-    """A hub (``greenbus.serve``); with ``--count TOPIC M``, a local subscriber counts M."""
+def hub(max_pending: int, count_topic: str | None = None, count: int = 0) -> None:
+    """A hub (``greenbus.serve``); with ``count_topic``, a local subscriber counts ``count``."""
     import greenbus
 
     bus = greenbus.Bus("perf-hub")
-    server = greenbus.serve(bus, HOST, 0, max_pending=args.max_pending)
+    server = greenbus.serve(bus, HOST, 0, max_pending=max_pending)
     with _until_terminated() as wait:
         server.start()
         try:
             # Subscribed before the address is announced: nothing can be missed.
-            sub = bus.subscribe(args.count[0], maxsize=None) if args.count else None
-            say(url=server.url)
+            sub = bus.subscribe(count_topic, maxsize=None) if count_topic else None
+            say(ready=server.url)
             if sub is not None:
-                say(**count_arrivals(_payloads(sub), int(args.count[1])).result())
+                say(result=count_arrivals(_payloads(sub), count))
             wait()
         finally:
             server.stop()
             bus.close(timeout=5)
 
 
-def hub_echo(args: argparse.Namespace) -> None:
+def hub_echo(url: str) -> None:
     """Subscribe to "ping" and emit every payload back on "pong"."""
-    client = _connect(args.url, "perf-echo")
+    client = _connect(url, "perf-echo")
     with _until_terminated() as wait:
         try:
             emit = client.emit
@@ -305,28 +221,34 @@ def hub_echo(args: argparse.Namespace) -> None:
             client.close(timeout=1)
 
 
-def hub_sub(args: argparse.Namespace) -> None:
-    """Subscribe to TOPIC with ``greenbus.connect``; count M arrivals."""
-    client = _connect(args.url, "perf-sub")
+def hub_sub(url: str, topic: str, messages: int) -> None:
+    """Subscribe to ``topic`` with ``greenbus.connect``; count ``messages`` arrivals."""
+    client = _connect(url, "perf-sub")
     try:
-        sub = client.subscribe(args.topic)
+        sub = client.subscribe(topic)
         await_routing(client)
         say(ready=True)
-        say(**count_arrivals(_payloads(sub), args.messages).result())
+        say(result=count_arrivals(_payloads(sub), messages))
     finally:
         client.close(timeout=1)
 
 
-def _federated(url: str, name: str) -> tuple[Bus, Federation]:
-    """A bus federated through Redis at ``url``, its reader subscribed."""
+def _federated(url: str, name: str, warm: bool = False) -> tuple[Bus, Federation]:
+    """A bus federated through Redis at ``url``; ``warm``: its publishing connection open."""
     import greenbus
 
     bus = greenbus.Bus(name)
     federation = greenbus.federate(bus, url)
-    if not federation.wait_connected(IDLE_TIMEOUT):
+    try:
+        if not federation.wait_connected(IDLE_TIMEOUT):
+            raise WorkerError(f"not connected to Redis at {url} within {IDLE_TIMEOUT} s")
+        if warm:
+            bus.emit(WARM_TOPIC)
+            _published(federation, 1)
+    except BaseException:
         federation.stop(timeout=1)
         bus.close(timeout=1)
-        raise WorkerError(f"not connected to Redis at {url} within {IDLE_TIMEOUT} s")
+        raise
     return bus, federation
 
 
@@ -340,9 +262,7 @@ def _published(federation: Federation, expected: int) -> None:
 
     stats = federation.stats()
     progress, last = clock(), stats.published
-    while stats.published < expected:
-        if stats.dropped or stats.unencodable:
-            break
+    while stats.published < expected and not (stats.dropped or stats.unencodable):
         if stats.published != last:
             progress, last = clock(), stats.published
         elif clock() - progress > IDLE_TIMEOUT:
@@ -357,28 +277,11 @@ def _published(federation: Federation, expected: int) -> None:
         )
 
 
-def _warm_node(url: str, name: str) -> tuple[Bus, Federation]:
-    """A federated bus whose publishing connection is open: one message went out."""
-    bus, federation = _federated(url, name)
-    try:
-        bus.emit(WARM_TOPIC)
-        _published(federation, 1)
-    except BaseException:
-        federation.stop(timeout=1)
-        bus.close(timeout=1)
-        raise
-    return bus, federation
-
-
 def _await_redis_subscriber(url: str, channel: str) -> None:
     """Return once Redis counts a subscriber of ``channel`` (PUBSUB NUMSUB).
 
-    The federation sends SUBSCRIBE without waiting for Redis's
-    confirmation; after this, whatever is published on ``channel`` reaches
-    the node.
-
-    Raises:
-        Idle: no subscriber within ``IDLE_TIMEOUT``.
+    The federation sends SUBSCRIBE without waiting for its confirmation;
+    after this, whatever is published on ``channel`` reaches the node.
     """
     import gevent
     import redis
@@ -396,29 +299,27 @@ def _await_redis_subscriber(url: str, channel: str) -> None:
     raise Idle(f"Redis counts no subscriber of {channel} after {IDLE_TIMEOUT} s")
 
 
-def fed_sub(args: argparse.Namespace) -> None:
-    """A federated node: a subscription's handler counts M arrivals on TOPIC."""
+def fed_sub(url: str, topic: str, messages: int, stamped: bool = False) -> None:
+    """A federated node: a subscription's handler counts ``messages`` arrivals on ``topic``."""
     import gevent.event
 
     from greenbus.federation import redis_glob
 
-    bus, federation = _federated(args.url, "perf-fed-sub")
+    bus, federation = _federated(url, "perf-fed-sub")
     with _until_terminated():
         try:
-            tally = Tally(args.messages)
+            tally, done = Tally(), gevent.event.Event()
             latencies: list[float] = []
-            done = gevent.event.Event()
-            add, stamped = tally.add, args.stamped
+            add = tally.add
 
             def handler(msg: Any) -> None:
                 now = clock_ns()
-                payload = unstamp(msg.data, now, latencies) if stamped else msg.data
-                add(payload, now * 1e-9)
-                if tally.done:
+                add(unstamp(msg.data, now, latencies) if stamped else msg.data, now * 1e-9)
+                if tally.count >= messages:
                     done.set()
 
-            bus.subscribe(args.topic, handler)
-            _await_redis_subscriber(args.url, redis_glob(federation.prefix, args.topic)[0])
+            bus.subscribe(topic, handler)
+            _await_redis_subscriber(url, redis_glob(federation.prefix, topic)[0])
             say(ready=True)
             seen = -1
             while not done.wait(IDLE_TIMEOUT) and tally.count != seen:
@@ -429,61 +330,55 @@ def fed_sub(args: argparse.Namespace) -> None:
                     f"the federation saw {stats.duplicates} duplicates, {stats.gaps} missing "
                     f"and {stats.bad_envelopes} bad envelopes"
                 )
-            say(**tally.result(), latencies_us=latencies)
+            say(result={**tally.result(), "latencies_us": latencies})
         finally:
             federation.stop(timeout=1)
             bus.close(timeout=1)
 
 
-def fed_probe(args: argparse.Namespace) -> None:
-    """A federated node: emit M stamped payloads on TOPIC, GAP seconds apart."""
+def fed_probe(url: str, topic: str, messages: int, gap: float) -> None:
+    """A federated node: emit ``messages`` stamped payloads on ``topic``, ``gap`` s apart."""
     import gevent
 
-    bus, federation = _warm_node(args.url, "perf-fed-probe")
+    bus, federation = _federated(url, "perf-fed-probe", warm=True)
     with _until_terminated():
         try:
-            emit, sleep, topic = bus.emit, gevent.sleep, args.topic
-            for i in range(args.messages):
+            emit, sleep = bus.emit, gevent.sleep
+            for i in range(messages):
                 emit(topic, [i, clock_ns()])
-                sleep(args.gap)
-            _published(federation, 1 + args.messages)
-            say(done=True)
+                sleep(gap)
+            _published(federation, 1 + messages)
+            say(result=True)
         finally:
             federation.stop(timeout=1)
             bus.close(timeout=1)
 
 
-def fed_send(args: argparse.Namespace) -> None:
-    """A federated node: emit 0..M-1 on TOPIC, yielding every YIELD_EVERY emits.
+def fed_send(url: str, topic: str, messages: int, yield_every: int) -> None:
+    """A federated node: emit ``0 .. messages-1``, ``gevent.sleep(0)`` every ``yield_every``.
 
     The clock starts once the publishing connection is open and ends when
-    the federation has published all M (the receiver says when they arrived).
+    the federation has published them all (the receiver says when they arrived).
     """
     import gevent
 
-    bus, federation = _warm_node(args.url, "perf-fed-send")
+    bus, federation = _federated(url, "perf-fed-send", warm=True)
     with _until_terminated():
         try:
-            emit, pause, topic, step = bus.emit, gevent.sleep, args.topic, args.yield_every
+            emit, pause = bus.emit, gevent.sleep
             start = clock()
-            for first in range(0, args.messages, step):
-                for i in range(first, min(first + step, args.messages)):
+            for first in range(0, messages, yield_every):
+                for i in range(first, min(first + yield_every, messages)):
                     emit(topic, i)
                 pause(0)
-            _published(federation, 1 + args.messages)
-            say(start=start, end=clock())
+            _published(federation, 1 + messages)
+            say(result={"start": start, "end": clock()})
         finally:
             federation.stop(timeout=1)
             bus.close(timeout=1)
 
 
-# -- blocking processes (no gevent loop) -----------------------------------------------------
-
-
-def _open(port: int) -> socket.socket:
-    sock = socket.create_connection((HOST, port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+# -- blocking processes (no gevent loop) ------------------------------------------------------
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:
@@ -492,8 +387,8 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         sock.sendall(view[start : start + CHUNK])
 
 
-def hub_pub(args: argparse.Namespace) -> None:
-    """Send M pre-encoded, pre-framed ``pub`` frames (no ids: no acks) in one go.
+def hub_pub(url: str, topic: str, messages: int) -> None:
+    """Send pre-encoded, pre-framed ``pub`` frames (no ids: no acks) in one go.
 
     ``websockets``' own client makes the connection; the flood is written
     straight to its socket (nothing else writes meanwhile), then the
@@ -505,18 +400,18 @@ def hub_pub(args: argparse.Namespace) -> None:
     from greenbus.protocol import Pub, encode
 
     flood = b"".join(
-        Frame(Opcode.TEXT, encode(Pub(args.topic, i)).encode()).serialize(mask=True)
-        for i in range(args.messages)
+        Frame(Opcode.TEXT, encode(Pub(topic, i)).encode()).serialize(mask=True)
+        for i in range(messages)
     )
-    with connect(args.url, compression=None, proxy=None, ping_interval=None) as ws:
+    with connect(url, compression=None, proxy=None, ping_interval=None) as ws:
         ws.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         start = clock()
         _send_all(ws.socket, flood)
-    say(start=start, end=clock())
+    say(result={"start": start, "end": clock()})
 
 
-def redis_pub(args: argparse.Namespace) -> None:
-    """Pipeline M pre-packed PUBLISH commands; end when the last reply is in.
+def redis_pub(port: int, topic: str, messages: int) -> None:
+    """Pipeline pre-packed PUBLISH commands; end when the last reply is in.
 
     A thread reads the replies while the main thread writes.  Every reply
     must be the same positive count of subscribers reached: a subscriber
@@ -525,16 +420,16 @@ def redis_pub(args: argparse.Namespace) -> None:
     import redis
 
     pack = redis.Connection().pack_command
-    flood = b"".join(b"".join(pack("PUBLISH", args.topic, i)) for i in range(args.messages))
-    replies = bytearray()
-    done: list[float] = []
-    sock = _open(args.port)
+    flood = b"".join(b"".join(pack("PUBLISH", topic, i)) for i in range(messages))
+    replies, done = bytearray(), []
+    sock = socket.create_connection((HOST, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(IDLE_TIMEOUT)
 
     def read_replies() -> None:
         lines = 0  # every reply is one line, ":<count>\r\n"
         try:
-            while lines < args.messages and (data := sock.recv(CHUNK)):
+            while lines < messages and (data := sock.recv(CHUNK)):
                 replies.extend(data)
                 lines += data.count(b"\n")
         except TimeoutError:
@@ -550,56 +445,55 @@ def redis_pub(args: argparse.Namespace) -> None:
     finally:
         sock.close()
     first = bytes(replies[: replies.find(b"\n") + 1])
-    if not done or first in (b"", b":0\r\n") or replies != first * args.messages:
+    if not done or first in (b"", b":0\r\n") or replies != first * messages:
         raise WorkerError(
-            f"expected {args.messages} equal replies of one positive count, got "
+            f"expected {messages} equal replies of one positive count, got "
             f"{len(replies)} bytes starting {bytes(replies[:40])!r}"
         )
-    say(start=start, end=done[0])
+    say(result={"start": start, "end": done[0]})
 
 
-def redis_probe(args: argparse.Namespace) -> None:
-    """PUBLISH M stamped payloads on TOPIC with redis-py, GAP seconds apart."""
-    client = _redis(args.port)
+def redis_probe(port: int, topic: str, messages: int, gap: float) -> None:
+    """PUBLISH ``messages`` stamped payloads on ``topic`` with redis-py, ``gap`` s apart."""
+    client = _redis(port)
     try:
         client.ping()  # connected before the first stamp
-        publish, sleep, topic = client.publish, time.sleep, args.topic
-        for i in range(args.messages):
+        publish, sleep = client.publish, time.sleep
+        for i in range(messages):
             if publish(topic, f"{i} {clock_ns()}") != 1:
                 raise WorkerError(f"PUBLISH {i} on {topic} reached no subscriber")
-            sleep(args.gap)
-        say(done=True)
+            sleep(gap)
+        say(result=True)
     finally:
         client.close()
 
 
-def redis_send(args: argparse.Namespace) -> None:
-    """PUBLISH 0..M-1 on TOPIC through redis-py pipelines of BATCH commands.
+def redis_send(port: int, topic: str, messages: int, batch: int) -> None:
+    """PUBLISH ``0 .. messages-1`` through redis-py pipelines of ``batch`` commands.
 
     The clock starts once the connection is open and ends with the last
     pipeline's replies, each of which must be 1 (one subscriber reached).
     """
-    client = _redis(args.port)
+    client = _redis(port)
     try:
         client.ping()
-        topic, batch = args.topic, args.batch
         start = clock()
-        for first in range(0, args.messages, batch):
+        for first in range(0, messages, batch):
             pipe = client.pipeline(transaction=False)
             publish = pipe.publish
-            for i in range(first, min(first + batch, args.messages)):
+            for i in range(first, min(first + batch, messages)):
                 publish(topic, i)
             replies = pipe.execute()
             if replies.count(1) != len(replies):
                 raise WorkerError(f"a PUBLISH from {first} on reached no subscriber: {replies[:5]}")
-        say(start=start, end=clock())
+        say(result={"start": start, "end": clock()})
     finally:
         client.close()
 
 
-def redis_echo(args: argparse.Namespace) -> None:
+def redis_echo(port: int) -> None:
     """Subscribe to "ping" and PUBLISH every payload on "pong"."""
-    client = _redis(args.port)
+    client = _redis(port)
     pubsub = client.pubsub()
     subscribe_confirmed(pubsub, PING)
     say(ready=True)
@@ -609,30 +503,29 @@ def redis_echo(args: argparse.Namespace) -> None:
             publish(PONG, msg["data"])
 
 
-def redis_sub(args: argparse.Namespace) -> None:
-    """Subscribe to TOPIC with redis-py; count M arrivals."""
-    client = _redis(args.port)
+def redis_sub(port: int, topic: str, messages: int, stamped: bool = False) -> None:
+    """Subscribe to ``topic`` with redis-py; count ``messages`` arrivals."""
+    client = _redis(port)
     pubsub = client.pubsub()
     latencies: list[float] = []
-    stamped = args.stamped
 
-    def receive(timeout: float) -> object:
+    def receive(timeout: float) -> int:
         data = next_message(pubsub, timeout)
         return unstamp(data, clock_ns(), latencies) if stamped else int(data)
 
     try:
-        subscribe_confirmed(pubsub, args.topic)
+        subscribe_confirmed(pubsub, topic)
         say(ready=True)
-        say(**count_arrivals(receive, args.messages).result(), latencies_us=latencies)
+        say(result={**count_arrivals(receive, messages), "latencies_us": latencies})
     finally:
         pubsub.close()
         client.close()
 
 
-def tcp_echo(args: argparse.Namespace) -> None:
+def tcp_echo() -> None:
     """Accept one connection and send back every byte, until EOF."""
     with socket.create_server((HOST, 0)) as server:
-        say(port=server.getsockname()[1])
+        say(ready=server.getsockname()[1])
         conn, _ = server.accept()
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -640,61 +533,15 @@ def tcp_echo(args: argparse.Namespace) -> None:
                 conn.sendall(data)
 
 
-# -- the command line ---------------------------------------------------------------------
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "hub": hub,
-    "hub-echo": hub_echo,
-    "hub-sub": hub_sub,
-    "hub-pub": hub_pub,
-    "redis-echo": redis_echo,
-    "redis-sub": redis_sub,
-    "redis-pub": redis_pub,
-    "redis-probe": redis_probe,
-    "redis-send": redis_send,
-    "fed-sub": fed_sub,
-    "fed-probe": fed_probe,
-    "fed-send": fed_send,
-    "tcp-echo": tcp_echo,
+COMMANDS: dict[str, Callable[..., None]] = {
+    f.__name__.replace("_", "-"): f
+    for f in (
+        *(hub, hub_echo, hub_sub, hub_pub, tcp_echo),
+        *(redis_echo, redis_sub, redis_pub, redis_probe, redis_send),
+        *(fed_sub, fed_probe, fed_send),
+    )
 }
 
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m perf.hub_worker", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=(command.__doc__ or "").split("\n")[0])
-        system = name.split("-")[0]
-        if name == "hub":
-            sub.add_argument("--count", nargs=2, metavar=("TOPIC", "M"))
-            sub.add_argument("--max-pending", type=int, default=10_000)
-        elif system in ("hub", "fed"):
-            sub.add_argument("url")
-        elif system == "redis":
-            sub.add_argument("port", type=int)
-        if name.endswith(("-sub", "-pub", "-probe", "-send")):
-            sub.add_argument("topic")
-            sub.add_argument("messages", type=int)
-        if name.endswith("-probe"):
-            sub.add_argument("gap", type=float, help="seconds between sends")
-        if name in ("redis-sub", "fed-sub"):
-            sub.add_argument("--stamped", action="store_true", help="report one-way latencies")
-        if name == "redis-send":
-            sub.add_argument("batch", type=int, help="PUBLISH commands per pipeline")
-        if name == "fed-send":
-            sub.add_argument("yield_every", type=int, help="emits between gevent.sleep(0)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        COMMANDS[args.command](args)
-    except Exception as exc:
-        say(error=f"{args.command}: {type(exc).__name__}: {exc}")
-        raise
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    command, options = sys.argv[1:]
+    sys.exit(worker_main(command, lambda: COMMANDS[command](**json.loads(options))))

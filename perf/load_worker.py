@@ -1,40 +1,31 @@
 """The client processes of the hub's load and soak benchmarks (``perf/load.py``).
 
-Run as ``python -m perf.load_worker COMMAND ...`` (``--help`` lists them):
+Run as ``python -m perf.load_worker COMMAND OPTIONS``, OPTIONS a JSON object
+of the command's keyword arguments:
 
-* ``subscribers``: opens ``--count`` connections, each subscribed to
-  ``load.<group>`` (sid 1) and ``load.all`` (sid 2), and checks every message
-  that arrives: each subscription must see ``0 .. expected-1`` in order.
+* ``subscribers``: opens ``count`` connections, each subscribed to
+  ``load.<group>`` (sid 1) and ``load.all`` (sid 2), and checks every
+  message: each subscription must see ``0 .. expected-1`` in order.
 * ``publisher``: publishes the load test's fan-out traffic, a window at a
   time (the last ``pub`` of each window carries an id; its ack says the hub
   has routed the window), and reports what it sent.
-* ``soak``: the soak's whole mix for ``--seconds``: a population of
-  connections with churn, subscribe/unsubscribe on fresh topics, a
-  fixed-rate publisher, and one slow consumer that the hub closes as slow.
+* ``soak``: the soak's whole mix for ``seconds``: connections with churn,
+  subscribe/unsubscribe on fresh topics, a fixed-rate publisher, and one
+  slow consumer that the hub closes as slow.
 
-Talking to the benchmark: JSON lines on stdout (``{"progress": ...}`` lines,
-``{"ready": ...}``, then ``{"result": ...}``; a failure is ``{"error": "..."}``
-and exit status 1) and command lines on stdin (``report``, ``close``; EOF
-means close).  Logs go to stderr.  Times are ``time.monotonic()``: one
-clock for every process of the machine, so they can be compared.
-
-The clients are raw WebSocket clients on gevent sockets, so the client side
-costs little next to the hub it measures: a hand-written opening handshake
-(RFC 6455 section 4.1), masked frames out (section 5.3), and
-:class:`FrameReader`, a sans-I/O parser of the hub's frames.
+They talk JSON lines on stdout (:mod:`perf.procs`) and take ``report`` and
+``close`` lines on stdin (EOF means close).  Each connection is a
+:class:`Client`: ``websockets``' sans-I/O ``ClientProtocol`` driven by a
+gevent socket, as greenbus's own bridge drives it.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
 import faulthandler
 import itertools
 import json
 import logging
-import os
 import random
-import resource
 import socket
 import sys
 import time
@@ -43,25 +34,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "FrameError",
-    "FrameReader",
-    "HandshakeFailed",
-    "Tally",
-    "mask_frame",
-    "raise_fd_limit",
-]
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from .procs import HOST, Tally, raise_fd_limit, say, worker_main
+
+__all__ = ["Client", "HandshakeFailed", "take_frames"]
 
 logger = logging.getLogger("perf.load_worker")
 
-#: Every connection goes to loopback only.
-HOST = "127.0.0.1"
-#: Seconds to open a connection and finish its handshake; to wait for an ack.
-CONNECT_TIMEOUT = 10.0
-ACK_TIMEOUT = 10.0
-#: A worker waiting for messages gives up after this many idle seconds.
-IDLE_TIMEOUT = 10.0
-#: Seconds to wait for the hub's close frame after ours.
+#: Seconds to open a connection and finish its handshake; to wait for an ack;
+#: for the hub's close frame after ours; without messages before a worker gives up.
+CONNECT_TIMEOUT = ACK_TIMEOUT = IDLE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 #: Connections opened at once by one process (the hub's listen backlog is 128).
 CONNECT_CONCURRENCY = 25
@@ -70,198 +57,21 @@ PROGRESS_EVERY = 0.25
 #: Problems described in a result, at most (all are counted).
 SHOWN = 5
 #: The soak's slow consumer: subscriptions to ``soak.>``, and seconds it reads slowly.
-SLOW_SUBSCRIPTIONS = 16
-SLOW_PHASE = 20.0
+SLOW_SUBSCRIPTIONS, SLOW_PHASE = 16, 20.0
 #: Fresh topics published to before the soak starts (fills the hub's caches).
 PREFILL_TOPICS = 5000
 #: The padding in every payload, so a message is about 120 bytes on the wire.
 PAD = "x" * 48
 
-# RFC 6455 section 5.2 opcodes.
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
 clock = time.monotonic
 
 
-class FrameError(Exception):
-    """The hub sent a frame this client does not accept (masked, fragmented, too big)."""
-
-
 class HandshakeFailed(Exception):
-    """The opening handshake did not end with 101 and the right Sec-WebSocket-Accept."""
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's open-files soft limit to the hard limit; return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-def say(**fields: Any) -> None:
-    """One JSON line to the benchmark."""
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
-# -- frames, sans-I/O ----------------------------------------------------------------
-
-
-class FrameReader:
-    """Parse the hub's frames: feed bytes, get ``(opcode, payload)`` pairs.
-
-    The hub never masks (RFC 6455 section 5.1 forbids a server to) and never
-    fragments a message, so either is an error here rather than a case.
-    """
-
-    def __init__(self, max_size: int = 1 << 20) -> None:
-        self._buf = bytearray()
-        self._max_size = max_size
-
-    def __len__(self) -> int:
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Append ``data``; return every frame it completes, in order.
-
-        Raises:
-            FrameError: a masked or fragmented frame, reserved bits, or a
-                frame over ``max_size``.
-        """
-        buf = self._buf
-        buf += data
-        frames: list[tuple[int, bytes]] = []
-        pos, end = 0, len(buf)
-        while end - pos >= 2:
-            b1, b2 = buf[pos], buf[pos + 1]
-            if b2 & 0x80:
-                raise FrameError("the server masked a frame (RFC 6455 section 5.1)")
-            if b1 & 0x70:
-                raise FrameError(f"reserved bits set: {b1:#04x}")
-            if not b1 & 0x80 or b1 & 0x0F == OP_CONT:
-                raise FrameError("a fragmented message (the hub sends whole messages)")
-            length, head = b2 & 0x7F, 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            if length > self._max_size:
-                raise FrameError(f"a {length}-byte frame (max {self._max_size})")
-            stop = pos + head + length
-            if stop > end:
-                break
-            frames.append((b1 & 0x0F, bytes(buf[pos + head : stop])))
-            pos = stop
-        if pos:
-            del buf[:pos]
-        return frames
-
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
-
-
-def mask_frame(opcode: int, payload: bytes) -> bytes:
-    """One final client frame: masked with a fresh random key (RFC 6455 section 5.3)."""
-    length = len(payload)
-    if length < 126:
-        head = bytes((0x80 | opcode, 0x80 | length))
-    elif length < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
-    key = os.urandom(4)
-    return head + key + apply_mask(payload, key)
-
-
-def text_frame(obj: Any) -> bytes:
-    return mask_frame(OP_TEXT, json.dumps(obj, separators=(",", ":")).encode())
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    return mask_frame(OP_CLOSE, code.to_bytes(2, "big") + reason.encode())
-
-
-def handshake_request(host: str, port: int, key: str) -> bytes:
-    """The opening handshake's request (RFC 6455 section 4.1)."""
-    return (
-        f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        f"Sec-WebSocket-Version: 13\r\nUser-Agent: greenbus-perf-load\r\n\r\n"
-    ).encode()
-
-
-def check_handshake_response(head: bytes, key: str) -> None:
-    """Raise HandshakeFailed unless ``head`` (up to the blank line) accepts ``key``."""
-    from websockets.utils import accept_key
-
-    lines = head.decode("latin-1").split("\r\n")
-    status = lines[0].split(" ", 2)
-    if len(status) < 2 or status[1] != "101":
-        raise HandshakeFailed(f"the hub answered {lines[0]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("sec-websocket-accept") != accept_key(key):
-        raise HandshakeFailed("wrong Sec-WebSocket-Accept")
-
-
-# -- checking what arrives -----------------------------------------------------------
-
-
-@dataclass
-class Tally:
-    """The payload numbers of one subscription, checked as they arrive.
-
-    The hub keeps one peer's messages in emit order, and one publisher's
-    ``pub`` frames are routed in order, so the numbers of one topic must be
-    consecutive from the first one that arrives.
-    """
-
-    first: int | None = None
-    last: int | None = None
-    count: int = 0
-    #: Numbers skipped between two arrivals.
-    gaps: int = 0
-    #: Arrivals not above the one before (duplicates, reorders).
-    disorder: int = 0
-
-    def add(self, n: int) -> None:
-        last = self.last
-        if last is None:
-            self.first = self.last = n
-        elif n == last + 1:
-            self.last = n
-        elif n > last:
-            self.gaps += n - last - 1
-            self.last = n
-        else:
-            self.disorder += 1
-        self.count += 1
-
-    @property
-    def clean(self) -> bool:
-        return self.gaps == 0 and self.disorder == 0
-
-
-# -- the client ----------------------------------------------------------------------
+    """The opening handshake did not end with a WebSocket connection."""
 
 
 def _gevent() -> Any:
-    # Imported by the commands, so ``import perf.load_worker`` (the tests, the
-    # benchmark's own process) does not load gevent.
+    # Imported by the commands, so importing this module does not load gevent.
     import gevent
     import gevent.event
     import gevent.lock
@@ -272,18 +82,21 @@ def _gevent() -> Any:
     return gevent
 
 
-class RawClient:
-    """One WebSocket connection to the hub, on a gevent socket.
+class Client:
+    """One WebSocket connection to the hub: websockets' ``ClientProtocol`` on a gevent socket.
 
-    A reader greenlet parses frames and JSON; ``msg`` goes to ``on_msg(client,
-    sid, topic, data)``; ``ack`` and ``error`` with an id wake :meth:`call`;
-    an error without an id goes to ``on_error``.  Writes take a lock, so
-    greenlets may send concurrently.
+    A reader greenlet feeds what arrives to the protocol: ``msg`` goes to
+    ``on_msg(client, sid, topic, data)``; ``ack`` and ``error`` with an id
+    wake :meth:`call`; an error without an id goes to ``on_error``; the end
+    of the connection to ``on_end``.  Writes take a lock, so greenlets may
+    send concurrently.  A slow consumer sets a small ``rcvbuf``, and
+    ``read_size``/``read_pause`` (bytes per ``recv``, seconds before it).
 
-    Args:
-        rcvbuf: SO_RCVBUF, set before connecting (a slow consumer's small window).
-        read_size: bytes per ``recv``.
-        read_pause: seconds to sleep before each ``recv`` (a slow consumer).
+    With ``fast_text`` (the load test's subscribers), the reader takes the
+    hub's text frames off the stream itself and gives the protocol every
+    other frame: websockets' frame parser costs about 2 µs more per frame,
+    which would make these clients, sharing the CPUs with the hub, the
+    bottleneck of the delivered rate (measured: perf/LOAD.md).
     """
 
     def __init__(
@@ -291,24 +104,18 @@ class RawClient:
         port: int,
         name: str,
         *,
-        on_msg: Callable[[RawClient, Any, str, Any], None],
-        on_error: Callable[[RawClient, dict[str, Any]], None] | None = None,
-        on_end: Callable[[RawClient], None] | None = None,
+        on_msg: Callable[[Client, Any, str, Any], None],
+        on_error: Callable[[Client, dict[str, Any]], None] | None = None,
+        on_end: Callable[[Client], None] | None = None,
         rcvbuf: int | None = None,
-        read_size: int = 65536,
-        read_pause: float = 0.0,
+        fast_text: bool = False,
     ) -> None:
         gevent = _gevent()
-        self.port = port
-        self.name = name
-        self.on_msg = on_msg
-        self.on_error = on_error
-        self.on_end = on_end
-        self.rcvbuf = rcvbuf
-        self.read_size = read_size
-        self.read_pause = read_pause
+        self.port, self.name, self.rcvbuf, self.fast_text = port, name, rcvbuf, fast_text
+        self.on_msg, self.on_error, self.on_end = on_msg, on_error, on_end
+        self.read_size, self.read_pause = 65536, 0.0
+        self.protocol = ClientProtocol(parse_uri(f"ws://{HOST}:{port}/"), max_size=1 << 20)
         self.sock: Any = None
-        self.frames = FrameReader()
         self.ended = gevent.event.Event()
         #: The close code the hub sent, or 1006 when the TCP connection just ended.
         self.close_code: int | None = None
@@ -316,6 +123,7 @@ class RawClient:
         #: True once we started closing (a close frame, or an abort).
         self.closing = False
         self.received = 0
+        self._buffer = bytearray()
         self._lock = gevent.lock.Semaphore()
         self._waiting: dict[int, Any] = {}
         self._ids = itertools.count(1)
@@ -323,19 +131,19 @@ class RawClient:
 
     def __repr__(self) -> str:
         state = "ended" if self.ended.is_set() else "closing" if self.closing else "open"
-        return f"<RawClient {self.name} {state} received={self.received}>"
+        return f"<Client {self.name} {state} received={self.received}>"
 
     @property
     def open(self) -> bool:
         return self.sock is not None and not self.closing and not self.ended.is_set()
 
     def connect(self, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Connect and finish the opening handshake; start the reader.
+        """Connect, run the opening handshake, start the reader.
 
         Raises:
             OSError, HandshakeFailed, gevent.Timeout.
         """
-        gevent = _gevent()
+        gevent, protocol = _gevent(), self.protocol
         sock = gevent.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if self.rcvbuf is not None:
@@ -343,40 +151,52 @@ class RawClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with gevent.Timeout(timeout):
                 sock.connect((HOST, self.port))
-                key = base64.b64encode(os.urandom(16)).decode()
-                sock.sendall(handshake_request(HOST, self.port, key))
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = sock.recv(4096)
-                    if not chunk:
-                        raise HandshakeFailed("the hub closed the connection during the handshake")
-                    data += chunk
-                    if len(data) > 65536:
-                        raise HandshakeFailed("no end to the handshake response")
-            head, _, rest = data.partition(b"\r\n\r\n")
-            check_handshake_response(head, key)
+                protocol.send_request(protocol.connect())
+                sock.sendall(b"".join(protocol.data_to_send()))
+                response = b""
+                while b"\r\n\r\n" not in response:
+                    if not (chunk := sock.recv(4096)):
+                        raise HandshakeFailed("the hub closed the connection in the handshake")
+                    response += chunk
+            head, _, rest = response.partition(b"\r\n\r\n")
+            protocol.receive_data(head + b"\r\n\r\n")  # frames after it go to the reader
+            protocol.events_received()  # the response
+            if protocol.state is not State.OPEN:
+                raise HandshakeFailed(str(protocol.handshake_exc)) from protocol.handshake_exc
         except BaseException:
             sock.close()
             raise
         self.sock = sock
         self._reader = gevent.spawn(self._read_loop, rest)
 
-    # -- sending ------------------------------------------------------------------
+    # -- sending --
 
-    def send_raw(self, data: bytes) -> bool:
-        """Write bytes (whole frames); False if the connection is gone."""
+    def _write(self, frame: Callable[[], object] = lambda: None) -> bool:
+        """Call ``frame()`` (the protocol's ``send_*``), write what the protocol has to send.
+
+        False if the connection is gone or closing.
+        """
         if self.sock is None or self.ended.is_set():
             return False
         try:
-            with self._lock:
-                self.sock.sendall(data)
-        except OSError as exc:
+            with self._lock:  # one writer at a time, in the protocol's order
+                frame()
+                if data := self.protocol.data_to_send():
+                    self.sock.sendall(b"".join(data))
+        except (OSError, InvalidState) as exc:
             logger.debug("%s: write failed: %s", self.name, exc)
             return False
         return True
 
-    def send(self, obj: dict[str, Any]) -> bool:
-        return self.send_raw(text_frame(obj))
+    def send(self, *objs: dict[str, Any]) -> bool:
+        """One text frame per object, written at once; False if the connection is gone."""
+        text = self.protocol.send_text
+
+        def frames() -> None:
+            for obj in objs:
+                text(json.dumps(obj, separators=(",", ":")).encode())
+
+        return self._write(frames)
 
     def call(self, obj: dict[str, Any], timeout: float = ACK_TIMEOUT) -> None:
         """Send ``obj`` with a fresh id and wait for its ack.
@@ -385,10 +205,8 @@ class RawClient:
             RuntimeError: the hub answered with an error, or the connection ended.
             gevent.Timeout: no answer within ``timeout``.
         """
-        gevent = _gevent()
         ident = next(self._ids)
-        waiter = gevent.event.AsyncResult()
-        self._waiting[ident] = waiter
+        self._waiting[ident] = waiter = _gevent().event.AsyncResult()
         try:
             if not self.send({**obj, "id": ident}):
                 raise RuntimeError(f"{self.name}: connection gone before {obj['op']}")
@@ -399,13 +217,10 @@ class RawClient:
             raise RuntimeError(f"{self.name}: {obj['op']} refused: {answer}")
 
     def close(self, code: int = 1000, timeout: float = CLOSE_TIMEOUT) -> bool:
-        """The closing handshake: our close frame, then wait for the hub's.
-
-        Returns True if it ended within ``timeout`` (the socket is closed either way).
-        """
+        """The closing handshake: our close frame, then the hub's; True if it ended in time."""
         if not self.closing and not self.ended.is_set():
             self.closing = True
-            self.send_raw(close_frame(code, "bye"))
+            self._write(lambda: self.protocol.send_close(code, "bye"))
         done: bool = self.ended.wait(timeout)
         self.abort()
         return done
@@ -413,112 +228,120 @@ class RawClient:
     def abort(self) -> None:
         """Drop the TCP connection with no close frame."""
         self.closing = True
-        sock = self.sock
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        if self.sock is not None:
+            self.sock.close()
         if not self.ended.is_set() and self._reader is not None:
             self._reader.kill(block=False)
             self._end(1006, "aborted by the client")
 
-    # -- receiving ----------------------------------------------------------------
+    # -- receiving --
 
-    def _read_loop(self, initial: bytes) -> None:
-        gevent = _gevent()
-        sock = self.sock
+    def _split(self, data: bytes) -> list[bytes]:
+        """The text payloads in ``data``; the protocol gets every other frame."""
+        self._buffer += data
+        texts, others = take_frames(self._buffer)
+        for frame in others:
+            self.protocol.receive_data(frame)
+        return texts
+
+    def _read_loop(self, data: bytes) -> None:
+        gevent, protocol = _gevent(), self.protocol
         try:
-            if initial and not self._handle(self.frames.feed(initial)):
-                return
             while True:
+                if self.fast_text:
+                    texts = self._split(data)
+                else:
+                    protocol.receive_data(data)
+                    texts = []
+                texts += [
+                    bytes(event.data)
+                    for event in protocol.events_received()
+                    if isinstance(event, Frame) and event.opcode is Opcode.TEXT
+                ]
+                for text in texts:
+                    self._text(text)
+                self._write()  # pongs, the echo of the hub's close frame
+                if (close := protocol.close_rcvd) is not None:
+                    self._end(close.code, close.reason)
+                    return
+                if protocol.parser_exc is not None:
+                    logger.error("%s: %s", self.name, protocol.parser_exc)
+                    self._end(1002, str(protocol.parser_exc))
+                    return
                 if self.read_pause:
                     gevent.sleep(self.read_pause)
-                data = sock.recv(self.read_size)
-                if not data:
+                if not (data := self.sock.recv(self.read_size)):
                     self._end(1006, "EOF without a close frame")
-                    return
-                if not self._handle(self.frames.feed(data)):
                     return
         except OSError as exc:
             self._end(1006, f"socket error: {exc}")
-        except FrameError as exc:
-            logger.error("%s: %s", self.name, exc)
-            self.send_raw(close_frame(1002, "protocol error"))
-            self._end(1002, str(exc))
-        except gevent.GreenletExit:
-            raise
         except Exception as exc:
             logger.exception("%s: reader failed", self.name)
             self._end(1006, f"reader failed: {exc!r}")
 
-    def _handle(self, frames: list[tuple[int, bytes]]) -> bool:
-        # False once a close frame arrived.
-        for opcode, payload in frames:
-            if opcode == OP_TEXT:
-                self._text(payload)
-            elif opcode == OP_PING:
-                self.send_raw(mask_frame(OP_PONG, payload))
-            elif opcode == OP_CLOSE:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                if not self.closing:
-                    # Echo the code (RFC 6455 section 5.5.1), then the hub closes TCP.
-                    self.closing = True
-                    self.send_raw(close_frame(code))
-                self._end(code, payload[2:].decode("utf-8", "replace"))
-                return False
-            elif opcode != OP_PONG:
-                raise FrameError(f"unexpected opcode {opcode:#x}")
-        return True
-
     def _text(self, payload: bytes) -> None:
         obj = json.loads(payload)
-        op = obj["op"]
-        if op == "msg":
+        if obj["op"] == "msg":
             self.received += 1
             self.on_msg(self, obj["sid"], obj["topic"], obj["data"])
-            return
-        ident = obj.get("id")
-        if op in ("ack", "error") and ident in self._waiting:
-            self._waiting[ident].set(obj)
-        elif op == "error" and self.on_error is not None:
+        elif obj["op"] in ("ack", "error") and obj.get("id") in self._waiting:
+            self._waiting[obj["id"]].set(obj)
+        elif obj["op"] == "error" and self.on_error is not None:
             self.on_error(self, obj)
 
     def _end(self, code: int, reason: str) -> None:
         if self.ended.is_set():
             return
-        self.close_code = code
-        self.close_reason = reason
+        self.close_code, self.close_reason = code, reason
         for waiter in self._waiting.values():
             waiter.set({"op": "closed", "code": code, "reason": reason})
-        sock = self.sock
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        if self.sock is not None:
+            self.sock.close()
         self.ended.set()
         if self.on_end is not None:
             self.on_end(self)
 
 
-# -- stdin commands ------------------------------------------------------------------
+def take_frames(buf: bytearray) -> tuple[list[bytes], list[bytes]]:
+    """Take the whole frames off the front of ``buf``: final text frames' payloads, other frames.
+
+    RFC 6455 section 5.2: a frame is 2 bytes, 2 or 8 more of length if it
+    says 126 or 127, a 4-byte key if masked (a server must not mask: such a
+    frame is one of the others, which the protocol refuses), the payload.
+    """
+    texts, others, pos, end = [], [], 0, len(buf)
+    while end - pos >= 2:
+        b1, b2 = buf[pos], buf[pos + 1]
+        size, head = b2 & 0x7F, 2
+        if size >= 126:
+            head = 4 if size == 126 else 10
+            if end - pos < head:
+                break
+            size = int.from_bytes(buf[pos + 2 : pos + head], "big")
+        stop = pos + head + (4 if b2 & 0x80 else 0) + size
+        if stop > end:
+            break
+        if b1 == 0x81 and not b2 & 0x80:  # FIN, text, unmasked
+            texts.append(bytes(buf[pos + head : stop]))
+        else:
+            others.append(bytes(buf[pos:stop]))
+        pos = stop
+    del buf[:pos]
+    return texts, others
+
+
+# -- shared by the commands --------------------------------------------------------
 
 
 def read_commands() -> Iterator[str]:
-    """The lines of stdin, waiting cooperatively; ends at EOF."""
+    """The lines of stdin, read cooperatively, until EOF."""
     gevent = _gevent()
     fd = sys.stdin.fileno()
     gevent.os.make_nonblocking(fd)
     buf = b""
-    while True:
-        chunk = gevent.os.nb_read(fd, 4096)
-        if not chunk:
-            return
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield line.decode().strip()
+    while chunk := gevent.os.nb_read(fd, 4096):
+        *lines, buf = (buf + chunk).split(b"\n")
+        yield from (line.decode().strip() for line in lines)
 
 
 def progress_loop(fields: Callable[[], dict[str, Any]]) -> Any:
@@ -533,16 +356,24 @@ def progress_loop(fields: Callable[[], dict[str, Any]]) -> Any:
     return gevent.spawn(loop)
 
 
-def close_all(clients: Sequence[RawClient]) -> dict[str, Any]:
+def close_all(clients: Sequence[Client]) -> dict[str, Any]:
     """Close every client (the closing handshake, in parallel); count how it went."""
-    gevent = _gevent()
-    pool = gevent.pool.Pool(100)
-    results = pool.map(lambda c: c.close() if c.sock is not None else True, clients)
+    results = _gevent().pool.Pool(100).map(lambda c: c.sock is None or c.close(), clients)
     codes = Counter(str(c.close_code) for c in clients)
     return {"clients": len(clients), "clean": sum(map(bool, results)), "codes": dict(codes)}
 
 
-# -- subscribers ---------------------------------------------------------------------
+def wait_quiet(missing: Callable[[], int], received: Callable[[], int]) -> None:
+    """Wait until nothing is ``missing()``, or nothing was ``received()`` for IDLE_TIMEOUT."""
+    gevent = _gevent()
+    idle_since, seen = clock(), received()
+    while missing() > 0 and clock() - idle_since < IDLE_TIMEOUT:
+        gevent.sleep(0.05)
+        if received() != seen:
+            idle_since, seen = clock(), received()
+
+
+# -- subscribers ------------------------------------------------------------------------
 
 
 @dataclass
@@ -551,7 +382,7 @@ class Subscribers:
 
     expect_group: int
     expect_all: int
-    clients: list[RawClient] = field(default_factory=list)
+    clients: list[Client] = field(default_factory=list)
     tallies: dict[str, dict[int, Tally]] = field(default_factory=dict)
     received: int = 0
     first: float | None = None
@@ -561,27 +392,24 @@ class Subscribers:
     early_ends: Counter[str] = field(default_factory=Counter)
     closing: bool = False
 
-    def on_msg(self, client: RawClient, sid: Any, topic: str, data: Any) -> None:
+    def on_msg(self, client: Client, sid: Any, topic: str, data: Any) -> None:
         tally = self.tallies[client.name].get(sid)
         if tally is None:
             self.unknown_sid += 1
             return
         tally.add(data["n"])
         self.received += 1
-        now = clock()
+        self.last = now = clock()
         if self.first is None:
             self.first = now
-        self.last = now
 
-    def on_error(self, client: RawClient, obj: dict[str, Any]) -> None:
+    def on_error(self, client: Client, obj: dict[str, Any]) -> None:
         self.hub_errors.append(f"{client.name}: {obj.get('code')}: {obj.get('reason')}")
 
-    def on_end(self, client: RawClient) -> None:
+    def on_end(self, client: Client) -> None:
         if not self.closing and not client.closing:
             self.early_ends[str(client.close_code)] += 1
-            logger.warning(
-                "%s ended early: %s %s", client.name, client.close_code, client.close_reason
-            )
+            logger.warning("%s ended: %s %s", client.name, client.close_code, client.close_reason)
 
     @property
     def expected(self) -> int:
@@ -600,8 +428,7 @@ class Subscribers:
                 if tally.count and tally.first != 0:
                     not_from_zero += 1
                     bad.append(f"first {tally.first}")
-                gaps += tally.gaps
-                disorder += tally.disorder
+                gaps, disorder = gaps + tally.gaps, disorder + tally.disorder
                 if not tally.clean:
                     bad.append(f"{tally.gaps} skipped, {tally.disorder} out of order")
                 if bad and len(problems) < SHOWN:
@@ -623,21 +450,34 @@ class Subscribers:
         }
 
 
-def cmd_subscribers(args: argparse.Namespace) -> int:
+def subscribers(
+    port: int,
+    first: int,
+    count: int,
+    groups: int,
+    expect_group: int,
+    expect_all: int,
+    fast_text: bool = True,
+) -> None:
+    """Open ``count`` connections, subscribe each twice, count what arrives until ``close``."""
     gevent = _gevent()
-    raise_fd_limit()
-    state = Subscribers(args.expect_group, args.expect_all)
+    state = Subscribers(expect_group, expect_all)
     failures: list[str] = []
 
     def open_one(index: int) -> None:
         name = f"s{index}"
-        client = RawClient(
-            args.port, name, on_msg=state.on_msg, on_error=state.on_error, on_end=state.on_end
+        client = Client(
+            port,
+            name,
+            on_msg=state.on_msg,
+            on_error=state.on_error,
+            on_end=state.on_end,
+            fast_text=fast_text,
         )
         state.tallies[name] = {1: Tally(), 2: Tally()}
         try:
             client.connect()
-            client.call({"op": "sub", "sid": 1, "topic": f"load.{index % args.groups}"})
+            client.call({"op": "sub", "sid": 1, "topic": f"load.{index % groups}"})
             client.call({"op": "sub", "sid": 2, "topic": "load.all"})
         except (OSError, HandshakeFailed, RuntimeError, gevent.Timeout) as exc:
             failures.append(f"{name}: {exc!r}")
@@ -647,33 +487,27 @@ def cmd_subscribers(args: argparse.Namespace) -> int:
 
     ticker = progress_loop(lambda: {"connected": len(state.clients), "received": state.received})
     try:
-        pool = gevent.pool.Pool(CONNECT_CONCURRENCY)
-        pool.map(open_one, range(args.first, args.first + args.count))
+        gevent.pool.Pool(CONNECT_CONCURRENCY).map(open_one, range(first, first + count))
         if failures:
-            say(error=f"{len(failures)} connection(s) failed: {'; '.join(failures[:SHOWN])}")
-            return 1
+            raise RuntimeError(
+                f"{len(failures)} connection(s) failed: {'; '.join(failures[:SHOWN])}"
+            )
         say(ready={"connections": len(state.clients)})
         for command in read_commands():
             if command == "report":
-                # Wait for everything, or until nothing has arrived for IDLE_TIMEOUT.
-                idle_since, seen = clock(), state.received
-                while state.received < state.expected and clock() - idle_since < IDLE_TIMEOUT:
-                    gevent.sleep(0.05)
-                    if state.received != seen:
-                        idle_since, seen = clock(), state.received
+                wait_quiet(lambda: state.expected - state.received, lambda: state.received)
                 say(result=state.result())
             elif command == "close":
                 break
         state.closing = True
         say(closed=close_all(state.clients))
-        return 0
     finally:
         ticker.kill(block=False)
         for client in state.clients:
             client.abort()
 
 
-# -- publisher -----------------------------------------------------------------------
+# -- publisher --------------------------------------------------------------------------
 
 
 def load_schedule(groups: int, per_all: int, per_group: int) -> Iterator[tuple[str, int]]:
@@ -682,63 +516,52 @@ def load_schedule(groups: int, per_all: int, per_group: int) -> Iterator[tuple[s
         if n < per_all:
             yield "load.all", n
         if n < per_group:
-            for g in range(groups):
-                yield f"load.{g}", n
+            yield from ((f"load.{g}", n) for g in range(groups))
 
 
-def cmd_publisher(args: argparse.Namespace) -> int:
-    gevent = _gevent()
-    raise_fd_limit()
+def _pub(topic: str, n: int) -> dict[str, Any]:
+    return {"op": "pub", "topic": topic, "data": {"n": n, "pad": PAD}}
+
+
+def publisher(port: int, groups: int, per_all: int, per_group: int, window: int = 200) -> None:
+    """Publish the load test's traffic, a window at a time; say when it started and ended."""
     sent: Counter[str] = Counter()
-    client = RawClient(args.port, "publisher", on_msg=lambda *a: None)
+    client = Client(port, "publisher", on_msg=lambda *a: None)
     client.connect()
     ticker = progress_loop(lambda: {"sent": sum(sent.values())})
     try:
-        schedule = load_schedule(args.groups, args.per_all, args.per_group)
+        schedule = load_schedule(groups, per_all, per_group)
         start = clock()
-        while True:
-            window = list(itertools.islice(schedule, args.window))
-            if not window:
-                break
-            frames = [
-                text_frame({"op": "pub", "topic": topic, "data": {"n": n, "pad": PAD}})
-                for topic, n in window[:-1]
-            ]
-            if not client.send_raw(b"".join(frames)):
+        while batch := list(itertools.islice(schedule, window)):
+            if not client.send(*(_pub(topic, n) for topic, n in batch[:-1])):
                 raise RuntimeError("the hub closed the publisher's connection")
-            topic, n = window[-1]
-            client.call({"op": "pub", "topic": topic, "data": {"n": n, "pad": PAD}})
-            sent.update(topic for topic, _ in window)
-        end = clock()
-        say(result={"start": start, "end": end, "sent": dict(sent)})
+            client.call(_pub(*batch[-1]))
+            sent.update(topic for topic, _ in batch)
+        say(result={"start": start, "end": clock(), "sent": dict(sent)})
         client.close()
-        return 0
-    except (RuntimeError, gevent.Timeout) as exc:
-        say(error=f"publisher: {exc!r}")
-        return 1
     finally:
         ticker.kill(block=False)
         client.abort()
 
 
-# -- soak ----------------------------------------------------------------------------
+# -- soak -------------------------------------------------------------------------------
 
 
 @dataclass
 class SoakConn:
     """One connection of the soak's population and what it is subscribed to."""
 
-    client: RawClient
+    client: Client
     stable: bool
     group: int
-    tallies: dict[int, Tally] = field(default_factory=dict)
+    tallies: dict[int, Tally] = field(default_factory=lambda: {1: Tally(), 2: Tally()})
     extra: tuple[int, str] | None = None
     sids: Iterator[int] = field(default_factory=lambda: itertools.count(3))
 
 
 @dataclass
 class Soak:
-    """The soak's mix and its counts (see :func:`cmd_soak`)."""
+    """The soak's mix and its counts (see :func:`soak`)."""
 
     port: int
     groups: int
@@ -770,9 +593,7 @@ class Soak:
         if len(self.problems) < SHOWN:
             self.problems.append(text)
 
-    # -- callbacks --
-
-    def on_msg(self, client: RawClient, sid: Any, topic: str, data: Any) -> None:
+    def on_msg(self, client: Client, sid: Any, topic: str, data: Any) -> None:
         conn = self.by_name.get(client.name)
         tally = conn.tallies.get(sid) if conn is not None else None
         if tally is None:
@@ -783,19 +604,18 @@ class Soak:
         tally.add(data["n"])
         self.received += 1
 
-    def on_error(self, client: RawClient, obj: dict[str, Any]) -> None:
+    def on_error(self, client: Client, obj: dict[str, Any]) -> None:
         self.counts["hub_errors"] += 1
         self.problem(f"{client.name}: error {obj.get('code')}: {obj.get('reason')}")
 
-    def on_end(self, client: RawClient) -> None:
+    def on_end(self, client: Client) -> None:
         if not client.closing and not self.stopping:
             self.unexpected_ends[str(client.close_code)] += 1
             self.problem(f"{client.name} ended: {client.close_code} {client.close_reason}")
 
     def fold(self, conn: SoakConn, sid: int) -> None:
         """Count a finished subscription's gaps and disorder."""
-        tally = conn.tallies.pop(sid, None)
-        if tally is None:
+        if (tally := conn.tallies.pop(sid, None)) is None:
             return
         self.gaps += tally.gaps
         self.disorder += tally.disorder
@@ -806,16 +626,13 @@ class Soak:
 
     # -- the population --
 
-    def open_conn(self, stable: bool) -> SoakConn | None:
-        gevent = _gevent()
-        index = next(self.names)
+    def open_conn(self, stable: bool) -> None:
+        gevent, index = _gevent(), next(self.names)
         name = f"{'k' if stable else 'c'}{index}"
-        client = RawClient(
+        client = Client(
             self.port, name, on_msg=self.on_msg, on_error=self.on_error, on_end=self.on_end
         )
-        conn = SoakConn(client, stable, index % self.groups)
-        conn.tallies = {1: Tally(), 2: Tally()}
-        self.by_name[name] = conn
+        self.by_name[name] = conn = SoakConn(client, stable, index % self.groups)
         try:
             client.connect()
             client.call({"op": "sub", "sid": 1, "topic": f"soak.{conn.group}"})
@@ -824,10 +641,9 @@ class Soak:
             self.failures.append(f"{name}: {exc!r}")
             self.by_name.pop(name, None)
             client.abort()
-            return None
+            return
         self.population.append(conn)
         self.counts["connects"] += 1
-        return conn
 
     def drop_conn(self, conn: SoakConn, abrupt: bool) -> None:
         """Close (or abort) a connection already taken out of the population."""
@@ -836,19 +652,21 @@ class Soak:
             conn.extra = None
         if abrupt:
             conn.client.abort()
-            self.counts["aborts"] += 1
         else:
             conn.client.close()
-            self.counts["closes"] += 1
+        self.counts["aborts" if abrupt else "closes"] += 1
         for sid in list(conn.tallies):
             self.fold(conn, sid)
         self.by_name.pop(conn.client.name, None)
 
+    def _movable(self, count: int) -> list[SoakConn]:
+        movable = [c for c in self.population if not c.stable and c.client.open]
+        return self.rng.sample(movable, min(count, len(movable)))
+
     def churn(self, count: int) -> None:
         """Close ``count`` churning connections (one in five abruptly) and open as many."""
         gevent = _gevent()
-        movable = [c for c in self.population if not c.stable and c.client.open]
-        for conn in self.rng.sample(movable, min(count, len(movable))):
+        for conn in self._movable(count):
             abrupt = self.rng.random() < 0.2
             self.population.remove(conn)
             gevent.spawn(self.drop_conn, conn, abrupt)
@@ -856,14 +674,11 @@ class Soak:
 
     def resubscribe(self, count: int) -> None:
         """On ``count`` churning connections, drop the extra subscription and take a fresh one."""
-        gevent = _gevent()
-        movable = [c for c in self.population if not c.stable and c.client.open]
-        for conn in self.rng.sample(movable, min(count, len(movable))):
-            gevent.spawn(self._resubscribe_one, conn)
+        for conn in self._movable(count):
+            _gevent().spawn(self._resubscribe_one, conn)
 
     def _resubscribe_one(self, conn: SoakConn) -> None:
-        gevent = _gevent()
-        client = conn.client
+        gevent, client = _gevent(), conn.client
         try:
             if conn.extra is not None:
                 sid, topic = conn.extra
@@ -872,8 +687,7 @@ class Soak:
                 client.call({"op": "unsub", "sid": sid})
                 self.fold(conn, sid)
                 self.counts["unsubs"] += 1
-            sid = next(conn.sids)
-            topic = f"soak.extra.{next(self.extra_names)}"
+            sid, topic = next(conn.sids), f"soak.extra.{next(self.extra_names)}"
             conn.tallies[sid] = Tally()
             client.call({"op": "sub", "sid": sid, "topic": topic})
             if client.closing:
@@ -882,8 +696,7 @@ class Soak:
             self.live_extras.append(topic)
             self.counts["subs"] += 1
         except (RuntimeError, gevent.Timeout) as exc:
-            # A connection churned away meanwhile is not a finding.
-            if client.open:
+            if client.open:  # a connection churned away meanwhile is not a finding
                 self.failures.append(f"{client.name} resubscribe: {exc!r}")
 
     def _forget_extra(self, topic: str) -> None:
@@ -906,32 +719,24 @@ class Soak:
             return "soak.all", True
         if slot < 14:
             return f"soak.{(i // 20 * 9 + slot - 5) % self.groups}", True
-        if slot < 16 and self.live_extras:
-            return self.rng.choice(self.live_extras), True
         if slot < 16:
-            return "soak.all", True
+            return (self.rng.choice(self.live_extras) if self.live_extras else "soak.all"), True
         return f"soak.void.{i}", False
 
-    def publish_loop(self, publisher: RawClient) -> None:
-        gevent = _gevent()
-        start = clock()
-        i = 0
+    def publish_loop(self, publisher: Client) -> None:
+        gevent, start, i = _gevent(), clock(), 0
         while not self.stopping:
-            due = int((clock() - start) * self.rate) - i
-            frames = []
-            for _ in range(max(0, due)):
+            pubs = []
+            for _ in range(max(0, int((clock() - start) * self.rate) - i)):
                 topic, counted = self.next_pub(i)
                 if counted:
-                    n = self.published[topic]
+                    pubs.append(_pub(topic, self.published[topic]))
                     self.published[topic] += 1
                 else:
-                    n = 0
+                    pubs.append(_pub(topic, 0))
                     self.void_published += 1
-                frames.append(
-                    text_frame({"op": "pub", "topic": topic, "data": {"n": n, "pad": PAD}})
-                )
                 i += 1
-            if frames and not publisher.send_raw(b"".join(frames)):
+            if pubs and not publisher.send(*pubs):
                 self.failures.append("the hub closed the publisher's connection")
                 return
             self.published_total = i
@@ -952,14 +757,14 @@ class Soak:
         """
         gevent = _gevent()
 
-        def count(client: RawClient, sid: Any, topic: str, data: Any) -> None:
+        def count(client: Client, sid: Any, topic: str, data: Any) -> None:
             self.slow_received += 1
 
-        def on_error(client: RawClient, obj: dict[str, Any]) -> None:
+        def on_error(client: Client, obj: dict[str, Any]) -> None:
             self.counts[f"slow_error_{obj.get('code')}"] += 1
 
         while not self.stopping:
-            client = RawClient(self.port, "slow", on_msg=count, on_error=on_error, rcvbuf=4096)
+            client = Client(self.port, "slow", on_msg=count, on_error=on_error, rcvbuf=4096)
             connected = clock()
             try:
                 client.connect()
@@ -982,27 +787,27 @@ class Soak:
             if not self.stopping:
                 gevent.sleep(1.0)
 
-    def prefill(self, publisher: RawClient, topics: int) -> None:
-        """Publish once to ``topics`` fresh topics, a window at a time.
+    def prefill(self, publisher: Client, topics: int) -> None:
+        """Publish once to ``topics`` fresh topics, a window of 500 at a time.
 
         The hub remembers up to 4,096 validated topics and 4,096 routes; the
         soak's fresh topics would fill those caches during the first minutes,
         which is bounded growth, not a leak, so it happens before sampling.
         """
         for first in range(0, topics, 500):
-            names = [f"soak.warm.{i}" for i in range(first, min(first + 500, topics))]
-            frames = [text_frame({"op": "pub", "topic": t, "data": None}) for t in names[:-1]]
-            publisher.send_raw(b"".join(frames))
-            publisher.call({"op": "pub", "topic": names[-1], "data": None})
+            pubs = [
+                {"op": "pub", "topic": f"soak.warm.{i}", "data": None}
+                for i in range(first, min(first + 500, topics))
+            ]
+            publisher.send(*pubs[:-1])
+            publisher.call(pubs[-1])
 
     # -- the end --
 
     def stable_check(self) -> dict[str, Any]:
         """Every stable connection must have every message of its two topics, from 0."""
         incomplete = 0
-        for conn in self.population:
-            if not conn.stable:
-                continue
+        for conn in (c for c in self.population if c.stable):
             for sid, topic in ((1, f"soak.{conn.group}"), (2, "soak.all")):
                 tally, want = conn.tallies[sid], self.published[topic]
                 if tally.count != want or (want and tally.first != 0):
@@ -1026,132 +831,100 @@ class Soak:
         )
 
 
-def cmd_soak(args: argparse.Namespace) -> int:
+def soak(
+    port: int,
+    seconds: float,
+    connections: int,
+    rate: float,
+    churn: int,
+    resubscribe: int,
+    groups: int,
+    seed: int = 1,
+    prefill: int = PREFILL_TOPICS,
+    slow_consumers: int = 1,
+) -> None:
+    """Run the soak's mix for ``seconds``; then check, close everything, and report."""
     gevent = _gevent()
-    raise_fd_limit()
-    soak = Soak(args.port, args.groups, args.rate, random.Random(args.seed))
-    stable = max(1, args.connections // 4)
-    pool = gevent.pool.Pool(CONNECT_CONCURRENCY)
-    pool.map(lambda i: soak.open_conn(i < stable), range(args.connections))
-    if soak.failures:
-        say(error=f"soak: {len(soak.failures)} connection(s) failed: {soak.failures[:SHOWN]}")
-        return 1
-    publisher = RawClient(args.port, "soak-publisher", on_msg=lambda *a: None, on_end=soak.on_end)
-    publisher.connect()
-    soak.prefill(publisher, args.prefill)
-    say(ready={"connections": len(soak.population) + 1})
+    state = Soak(port, groups, rate, random.Random(seed))
+    stable = max(1, connections // 4)
+    gevent.pool.Pool(CONNECT_CONCURRENCY).map(
+        lambda i: state.open_conn(i < stable), range(connections)
+    )
+    if state.failures:
+        failed = "; ".join(state.failures[:SHOWN])
+        raise RuntimeError(f"{len(state.failures)} connection(s) failed: {failed}")
+    pub = Client(port, "soak-publisher", on_msg=lambda *a: None, on_end=state.on_end)
+    pub.connect()
+    state.prefill(pub, prefill)
+    say(ready={"connections": len(state.population) + 1})
     start = clock()
-    workers = [gevent.spawn(soak.publish_loop, publisher)]
-    workers += [gevent.spawn(soak.slow_loop) for _ in range(args.slow_consumers)]
-
-    def fields() -> dict[str, Any]:
-        return {
+    workers = [gevent.spawn(state.publish_loop, pub)]
+    workers += [gevent.spawn(state.slow_loop) for _ in range(slow_consumers)]
+    ticker = progress_loop(
+        lambda: {
             "t": round(clock() - start, 3),
-            "open": len(soak.population) + 2,
-            "published": soak.published_total,
-            "received": soak.received,
-            **soak.counts,
+            "open": len(state.population) + 2,
+            "published": state.published_total,
+            "received": state.received,
+            **state.counts,
         }
-
-    ticker = progress_loop(fields)
+    )
     try:
-        tick = 0
-        while clock() - start < args.seconds:
-            tick += 1
+        for tick in itertools.count(1):
+            if clock() - start >= seconds:
+                break
             gevent.sleep(max(0.0, start + tick - clock()))
-            soak.churn(args.churn)
-            soak.resubscribe(args.resubscribe)
-        soak.stopping = True
+            state.churn(churn)
+            state.resubscribe(resubscribe)
+        state.stopping = True
         workers[0].join(timeout=CLOSE_TIMEOUT)
         gevent.killall(workers[1:], timeout=CLOSE_TIMEOUT)  # slow consumers may be mid-phase
         # Let the last messages reach the stable connections (or give up when idle).
-        idle_since, seen = clock(), soak.received
-        while soak.stable_missing() > 0 and clock() - idle_since < IDLE_TIMEOUT:
-            gevent.sleep(0.05)
-            if soak.received != seen:
-                idle_since, seen = clock(), soak.received
+        wait_quiet(state.stable_missing, lambda: state.received)
         gevent.sleep(0.5)  # drops and resubscriptions spawned in the last second
-        check = soak.stable_check()
-        for conn in list(soak.population):
+        check = state.stable_check()
+        for conn in list(state.population):
             for sid in list(conn.tallies):
-                soak.fold(conn, sid)
-        closed = close_all([c.client for c in soak.population] + [publisher])
+                state.fold(conn, sid)
+        closed = close_all([c.client for c in state.population] + [pub])
         result = {
             "seconds": round(clock() - start, 3),
-            "connections": args.connections,
-            "published": soak.published_total,
-            "published_to_nobody": soak.void_published,
-            "received": soak.received,
-            "gaps": soak.gaps,
-            "disorder": soak.disorder,
+            "connections": connections,
+            "published": state.published_total,
+            "published_to_nobody": state.void_published,
+            "received": state.received,
+            "gaps": state.gaps,
+            "disorder": state.disorder,
             **check,
-            "counts": dict(soak.counts),
-            "unexpected_ends": dict(soak.unexpected_ends),
+            "counts": dict(state.counts),
+            "unexpected_ends": dict(state.unexpected_ends),
             "slow_consumer": {
-                "received": soak.slow_received,
-                "ends": dict(soak.slow_ends),
-                "lifetimes_s": soak.slow_lifetimes,
+                "received": state.slow_received,
+                "ends": dict(state.slow_ends),
+                "lifetimes_s": state.slow_lifetimes,
             },
-            "failures": soak.failures[:SHOWN],
-            "failure_count": len(soak.failures),
-            "examples": soak.problems,
+            "failures": state.failures[:SHOWN],
+            "failure_count": len(state.failures),
+            "examples": state.problems,
             "closed": closed,
         }
         say(result=result)
-        return 0
     finally:
-        soak.stopping = True
+        state.stopping = True
         ticker.kill(block=False)
         gevent.killall(workers, block=False)
-        for conn in soak.population:
+        for conn in state.population:
             conn.client.abort()
-        publisher.abort()
+        pub.abort()
 
 
-# -- command line --------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m perf.load_worker", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    subs = commands.add_parser("subscribers", help="open connections, subscribe, count")
-    subs.add_argument("--first", type=int, default=0, help="index of the first connection")
-    subs.add_argument("--count", type=int, required=True)
-    subs.add_argument("--expect-group", type=int, required=True, help="messages per load.<g>")
-    subs.add_argument("--expect-all", type=int, required=True, help="messages to load.all")
-    pub = commands.add_parser("publisher", help="publish the fan-out traffic")
-    pub.add_argument("--per-all", type=int, required=True, help="messages to load.all")
-    pub.add_argument("--per-group", type=int, required=True, help="messages to each load.<g>")
-    pub.add_argument("--window", type=int, default=200, help="pubs per acknowledged window")
-    soak = commands.add_parser("soak", help="run the soak mix")
-    soak.add_argument("--seconds", type=float, required=True)
-    soak.add_argument("--connections", type=int, required=True, help="steady population")
-    soak.add_argument("--rate", type=float, default=200.0, help="pubs per second")
-    soak.add_argument("--churn", type=int, default=5, help="connections replaced per second")
-    soak.add_argument("--resubscribe", type=int, default=10, help="unsub+sub per second")
-    soak.add_argument("--seed", type=int, default=1)
-    soak.add_argument("--prefill", type=int, default=PREFILL_TOPICS, help="fresh topics first")
-    soak.add_argument("--slow-consumers", type=int, default=1, help="slow consumers (0: none)")
-    for cmd in (subs, pub, soak):
-        cmd.add_argument("--port", type=int, required=True, help="the hub's port on 127.0.0.1")
-        cmd.add_argument("--groups", type=int, default=10)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    faulthandler.enable()  # a crash in C (gevent, greenlet) still leaves a traceback in the log
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.WARNING, format=f"%(asctime)s {args.command}[%(process)d] %(message)s"
-    )
-    command = {"subscribers": cmd_subscribers, "publisher": cmd_publisher, "soak": cmd_soak}
-    try:
-        return command[args.command](args)
-    except Exception as exc:
-        logger.exception("%s failed", args.command)
-        say(error=f"{args.command}: {exc!r}")
-        return 1
-
+COMMANDS: dict[str, Callable[..., None]] = {f.__name__: f for f in (subscribers, publisher, soak)}
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    faulthandler.enable()  # a crash in C (gevent, greenlet) still leaves a traceback
+    command, options = sys.argv[1:]
+    logging.basicConfig(
+        level=logging.WARNING, format=f"%(asctime)s {command}[%(process)d] %(message)s"
+    )
+    raise_fd_limit()
+    sys.exit(worker_main(command, lambda: COMMANDS[command](**json.loads(options))))

@@ -3,12 +3,12 @@
 A :class:`Metric` is a function that takes one system and one case and
 returns that round's samples.  The runner (``perf/__main__.py``) calls it
 once per round for every (case, system) pair, in shuffled order, so machine
-noise hits every system alike.  Each metric states in :attr:`Metric.timed`
-exactly what its samples time; that text goes into the JSON.
+noise hits every system alike.  :attr:`Metric.timed` says exactly what the
+samples time; that text goes into the JSON.
 
 Every sample is verified: a metric whose messages did not all arrive
-(exactly once) raises :class:`~perf.systems.MeasurementError`, and the
-runner records an error instead of a number.
+(exactly once) raises :class:`~perf.procs.MeasurementError`, and the runner
+records an error instead of a number.
 """
 
 from __future__ import annotations
@@ -24,25 +24,11 @@ from pathlib import Path
 from typing import Literal
 
 from .hub import NETWORK, NetworkSystem
-from .systems import IN_PROCESS, Classic, Fanout, MeasurementError, System
+from .procs import MeasurementError
+from .systems import IN_PROCESS, Classic, Fanout, System
 
-__all__ = [
-    "DEFAULT",
-    "METRICS",
-    "QUICK",
-    "SYSTEMS",
-    "TARGETS",
-    "TIMES",
-    "TINY",
-    "Case",
-    "Metric",
-    "Sizes",
-    "Target",
-    "count_reorders",
-]
+__all__ = ["DEFAULT", "METRICS", "QUICK", "SYSTEMS", "TARGETS", "TINY", "Case", "Metric", "Sizes"]
 
-#: The multiplication sign of ratios, spelled out so linters do not take it for an "x".
-TIMES = "\N{MULTIPLICATION SIGN}"
 #: What the slow subscriber sleeps per message, in seconds.
 SLOW = 0.001
 #: Producers pause (``gevent.sleep(0)`` for greenlet systems) after this many emits.
@@ -57,52 +43,42 @@ HUB_SUBSCRIBERS = 4
 #: far above their latency, so a message does not queue behind the previous one.
 ONE_WAY_GAP = 0.001
 
+#: The multiplication sign of the targets' ratios, spelled out so linters do not take it for
+#: an "x".  Not imported from report.py: the memory probe's fresh processes import this
+#: module, and every module they load before they measure moves their RSS figure.
+TIMES = "\N{MULTIPLICATION SIGN}"
 #: Every system: in-process ones (systems.py), then those across processes (hub.py).
 SYSTEMS: dict[str, System] = {**IN_PROCESS, **NETWORK}
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work each metric does; one instance per profile."""
+    """How much work each metric does; one instance per profile (see ``_PROFILES``)."""
 
     profile: str
-    #: Rounds of the per-call metrics (emit held, emit cost, ping-pong).
-    rounds: int
-    #: Run every (case, system) once, unrecorded, before the first round.
-    warmup: bool
-    #: emit_held: emits per sample, samples per round.
-    emit_batch: int
+    rounds: int  # rounds of the per-call metrics (emit held, emit cost, ping-pong)
+    warmup: bool  # run every (case, system) once, unrecorded, before the first round
+    emit_batch: int  # emit_held: emits per sample, samples per round
     emit_batches: int
-    #: emit_held_slow: emits per sample, samples per round.
-    slow_batch: int
+    slow_batch: int  # emit_held_slow: emits per sample, samples per round
     slow_batches: int
-    #: emit_cost_by_subscribers: deliveries per sample (emits = this / subscribers).
-    cost_deliveries: int
+    cost_deliveries: int  # emit_cost_by_subscribers: deliveries per sample
     subscriber_counts: tuple[int, ...]
-    #: pingpong: round trips per round; the classic scenario's messages per round.
-    pingpong: int
-    classic_messages: int
-    #: throughput: deliveries per sample (messages = this / fan-out), and rounds.
-    throughput_deliveries: int
-    throughput_rounds: int
+    pingpong: int  # round trips per round (hub_roundtrip too)
+    classic_messages: int  # the classic scenario's messages per round
+    throughput_deliveries: int  # deliveries per sample (messages = this / fan-out)
+    throughput_rounds: int  # also the rounds of the floods across processes
     fanouts: tuple[int, ...]
-    #: reorders: messages per flood, and rounds.
-    flood: int
+    flood: int  # reorders: messages per flood, and rounds
     reorder_rounds: int
-    #: memory: idle consumers per probe (OS-thread consumers are fewer), queued messages.
-    memory_consumers: int
+    memory_consumers: int  # idle consumers per probe (OS-thread consumers are fewer)
     memory_threads: int
     memory_messages: int
     memory_rounds: int
-    #: hub_ingest: messages per flood; hub_fanout: messages per flood (each to
-    #: every subscriber).  Both run ``throughput_rounds`` rounds; hub_roundtrip
-    #: runs ``rounds`` rounds of ``pingpong`` round trips.
-    hub_ingest_messages: int
+    hub_ingest_messages: int  # hub_ingest, hub_fanout: messages per flood
     hub_fanout_messages: int
-    #: federation_latency: timed one-way messages per round (``rounds`` rounds);
-    #: federation_throughput: messages per flood (``throughput_rounds`` rounds).
-    federation_messages: int
-    federation_flood: int
+    federation_messages: int  # federation_latency: timed one-way messages per round
+    federation_flood: int  # federation_throughput: messages per flood
 
 
 #: The profiles side by side: field -> (default, --quick, --tiny).  --tiny
@@ -159,7 +135,7 @@ Measure = Callable[[System, Case, Sizes], list[float]]
 
 @dataclass(frozen=True)
 class Metric:
-    """A measurement and everything the report needs to say about it."""
+    """A measurement and everything the report says about it."""
 
     name: str
     title: str
@@ -182,7 +158,7 @@ class Metric:
         return rounds
 
 
-# -- shared measuring loops ------------------------------------------------------
+# -- measuring loops ----------------------------------------------------------------
 
 
 def _emit_batches(
@@ -220,8 +196,7 @@ def count_reorders(got: Sequence[int], n: int) -> int:
     """
     if len(got) != n or sorted(got) != list(range(n)):
         raise MeasurementError(f"expected each of {n} payloads once, got {len(got)} payloads")
-    late = 0
-    highest = -1
+    late, highest = 0, -1
     for payload in got:
         if payload < highest:
             late += 1
@@ -229,8 +204,6 @@ def count_reorders(got: Sequence[int], n: int) -> int:
             highest = payload
     return late
 
-
-# -- the metrics -------------------------------------------------------------------
 
 ONE = Case("1 fast subscriber", "µs")
 SLOW_ONE = Case("1 subscriber sleeping 1 ms per message", "µs")
@@ -253,14 +226,10 @@ def subscriber_cases(sizes: Sizes) -> tuple[Case, ...]:
         Case(
             f"{k} subscriber{'s' if k > 1 else ''}",
             "µs",
-            {"subscribers": k, "emits": _cost_emits(sizes, k)},
+            {"subscribers": k, "emits": max(MIN_EMITS, sizes.cost_deliveries // k)},
         )
         for k in sizes.subscriber_counts
     )
-
-
-def _cost_emits(sizes: Sizes, k: int) -> int:
-    return max(MIN_EMITS, sizes.cost_deliveries // k)
 
 
 def measure_emit_cost(system: System, case: Case, sizes: Sizes) -> list[float]:
@@ -309,10 +278,6 @@ def measure_throughput(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [k * m / elapsed]
 
 
-def flood_cases(sizes: Sizes) -> tuple[Case, ...]:
-    return (Case(FLOOD_LABEL, "reorders", {"messages": sizes.flood}),)
-
-
 def measure_reorders(system: System, case: Case, sizes: Sizes) -> list[float]:
     n = case.int_param("messages")
     with system.fanout(1) as fan:
@@ -322,7 +287,7 @@ def measure_reorders(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [float(count_reorders(got, n))]
 
 
-# -- memory: each probe runs in a fresh process ------------------------------------
+# -- memory: each probe runs in a fresh process -------------------------------------
 
 MEMORY_CASES = (
     Case("per idle consumer, tracemalloc", "bytes", {"probe": "consumers", "via": "tracemalloc"}),
@@ -333,8 +298,7 @@ MEMORY_CASES = (
 
 def _rss_bytes() -> int:
     """Resident set size of this process, from /proc/self/statm."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _probe(system_name: str, probe: str, via: str, n: int) -> float:
@@ -363,19 +327,19 @@ def measure_memory(system: System, case: Case, sizes: Sizes) -> list[float]:
     probe, via = str(case.params["probe"]), str(case.params["via"])
     if probe == "messages":
         n = sizes.memory_messages
-    elif system.thread_per_consumer:
-        n = sizes.memory_threads
     else:
-        n = sizes.memory_consumers
+        n = sizes.memory_threads if system.thread_per_consumer else sizes.memory_consumers
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         per_item = pool.apply(_probe, (system.name, probe, via, n))
     return [per_item * 10_000 / 1e6 if case.unit == "MB" else per_item]
 
 
-# -- across processes: perf/hub.py ---------------------------------------------------
+# -- across processes: perf/hub.py ----------------------------------------------------
 
 INGEST_LABEL = "1 publisher, 1 connection"
 FANOUT_LABEL = f"1→{HUB_SUBSCRIBERS} processes"
+FED_ONE_WAY_LABEL = "node A → node B"
+FED_FLOOD_LABEL = "node A → node B, flood"
 
 
 def _network(system: System) -> NetworkSystem:
@@ -384,30 +348,13 @@ def _network(system: System) -> NetworkSystem:
     return system
 
 
-def ingest_cases(sizes: Sizes) -> tuple[Case, ...]:
-    return (Case(INGEST_LABEL, "msgs/s", {"messages": sizes.hub_ingest_messages}),)
-
-
 def measure_ingest(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [_network(system).ingest(case.int_param("messages")).rate]
 
 
-def hub_fanout_cases(sizes: Sizes) -> tuple[Case, ...]:
-    params = {"subscribers": HUB_SUBSCRIBERS, "messages": sizes.hub_fanout_messages}
-    return (Case(FANOUT_LABEL, "msgs/s", params),)
-
-
 def measure_hub_fanout(system: System, case: Case, sizes: Sizes) -> list[float]:
-    flood = _network(system).broadcast(case.int_param("messages"), case.int_param("subscribers"))
-    return [flood.rate]
-
-
-FED_ONE_WAY_LABEL = "node A → node B"
-FED_FLOOD_LABEL = "node A → node B, flood"
-
-
-def federation_latency_cases(sizes: Sizes) -> tuple[Case, ...]:
-    return (Case(FED_ONE_WAY_LABEL, "µs", {"messages": sizes.federation_messages}),)
+    k = case.int_param("subscribers")
+    return [_network(system).broadcast(case.int_param("messages"), k).rate]
 
 
 def measure_one_way(system: System, case: Case, sizes: Sizes) -> list[float]:
@@ -415,33 +362,29 @@ def measure_one_way(system: System, case: Case, sizes: Sizes) -> list[float]:
     return probe[WARM_ROUNDTRIPS:]
 
 
-def federation_flood_cases(sizes: Sizes) -> tuple[Case, ...]:
-    return (Case(FED_FLOOD_LABEL, "msgs/s", {"messages": sizes.federation_flood}),)
-
-
 def measure_relay(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [_network(system).relay(case.int_param("messages"), YIELD_EVERY).rate]
 
 
-def _hub_flood(
-    name: str, title: str, timed: str, cases: Callable[[Sizes], tuple[Case, ...]], measure: Measure
+def _across(
+    name: str,
+    title: str,
+    timed: str,
+    case: Callable[[Sizes], Case],
+    measure: Measure,
+    *,
+    better: Literal["lower", "higher"] = "lower",
+    systems: tuple[str, ...] = ("redis-pubsub", "greenbus-hub"),
+    rounds_field: str = "rounds",
 ) -> Metric:
-    """A msgs/s metric of the brokers across processes: one sample per round, no warm-up."""
+    """A metric across processes: fresh processes every sample, so no warm-up run."""
+    cases = lambda sizes: (case(sizes),)  # noqa: E731
     return Metric(
-        name=name,
-        title=title,
-        timed=timed,
-        better="higher",
-        systems=("redis-pubsub", "greenbus-hub"),
-        cases=cases,
-        measure=measure,
-        rounds_field="throughput_rounds",
-        warmup=False,
-        reference="greenbus-hub",
+        name, title, timed, systems, cases, measure, better, rounds_field, False, systems[-1]
     )
 
 
-# -- the list ---------------------------------------------------------------------
+# -- the list -------------------------------------------------------------------------
 
 #: The systems with a second party (a pool, a thread, a greenlet) behind emit.
 CONCURRENT = ("pyee-executor", "threads+queue", "gevent.queue", "greenbus", "greenbus-compat")
@@ -450,51 +393,42 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
         Metric(
-            name="emit_held",
-            title="emit held",
-            timed=(
-                "Batches of emits to one subscriber whose handler appends the payload to a "
-                "list; a sample is the batch's wall time divided by its emits (the loop, ~0.03 "
-                "µs, included). Between batches the consumers drain, untimed, and the counts "
-                "are checked. classic: each emit of the two-thread scenario, timed singly, "
-                "10 ms apart."
-            ),
+            "emit_held",
+            "emit held",
+            "Batches of emits to one subscriber whose handler appends the payload to a list; a "
+            "sample is the batch's wall time divided by its emits (the loop, ~0.03 µs, "
+            "included). Between batches the consumers drain, untimed, and the counts are "
+            "checked. classic: each emit of the two-thread scenario, timed singly, 10 ms apart.",
             systems=("classic", "pyee", "blinker", *CONCURRENT),
             cases=lambda sizes: (ONE,),
             measure=measure_emit_held,
         ),
         Metric(
-            name="emit_held_slow",
-            title="emit held",
-            timed=(
-                "As emit_held, with a handler that sleeps 1 ms before recording: time.sleep "
-                "for pyee (inside emit) and the threads, gevent.sleep for greenlets. "
-                "Consumers drain between batches, untimed."
-            ),
+            "emit_held_slow",
+            "emit held",
+            "As emit_held, with a handler that sleeps 1 ms before recording: time.sleep for "
+            "pyee (inside emit) and the threads, gevent.sleep for greenlets. Consumers drain "
+            "between batches, untimed.",
             systems=("pyee", *CONCURRENT),
             cases=lambda sizes: (SLOW_ONE,),
             measure=measure_emit_held_slow,
         ),
         Metric(
-            name="pingpong",
-            title="ping-pong",
-            timed=(
-                "perf_counter around each round trip: send a number, block until the "
-                "responder sends it back (checked). One sample per message. classic: emit "
-                "'data' until the 'reply' handler runs, thread2 polling every 10 ms."
-            ),
+            "pingpong",
+            "ping-pong",
+            "perf_counter around each round trip: send a number, block until the responder "
+            "sends it back (checked). One sample per message. classic: emit 'data' until the "
+            "'reply' handler runs, thread2 polling every 10 ms.",
             systems=("classic", *CONCURRENT[:-1], "greenbus-request", CONCURRENT[-1]),
             cases=lambda sizes: (ROUND_TRIP,),
             measure=measure_pingpong,
         ),
         Metric(
-            name="throughput",
-            title="delivered msgs/s",
-            timed=(
-                "One producer emits M messages to k consumers (greenlet producers "
-                "gevent.sleep(0) every 100 emits); the clock stops when every consumer has "
-                "handled all M. A sample is k*M / elapsed; counts are checked after."
-            ),
+            "throughput",
+            "delivered msgs/s",
+            "One producer emits M messages to k consumers (greenlet producers gevent.sleep(0) "
+            "every 100 emits); the clock stops when every consumer has handled all M. A sample "
+            "is k*M / elapsed; counts are checked after.",
             better="higher",
             systems=("pyee", *CONCURRENT),
             cases=fanout_cases,
@@ -502,172 +436,155 @@ METRICS: dict[str, Metric] = {
             rounds_field="throughput_rounds",
         ),
         Metric(
-            name="emit_cost_by_subscribers",
-            title="emit cost",
-            timed=(
-                "As emit_held, with k subscribers on the emitted topic (greenbus-wildcard: "
-                "alternately 'a.*' and 'a.>', emitting to 'a.b'); a sample is a batch's "
-                "wall time divided by its emits."
-            ),
+            "emit_cost_by_subscribers",
+            "emit cost",
+            "As emit_held, with k subscribers on the emitted topic (greenbus-wildcard: "
+            "alternately 'a.*' and 'a.>', emitting to 'a.b'); a sample is a batch's wall time "
+            "divided by its emits.",
             systems=("pyee", "blinker", "greenbus", "greenbus-wildcard"),
             cases=subscriber_cases,
             measure=measure_emit_cost,
         ),
         Metric(
-            name="reorders",
-            title="out-of-order deliveries",
-            timed=(
-                "Not a time: one producer floods one consumer with 0..n-1; a sample counts "
-                "the payloads that arrived after a later one (all must arrive, once)."
-            ),
+            "reorders",
+            "out-of-order deliveries",
+            "Not a time: one producer floods one consumer with 0..n-1; a sample counts the "
+            "payloads that arrived after a later one (all must arrive, once).",
             systems=("pyee", *CONCURRENT),
-            cases=flood_cases,
+            cases=lambda sizes: (Case(FLOOD_LABEL, "reorders", {"messages": sizes.flood}),),
             measure=measure_reorders,
             rounds_field="reorder_rounds",
             warmup=False,
         ),
         Metric(
-            name="memory",
-            title="memory",
-            timed=(
-                "Not a time: each probe runs in a fresh process and builds n idle consumers "
-                "(greenbus: a subscription with a handler, on its own topic; gevent.queue: a "
-                "queue and a greenlet in get(); threads+queue: a queue and a thread in get()) "
-                "or queues n messages to one consumer that does not consume. tracemalloc "
-                "does not see all of a greenlet's stack, nor thread stacks; the RSS figure "
-                "(/proc/self/statm) does, and is scaled to 10k consumers."
-            ),
+            "memory",
+            "memory",
+            "Not a time: each probe runs in a fresh process and builds n idle consumers "
+            "(greenbus: a subscription with a handler, on its own topic; gevent.queue: a queue "
+            "and a greenlet in get(); threads+queue: a queue and a thread in get()) or queues n "
+            "messages to one consumer that does not consume. tracemalloc does not see all of a "
+            "greenlet's stack, nor thread stacks; the RSS figure (/proc/self/statm) does, and "
+            "is scaled to 10k consumers.",
             systems=("threads+queue", "gevent.queue", "greenbus"),
             cases=lambda sizes: MEMORY_CASES,
             measure=measure_memory,
             rounds_field="memory_rounds",
             warmup=False,
         ),
-        Metric(
-            name="hub_roundtrip",
-            title="across processes",
-            timed=(
-                "perf_counter around each round trip made by the benchmark process, one sample "
-                "per message (after 10 untimed); the reply must be the number sent. Every "
-                "sample starts its own processes and stops them after, so there is no warm-up "
-                "run. greenbus-hub: the benchmark's greenbus.connect client emits i on 'ping' "
-                "to a hub process; an echo client process (greenbus.connect) subscribed to "
-                "'ping' emits it on 'pong'; the benchmark's 'pong' subscription receives it. "
-                "redis-pubsub, the same shape: the benchmark PUBLISHes i on 'ping' through "
-                "redis-py (which waits for PUBLISH's reply), an echo process subscribed to "
-                "'ping' PUBLISHes it on 'pong', and the benchmark's second connection, "
-                "subscribed to 'pong', receives it (get_message). Both: 3 processes, 4 "
-                "one-way trips over loopback. tcp-echo (the floor: 2 one-way trips): 8 bytes "
-                "to an echo server process and back, over one TCP_NODELAY connection."
-            ),
+        _across(
+            "hub_roundtrip",
+            "across processes",
+            "perf_counter around each round trip made by the benchmark process, one sample per "
+            "message (after 10 untimed); the reply must be the number sent. Every sample starts "
+            "its own processes and stops them after, so there is no warm-up run. greenbus-hub: "
+            "the benchmark's greenbus.connect client emits i on 'ping' to a hub process; an "
+            "echo client process (greenbus.connect) subscribed to 'ping' emits it on 'pong'; "
+            "the benchmark's 'pong' subscription receives it. redis-pubsub, the same shape: "
+            "the benchmark PUBLISHes i on 'ping' through redis-py (which waits for PUBLISH's "
+            "reply), an echo process subscribed to 'ping' PUBLISHes it on 'pong', and the "
+            "benchmark's second connection, subscribed to 'pong', receives it (get_message). "
+            "Both: 3 processes, 4 one-way trips over loopback. tcp-echo (the floor: 2 one-way "
+            "trips): 8 bytes to an echo server process and back, over one TCP_NODELAY "
+            "connection.",
+            lambda sizes: ROUND_TRIP,
             systems=("tcp-echo", "redis-pubsub", "greenbus-hub"),
-            cases=lambda sizes: (ROUND_TRIP,),
             measure=measure_pingpong,
-            warmup=False,
-            reference="greenbus-hub",
         ),
-        _hub_flood(
-            name="hub_ingest",
-            title="ingest msgs/s",
-            timed=(
-                "One publisher process sends M messages (payloads 0..M-1) over one "
-                "connection, every byte made before the clock starts and written with "
-                "sendall. greenbus-hub: 'pub' frames without ids (so no acks), JSON from "
-                "greenbus.protocol.encode, framed and masked by websockets' sans-I/O "
-                "ClientProtocol, into a hub process (greenbus.serve) where an unbounded local "
-                "subscription (Bus.subscribe) on the topic takes them; the clock stops at its "
-                "last arrival. redis-pubsub: PUBLISH commands packed by redis-py, pipelined "
-                "to redis-server; the clock stops when the publisher has read the last "
-                "PUBLISH reply, each of which must be 1, and a redis-py subscriber process "
-                "checks the arrivals, untimed. A sample is M / (stop - first send), with "
-                "time.monotonic (one clock for all processes). Arrivals must be 0..M-1, "
-                "each once, in order."
-            ),
-            cases=ingest_cases,
+        _across(
+            "hub_ingest",
+            "ingest msgs/s",
+            "One publisher process sends M messages (payloads 0..M-1) over one connection, "
+            "every byte made before the clock starts and written with sendall. greenbus-hub: "
+            "'pub' frames without ids (so no acks), JSON from greenbus.protocol.encode, framed "
+            "and masked by websockets' sans-I/O ClientProtocol, into a hub process "
+            "(greenbus.serve) where an unbounded local subscription (Bus.subscribe) on the "
+            "topic takes them; the clock stops at its last arrival. redis-pubsub: PUBLISH "
+            "commands packed by redis-py, pipelined to redis-server; the clock stops when the "
+            "publisher has read the last PUBLISH reply, each of which must be 1, and a "
+            "redis-py subscriber process checks the arrivals, untimed. A sample is M / (stop - "
+            "first send), with time.monotonic (one clock for all processes). Arrivals must be "
+            "0..M-1, each once, in order.",
+            lambda sizes: Case(INGEST_LABEL, "msgs/s", {"messages": sizes.hub_ingest_messages}),
+            better="higher",
             measure=measure_ingest,
+            rounds_field="throughput_rounds",
         ),
-        _hub_flood(
-            name="hub_fanout",
-            title="delivered msgs/s",
-            timed=(
-                f"One publisher process (as in hub_ingest) sends M messages on a topic to "
-                f"which {HUB_SUBSCRIBERS} subscriber processes subscribed with the system's "
-                f"Python client (greenbus.connect, default subscription; redis-py PubSub, "
-                f"get_message). Each counts its arrivals, checks they are 0..M-1 in order, "
-                f"and reports its first and last arrival times. A sample is "
-                f"{HUB_SUBSCRIBERS}*M / (latest last arrival - first send), with "
-                f"time.monotonic. Neither server cuts off a slow subscriber: the hub runs "
-                f"with max_pending 10M, redis-server with client-output-buffer-limit pubsub "
-                f"0 0 0. Publisher, server and subscribers share the machine's CPUs."
-            ),
-            cases=hub_fanout_cases,
-            measure=measure_hub_fanout,
-        ),
-        Metric(
-            name="federation_latency",
-            title="federation one-way",
-            timed=(
-                "One-way latency from one process to another, with CLOCK_MONOTONIC: the "
-                "sender reads time.monotonic_ns() just before its publishing call and sends it "
-                "in the payload; the receiver reads time.monotonic_ns() first thing on arrival "
-                "(on Linux one clock for every process, so the readings subtract). One sample "
-                f"per message: {WARM_ROUNDTRIPS} untimed, then n timed, one at a time, each sent "
-                f"{ONE_WAY_GAP * 1000:g} ms after the previous publishing call returned. Every "
-                "round starts a fresh redis-server and both processes, and stops them after. "
-                "greenbus-federation: node A, a greenbus.Bus federated with greenbus.federate "
-                "(default options; its publishing connection opened before the first message), "
-                "emits [i, ns] on 'oneway'; its federation's writer greenlet publishes the "
-                "envelope (a pipeline of one PUBLISH); node B's federation reader, whose "
-                "SUBSCRIBE Redis confirmed (PUBSUB NUMSUB) before A started, emits it into B's "
-                "bus, and the clock stops in B's subscription handler. redis-pubsub, raw "
-                "redis-py publish→receive: the publisher process calls client.publish with "
-                "b'i ns' (which waits for PUBLISH's reply, 1); the subscriber process "
-                "(PubSub.get_message, SUBSCRIBE confirmed) stops the clock as get_message "
-                "returns it. Both: every message must arrive once, in order."
-            ),
-            systems=("redis-pubsub", "greenbus-federation"),
-            cases=federation_latency_cases,
-            measure=measure_one_way,
-            warmup=False,
-            reference="greenbus-federation",
-        ),
-        Metric(
-            name="federation_throughput",
-            title="federation delivered msgs/s",
-            timed=(
-                "Process A floods process B through a fresh redis-server with M messages "
-                "(payloads 0..M-1). greenbus-federation: node A emits them on its federated "
-                f"bus as fast as it can, gevent.sleep(0) every {YIELD_EVERY} emits, and its "
-                "federation publishes them in pipelined batches (up to 1000 PUBLISH per round "
-                "trip); node B's subscription handler counts them. redis-pubsub: a redis-py "
-                "publisher sends PUBLISH through client.pipeline(transaction=False) in batches "
-                "of 1000 (the federation's default), each reply checked to be 1; a redis-py "
-                "subscriber (PubSub.get_message) counts. A sample is M / (B's last arrival - "
-                "A's first send), with time.monotonic (one clock for all processes), the "
-                "clock starting once A's connection is open. B checks that every payload "
-                "arrived once and in order; A that its federation published all M and "
-                "dropped none. A, redis-server and B share the machine's CPUs."
+        _across(
+            "hub_fanout",
+            "delivered msgs/s",
+            f"One publisher process (as in hub_ingest) sends M messages on a topic to which "
+            f"{HUB_SUBSCRIBERS} subscriber processes subscribed with the system's Python client "
+            f"(greenbus.connect, default subscription; redis-py PubSub, get_message). Each "
+            f"counts its arrivals, checks they are 0..M-1 in order, and reports its first and "
+            f"last arrival times. A sample is {HUB_SUBSCRIBERS}*M / (latest last arrival - "
+            f"first send), with time.monotonic. Neither server cuts off a slow subscriber: the "
+            f"hub runs with max_pending 10M, redis-server with client-output-buffer-limit "
+            f"pubsub 0 0 0. Publisher, server and subscribers share the machine's CPUs.",
+            lambda sizes: Case(
+                FANOUT_LABEL,
+                "msgs/s",
+                {"subscribers": HUB_SUBSCRIBERS, "messages": sizes.hub_fanout_messages},
             ),
             better="higher",
+            measure=measure_hub_fanout,
+            rounds_field="throughput_rounds",
+        ),
+        _across(
+            "federation_latency",
+            "federation one-way",
+            "One-way latency from one process to another, with CLOCK_MONOTONIC: the sender "
+            "reads time.monotonic_ns() just before its publishing call and sends it in the "
+            "payload; the receiver reads time.monotonic_ns() first thing on arrival (on Linux "
+            "one clock for every process, so the readings subtract). One sample per message: "
+            f"{WARM_ROUNDTRIPS} untimed, then n timed, one at a time, each sent "
+            f"{ONE_WAY_GAP * 1000:g} ms after the previous publishing call returned. Every round "
+            "starts a fresh redis-server and both processes, and stops them after. "
+            "greenbus-federation: node A, a greenbus.Bus federated with greenbus.federate "
+            "(default options; its publishing connection opened before the first message), "
+            "emits [i, ns] on 'oneway'; its federation's writer greenlet publishes the envelope "
+            "(a pipeline of one PUBLISH); node B's federation reader, whose SUBSCRIBE Redis "
+            "confirmed (PUBSUB NUMSUB) before A started, emits it into B's bus, and the clock "
+            "stops in B's subscription handler. redis-pubsub, raw redis-py publish→receive: the "
+            "publisher process calls client.publish with b'i ns' (which waits for PUBLISH's "
+            "reply, 1); the subscriber process (PubSub.get_message, SUBSCRIBE confirmed) stops "
+            "the clock as get_message returns it. Both: every message must arrive once, in "
+            "order.",
+            lambda sizes: Case(FED_ONE_WAY_LABEL, "µs", {"messages": sizes.federation_messages}),
             systems=("redis-pubsub", "greenbus-federation"),
-            cases=federation_flood_cases,
+            measure=measure_one_way,
+        ),
+        _across(
+            "federation_throughput",
+            "federation delivered msgs/s",
+            "Process A floods process B through a fresh redis-server with M messages (payloads "
+            "0..M-1). greenbus-federation: node A emits them on its federated bus as fast as it "
+            f"can, gevent.sleep(0) every {YIELD_EVERY} emits, and its federation publishes them "
+            "in pipelined batches (up to 1000 PUBLISH per round trip); node B's subscription "
+            "handler counts them. redis-pubsub: a redis-py publisher sends PUBLISH through "
+            "client.pipeline(transaction=False) in batches of 1000 (the federation's default), "
+            "each reply checked to be 1; a redis-py subscriber (PubSub.get_message) counts. A "
+            "sample is M / (B's last arrival - A's first send), with time.monotonic (one clock "
+            "for all processes), the clock starting once A's connection is open. B checks that "
+            "every payload arrived once and in order; A that its federation published all M "
+            "and dropped none. A, redis-server and B share the machine's CPUs.",
+            lambda sizes: Case(FED_FLOOD_LABEL, "msgs/s", {"messages": sizes.federation_flood}),
+            better="higher",
+            systems=("redis-pubsub", "greenbus-federation"),
             measure=measure_relay,
             rounds_field="throughput_rounds",
-            warmup=False,
-            reference="greenbus-federation",
         ),
     )
 }
 
 
-# -- greenbus's targets ---------------------------------------------------------------
+# -- greenbus's targets -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Target:
     """A goal for greenbus, checked against figures of the same run.
 
-    The figure is greenbus's ``stat`` in the case, divided by ``against``'s
+    The figure is ``system``'s ``stat`` in the case, divided by ``against``'s
     when that is set; the target is met when ``figure op limit``.
     """
 

@@ -1,25 +1,21 @@
-"""The systems under test: one adapter per system.
+"""The systems under test in one process: one adapter per system.
 
-Every adapter builds the same few shapes out of its own system's
-primitives, so each metric is written once and measures every system the
-same way:
+Every adapter builds the same shapes from its own system's primitives, so
+each metric is written once and measures every system the same way:
 
-* :meth:`System.fanout` returns a :class:`Fanout`: one publisher wired to
-  ``k`` consumers.  Every consumer appends each payload it receives to its
-  own list -- the cheapest handler that still lets the suite verify that
-  every message arrived, once, and in which order.  ``Fanout.emit`` is the
-  system's own publishing call with the topic bound; it is what the emit
-  metrics time.
-* :meth:`System.echo` returns an :class:`Echo`: two parties, where
-  ``roundtrip(x)`` sends ``x`` and returns the other party's reply.
-* :meth:`System.idle_consumers` and :meth:`System.queued_messages` build
-  objects for the memory probe to weigh.
+* :meth:`System.fanout`: a :class:`Fanout`, one publisher wired to ``k``
+  consumers, each appending every payload to its own list (the cheapest
+  handler that still lets the suite check that every message arrived, once,
+  in order).  ``Fanout.emit`` is the system's own publishing call with the
+  topic bound: what the emit metrics time.
+* :meth:`System.echo`: an :class:`Echo`; ``roundtrip(x)`` sends ``x`` and
+  returns the other party's reply.
+* :meth:`System.idle_consumers`, :meth:`System.queued_messages`: objects for
+  the memory probe to weigh; each returns a closer.
 
-The classic two-thread pyee scenario is a whole program rather than a
-primitive; :class:`Classic` runs it and returns its per-message figures.
-
-Everything runs in one process without monkey-patching: greenlets live in
-the main thread, the thread-based systems use real OS threads.
+:class:`Classic` runs the two-thread pyee scenario, a whole program.
+Nothing is monkey-patched: greenlets live in the main thread, the
+thread-based systems use real OS threads.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import blinker
 import gevent
@@ -42,49 +38,31 @@ from pyee.executor import ExecutorEventEmitter
 import greenbus
 import greenbus.compat
 
-__all__ = [
-    "IN_PROCESS",
-    "Classic",
-    "ClassicRun",
-    "Echo",
-    "Fanout",
-    "MeasurementError",
-    "System",
-    "Unsupported",
-]
+from .procs import MeasurementError
+
+__all__ = ["IN_PROCESS", "Classic", "Echo", "Fanout", "System", "Unsupported"]
 
 #: The topic every fan-out publishes on (wildcard subscribers match it too).
 TOPIC = "a.b"
-
 #: Seconds any wait for deliveries may take before the sample is an error.
 WAIT_TIMEOUT = 60.0
-
-#: How often a thread polls for deliveries made by other OS threads.  Short,
+#: How often a thread polls for deliveries made by other OS threads: short,
 #: but long enough that the poller does not steal the GIL from the workers.
-_THREAD_POLL = 1e-4
-
-
-class MeasurementError(Exception):
-    """A sample that is not a number: messages lost or duplicated, or a wait timed out."""
+THREAD_POLL = 1e-4
 
 
 class Unsupported(Exception):
     """The system has no natural way to build this shape."""
 
 
-def _noop() -> None:
-    """Do nothing (the producer's pause for thread-based systems)."""
-
-
-_C = TypeVar("_C", bound="_Closing")
+def _noop(*_: object) -> None:
+    """Do nothing: a thread-based producer's pause; a closer that keeps its arguments alive."""
 
 
 class _Closing:
-    """Context-manager plumbing for things with a ``close`` callable."""
-
     close: Callable[[], object]
 
-    def __enter__(self: _C) -> _C:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -95,16 +73,10 @@ class _Closing:
 class Fanout(_Closing):
     """One publisher wired to ``len(received)`` consumers.
 
-    Attributes:
-        emit: publish one payload to every consumer (the system's own call).
-        received: one list per consumer, payloads in arrival order.
-        wait: ``wait(n)`` returns once every consumer has handled ``n``
-            payloads -- everything emitted so far (it raises
-            :class:`MeasurementError` after :data:`WAIT_TIMEOUT`); check
-            the counts with :meth:`take`.
-        close: tear everything down (threads joined, greenlets ended).
-        pause: what a producer calls every 100 emits: ``gevent.sleep(0)``
-            for greenlet systems, nothing for thread-based ones.
+    ``wait(n)`` returns once every consumer handled ``n`` payloads (all
+    emitted so far), or raises MeasurementError after WAIT_TIMEOUT; a
+    producer calls ``pause()`` every 100 emits (``gevent.sleep(0)`` for
+    greenlet systems); ``close()`` joins threads and ends greenlets.
     """
 
     emit: Callable[[Any], object]
@@ -114,18 +86,9 @@ class Fanout(_Closing):
     pause: Callable[[], object] = _noop
 
     def take(self, expected: int) -> list[list[Any]]:
-        """Check that every consumer got exactly ``expected`` payloads; hand them over.
-
-        The consumers' lists are emptied in place, ready for the next batch.
-
-        Raises:
-            MeasurementError: a consumer got fewer or more.
-        """
-        counts = [len(r) for r in self.received]
-        if any(c != expected for c in counts):
-            raise MeasurementError(
-                f"expected {expected} deliveries per consumer, got {sorted(set(counts))}"
-            )
+        """Every consumer's payloads (their lists emptied); raises unless each has ``expected``."""
+        if (counts := {len(r) for r in self.received}) != {expected}:
+            raise MeasurementError(f"expected {expected} deliveries per consumer, got {counts}")
         taken = [list(r) for r in self.received]
         for r in self.received:
             r.clear()
@@ -158,10 +121,10 @@ def _polling(received: list[list[Any]], idle: Callable[[], object]) -> Callable[
     return wait
 
 
-def _with_work(
+def _handler(
     append: Callable[[Any], object], slow: float, sleep: Callable[[float], object]
 ) -> Callable[[Any], object]:
-    """A handler that records its payload, first sleeping ``slow`` seconds if non-zero."""
+    """Record the payload, first sleeping ``slow`` seconds if it is not zero."""
     if not slow:
         return append
 
@@ -173,13 +136,11 @@ def _with_work(
 
 
 class System:
-    """One system under test.  Subclasses override the shapes they support.
+    """One system under test; subclasses override the shapes they support.
 
-    Attributes:
-        name: the name used in results, tables and charts.
-        summary: one line saying what the system is and where its consumers run.
-        thread_per_consumer: each consumer costs an OS thread (the memory
-            probe builds fewer of them).
+    ``summary`` says what it is and where its consumers run;
+    ``thread_per_consumer``: each consumer costs an OS thread (the memory
+    probe builds fewer of them).
     """
 
     name: ClassVar[str]
@@ -191,60 +152,44 @@ class System:
         raise Unsupported(f"{self.name} has no fan-out")
 
     def echo(self) -> Echo:
-        """A requester and a responder that returns what it receives."""
         raise Unsupported(f"{self.name} has no request/reply")
 
     def idle_consumers(self, n: int) -> Callable[[], object]:
-        """Start ``n`` consumers that wait for messages; return their closer."""
         raise Unsupported(f"{self.name} has no memory probe")
 
     def queued_messages(self, n: int) -> Callable[[], object]:
-        """Queue ``n`` messages to one consumer that is not consuming; return a closer."""
+        """Queue ``n`` messages to one consumer that is not consuming."""
         raise Unsupported(f"{self.name} has no memory probe")
 
     def __repr__(self) -> str:
         return f"<System {self.name}>"
 
 
-# -- emitters that run or hand off handlers: pyee, pyee-executor, compat, blinker
+# -- emitters with pyee's API: pyee, pyee-executor, greenbus-compat; and blinker ----
 
 
-class _EmitterSystem(System):
-    """An emitter with ``on(event, f)`` / ``emit(event, *args)`` (pyee's API).
+class _Emitter(System):
+    """An emitter with ``on(event, f)`` and ``emit(event, *args)``; ``make()`` builds one."""
 
-    Subclasses say how to make and shut down the emitter, how a slow
-    handler sleeps, and how the measuring thread waits for deliveries.
-    """
-
-    #: How a slow handler sleeps (it runs wherever the system runs handlers).
-    sleep: ClassVar[Callable[[float], object]] = staticmethod(time.sleep)
-    #: What the measuring thread does between looks at the consumers' lists.
-    idle: ClassVar[Callable[[], object]] = staticmethod(partial(time.sleep, _THREAD_POLL))
-
-    def make(self) -> Any:
-        raise NotImplementedError
+    make: ClassVar[staticmethod[[], Any]]
+    #: How a slow handler sleeps (where the system runs its handlers).
+    sleep: ClassVar[staticmethod[[float], object]] = staticmethod(time.sleep)
 
     def shutdown(self, emitter: Any) -> None:
         emitter.remove_all_listeners()
 
     def fanout(self, k: int, slow: float = 0.0) -> Fanout:
-        emitter = self.make()
-        received = _lists(k)
+        emitter, received = self.make(), _lists(k)
         for r in received:
-            emitter.on(TOPIC, _with_work(r.append, slow, self.sleep))
-        return Fanout(
-            emit=partial(emitter.emit, TOPIC),
-            received=received,
-            wait=_polling(received, self.idle),
-            close=partial(self.shutdown, emitter),
-        )
+            emitter.on(TOPIC, _handler(r.append, slow, self.sleep))
+        wait = _polling(received, partial(time.sleep, THREAD_POLL))
+        return Fanout(partial(emitter.emit, TOPIC), received, wait, partial(self.shutdown, emitter))
 
     def echo(self) -> Echo:
         emitter = self.make()
         replies: queue.Queue[Any] = queue.Queue()
         emitter.on("ping", replies.put)
-        emit = partial(emitter.emit, "ping")
-        get = replies.get
+        emit, get = partial(emitter.emit, "ping"), replies.get
 
         def roundtrip(payload: Any) -> Any:
             emit(payload)
@@ -253,44 +198,36 @@ class _EmitterSystem(System):
         return Echo(roundtrip, partial(self.shutdown, emitter))
 
 
-class Pyee(_EmitterSystem):
+class Pyee(_Emitter):
     name = "pyee"
     summary = "pyee.EventEmitter: emit runs every handler inline, in the emitting thread"
-
-    def make(self) -> pyee.EventEmitter:
-        return pyee.EventEmitter()
+    make = staticmethod(pyee.EventEmitter)
 
     def echo(self) -> Echo:
         raise Unsupported("pyee runs handlers inline: there is no second party")
 
 
-class PyeeExecutor(_EmitterSystem):
+class PyeeExecutor(_Emitter):
     name = "pyee-executor"
     summary = (
         "pyee.ExecutorEventEmitter: emit submits each handler call to a ThreadPoolExecutor "
         "(default size, min(32, cpus + 4) threads)"
     )
+    make = staticmethod(ExecutorEventEmitter)
 
-    def make(self) -> ExecutorEventEmitter:
-        return ExecutorEventEmitter()
-
-    def shutdown(self, emitter: ExecutorEventEmitter) -> None:
+    def shutdown(self, emitter: Any) -> None:
         emitter.shutdown(wait=True)
 
 
-class GreenbusCompat(_EmitterSystem):
+class GreenbusCompat(_Emitter):
     name = "greenbus-compat"
     summary = (
         "greenbus.compat.EventEmitter (the pyee drop-in), emitting from the main thread; "
         "unpatched, so its listeners run in greenlets of greenbus's shared hub thread"
     )
     sleep = staticmethod(gevent.sleep)
-
-    def make(self) -> greenbus.compat.EventEmitter:
-        return greenbus.compat.EventEmitter()
-
-    def shutdown(self, emitter: greenbus.compat.EventEmitter) -> None:
-        emitter.shutdown(wait=True)
+    make = staticmethod(greenbus.compat.EventEmitter)
+    shutdown = PyeeExecutor.shutdown
 
 
 class Blinker(System):
@@ -298,23 +235,19 @@ class Blinker(System):
     summary = "blinker.Signal.send: receivers run inline, in the sending thread"
 
     def fanout(self, k: int, slow: float = 0.0) -> Fanout:
-        signal = blinker.Signal()
-        received = _lists(k)
+        signal, received = blinker.Signal(), _lists(k)
         for r in received:
             # send(payload) calls receiver(payload): the payload is the sender.
-            signal.connect(_with_work(r.append, slow, time.sleep), weak=False)
+            signal.connect(_handler(r.append, slow, time.sleep), weak=False)
         # Receivers ran inline, so a wait finds everything already there.
-        return Fanout(signal.send, received, _polling(received, _noop), close=_noop)
+        return Fanout(signal.send, received, _polling(received, _noop), _noop)
 
 
-# -- queues with one consumer each: threads+queue, gevent.queue ----------------
+# -- a queue and a consumer per subscriber: threads+queue, gevent.queue -------------
 
 
 class _Mark:
-    """Queued behind the payloads: the consumer sets ``event`` on reaching it.
-
-    A mark whose event is None tells the consumer to stop.
-    """
+    """Queued behind the payloads: the consumer sets ``event``; with None, it stops."""
 
     __slots__ = ("event",)
 
@@ -346,86 +279,68 @@ def _consume(
 
 def _serve_echo(get: Callable[[], Any], put: Callable[[Any], object]) -> None:
     """The responder's loop: send back what arrives, until the stop mark."""
-    while True:
-        item = get()
-        if item is _STOP:
-            return
+    while (item := get()) is not _STOP:
         put(item)
 
 
-def _publisher(puts: list[Callable[[Any], object]]) -> Callable[[Any], object]:
-    """Publish to every queue.  A single queue's ``put`` is used as it is."""
-    if len(puts) == 1:
-        return puts[0]
-
-    def emit(payload: Any) -> None:
-        for put in puts:
-            put(payload)
-
-    return emit
+def _expect_queued(queued: int, n: int) -> None:
+    if queued != n:
+        raise MeasurementError(f"{n} messages put, {queued} queued")
 
 
-class _QueueSystem(System):
-    """One queue per consumer, a consumer per queue (a thread or a greenlet).
+class _Queues(System):
+    """One queue per consumer, and a consumer (thread or greenlet) per queue.
 
     ``wait`` puts a mark behind the payloads in every queue and waits until
-    each consumer has reached it, so it returns the moment the last payload
-    was handled, without polling.
+    each consumer reaches it: it returns when the last payload was handled,
+    without polling.
     """
 
-    sleep: ClassVar[Callable[[float], object]]
-    pause: ClassVar[Callable[[], object]]
-
-    def new_queue(self) -> Any:
-        raise NotImplementedError
-
-    def new_event(self) -> Any:
-        raise NotImplementedError
+    sleep: ClassVar[staticmethod[[float], object]]
+    pause: ClassVar[staticmethod[[], object]]
+    new_queue: ClassVar[staticmethod[[], Any]]
+    new_event: ClassVar[staticmethod[[], Any]]
 
     def start(self, target: Callable[..., None], *args: Any) -> Any:
-        """Run ``target(*args)`` concurrently; return something :meth:`join_all` takes."""
+        """Run ``target(*args)`` concurrently; return what :meth:`join_all` takes."""
         raise NotImplementedError
 
     def join_all(self, workers: list[Any]) -> None:
         raise NotImplementedError
 
-    def _stopper(self, queues: list[Any], workers: list[Any]) -> Callable[[], None]:
-        def close() -> None:
-            for q in queues:
-                q.put(_STOP)
-            self.join_all(workers)
-
-        return close
-
     def _consumers(
         self, received: list[list[Any]], slow: float
     ) -> tuple[list[Any], Callable[[], None]]:
+        """A queue and a consumer per list; the queues, and what stops the consumers."""
         queues = [self.new_queue() for _ in received]
         workers = [
             self.start(_consume, q.get, r.append, slow, self.sleep)
             for q, r in zip(queues, received, strict=True)
         ]
-        return queues, self._stopper(queues, workers)
+        return queues, partial(self._stop, queues, workers)
+
+    def _stop(self, queues: list[Any], workers: list[Any]) -> None:
+        for q in queues:
+            q.put(_STOP)
+        self.join_all(workers)
 
     def fanout(self, k: int, slow: float = 0.0) -> Fanout:
         received = _lists(k)
         queues, close = self._consumers(received, slow)
+        puts = [q.put for q in queues]
+
+        def emit(payload: Any) -> None:
+            for put in puts:
+                put(payload)
 
         def wait(expected: int) -> None:
             marks = [_Mark(self.new_event()) for _ in queues]
             for q, mark in zip(queues, marks, strict=True):
                 q.put(mark)
-            for mark in marks:
-                if not mark.event.wait(WAIT_TIMEOUT):
-                    raise MeasurementError("timed out waiting for a consumer to drain")
+            if not all(mark.event.wait(WAIT_TIMEOUT) for mark in marks):
+                raise MeasurementError("timed out waiting for a consumer to drain")
 
-        return Fanout(
-            emit=_publisher([q.put for q in queues]),
-            received=received,
-            wait=wait,
-            close=close,
-            pause=self.pause,
-        )
+        return Fanout(puts[0] if k == 1 else emit, received, wait, close, self.pause)
 
     def echo(self) -> Echo:
         requests, replies = self.new_queue(), self.new_queue()
@@ -436,11 +351,10 @@ class _QueueSystem(System):
             put(payload)
             return get()
 
-        return Echo(roundtrip, self._stopper([requests], [server]))
+        return Echo(roundtrip, partial(self._stop, [requests], [server]))
 
     def idle_consumers(self, n: int) -> Callable[[], object]:
-        _, close = self._consumers(_lists(n), 0.0)
-        return close
+        return self._consumers(_lists(n), 0.0)[1]
 
     def queued_messages(self, n: int) -> Callable[[], object]:
         q = self.new_queue()
@@ -448,30 +362,17 @@ class _QueueSystem(System):
         for _ in range(n):
             put(None)
         _expect_queued(q.qsize(), n)
-        return partial(_keep, q)
+        return partial(_noop, q)
 
 
-def _keep(*objects: object) -> None:
-    """A closer that only keeps ``objects`` alive until it is called."""
-
-
-def _expect_queued(queued: int, n: int) -> None:
-    if queued != n:
-        raise MeasurementError(f"{n} messages put, {queued} queued")
-
-
-class ThreadsQueue(_QueueSystem):
+class ThreadsQueue(_Queues):
     name = "threads+queue"
     summary = "OS threads, one queue.Queue per consumer thread, which blocks in get()"
     thread_per_consumer = True
     sleep = staticmethod(time.sleep)
     pause = staticmethod(_noop)
-
-    def new_queue(self) -> queue.Queue[Any]:
-        return queue.Queue()
-
-    def new_event(self) -> threading.Event:
-        return threading.Event()
+    new_queue: ClassVar[staticmethod[[], queue.Queue[Any]]] = staticmethod(queue.Queue)
+    new_event = staticmethod(threading.Event)
 
     def start(self, target: Callable[..., None], *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -483,17 +384,13 @@ class ThreadsQueue(_QueueSystem):
             thread.join(WAIT_TIMEOUT)
 
 
-class GeventQueue(_QueueSystem):
+class GeventQueue(_Queues):
     name = "gevent.queue"
     summary = "greenlets, one gevent.queue.Queue per consumer greenlet"
     sleep = staticmethod(gevent.sleep)
     pause = staticmethod(partial(gevent.sleep, 0))
-
-    def new_queue(self) -> gevent.queue.Queue[Any]:
-        return gevent.queue.Queue()
-
-    def new_event(self) -> gevent.event.Event:
-        return gevent.event.Event()
+    new_queue = staticmethod(gevent.queue.Queue)
+    new_event = staticmethod(gevent.event.Event)
 
     def start(self, target: Callable[..., None], *args: Any) -> gevent.Greenlet:
         return gevent.spawn(target, *args)
@@ -502,12 +399,10 @@ class GeventQueue(_QueueSystem):
         gevent.joinall(workers, timeout=WAIT_TIMEOUT)
 
 
-# -- greenbus ------------------------------------------------------------------
+# -- greenbus ---------------------------------------------------------------------
 
 
-def _bus_handler(
-    append: Callable[[Any], object], slow: float
-) -> Callable[[greenbus.Message], None]:
+def _bus_handler(append: Callable[[Any], object], slow: float) -> Callable[[Any], None]:
     if slow:
 
         def handler(msg: greenbus.Message) -> None:
@@ -534,17 +429,11 @@ class Greenbus(System):
         return [TOPIC] * k
 
     def fanout(self, k: int, slow: float = 0.0) -> Fanout:
-        bus = greenbus.Bus(self.name)
-        received = _lists(k)
+        bus, received, pause = greenbus.Bus(self.name), _lists(k), partial(gevent.sleep, 0)
         for pattern, r in zip(self.patterns(k), received, strict=True):
             bus.subscribe(pattern, _bus_handler(r.append, slow))
-        return Fanout(
-            emit=partial(bus.emit, TOPIC),
-            received=received,
-            wait=_polling(received, partial(gevent.sleep, 0)),
-            close=bus.close,
-            pause=partial(gevent.sleep, 0),
-        )
+        wait = _polling(received, pause)
+        return Fanout(partial(bus.emit, TOPIC), received, wait, bus.close, pause)
 
     def echo(self) -> Echo:
         bus = greenbus.Bus(self.name)
@@ -561,7 +450,7 @@ class Greenbus(System):
     def idle_consumers(self, n: int) -> Callable[[], object]:
         bus = greenbus.Bus(self.name)
         for i in range(n):
-            bus.subscribe(f"idle.{i}", _keep)
+            bus.subscribe(f"idle.{i}", _noop)
         gevent.sleep(0)  # let every handler greenlet start and park in its channel
         return bus.close
 
@@ -572,7 +461,7 @@ class Greenbus(System):
         for _ in range(n):
             emit(None)
         _expect_queued(sub.pending, n)
-        return partial(_keep, sub, bus)
+        return partial(_noop, sub, bus)
 
 
 class GreenbusWildcard(Greenbus):
@@ -591,14 +480,10 @@ class GreenbusRequest(Greenbus):
         bus = greenbus.Bus(self.name)
         bus.subscribe("ping", lambda msg: msg.reply(msg.data))
         request = partial(bus.request, "ping")
-
-        def roundtrip(payload: Any) -> Any:
-            return request(payload).data
-
-        return Echo(roundtrip, bus.close)
+        return Echo(lambda payload: request(payload).data, bus.close)
 
 
-# -- the classic two-thread scenario ---------------------------------------------
+# -- the classic two-thread scenario ------------------------------------------------
 
 
 @dataclass
@@ -616,7 +501,6 @@ class Classic(System):
     holds it; thread2's ``data`` handler parks the item in a
     ``queue.Queue``; thread2's loop polls that queue every 10 ms and emits
     ``reply``, whose handler (run inline in thread2) records the round trip.
-    Slow by design, so it is measured with few messages.
     """
 
     name = "classic"
@@ -628,18 +512,12 @@ class Classic(System):
     POLL = 0.01
 
     def run(self, n: int) -> ClassicRun:
-        """Send ``n`` messages 10 ms apart; return per-message figures.
-
-        Raises:
-            MeasurementError: a reply did not arrive.
-        """
-        ee = pyee.EventEmitter()
-        result = ClassicRun()
+        """Send ``n`` messages 10 ms apart; raises MeasurementError if a reply is missing."""
+        ee, result = pyee.EventEmitter(), ClassicRun()
+        inbox: queue.Queue[int] = queue.Queue()
         sent: dict[int, float] = {}
         replied: dict[int, float] = {}
-        inbox: queue.Queue[int] = queue.Queue()
-        all_replied = threading.Event()
-        stop = threading.Event()
+        all_replied, stop = threading.Event(), threading.Event()
 
         def on_reply(i: int) -> None:
             replied[i] = time.perf_counter() - sent[i]
@@ -679,15 +557,7 @@ class Classic(System):
 IN_PROCESS: dict[str, System] = {
     s.name: s
     for s in (
-        Classic(),
-        Pyee(),
-        Blinker(),
-        PyeeExecutor(),
-        ThreadsQueue(),
-        GeventQueue(),
-        Greenbus(),
-        GreenbusWildcard(),
-        GreenbusRequest(),
-        GreenbusCompat(),
+        *(Classic(), Pyee(), Blinker(), PyeeExecutor(), ThreadsQueue(), GeventQueue()),
+        *(Greenbus(), GreenbusWildcard(), GreenbusRequest(), GreenbusCompat()),
     )
 }

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from perf.load import LoadError, blocks_trend, rss_trend, verdict
-from perf.load_worker import FrameError, FrameReader, Tally, mask_frame
+from perf.load import blocks_trend, rss_trend, verdict
+from perf.load_worker import take_frames
+from perf.procs import MeasurementError, Tally
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,19 +133,23 @@ def test_the_markdown_table_carries_the_figures(
 # -- the pieces, without processes ---------------------------------------------------
 
 
-def test_the_frame_reader_returns_whole_frames_however_the_bytes_are_cut() -> None:
-    wire = bytes([0x81, 5]) + b"hello" + bytes([0x81, 126, 0, 200]) + b"x" * 200
-    reader = FrameReader()
-    frames = []
+def test_the_clients_take_whole_text_frames_however_the_bytes_are_cut() -> None:
+    ping = bytes([0x89, 2]) + b"hi"
+    wire = bytes([0x81, 5]) + b"hello" + ping + bytes([0x81, 126, 0, 200]) + b"x" * 200
+    buf, texts, others = bytearray(), [], []
     for i in range(0, len(wire), 3):
-        frames += reader.feed(wire[i : i + 3])
-    assert frames == [(0x1, b"hello"), (0x1, b"x" * 200)]
-    assert len(reader) == 0
+        buf += wire[i : i + 3]
+        got, rest = take_frames(buf)
+        texts += got
+        others += rest
+    assert texts == [b"hello", b"x" * 200]
+    assert others == [ping]  # for websockets' protocol: it answers pings, closes, refusals
+    assert len(buf) == 0
 
 
-def test_the_frame_reader_refuses_a_masked_frame_from_the_server() -> None:
-    with pytest.raises(FrameError):
-        FrameReader().feed(mask_frame(0x1, b"hi"))
+def test_a_masked_frame_from_the_server_goes_to_the_protocol_which_refuses_it() -> None:
+    masked = bytes([0x81, 0x82]) + b"\x01\x02\x03\x04" + b"hi"
+    assert take_frames(bytearray(masked)) == ([], [masked])
 
 
 def test_a_tally_counts_skipped_and_out_of_order_numbers() -> None:
@@ -161,7 +166,7 @@ def test_the_rss_trend_compares_medians_after_the_warm_up() -> None:
     assert trend["samples"] == 10 and trend["window_samples"] == 2
     assert trend["growth_kib"] == pytest.approx(80)
     assert trend["slope_kib_per_min"] == pytest.approx(600)
-    with pytest.raises(LoadError):
+    with pytest.raises(MeasurementError):
         rss_trend(samples[:3], warmup=2)
 
 

@@ -8,6 +8,9 @@ The figures themselves are not checked: tiny sizes measure nothing.
 Where ``redis-server`` is not installed, the samples of the systems that
 need it (Redis pub/sub, the federation) must be errors that say it is
 unavailable (and the run exits 1 for them), nothing else.
+
+Also checks the committed report against its record, and the pieces every
+harness shares: the child-process helper and the stream tally.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ import math
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from perf.hub import GreenbusFederation, RedisPubSub, last_arrival
-from perf.hub_worker import Tally, unstamp
-from perf.systems import MeasurementError
+from perf import report
+from perf.hub import GreenbusFederation, RedisPubSub
+from perf.hub_worker import unstamp
+from perf.procs import MeasurementError, Processes, Tally, check_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,6 +151,20 @@ def test_results_md_and_the_charts_are_written(smoke_run: tuple[Path, dict[str, 
         assert f"]({chart})" in text
 
 
+def test_the_committed_reports_render_from_the_newest_records(tmp_path: Path) -> None:
+    perf = ROOT / "perf"
+    (tmp_path / "results").mkdir()
+    for pattern in ("2*.json", "load-*.json"):
+        newest = sorted((perf / "results").glob(pattern))[-1]
+        shutil.copy(newest, tmp_path / "results" / newest.name)
+    report.render(tmp_path)
+    for name in ("RESULTS.md", "LOAD.md"):
+        rendered = (tmp_path / name).read_text(encoding="utf-8")
+        assert rendered == (perf / name).read_text(encoding="utf-8"), (
+            f"perf/{name} is not what its record renders: run `python -m perf.report`"
+        )
+
+
 def test_greenbus_bench_forwards_its_options_to_the_suite() -> None:
     proc = _run("greenbus", "bench", "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -174,13 +194,62 @@ def test_a_stamped_payload_gives_its_index_and_one_way_latency_in_microseconds()
 
 
 def test_a_flood_that_lost_or_reordered_a_message_is_an_error() -> None:
-    for payloads in ([0, 1, 3], [0, 2, 1, 3], [0, 1, 1, 2]):
-        tally = Tally(expected=4)
+    for payloads in ([0, 1, 3], [0, 2, 1, 3], [0, 1, 1, 2], [1, 2, 3, 4]):
+        tally = Tally()
         for i, payload in enumerate(payloads):
             tally.add(payload, now=float(i))
         with pytest.raises(MeasurementError, match="of 4 messages"):
-            last_arrival(tally.result(), 4, "subscriber")
-    tally = Tally(expected=4)
+            check_stream(tally.result(), 4, "subscriber")
+    tally = Tally()
     for i in range(4):
         tally.add(i, now=float(i))
-    assert last_arrival(tally.result(), 4, "subscriber") == 3.0
+    assert check_stream(tally.result(), 4, "subscriber") == 3.0
+
+
+def test_a_child_that_ends_before_its_ready_line_is_an_error_quoting_its_log() -> None:
+    code = "import sys; print('no port for you', file=sys.stderr); sys.exit(3)"
+    with Processes() as processes:
+        child = processes.start("quitter", [sys.executable, "-c", code])
+        with pytest.raises(MeasurementError, match=r"(?s)quitter exited .*exit status 3.*no port"):
+            child.expect("ready", 10)
+
+
+def test_a_child_that_says_an_error_raises_it_and_lines_after_a_key_wait_their_turn() -> None:
+    code = 'print(\'{"ready": 1}\'); print(\'{"result": 2}\'); print(\'{"error": "boom"}\')'
+    with Processes() as processes:
+        child = processes.start("talker", [sys.executable, "-c", code])
+        assert child.expect("ready", 10) == 1
+        assert child.expect("result", 10) == 2
+        with pytest.raises(MeasurementError, match="talker failed: boom"):
+            child.expect("result", 10)
+
+
+def test_stopping_a_child_also_ends_what_it_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("perf.procs.STOP_TIMEOUT", 1.0)
+    # The child ignores SIGTERM and leaves a grandchild in its process group.
+    marker = f"grandchild-{uuid.uuid4().hex}"
+    code = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}]); "
+        "print('{\"ready\": %d}' % p.pid, flush=True); time.sleep(60)"
+    )
+    with Processes() as processes:
+        child = processes.start("stubborn", [sys.executable, "-c", code])
+        grandchild = child.expect("ready", 10)
+        started = time.monotonic()
+    assert child.proc.returncode is not None
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 5  # SIGKILL takes effect when the process next runs
+    while _alive(grandchild, marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(grandchild, marker)
+
+
+def _alive(pid: int, marker: str) -> bool:
+    """Whether ``pid`` is still the process whose command line has ``marker``, not a zombie."""
+    try:
+        if marker not in Path(f"/proc/{pid}/cmdline").read_text():
+            return False
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
