@@ -10,13 +10,23 @@ number.
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import Literal, TypeVar, overload
 
 from .exceptions import InvalidOption
 
 __all__ = ["check_int", "check_seconds", "check_type", "check_timeout"]
 
 T = TypeVar("T")
+
+
+@overload
+def check_int(
+    name: str, value: object, minimum: int = ..., *, optional: Literal[False] = ...
+) -> int: ...
+
+
+@overload
+def check_int(name: str, value: object, minimum: int = ..., *, optional: bool) -> int | None: ...
 
 
 def check_int(name: str, value: object, minimum: int = 1, *, optional: bool = False) -> int | None:
@@ -31,6 +41,18 @@ def check_int(name: str, value: object, minimum: int = 1, *, optional: bool = Fa
         expected = f"an int >= {minimum}" + (", or None" if optional else "")
         raise InvalidOption(name, value, expected)
     return value
+
+
+@overload
+def check_seconds(
+    name: str, value: object, *, zero: bool = ..., optional: Literal[False] = ...
+) -> float: ...
+
+
+@overload
+def check_seconds(
+    name: str, value: object, *, zero: bool = ..., optional: bool
+) -> float | None: ...
 
 
 def check_seconds(
