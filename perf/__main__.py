@@ -28,23 +28,23 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import report
+from . import SUITE, report
 from .metrics import DEFAULT, METRICS, QUICK, SYSTEMS, TARGETS, TINY, Case, Metric, Sizes, Target
 
 #: Seconds one measurement may take before the run is aborted with a traceback
 #: (a lost message would otherwise block a ping-pong forever).
 STEP_TIMEOUT = 300
+#: The samples of each (metric, case, system), and the errors met on the way.
+Store = defaultdict[tuple[str, str, str], tuple[list[float], list[str]]]
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One call of a metric: a system, a case, and its round (None: warm-up)."""
 
     metric: Metric
@@ -52,17 +52,10 @@ class Step:
     system: str
     round: int | None
 
-    def describe(self, rounds: int) -> str:
-        when = "warm-up" if self.round is None else f"round {self.round + 1}/{rounds}"
+    def describe(self, sizes: Sizes) -> str:
+        r = self.round
+        when = "warm-up" if r is None else f"round {r + 1}/{self.metric.rounds(sizes)}"
         return f"{self.metric.name} · {self.case.label} · {self.system} · {when}"
-
-
-@dataclass
-class Series:
-    """The samples of one (metric, case, system), and the errors met on the way."""
-
-    samples: list[float] = dataclasses.field(default_factory=list)
-    errors: list[str] = dataclasses.field(default_factory=list)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -70,10 +63,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     size = parser.add_argument_group("size")
     size.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")
     size.add_argument("--tiny", action="store_true", help="shrink every size: seconds")
+    names = ", ".join(METRICS)
     parser.add_argument(
-        "--only",
-        metavar="METRIC[,METRIC]",
-        help=f"run these metrics only; of: {', '.join(METRICS)}",
+        "--only", metavar="METRIC[,METRIC]", help=f"run these metrics only; of: {names}"
     )
     parser.add_argument(
         "--out",
@@ -85,7 +77,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="seed of the shuffled order")
     args = parser.parse_args(argv)
     if args.only and (unknown := set(args.only.split(",")) - set(METRICS)):
-        parser.error(f"unknown metric(s) {', '.join(sorted(unknown))}; of: {', '.join(METRICS)}")
+        parser.error(f"unknown metric(s) {', '.join(sorted(unknown))}; of: {names}")
     return args
 
 
@@ -102,20 +94,21 @@ def plan(metrics: list[Metric], sizes: Sizes, rng: random.Random) -> list[Step]:
     return steps
 
 
-def run_step(step: Step, sizes: Sizes, series: Series, console: Console) -> None:
-    """Measure one step into ``series``; an exception becomes an error entry."""
+def run_step(step: Step, sizes: Sizes, store: Store, console: Console) -> None:
+    """Measure one step into ``store``; an exception becomes an error entry."""
+    samples, errors = store[step.metric.name, step.case.label, step.system]
     gc.collect()  # start every measurement from the same place; GC stays enabled
     faulthandler.dump_traceback_later(STEP_TIMEOUT, exit=True)
     try:
-        samples = step.metric.measure(SYSTEMS[step.system], step.case, sizes)
+        got = step.metric.measure(SYSTEMS[step.system], step.case, sizes)
     except Exception as exc:
         where = "warm-up" if step.round is None else f"round {step.round + 1}"
-        series.errors.append(f"{where}: {type(exc).__name__}: {exc}")
-        console.print(f"[red]error[/red] {step.describe(step.metric.rounds(sizes))}: {exc}")
+        errors.append(f"{where}: {type(exc).__name__}: {exc}")
+        console.print(f"[red]error[/red] {step.describe(sizes)}: {exc}")
         console.print(traceback.format_exc(), markup=False, highlight=False)
     else:
         if step.round is not None:
-            series.samples.extend(samples)
+            samples.extend(got)
     finally:
         faulthandler.cancel_dump_traceback_later()
 
@@ -146,27 +139,22 @@ def wildcard_share(doc: dict[str, Any]) -> dict[str, float | None]:
 
 
 def document(
-    store: defaultdict[tuple[str, str, str], Series],
-    metrics: list[Metric],
-    sizes: Sizes,
-    *,
-    command: str,
-    seed: int,
-    started: float,
+    store: Store, metrics: list[Metric], sizes: Sizes, command: str, seed: int, started: float
 ) -> dict[str, Any]:
     """The run as one JSON-ready record (its layout: perf/report.py)."""
     used = {system for m in metrics for system in m.systems}
+    when = datetime.datetime.fromtimestamp(started)
     doc: dict[str, Any] = {
         "suite": "greenbus perf",
-        "date": datetime.date.fromtimestamp(started).isoformat(),
-        "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "date": when.date().isoformat(),
+        "started": when.isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
         "command": command,
         "profile": sizes.profile,
         "seed": seed,
         "machine": report.machine_info(),
-        "sizes": dataclasses.asdict(sizes),
-        "systems": {name: s.summary for name, s in SYSTEMS.items() if name in used},
+        "sizes": vars(sizes),
+        "systems": {name: SUITE["systems"][name] for name in SYSTEMS if name in used},
         "metrics": {
             m.name: {
                 "title": m.title,
@@ -179,9 +167,8 @@ def document(
                         "unit": case.unit,
                         "params": dict(case.params),
                         "results": {
-                            system: report.figures(series.samples, series.errors)
+                            system: report.figures(*store[m.name, case.label, system])
                             for system in m.systems
-                            for series in [store[m.name, case.label, system]]
                         },
                     }
                     for case in m.cases(sizes)
@@ -204,22 +191,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     steps = plan(metrics, sizes, random.Random(seed))
     console = Console(stderr=True)
-    store: defaultdict[tuple[str, str, str], Series] = defaultdict(Series)
+    store: Store = defaultdict(lambda: ([], []))
     started = time.time()
     columns = TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()
     with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("starting", total=len(steps))
         for step in steps:
-            progress.update(task, description=step.describe(step.metric.rounds(sizes)))
-            run_step(step, sizes, store[step.metric.name, step.case.label, step.system], console)
+            progress.update(task, description=step.describe(sizes))
+            run_step(step, sizes, store, console)
             progress.advance(task)
     command = shlex.join(["python", "-m", "perf", *argv])
-    doc = document(store, metrics, sizes, command=command, seed=seed, started=started)
+    doc = document(store, metrics, sizes, command, seed, started)
     written = report.write_results(doc, args.out)
     console.print(report.summary(doc))
     for path in written:
         console.print(f"wrote {path}")
-    return 1 if any(series.errors for series in store.values()) else 0
+    return 1 if any(errors for _, errors in store.values()) else 0
 
 
 if __name__ == "__main__":

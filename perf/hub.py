@@ -1,363 +1,695 @@
-"""The systems across processes: the greenbus hub, Redis pub/sub, the federation
-through Redis, and raw TCP.
+"""The systems across processes (the greenbus hub, Redis pub/sub, the federation
+through Redis, raw TCP), and their helper processes.
 
 Every sample starts its own processes (:class:`~perf.procs.Processes`) and
 stops them all before it returns, whatever happened.  The parties other
-than the benchmark's own client run as ``python -m perf.hub_worker``
-commands (see there).  The shapes, beside :meth:`System.echo` (the
-benchmark process is the requester; the ``pingpong`` loop times it):
+than the benchmark's own client run as ``python -m perf.hub COMMAND
+OPTIONS`` (see :func:`~perf.procs.run_worker`):
 
-* :meth:`NetworkSystem.ingest`: one publisher process floods the server.
-* :meth:`NetworkSystem.broadcast`: one publisher process, ``k`` subscriber
-  processes; the flood ends at the latest last arrival.
-* :meth:`NetworkSystem.one_way` and :meth:`NetworkSystem.relay` (Redis
-  pub/sub and the federation): one publisher process to one subscriber
-  process, each with the system's own client (redis-py; a federated
-  ``greenbus.Bus``): stamped messages one at a time, each one's latency;
-  or a flood that ends at the last arrival.
+===============================  ============  ===============  =============  ============
+role                             greenbus hub  Redis            federation     raw TCP
+===============================  ============  ===============  =============  ============
+server                           ``hub``       redis-server     redis-server   ``tcp-echo``
+echo peer: "ping" -> "pong"      ``hub-echo``  ``redis-echo``                  (the server)
+subscriber: counts M arrivals    ``hub-sub``   ``redis-sub``    ``fed-sub``
+publisher: sends M, pre-made     ``hub-pub``   ``redis-pub``
+publisher: M stamped, GAP apart                ``redis-probe``  ``fed-probe``
+publisher: M via its client                    ``redis-send``   ``fed-send``
+===============================  ============  ===============  =============  ============
 
-Set ``PERF_HUB_PROFILE=DIR`` to run every hub process and every federated
-node under cProfile, writing ``DIR/<command>-<time_ns>.prof`` when it stops.
+A federation's parties are nodes: a ``greenbus.Bus`` federated through
+redis-server.  Every flood carries ``0 .. M-1``, checked on arrival by a
+:class:`~perf.procs.Tally`.  A *stamped* payload also carries
+``time.monotonic_ns()`` read just before the publishing call (``[i, ns]``
+on a bus, ``b"i ns"`` in raw Redis); a ``stamped`` subscriber reads the
+same clock first thing on arrival.  Set ``PERF_HUB_PROFILE=DIR`` to run
+every hub process and federated node under cProfile, writing
+``DIR/<command>-<time_ns>.prof`` when it stops (on SIGTERM, cleanly).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import struct
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+import gevent
+import gevent.event
 import redis
+from redis.client import PubSub
+from websockets.frames import Frame, Opcode
+from websockets.sync.client import connect
 
 import greenbus
+from greenbus import Bus, Federation, ReceiveTimeout, RemoteBus
+from greenbus.federation import redis_glob
+from greenbus.protocol import Pub, encode
 
-from .hub_worker import PING, PONG, await_routing, next_message, subscribe_confirmed
-from .procs import HOST, Child, MeasurementError, Processes, check_stream
-from .systems import Echo, System, Unsupported
+from .procs import HOST, Child, MeasurementError, Processes, Tally, check_stream, run_worker, say
+from .systems import Echo, System
 
-__all__ = ["NETWORK", "Flood", "NetworkSystem"]
+__all__ = ["NETWORK", "federation", "redis_pubsub", "unstamp"]
 
 #: Seconds a helper process has to say it is ready; a flood's results may take.
 READY_TIMEOUT, RESULT_TIMEOUT = 20.0, 120.0
-#: How long a round trip may take before the sample is an error.
-REPLY_TIMEOUT = 10.0
+#: How long a round trip may take; a helper's subscriber waits for the next message.
+REPLY_TIMEOUT = IDLE_TIMEOUT = 10.0
 #: A hub peer's outbound queue limit: a subscriber slower than the publisher is
 #: never cut off as slow (redis-server runs with no pubsub output limit either).
 HUB_MAX_PENDING = 10_000_000
 #: The environment variable naming a directory for profiles, and the commands profiled.
 PROFILE_ENV, PROFILED = "PERF_HUB_PROFILE", ("hub", "fed-sub", "fed-probe", "fed-send")
 INGEST_TOPIC, FANOUT_TOPIC, RELAY_TOPIC, ONE_WAY_TOPIC = "ingest", "fanout", "relay", "oneway"
+#: The topic the echo peers listen on, and the one they answer on.
+PING, PONG = "ping", "pong"
 #: PUBLISH commands per redis-py pipeline in Redis's relay: the federation's
 #: default batch (``Federation(batch=1000)``), so both send alike.
 REDIS_BATCH = 1000
+#: The raw TCP echo's 8 bytes; bytes written per ``sendall`` by the pre-made floods.
+PACK, CHUNK = struct.Struct("!q"), 1 << 16
+#: A federated node emits here to open its publishing connection before the clock starts.
+WARM_TOPIC = "perf.warm"
+#: How often a federated node polls its statistics while the federation publishes.
+DRAIN_POLL = 0.001
+
+clock, clock_ns = time.monotonic, time.monotonic_ns
+Server = Callable[[Processes], dict[str, Any]]
+Requester = Callable[[Processes, dict[str, Any]], Callable[[int], Any]]
 
 
-@dataclass(frozen=True)
-class Flood:
-    """One flood of ``messages`` to ``receivers``, in CLOCK_MONOTONIC seconds."""
-
-    messages: int
-    receivers: int
-    #: When the publisher started sending, and when the last receiver had the last message.
-    start: float
-    end: float
-
-    @property
-    def rate(self) -> float:
-        """Delivered messages per second."""
-        if self.end <= self.start:
-            raise MeasurementError(f"the flood ended ({self.end}) before it started ({self.start})")
-        return self.messages * self.receivers / (self.end - self.start)
+class Idle(Exception):
+    """Nothing arrived within the idle timeout."""
 
 
-def _worker(processes: Processes, name: str, command: str, **options: Any) -> Child:
-    """Start ``python -m perf.hub_worker COMMAND OPTIONS`` (maybe under cProfile)."""
-    args = ["-m", "perf.hub_worker", command, json.dumps(options)]
+def rate(messages: int, start: float, end: float) -> float:
+    """Messages delivered per second between two CLOCK_MONOTONIC times."""
+    if end <= start:
+        raise MeasurementError(f"the flood ended ({end}) before it started ({start})")
+    return messages / (end - start)
+
+
+def unstamp(payload: object, now_ns: int, latencies: list[float]) -> int:
+    """The index of a stamped payload; its one-way latency (µs) goes to ``latencies``."""
+    if isinstance(payload, bytes):
+        index, sent = (int(part) for part in payload.split())
+    else:
+        index, sent = payload  # type: ignore[misc]
+    latencies.append((now_ns - sent) / 1000)
+    return index
+
+
+def await_routing(client: RemoteBus) -> None:
+    """Return once the hub has applied every frame ``client`` sent so far.
+
+    The hub applies one connection's frames in order, so a message that
+    comes back on a fresh topic proves the earlier ``sub`` frames are in
+    place (``RemoteBus.subscribe`` does not wait for its ack).
+    """
+    topic = f"perf.ready.{uuid.uuid4().hex}"
+    with client.subscribe(topic, maxsize=None) as sub:
+        client.emit(topic)
+        sub.get(timeout=IDLE_TIMEOUT)
+
+
+def next_message(pubsub: PubSub, timeout: float, kind: str = "message") -> Any:
+    """The data of the next ``kind`` message from Redis; raises Idle after ``timeout``."""
+    deadline = clock() + timeout
+    while (left := deadline - clock()) > 0:
+        msg = pubsub.get_message(timeout=left)
+        if msg is not None and msg["type"] == kind:
+            return msg["data"]
+    raise Idle(f"no {kind} within {timeout} s")
+
+
+def subscribe_confirmed(pubsub: PubSub, channel: str) -> None:
+    """SUBSCRIBE and wait for Redis's confirmation, after which publishes reach us."""
+    pubsub.subscribe(channel)
+    next_message(pubsub, IDLE_TIMEOUT, "subscribe")
+
+
+# -- the benchmark's end: the shapes ------------------------------------------------------
+
+
+def _start(processes: Processes, command: str, *, name: str = "", **options: Any) -> Child:
+    """Start ``python -m perf.hub COMMAND OPTIONS`` (maybe under cProfile)."""
+    args = ["-m", "perf.hub", command, json.dumps(options)]
     if command in PROFILED and (directory := os.environ.get(PROFILE_ENV)):
         Path(directory).mkdir(parents=True, exist_ok=True)
         profile = Path(directory) / f"{command}-{time.time_ns()}.prof"
-        return processes.python(name, "cProfile", "-o", profile, *args)
-    return processes.python(name, *args[1:])
+        return processes.python(name or command, "cProfile", "-o", profile, *args)
+    return processes.python(name or command, *args[1:])
 
 
-class NetworkSystem(System):
-    """A system whose parties are processes talking over loopback."""
+def _subscribers(processes: Processes, worker: str, k: int, **options: Any) -> list[Child]:
+    """Start ``k`` ``{worker}-sub`` processes; return once each is subscribed."""
+    command = f"{worker}-sub"
+    subs = [
+        _start(processes, command, name=f"{command} {i + 1}/{k}" if k > 1 else "", **options)
+        for i in range(k)
+    ]
+    for sub in subs:
+        sub.expect("ready", READY_TIMEOUT)
+    return subs
 
-    def start_echo(self, processes: Processes) -> Callable[[int], Any]:
-        """Start the echo party; return the benchmark's ``roundtrip``."""
-        raise Unsupported(f"{self.name} has no request/reply")
 
-    def echo(self) -> Echo:
+def _last(child: Child, messages: int) -> float:
+    """The last arrival time of a subscriber's flood, checked to be ``0 .. messages-1``."""
+    return check_stream(child.expect("result", RESULT_TIMEOUT), messages, child.name)
+
+
+def _run(processes: Processes, command: str, **options: Any) -> Any:
+    """Run a publisher to its end: its result."""
+    return _start(processes, command, **options).expect("result", RESULT_TIMEOUT)
+
+
+def _echo(start: Callable[[Processes], Callable[[int], Any]]) -> Callable[[], Echo]:
+    """``echo()``: ``start`` starts the parties and returns the benchmark's ``roundtrip``."""
+
+    def echo() -> Echo:
         processes = Processes()
         try:
-            return Echo(self.start_echo(processes), processes.close)
+            return Echo(start(processes), processes.close)
         except BaseException:
             processes.close()
             raise
 
-    def ingest(self, messages: int) -> Flood:
-        """One publisher process floods the server; when did the last message arrive?"""
-        raise Unsupported(f"{self.name} has no ingest")
-
-    def broadcast(self, messages: int, k: int) -> Flood:
-        """One publisher process, ``k`` subscriber processes."""
-        raise Unsupported(f"{self.name} has no fan-out")
-
-    def one_way(self, messages: int, gap: float) -> list[float]:
-        """Stamped messages from one process to another, ``gap`` s apart: each one's µs."""
-        raise Unsupported(f"{self.name} has no one-way probe")
-
-    def relay(self, messages: int, yield_every: int) -> Flood:
-        """One publisher process floods one subscriber process through the system's clients."""
-        raise Unsupported(f"{self.name} has no relay")
+    return echo
 
 
-class TcpEcho(NetworkSystem):
-    name = "tcp-echo"
-    summary = (
-        "raw TCP: the benchmark sends 8 bytes over one connection (TCP_NODELAY) to an echo "
-        "server process, which sends them back; the floor of any round trip here"
-    )
-    PACK = struct.Struct("!q")
+def _broker_echo(server: Server, worker: str, requester: Requester) -> Callable[[], Echo]:
+    """A server, a ``{worker}-echo`` process, and the benchmark's requester."""
 
-    def start_echo(self, processes: Processes) -> Callable[[int], Any]:
-        port = _worker(processes, "tcp-echo server", "tcp-echo").expect("ready", READY_TIMEOUT)
-        sock = socket.create_connection((HOST, port))
-        processes.callback(sock.close)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(REPLY_TIMEOUT)
-        return partial(self._roundtrip, sock)
+    def start(processes: Processes) -> Callable[[int], Any]:
+        at = server(processes)
+        _start(processes, f"{worker}-echo", **at).expect("ready", READY_TIMEOUT)
+        return requester(processes, at)
 
-    def _roundtrip(self, sock: socket.socket, payload: int) -> int:
-        size = self.PACK.size
-        sock.sendall(self.PACK.pack(payload))
+    return _echo(start)
+
+
+def _broadcast(server: Server, worker: str, messages: int, k: int) -> float:
+    with Processes() as processes:
+        options = {**server(processes), "topic": FANOUT_TOPIC, "messages": messages}
+        subs = _subscribers(processes, worker, k, **options)
+        start = _run(processes, f"{worker}-pub", **options)["start"]
+        return rate(k * messages, start, max(_last(sub, messages) for sub in subs))
+
+
+def _one_way(server: Server, worker: str, messages: int, gap: float) -> list[float]:
+    """The subscriber starts first and says when the server has its subscription; then
+    ``{worker}-probe`` runs to its end; then the subscriber reports each latency."""
+    with Processes() as processes:
+        options = {**server(processes), "topic": ONE_WAY_TOPIC, "messages": messages}
+        [sub] = _subscribers(processes, worker, 1, **options, stamped=True)
+        _run(processes, f"{worker}-probe", **options, gap=gap)
+        result = sub.expect("result", RESULT_TIMEOUT)
+        check_stream(result, messages, sub.name)
+        latencies: list[float] = result["latencies_us"]
+        if len(latencies) != messages:
+            raise MeasurementError(f"{sub.name} timed {len(latencies)} of {messages} messages")
+        return latencies
+
+
+def _relay(server: Server, worker: str, send: str, messages: int, every: int) -> float:
+    """As :func:`_one_way`, with ``{worker}-send`` flooding; its option ``send`` is ``every``
+    (pipelined batches for Redis, pauses for a node)."""
+    with Processes() as processes:
+        options = {**server(processes), "topic": RELAY_TOPIC, "messages": messages}
+        [sub] = _subscribers(processes, worker, 1, **options)
+        start = _run(processes, f"{worker}-send", **options, **{send: every})["start"]
+        return rate(messages, start, _last(sub, messages))
+
+
+def _tcp_echo(processes: Processes) -> Callable[[int], Any]:
+    port = _start(processes, "tcp-echo", name="tcp-echo server").expect("ready", READY_TIMEOUT)
+    sock = socket.create_connection((HOST, port))
+    processes.callback(sock.close)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(REPLY_TIMEOUT)
+
+    def roundtrip(payload: int) -> int:
+        sock.sendall(PACK.pack(payload))
         reply = b""
-        while len(reply) < size:
-            if not (chunk := sock.recv(size - len(reply))):
+        while len(reply) < PACK.size:
+            if not (chunk := sock.recv(PACK.size - len(reply))):
                 raise MeasurementError("the echo server closed the connection")
             reply += chunk
-        value: int = self.PACK.unpack(reply)[0]
+        value: int = PACK.unpack(reply)[0]
         return value
 
-
-class _Served(NetworkSystem):
-    """Client processes of one server: ``{worker}-sub``, ``{worker}-pub``...
-
-    :meth:`server` starts the server and returns what the workers need to
-    reach it (``{"url": ...}`` or ``{"port": ...}``).
-    """
-
-    worker: ClassVar[str]
-
-    def server(self, processes: Processes) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _start(self, processes: Processes, role: str, name: str = "", **options: Any) -> Child:
-        command = f"{self.worker}-{role}"
-        return _worker(processes, name or command, command, **options)
-
-    def _subscribers(self, processes: Processes, k: int, **options: Any) -> list[Child]:
-        """Start ``k`` subscriber processes; return once each is subscribed."""
-        subs = [
-            self._start(
-                processes, "sub", f"{self.worker}-sub {i + 1}/{k}" if k > 1 else "", **options
-            )
-            for i in range(k)
-        ]
-        for sub in subs:
-            sub.expect("ready", READY_TIMEOUT)
-        return subs
+    return roundtrip
 
 
-class _Relayed(_Served):
-    """A publisher and a subscriber process, each with the system's client, through a server.
-
-    The subscriber starts first and says when the server has its
-    subscription; then the publisher runs to its end; then the subscriber
-    reports, checked to be ``0 .. M-1``, each once, in order.
-    """
-
-    def send_options(self, yield_every: int) -> dict[str, Any]:
-        """The ``{worker}-send`` options besides the server, the topic and the count."""
-        raise NotImplementedError
-
-    def one_way(self, messages: int, gap: float) -> list[float]:
-        with Processes() as processes:
-            at = self.server(processes)
-            options = {**at, "topic": ONE_WAY_TOPIC, "messages": messages}
-            [sub] = self._subscribers(processes, 1, **options, stamped=True)
-            probe = self._start(processes, "probe", **options, gap=gap)
-            probe.expect("result", RESULT_TIMEOUT)
-            result = sub.expect("result", RESULT_TIMEOUT)
-            check_stream(result, messages, sub.name)
-            latencies: list[float] = result["latencies_us"]
-            if len(latencies) != messages:
-                raise MeasurementError(f"{sub.name} timed {len(latencies)} of {messages} messages")
-            return latencies
-
-    def relay(self, messages: int, yield_every: int) -> Flood:
-        with Processes() as processes:
-            at = self.server(processes)
-            [sub] = self._subscribers(processes, 1, **at, topic=RELAY_TOPIC, messages=messages)
-            options = self.send_options(yield_every)
-            sender = self._start(
-                processes, "send", **at, topic=RELAY_TOPIC, messages=messages, **options
-            )
-            sent = sender.expect("result", RESULT_TIMEOUT)
-            end = check_stream(sub.expect("result", RESULT_TIMEOUT), messages, sub.name)
-            return Flood(messages, 1, sent["start"], end)
+def _hub(processes: Processes, **count: Any) -> tuple[Child, dict[str, Any]]:
+    hub = _start(processes, "hub", max_pending=HUB_MAX_PENDING, **count)
+    return hub, {"url": hub.expect("ready", READY_TIMEOUT)}
 
 
-class _Broker(_Served):
-    """A server with an echo peer, pre-made publishers and subscribers in helper processes."""
+def _hub_requester(processes: Processes, at: dict[str, Any]) -> Callable[[int], Any]:
+    """The benchmark's ``roundtrip``: emit on "ping", wait for it on "pong"."""
+    client = greenbus.connect(at["url"], name="perf-requester")
+    processes.callback(partial(client.close, timeout=5))
+    if not client.connected:
+        raise MeasurementError(f"cannot connect to the hub at {at['url']}")
+    get = client.subscribe(PONG, maxsize=None).get
+    await_routing(client)
+    emit = partial(client.emit, PING)
 
-    def requester(self, processes: Processes, at: dict[str, Any]) -> Callable[[int], Any]:
-        """The benchmark's ``roundtrip``: publish on "ping", wait for it on "pong"."""
-        raise NotImplementedError
+    def roundtrip(payload: int) -> Any:
+        emit(payload)
+        return get(timeout=REPLY_TIMEOUT).data
 
-    def start_echo(self, processes: Processes) -> Callable[[int], Any]:
-        at = self.server(processes)
-        self._start(processes, "echo", **at).expect("ready", READY_TIMEOUT)
-        return self.requester(processes, at)
-
-    def publish(self, processes: Processes, at: dict[str, Any], topic: str, n: int) -> Flood:
-        """Run the publisher process to its end: when it started, and when it was done."""
-        pub = self._start(processes, "pub", **at, topic=topic, messages=n)
-        times = pub.expect("result", RESULT_TIMEOUT)
-        return Flood(n, 1, times["start"], times["end"])
-
-    def broadcast(self, messages: int, k: int) -> Flood:
-        with Processes() as processes:
-            at = self.server(processes)
-            subs = self._subscribers(processes, k, **at, topic=FANOUT_TOPIC, messages=messages)
-            sent = self.publish(processes, at, FANOUT_TOPIC, messages)
-            ends = [
-                check_stream(s.expect("result", RESULT_TIMEOUT), messages, s.name) for s in subs
-            ]
-            return Flood(messages, k, sent.start, max(ends))
+    return roundtrip
 
 
-class GreenbusHub(_Broker):
-    name = "greenbus-hub"
-    summary = (
-        "greenbus's WebSocket hub (greenbus.serve, max_pending 10M) in its own process; "
-        "greenbus.connect clients, except the publisher of floods: raw websockets frames"
+def _hub_ingest(messages: int) -> float:
+    """The flood ends at the last arrival in the hub's own local subscription."""
+    with Processes() as processes:
+        hub, at = _hub(processes, count_topic=INGEST_TOPIC, count=messages)
+        start = _run(processes, "hub-pub", **at, topic=INGEST_TOPIC, messages=messages)["start"]
+        return rate(messages, start, _last(hub, messages))
+
+
+def _redis_requester(processes: Processes, at: dict[str, Any]) -> Callable[[int], Any]:
+    """The benchmark's ``roundtrip``: PUBLISH on "ping", wait for it on "pong"."""
+    client = redis.Redis(host=HOST, port=at["port"])
+    processes.callback(client.close)
+    pubsub = client.pubsub()
+    processes.callback(pubsub.close)
+    subscribe_confirmed(pubsub, PONG)
+    publish = partial(client.publish, PING)
+
+    def roundtrip(payload: int) -> Any:
+        if publish(payload) != 1:
+            raise MeasurementError(f"no echo process subscribed to {PING!r}")
+        return int(next_message(pubsub, REPLY_TIMEOUT))
+
+    return roundtrip
+
+
+def _redis_ingest(server: Server, messages: int) -> float:
+    """Ends at the last PUBLISH reply; a subscriber process only verifies, untimed."""
+    with Processes() as processes:
+        options = {**server(processes), "topic": INGEST_TOPIC, "messages": messages}
+        [check] = _subscribers(processes, "redis", 1, **options)
+        sent = _run(processes, "redis-pub", **options)
+        _last(check, messages)
+        return rate(messages, sent["start"], sent["end"])
+
+
+def _redis_server(executable: str, system: str, processes: Processes) -> dict[str, Any]:
+    return {"port": processes.redis(executable, system, READY_TIMEOUT)}
+
+
+def redis_pubsub(executable: str = "redis-server") -> System:
+    """Redis pub/sub: a fresh ``executable`` per sample (if it is not installed, every
+    sample is an error that says so), redis-py clients."""
+    server = partial(_redis_server, executable, "redis-pubsub")
+    return System(
+        "redis-pubsub",
+        echo=_broker_echo(server, "redis", _redis_requester),
+        ingest=partial(_redis_ingest, server),
+        broadcast=partial(_broadcast, server, "redis"),
+        one_way=partial(_one_way, server, "redis"),
+        # One blocking process: nothing to yield to; it sends as the federation does.
+        relay=lambda messages, every: _relay(server, "redis", "batch", messages, REDIS_BATCH),
     )
-    worker = "hub"
-
-    def _hub(self, processes: Processes, **count: Any) -> tuple[Child, dict[str, Any]]:
-        hub = _worker(processes, "hub", "hub", max_pending=HUB_MAX_PENDING, **count)
-        return hub, {"url": hub.expect("ready", READY_TIMEOUT)}
-
-    def server(self, processes: Processes) -> dict[str, Any]:
-        return self._hub(processes)[1]
-
-    def requester(self, processes: Processes, at: dict[str, Any]) -> Callable[[int], Any]:
-        client = greenbus.connect(at["url"], name="perf-requester")
-        processes.callback(partial(client.close, timeout=5))
-        if not client.connected:
-            raise MeasurementError(f"cannot connect to the hub at {at['url']}")
-        get = client.subscribe(PONG, maxsize=None).get
-        await_routing(client)
-        emit = partial(client.emit, PING)
-
-        def roundtrip(payload: int) -> Any:
-            emit(payload)
-            return get(timeout=REPLY_TIMEOUT).data
-
-        return roundtrip
-
-    def ingest(self, messages: int) -> Flood:
-        with Processes() as processes:
-            hub, at = self._hub(processes, count_topic=INGEST_TOPIC, count=messages)
-            sent = self.publish(processes, at, INGEST_TOPIC, messages)
-            result = hub.expect("result", RESULT_TIMEOUT)
-            return Flood(messages, 1, sent.start, check_stream(result, messages, "the hub"))
 
 
-class RedisPubSub(_Broker, _Relayed):
-    """Redis pub/sub: a fresh ``redis-server`` per sample, redis-py clients.
-
-    Args:
-        executable: the server's command; if it is not installed, every
-            sample is an error that says so.
-    """
-
-    name = "redis-pubsub"
-    summary = (
-        "Redis pub/sub: redis-server (no persistence, pubsub output buffers unlimited) in its "
-        "own process; redis-py clients (its reply parser: see the machine record), except "
-        "the publisher of the hub floods: pre-packed pipelined PUBLISH"
+def federation(executable: str = "redis-server") -> System:
+    """Two greenbus nodes federated through a fresh ``executable`` per sample."""
+    server = partial(_redis_server, executable, "greenbus-federation")
+    return System(
+        "greenbus-federation",
+        one_way=partial(_one_way, server, "fed"),
+        relay=partial(_relay, server, "fed", "yield_every"),
     )
-    worker = "redis"
-
-    def __init__(self, executable: str = "redis-server") -> None:
-        self.executable = executable
-
-    def server(self, processes: Processes) -> dict[str, Any]:
-        return {"port": processes.redis(self.executable, self.name, READY_TIMEOUT)}
-
-    def send_options(self, yield_every: int) -> dict[str, Any]:
-        return {"batch": REDIS_BATCH}  # one blocking process: nothing to yield to
-
-    def requester(self, processes: Processes, at: dict[str, Any]) -> Callable[[int], Any]:
-        client = redis.Redis(host=HOST, port=at["port"])
-        processes.callback(client.close)
-        pubsub = client.pubsub()
-        processes.callback(pubsub.close)
-        subscribe_confirmed(pubsub, PONG)
-        publish = partial(client.publish, PING)
-
-        def roundtrip(payload: int) -> Any:
-            if publish(payload) != 1:
-                raise MeasurementError(f"no echo process subscribed to {PING!r}")
-            return int(next_message(pubsub, REPLY_TIMEOUT))
-
-        return roundtrip
-
-    def ingest(self, messages: int) -> Flood:
-        with Processes() as processes:
-            at = self.server(processes)
-            [check] = self._subscribers(processes, 1, **at, topic=INGEST_TOPIC, messages=messages)
-            # Ends at the last PUBLISH reply; the subscriber only verifies, untimed.
-            sent = self.publish(processes, at, INGEST_TOPIC, messages)
-            check_stream(check.expect("result", RESULT_TIMEOUT), messages, check.name)
-            return sent
-
-
-class GreenbusFederation(_Relayed):
-    """Two greenbus nodes federated through a fresh ``redis-server`` per sample.
-
-    Args:
-        executable: the server's command, as for :class:`RedisPubSub`.
-    """
-
-    name = "greenbus-federation"
-    summary = (
-        "greenbus federation: two node processes, each a greenbus.Bus linked by "
-        "greenbus.federate (default options) to one redis-server, started as redis-pubsub's; "
-        "the receiving node counts in a subscription's handler"
-    )
-    worker = "fed"
-
-    def __init__(self, executable: str = "redis-server") -> None:
-        self.executable = executable
-
-    def server(self, processes: Processes) -> dict[str, Any]:
-        port = processes.redis(self.executable, self.name, READY_TIMEOUT)
-        return {"url": f"redis://{HOST}:{port}/0"}
-
-    def send_options(self, yield_every: int) -> dict[str, Any]:
-        return {"yield_every": yield_every}
 
 
 #: The systems across processes, in the order tables and charts list them.
-NETWORK: dict[str, NetworkSystem] = {
-    s.name: s for s in (TcpEcho(), RedisPubSub(), GreenbusHub(), GreenbusFederation())
+NETWORK: dict[str, System] = {
+    s.name: s
+    for s in (
+        System("tcp-echo", echo=_echo(_tcp_echo)),
+        redis_pubsub(),
+        System(
+            "greenbus-hub",
+            echo=_broker_echo(lambda processes: _hub(processes)[1], "hub", _hub_requester),
+            ingest=_hub_ingest,
+            broadcast=partial(_broadcast, lambda processes: _hub(processes)[1], "hub"),
+        ),
+        federation(),
+    )
 }
+
+
+# -- the helper processes ------------------------------------------------------------------
+
+
+def count_arrivals(receive: Callable[[float], int], expected: int) -> dict[str, Any]:
+    """Call ``receive(IDLE_TIMEOUT)`` until ``expected`` payloads came, or it raises Idle."""
+    tally = Tally()
+    add = tally.add
+    try:
+        for _ in range(expected):
+            payload = receive(IDLE_TIMEOUT)
+            add(payload, clock())
+    except Idle:
+        pass
+    return tally.result()
+
+
+def _payloads(get: Callable[..., Any]) -> Callable[[float], int]:
+    """``receive(timeout)`` for :func:`count_arrivals`: the data of ``get``'s next message."""
+
+    def receive(timeout: float) -> int:
+        try:
+            data: int = get(timeout=timeout).data
+            return data
+        except ReceiveTimeout:
+            raise Idle from None
+
+    return receive
+
+
+@contextmanager
+def _until_terminated() -> Iterator[Callable[[], None]]:
+    """Yield ``wait()``, which blocks until SIGTERM; SIGTERM ends the body cleanly.
+
+    SIGTERM raises SystemExit in the main greenlet wherever it waits, so the
+    ``finally`` clauses run and the process exits with 0.
+    """
+    handler = gevent.signal_handler(signal.SIGTERM, gevent.kill, gevent.getcurrent(), SystemExit)
+    try:
+        yield gevent.event.Event().wait
+    except SystemExit:
+        pass
+    finally:
+        handler.cancel()
+
+
+@contextmanager
+def _connected(url: str, name: str) -> Iterator[RemoteBus]:
+    """A ``greenbus.connect`` client of the hub at ``url``, closed at the end."""
+    client = greenbus.connect(url, name=name)
+    try:
+        if not client.connected:
+            raise MeasurementError(f"cannot connect to {url}")
+        yield client
+    finally:
+        client.close(timeout=1)
+
+
+def hub(max_pending: int, count_topic: str | None = None, count: int = 0) -> None:
+    """A hub (``greenbus.serve``); with ``count_topic``, a local subscriber counts ``count``."""
+    bus = greenbus.Bus("perf-hub")
+    server = greenbus.serve(bus, HOST, 0, max_pending=max_pending)
+    with _until_terminated() as wait:
+        server.start()
+        try:
+            # Subscribed before the address is announced: nothing can be missed.
+            sub = bus.subscribe(count_topic, maxsize=None) if count_topic else None
+            say(ready=server.url)
+            if sub is not None:
+                say(result=count_arrivals(_payloads(sub.get), count))
+            wait()
+        finally:
+            server.stop()
+            bus.close(timeout=5)
+
+
+def hub_echo(url: str) -> None:
+    """Subscribe to "ping" and emit every payload back on "pong"."""
+    with _connected(url, "perf-echo") as client, _until_terminated() as wait:
+        emit = client.emit
+        client.subscribe(PING, lambda msg: emit(PONG, msg.data))
+        await_routing(client)
+        say(ready=True)
+        wait()
+
+
+def hub_sub(url: str, topic: str, messages: int) -> None:
+    """Subscribe to ``topic`` with ``greenbus.connect``; count ``messages`` arrivals."""
+    with _connected(url, "perf-sub") as client:
+        receive = _payloads(client.subscribe(topic).get)
+        await_routing(client)
+        say(ready=True)
+        say(result=count_arrivals(receive, messages))
+
+
+@contextmanager
+def _node(port: int, name: str, warm: bool = False) -> Iterator[tuple[Bus, Federation]]:
+    """A bus federated through Redis at ``port`` until SIGTERM or the end of the block.
+
+    With ``warm``, its publishing connection is open before the block starts.
+    """
+    url, bus = f"redis://{HOST}:{port}/0", greenbus.Bus(name)
+    federation = greenbus.federate(bus, url)
+    try:
+        if not federation.wait_connected(IDLE_TIMEOUT):
+            raise MeasurementError(f"not connected to Redis at {url} within {IDLE_TIMEOUT} s")
+        if warm:
+            bus.emit(WARM_TOPIC)
+            _published(federation, 1)
+        with _until_terminated():
+            yield bus, federation
+    finally:
+        federation.stop(timeout=1)
+        bus.close(timeout=1)
+
+
+def _published(federation: Federation, expected: int) -> None:
+    """Wait until the federation has published ``expected`` messages in all; raises
+    MeasurementError if it dropped some, or published none for ``IDLE_TIMEOUT``."""
+    stats = federation.stats()
+    progress, last = clock(), stats.published
+    while stats.published < expected and not (stats.dropped or stats.unencodable):
+        if stats.published != last:
+            progress, last = clock(), stats.published
+        elif clock() - progress > IDLE_TIMEOUT:
+            break
+        gevent.sleep(DRAIN_POLL)
+        stats = federation.stats()
+    if stats.published != expected or stats.dropped or stats.unencodable:
+        raise MeasurementError(
+            f"the federation published {stats.published} of {expected} messages "
+            f"({stats.outbound_pending} pending, {stats.dropped} dropped, "
+            f"{stats.unencodable} unencodable)"
+        )
+
+
+def fed_sub(port: int, topic: str, messages: int, stamped: bool = False) -> None:
+    """A federated node: a subscription's handler counts ``messages`` arrivals on ``topic``."""
+    with _node(port, "perf-fed-sub") as (bus, federation):
+        tally, done = Tally(), gevent.event.Event()
+        latencies: list[float] = []
+        add = tally.add
+
+        def handler(msg: Any) -> None:
+            now = clock_ns()
+            add(unstamp(msg.data, now, latencies) if stamped else msg.data, now * 1e-9)
+            if tally.count >= messages:
+                done.set()
+
+        bus.subscribe(topic, handler)
+        # The federation sends SUBSCRIBE without waiting for its confirmation: once Redis
+        # counts a subscriber (PUBSUB NUMSUB), whatever is published reaches the node.
+        channel = redis_glob(federation.prefix, topic)[0]
+        with redis.Redis(host=HOST, port=port) as client:
+            deadline = clock() + IDLE_TIMEOUT
+            while not client.pubsub_numsub(channel)[0][1]:
+                if clock() > deadline:
+                    raise Idle(f"Redis counts no subscriber of {channel} after {IDLE_TIMEOUT} s")
+                gevent.sleep(DRAIN_POLL)  # the node's reader reads the confirmation meanwhile
+        say(ready=True)
+        seen = -1
+        while not done.wait(IDLE_TIMEOUT) and tally.count != seen:
+            seen = tally.count
+        stats = federation.stats()
+        if stats.duplicates or stats.gaps or stats.bad_envelopes:
+            raise MeasurementError(
+                f"the federation saw {stats.duplicates} duplicates, {stats.gaps} missing "
+                f"and {stats.bad_envelopes} bad envelopes"
+            )
+        say(result={**tally.result(), "latencies_us": latencies})
+
+
+def fed_probe(port: int, topic: str, messages: int, gap: float) -> None:
+    """A federated node: emit ``messages`` stamped payloads on ``topic``, ``gap`` s apart."""
+    with _node(port, "perf-fed-probe", warm=True) as (bus, federation):
+        emit, sleep = bus.emit, gevent.sleep
+        for i in range(messages):
+            emit(topic, [i, clock_ns()])
+            sleep(gap)
+        _published(federation, 1 + messages)
+        say(result=True)
+
+
+def fed_send(port: int, topic: str, messages: int, yield_every: int) -> None:
+    """A federated node: emit ``0 .. messages-1``, ``gevent.sleep(0)`` every ``yield_every``;
+    from its connection open until the federation has published them all."""
+    with _node(port, "perf-fed-send", warm=True) as (bus, federation):
+        emit, pause = bus.emit, gevent.sleep
+        start = clock()
+        for first in range(0, messages, yield_every):
+            for i in range(first, min(first + yield_every, messages)):
+                emit(topic, i)
+            pause(0)
+        _published(federation, 1 + messages)
+        say(result={"start": start, "end": clock()})
+
+
+# The blocking processes (no gevent loop).
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK):
+        sock.sendall(view[start : start + CHUNK])
+
+
+def hub_pub(url: str, topic: str, messages: int) -> None:
+    """Send pre-encoded, pre-framed ``pub`` frames (no ids: no acks) in one go.
+
+    ``websockets``' own client makes the connection; the flood is written
+    straight to its socket (nothing else writes meanwhile), then the
+    client's closing handshake ends once the hub has read every frame.
+    """
+    flood = b"".join(
+        Frame(Opcode.TEXT, encode(Pub(topic, i)).encode()).serialize(mask=True)
+        for i in range(messages)
+    )
+    with connect(url, compression=None, proxy=None, ping_interval=None) as ws:
+        ws.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        start = clock()
+        _send_all(ws.socket, flood)
+    say(result={"start": start, "end": clock()})
+
+
+def redis_pub(port: int, topic: str, messages: int) -> None:
+    """Pipeline pre-packed PUBLISH commands; end when the last reply is in.
+
+    A thread reads the replies while the main thread writes.  Every reply
+    must be the same positive count of subscribers reached: a subscriber
+    cut off mid-flood would show.
+    """
+    pack = redis.Connection().pack_command
+    flood = b"".join(b"".join(pack("PUBLISH", topic, i)) for i in range(messages))
+    replies, done = bytearray(), []
+    sock = socket.create_connection((HOST, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(IDLE_TIMEOUT)
+
+    def read_replies() -> None:
+        lines = 0  # every reply is one line, ":<count>\r\n"
+        try:
+            while lines < messages and (data := sock.recv(CHUNK)):
+                replies.extend(data)
+                lines += data.count(b"\n")
+        except TimeoutError:
+            return
+        done.append(clock())
+
+    reader = threading.Thread(target=read_replies)
+    reader.start()
+    try:
+        start = clock()
+        _send_all(sock, flood)
+        reader.join()
+    finally:
+        sock.close()
+    first = bytes(replies[: replies.find(b"\n") + 1])
+    if not done or first in (b"", b":0\r\n") or replies != first * messages:
+        raise MeasurementError(
+            f"expected {messages} equal replies of one positive count, got "
+            f"{len(replies)} bytes starting {bytes(replies[:40])!r}"
+        )
+    say(result={"start": start, "end": done[0]})
+
+
+def redis_probe(port: int, topic: str, messages: int, gap: float) -> None:
+    """PUBLISH ``messages`` stamped payloads on ``topic`` with redis-py, ``gap`` s apart."""
+    with redis.Redis(host=HOST, port=port) as client:
+        client.ping()  # connected before the first stamp
+        publish, sleep = client.publish, time.sleep
+        for i in range(messages):
+            if publish(topic, f"{i} {clock_ns()}") != 1:
+                raise MeasurementError(f"PUBLISH {i} on {topic} reached no subscriber")
+            sleep(gap)
+        say(result=True)
+
+
+def redis_send(port: int, topic: str, messages: int, batch: int) -> None:
+    """PUBLISH ``0 .. messages-1`` through redis-py pipelines of ``batch`` commands, from
+    the connection open to the last pipeline's replies (each must be 1)."""
+    with redis.Redis(host=HOST, port=port) as client:
+        client.ping()
+        start = clock()
+        for first in range(0, messages, batch):
+            pipe = client.pipeline(transaction=False)
+            publish = pipe.publish
+            for i in range(first, min(first + batch, messages)):
+                publish(topic, i)
+            if (replies := pipe.execute()).count(1) != len(replies):
+                raise MeasurementError(f"PUBLISH from {first} on: {replies[:5]}, not all 1")
+        say(result={"start": start, "end": clock()})
+
+
+def redis_echo(port: int) -> None:
+    """Subscribe to "ping" and PUBLISH every payload on "pong"."""
+    client = redis.Redis(host=HOST, port=port)
+    pubsub = client.pubsub()
+    subscribe_confirmed(pubsub, PING)
+    say(ready=True)
+    publish = client.publish
+    for msg in pubsub.listen():
+        if msg["type"] == "message":
+            publish(PONG, msg["data"])
+
+
+def redis_sub(port: int, topic: str, messages: int, stamped: bool = False) -> None:
+    """Subscribe to ``topic`` with redis-py; count ``messages`` arrivals."""
+    latencies: list[float] = []
+    with redis.Redis(host=HOST, port=port) as client, client.pubsub() as pubsub:
+
+        def receive(timeout: float) -> int:
+            data = next_message(pubsub, timeout)
+            return unstamp(data, clock_ns(), latencies) if stamped else int(data)
+
+        subscribe_confirmed(pubsub, topic)
+        say(ready=True)
+        say(result={**count_arrivals(receive, messages), "latencies_us": latencies})
+
+
+def tcp_echo() -> None:
+    """Accept one connection and send back every byte, until EOF."""
+    with socket.create_server((HOST, 0)) as server:
+        say(ready=server.getsockname()[1])
+        conn, _ = server.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while data := conn.recv(CHUNK):
+                conn.sendall(data)
+
+
+if __name__ == "__main__":
+    run_worker(
+        {
+            f.__name__.replace("_", "-"): f
+            for f in (
+                *(hub, hub_echo, hub_sub, hub_pub, tcp_echo),
+                *(redis_echo, redis_sub, redis_pub, redis_probe, redis_send),
+                *(fed_sub, fed_probe, fed_send),
+            )
+        }
+    )

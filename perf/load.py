@@ -6,27 +6,22 @@ Usage, from the repository root::
     python -m perf.load --quick               # fewer messages, a 30 s soak
     python -m perf.load --connections 50 --soak-seconds 5 --out /tmp/load
 
-1. **Load.**  One hub process (``python -m greenbus serve --port 0``).  Up to
-   four client processes (``perf.load_worker subscribers``, 250 connections
-   each) subscribe every connection to ``load.<group>`` (ten groups) and
-   ``load.all``; a publisher process sends the fan-out traffic.  The hub's RSS
-   before and after the connections gives the memory per connection; the
-   client processes count and check every message (each subscription must
-   see ``0 .. n-1`` in order), so a loss is an error, not a figure.
-2. **Soak.**  A fresh hub; one ``perf.load_worker soak`` process runs a steady
-   mix (connections replaced every second, one in five without a close
-   frame; unsubscribe and subscribe to fresh topics every second; a fixed
-   publishing rate, partly to topics nobody subscribes to; one slow consumer
-   that the hub closes as slow, and that reconnects).  The hub's RSS is
-   sampled every second; after a warm-up, the median of the last 20% of the
-   samples is compared with the median of the first 20%, and a straight
-   line fitted to them gives the slope.  When every peer has left, the
-   hub's gauges must be back to zero.
+1. **Load.**  One hub process (``python -m greenbus serve --port 0``) and up
+   to four ``perf.load_worker subscribers`` processes (250 connections each,
+   every connection subscribed to ``load.<group>`` and ``load.all``); a
+   publisher process sends the fan-out traffic.  The hub's RSS before and
+   after the connections gives the memory per connection; the client
+   processes check every message, so a loss is an error, not a figure.
+2. **Soak.**  A fresh hub; one ``perf.load_worker soak`` process runs a
+   steady mix (churn, resubscriptions, a fixed publishing rate, one slow
+   consumer) while the hub's RSS is sampled every second; see
+   :func:`rss_trend` and :func:`verdict`.
 
-Writes ``results/load-<date>.json``, ``LOAD.md``, ``load.png`` and
-``soak_rss.png`` under ``--out`` (default: this ``perf/`` directory), and
-renders RESULTS.md again with these figures.  Exits 1 if any check failed,
-after writing the report.
+How each figure is measured is said in LOAD.md (``suite.toml``'s
+``[load]`` texts).  Writes ``results/load-<date>.json``, ``LOAD.md``,
+``load.png`` and ``soak_rss.png`` under ``--out`` (default: this ``perf/``
+directory), and renders RESULTS.md again with these figures.  Exits 1 if
+any check failed, after writing the report.
 """
 
 from __future__ import annotations
@@ -43,7 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +66,11 @@ ANCHORS_KIB: dict[str, float] = {
 }
 #: What the clients are, for LOAD.md.
 CLIENT = "websockets' sans-I/O ClientProtocol on gevent sockets"
+#: What a subscribers process counts that must be zero (see load_worker.py).
+FLAWS = ("incomplete", "gaps", "disorder", "late", "hub_errors")
 
 clock = time.monotonic
+Out = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +123,12 @@ class Hub:
         options = ("--log-level", "warning")
         self.child, self.port = processes.serve(name, *options, timeout=READY_TIMEOUT)
         self.check_alive = self.child.check_alive
+        self.proc = Path(f"/proc/{self.child.proc.pid}")
 
     def rss_kib(self) -> int:
         """Resident set size now (VmRSS), KiB."""
-        for line in Path(f"/proc/{self.child.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        if found := re.search(r"^VmRSS:\s+(\d+)", (self.proc / "status").read_text(), re.M):
+            return int(found.group(1))
         raise MeasurementError("no VmRSS in /proc/PID/status")
 
     def rss_settled(self, samples: int = 5, every: float = 0.2) -> float:
@@ -143,7 +141,7 @@ class Hub:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far."""
-        fields = Path(f"/proc/{self.child.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = (self.proc / "stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def metrics(self) -> dict[str, float]:
@@ -173,7 +171,7 @@ class Hub:
             time.sleep(0.2)
         return m
 
-    def after(self, out: dict[str, Any]) -> dict[str, float]:
+    def after(self, out: Out) -> dict[str, float]:
         """Once every client left: the hub must hold nothing; its RSS and closes go to ``out``."""
         m = self.wait_drained()
         for gauge in ("greenbus_remote_subscriptions", "greenbus_local_subscriptions"):
@@ -194,45 +192,40 @@ def worker(processes: Processes, name: str, command: str, **options: object) -> 
     return processes.python(name, "perf.load_worker", command, json.dumps(options), stdin=True)
 
 
-def _delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
-    return after.get(name, 0.0) - before.get(name, 0.0)
+def _close(children: Sequence[Child], check: Callable[[], None]) -> dict[str, Any]:
+    """Tell subscriber processes to close their connections; stop them."""
+    for child in children:
+        child.send("close")
+    closed = gather(children, "closed", RESULT_TIMEOUT, None, check)
+    for child in children:
+        child.stop()
+    return closed
 
 
 # -- 1. load ---------------------------------------------------------------------------
 
 
-def run_load(cfg: Config, processes: Processes, progress: Progress) -> dict[str, Any]:
+def run_load(cfg: Config, processes: Processes, progress: Progress) -> Out:
     """Connect, measure memory, flood the fan-out, count; see the module docstring."""
-    out: dict[str, Any] = {"errors": []}
+    out: Out = {"errors": []}
     errors: list[str] = out["errors"]
     n = cfg.connections
     shares = [n // cfg.processes + (i < n % cfg.processes) for i in range(cfg.processes)]
     expected = n * (cfg.per_all + cfg.per_group)
     connecting = progress.add_task("load · connecting", total=n)
     hub = Hub(processes, "load-hub")
-    out["hub_port"] = port = hub.port
     # Warm-up: the first peers make the hub import and allocate what every
     # later one reuses; that is not a per-connection cost.
-    small = {"port": port, "groups": 10}
-    warm = worker(
-        processes,
-        "warm-subscribers",
-        "subscribers",
-        **small,
-        first=0,
-        count=20,
-        expect_group=2,
-        expect_all=20,
-    )
+    small = {"port": hub.port, "groups": 10}
+    expect = {"first": 0, "count": 20, "expect_group": 2, "expect_all": 20}
+    warm = worker(processes, "warm-subscribers", "subscribers", **small, **expect)
     warm.expect("ready", READY_TIMEOUT)
     warm_pub = worker(processes, "warm-publisher", "publisher", **small, per_all=20, per_group=2)
     warm_pub.expect("result", RESULT_TIMEOUT)
     warm.send("report")
     if (r := warm.expect("result", RESULT_TIMEOUT))["received"] != r["expected"]:
         errors.append(f"warm-up: {r['received']} of {r['expected']}")
-    warm.send("close")
-    warm.expect("closed", RESULT_TIMEOUT)
-    warm.stop()
+    _close([warm], hub.check_alive)
     warm_pub.stop()
     hub.wait_drained()
     time.sleep(1.0)
@@ -240,31 +233,24 @@ def run_load(cfg: Config, processes: Processes, progress: Progress) -> dict[str,
 
     counts: dict[str, dict[str, Any]] = {}
 
-    def on_progress(task: Any, key: str) -> Any:
+    def on_progress(task: Any, key: str) -> Callable[[Child, dict[str, Any]], None]:
         def update(child: Child, p: dict[str, Any]) -> None:
             counts[child.name] = p
             progress.update(task, completed=sum(c[key] for c in counts.values()))
 
         return update
 
-    sizes = {"port": port, "groups": cfg.groups, "per_all": cfg.per_all, "per_group": cfg.per_group}
-    expect = {"port": port, "groups": cfg.groups, "expect_all": cfg.per_all}
+    sizes = {"port": hub.port, "groups": cfg.groups}
+    expect = {**sizes, "expect_group": cfg.per_group, "expect_all": cfg.per_all}
     subscribers = [
         worker(
-            processes,
-            f"subscribers-{i}",
-            "subscribers",
-            **expect,
-            first=sum(shares[:i]),
-            count=share,
-            expect_group=cfg.per_group,
+            processes, f"subscribers-{i}", "subscribers", **expect, first=sum(shares[:i]), count=k
         )
-        for i, share in enumerate(shares)
+        for i, k in enumerate(shares)
     ]
     started = clock()
-    gather(
-        subscribers, "ready", READY_TIMEOUT, on_progress(connecting, "connected"), hub.check_alive
-    )
+    on_connect = on_progress(connecting, "connected")
+    gather(subscribers, "ready", READY_TIMEOUT, on_connect, hub.check_alive)
     out["connect_seconds"] = round(clock() - started, 3)
     progress.update(connecting, completed=n)
     time.sleep(1.0)
@@ -292,12 +278,14 @@ def run_load(cfg: Config, processes: Processes, progress: Progress) -> dict[str,
             )
 
     cpu0 = hub.cpu_seconds()
-    publisher = worker(processes, "publisher", "publisher", **sizes)
+    per = {"per_all": cfg.per_all, "per_group": cfg.per_group}
+    publisher = worker(processes, "publisher", "publisher", **sizes, **per)
     sent = gather([publisher], "result", RESULT_TIMEOUT, None, watch)["publisher"]
     for child in subscribers:
         child.send("report")
-    on_receive = on_progress(delivering, "received")
-    results = gather(subscribers, "result", RESULT_TIMEOUT, on_receive, watch)
+    results = gather(
+        subscribers, "result", RESULT_TIMEOUT, on_progress(delivering, "received"), watch
+    )
     cpu1, m1 = hub.cpu_seconds(), hub.metrics()
     out["rss_after_traffic_kib"] = hub.rss_settled()
     received = sum(r["received"] for r in results.values())
@@ -308,23 +296,22 @@ def run_load(cfg: Config, processes: Processes, progress: Progress) -> dict[str,
     if sent_total != (want := cfg.per_all + cfg.groups * cfg.per_group):
         errors.append(f"the publisher sent {sent_total} messages, not {want}")
     for name, r in sorted(results.items()):
-        for key in ("incomplete", "not_from_zero", "gaps", "disorder", "unknown_sid", "hub_errors"):
-            if r[key]:
-                errors.append(f"{name}: {key} = {r[key]}; e.g. {r['examples'][:3]}")
+        if flaws := {key: r[key] for key in FLAWS if r.get(key)}:
+            errors.append(f"{name}: {flaws}; e.g. {r['examples'][:3]}")
         if r["early_ends"]:
             errors.append(f"{name}: connections closed by the hub: {r['early_ends']}")
     if received != expected:
         errors.append(f"delivered {received} messages, not {expected} (lost or duplicated)")
-    if (written := _delta(m1, m0, "greenbus_messages_out_total")) != expected:
+    delta = {key: m1.get(key, 0.0) - m0.get(key, 0.0) for key in m1}
+    if (written := delta.get("greenbus_messages_out_total", 0.0)) != expected:
         errors.append(f"the hub wrote {written:.0f} messages, not {expected}")
     for counter in ("greenbus_dropped_total", "greenbus_slow_consumers_total"):
-        if _delta(m1, m0, counter):
-            errors.append(f"{counter} rose by {_delta(m1, m0, counter):.0f}")
+        if delta.get(counter):
+            errors.append(f"{counter} rose by {delta[counter]:.0f}")
     elapsed = max(r["last"] for r in results.values() if r["last"] is not None) - sent["start"]
     out.update(
         connections=n,
         processes=cfg.processes,
-        subscriptions_per_connection=2,
         published=sent_total,
         expected_deliveries=expected,
         delivered=received,
@@ -336,19 +323,10 @@ def run_load(cfg: Config, processes: Processes, progress: Progress) -> dict[str,
         flood_peak_queued=peak["queued"],
         # A figure only when every count matched.
         delivered_per_s=expected / elapsed if not errors else None,
-        per_process={
-            name: {k: r[k] for k in ("connections", "received", "expected")}
-            for name, r in sorted(results.items())
-        },
     )
-
     # Everyone leaves; the hub must be back to nothing.
-    for child in subscribers:
-        child.send("close")
-    closed = gather(subscribers, "closed", RESULT_TIMEOUT, None, hub.check_alive)
+    closed = _close(subscribers, hub.check_alive)
     out["client_closes"] = {name: c["codes"] for name, c in sorted(closed.items())}
-    for child in subscribers:
-        child.stop()
     hub.after(out)
     return out
 
@@ -356,7 +334,7 @@ def run_load(cfg: Config, processes: Processes, progress: Progress) -> dict[str,
 # -- 2. soak ---------------------------------------------------------------------------
 
 
-def rss_trend(samples: Sequence[tuple[float, float]], warmup: float) -> dict[str, Any]:
+def rss_trend(samples: Sequence[tuple[float, float]], warmup: float) -> Out:
     """Compare the start and end of the RSS series ``(seconds, KiB)`` after ``warmup``.
 
     Returns:
@@ -391,7 +369,7 @@ def rss_trend(samples: Sequence[tuple[float, float]], warmup: float) -> dict[str
     }
 
 
-def blocks_trend(samples: Sequence[tuple[float, float]], warmup: float) -> dict[str, Any]:
+def blocks_trend(samples: Sequence[tuple[float, float]], warmup: float) -> Out:
     """:func:`rss_trend` of live blocks: ``first``, ``last``, ``growth``, ``slope_per_min``."""
     t = rss_trend(samples, warmup)
     keys = ("first_kib", "last_kib", "growth_kib", "slope_kib_per_min")
@@ -400,9 +378,7 @@ def blocks_trend(samples: Sequence[tuple[float, float]], warmup: float) -> dict[
     )
 
 
-def verdict(
-    trend: dict[str, Any], seconds: float, live: dict[str, Any] | None = None
-) -> tuple[bool, str]:
+def verdict(trend: Out, seconds: float, live: Out | None = None) -> tuple[bool, str]:
     """(no growth?, the sentence): RSS growth within max(1 MiB, 2% of the start), and,
     when ``live`` (:func:`blocks_trend`) is given, live blocks within 2% of the start."""
     allowed = max(1024.0, 0.02 * trend["first_kib"])
@@ -423,24 +399,20 @@ def verdict(
     return ok, text
 
 
-def run_soak(cfg: Config, processes: Processes, progress: Progress) -> dict[str, Any]:
+def run_soak(cfg: Config, processes: Processes, progress: Progress) -> Out:
     """Run the soak mix against a fresh hub, sampling its RSS every second."""
-    out: dict[str, Any] = {"errors": []}
+    out: Out = {"errors": []}
     errors: list[str] = out["errors"]
     task = progress.add_task("soak · connecting", total=cfg.soak_seconds)
     hub = Hub(processes, "soak-hub")
-    soak = worker(
-        processes,
-        "soak",
-        "soak",
-        port=hub.port,
-        seconds=cfg.soak_seconds,
-        groups=cfg.groups,
-        connections=cfg.soak_connections,
-        rate=cfg.soak_rate,
-        churn=cfg.churn,
-        resubscribe=cfg.resubscribe,
-    )
+    mix = {
+        "connections": cfg.soak_connections,
+        "rate": cfg.soak_rate,
+        "churn": cfg.churn,
+        "resubscribe": cfg.resubscribe,
+    }
+    options = {"port": hub.port, "seconds": cfg.soak_seconds, "groups": cfg.groups, **mix}
+    soak = worker(processes, "soak", "soak", **options)
     soak.expect("ready", READY_TIMEOUT)
     start, cpu_start = clock(), hub.cpu_seconds()
     samples: list[dict[str, Any]] = []
@@ -460,8 +432,7 @@ def run_soak(cfg: Config, processes: Processes, progress: Progress) -> dict[str,
                 "python_blocks": int(m.get("greenbus_python_allocated_blocks", 0)),
             }
         )
-        last = samples[-1]
-        conns, mib = last["connections"], last["rss_kib"] / 1024
+        conns, mib = samples[-1]["connections"], samples[-1]["rss_kib"] / 1024
         description = f"soak · {conns} conns · RSS {mib:.1f} MiB"
         progress.update(task, completed=min(t, cfg.soak_seconds), description=description)
 
@@ -473,15 +444,11 @@ def run_soak(cfg: Config, processes: Processes, progress: Progress) -> dict[str,
     out["hub_slow_consumers"] = int(m_end.get("greenbus_slow_consumers_total", 0))
     out["hub_close_timeouts"] = int(m_end.get('greenbus_timeouts_total{kind="close"}', 0))
     out["hub_dropped"] = int(m_end.get("greenbus_dropped_total", 0))
-    out["hub_connections_total"] = int(m_end.get("greenbus_connections_total", 0))
     out["hub_cpu_seconds"] = round(hub.cpu_seconds() - cpu_start, 3)
 
-    for key in ("gaps", "disorder", "stable_incomplete", "failure_count"):
-        if result[key]:
-            errors.append(f"{key} = {result[key]}; e.g. {result['examples'][:3]}")
-    for key in ("late", "hub_errors"):
-        if result["counts"].get(key):
-            errors.append(f"{key} = {result['counts'][key]}; e.g. {result['examples'][:3]}")
+    for key in ("gaps", "disorder", "stable_incomplete", "failure_count", "late", "hub_errors"):
+        if value := result.get(key) or result["counts"].get(key):
+            errors.append(f"{key} = {value}; e.g. {result['examples'][:3]}")
     if result["unexpected_ends"]:
         errors.append(f"the hub closed fast consumers: {result['unexpected_ends']}")
     slow_ends = result["slow_consumer"]["ends"]
@@ -509,8 +476,6 @@ def run_soak(cfg: Config, processes: Processes, progress: Progress) -> dict[str,
         },
         worker=result,
         samples=samples,
-        rss_start_kib=samples[0]["rss_kib"],
-        rss_end_kib=samples[-1]["rss_kib"],
         trend=trend,
         blocks_trend=live,
         no_growth=ok,

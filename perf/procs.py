@@ -9,7 +9,7 @@ the whole group.  :func:`gather` waits for the JSON lines children print.
 
 The child's end: :func:`say` prints one JSON line (``{"ready": ...}``,
 ``{"progress": ...}``, ``{"result": ...}``, or ``{"error": ...}`` before
-exit status 1, see :func:`worker_main`); a :class:`Tally` checks that a
+exit status 1, see :func:`run_worker`); a :class:`Tally` checks that a
 stream of numbered payloads arrives whole and in order.
 
 Everything binds and connects to 127.0.0.1 only.  Times that cross
@@ -37,19 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "HOST",
-    "ROOT",
-    "Child",
-    "MeasurementError",
-    "Processes",
-    "Tally",
-    "check_stream",
-    "gather",
-    "raise_fd_limit",
-    "say",
-    "worker_main",
-]
+__all__ = ["HOST", "Child", "MeasurementError", "Processes", "Tally", "check_stream", "gather"]
+__all__ += ["raise_fd_limit", "run_worker", "say"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -243,11 +232,10 @@ class Processes(contextlib.ExitStack):
         self.logs = logs
         self._started = 0
 
-    def start(self, name: str, argv: Sequence[object], *, stdin: bool = False) -> Child:
-        """Start a child whose stdout is JSON lines; it stops when the block ends."""
-        return self._start(name, argv, stdin=stdin, lines=True)
-
-    def _start(self, name: str, argv: Sequence[object], *, stdin: bool, lines: bool) -> Child:
+    def start(
+        self, name: str, argv: Sequence[object], *, stdin: bool = False, lines: bool = True
+    ) -> Child:
+        """Start a child (see :class:`Child`); it stops when the block ends."""
         self._started += 1
         safe = re.sub(r"[^\w.-]+", "-", name)
         log = self.logs / f"{self._started:02d}-{safe}.log"
@@ -263,7 +251,7 @@ class Processes(contextlib.ExitStack):
     def serve(self, name: str, *options: object, timeout: float) -> tuple[Child, int]:
         """``greenbus serve`` on a free port of 127.0.0.1: the child and its port."""
         argv = [sys.executable, "-m", "greenbus", "serve", "--host", HOST, "--port", "0"]
-        hub = self._start(name, [*argv, *options], stdin=False, lines=True)
+        hub = self.start(name, [*argv, *options])
         line = hub.line(timeout)
         if (match := SERVE_LINE.search(line)) is None:
             raise hub.failure(f"printed {line!r}, not its address")
@@ -286,7 +274,7 @@ class Processes(contextlib.ExitStack):
             port: int = sock.getsockname()[1]
         options = ["--save", "", "--appendonly", "no", "--client-output-buffer-limit"]
         argv = [path, "--port", port, "--bind", HOST, *options, "pubsub 0 0 0"]
-        server = self._start("redis-server", argv, stdin=False, lines=False)
+        server = self.start("redis-server", argv, lines=False)
         deadline = time.monotonic() + timeout
         with contextlib.closing(redis.Redis(host=HOST, port=port)) as probe:
             while True:
@@ -309,17 +297,21 @@ def say(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-def worker_main(name: str, run: Callable[[], object]) -> int:
-    """Run a worker's command: a failure is ``{"error": ...}``, a traceback, exit status 1."""
+def run_worker(commands: Mapping[str, Callable[..., object]]) -> None:
+    """Run the command ``argv[1]`` with the keyword arguments of the JSON ``argv[2]``; exit.
+
+    A failure is ``{"error": ...}``, a traceback, and exit status 1.
+    """
+    command, options = sys.argv[1:]
     try:
-        run()
+        commands[command](**json.loads(options))
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as exc:  # gevent.Timeout is not an Exception
-        say(error=f"{name}: {type(exc).__name__}: {exc}")
+        say(error=f"{command}: {type(exc).__name__}: {exc}")
         traceback.print_exc()
-        return 1
-    return 0
+        sys.exit(1)
+    sys.exit(0)
 
 
 def raise_fd_limit() -> int:

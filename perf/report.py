@@ -1,9 +1,9 @@
 """Everything the harnesses write: the JSON records, RESULTS.md, LOAD.md, the charts.
 
-Both documents render from their JSON record alone, so ``python -m
-perf.report [DIR]`` redraws them from the newest records under
-``DIR/results`` (default: this ``perf/`` directory).  The suite's record
-(``results/<date>.json``, built by ``perf/__main__.py``)::
+Both documents render from their JSON record alone (and the texts of
+``suite.toml``), so ``python -m perf.report [DIR]`` redraws them from the
+newest records under ``DIR/results`` (default: this ``perf/`` directory).
+The suite's record (``results/<date>.json``, built by ``perf/__main__.py``)::
 
     {"date", "command", "profile", "seed", "machine", "sizes", "systems",
      "metrics": {metric: {"title", "timed", "better", "reference", "rounds",
@@ -25,13 +25,17 @@ import os
 import platform
 import re
 import statistics
+import string
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from . import SUITE
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,23 +50,7 @@ NOTES = "perf/NOTES.md"
 TIMES = "\N{MULTIPLICATION SIGN}"
 #: The system a ratio is taken against, unless the metric names another.
 REFERENCE = "greenbus"
-#: One colour per system in every chart; greenbus's variants in greens.
-COLOURS = {
-    "classic": "#7f7f7f",
-    "pyee": "#1f77b4",
-    "blinker": "#17becf",
-    "pyee-executor": "#9467bd",
-    "threads+queue": "#d62728",
-    "gevent.queue": "#ff7f0e",
-    "greenbus": "#2ca02c",
-    "greenbus-wildcard": "#98df8a",
-    "greenbus-request": "#0b5d0b",
-    "greenbus-compat": "#bcbd22",
-    "tcp-echo": "#7f7f7f",
-    "redis-pubsub": "#d62728",
-    "greenbus-hub": "#2ca02c",
-    "greenbus-federation": "#1a9850",
-}
+COLOURS: dict[str, str] = SUITE["colours"]
 Doc = dict[str, Any]
 
 
@@ -177,10 +165,6 @@ def _sig(value: float) -> str:
     return f"{value:,.{max(0, 2 - math.floor(math.log10(abs(value))))}f}"
 
 
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return None if value is None or not base else value / base
-
-
 def _times(ratio: float | None) -> str:
     return "—" if ratio is None else f"{_sig(ratio)}{TIMES}"
 
@@ -191,6 +175,32 @@ def mib(kib: float | None) -> str:
 
 def num(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+class _Fields(string.Formatter):
+    """``str.format`` over a record, for suite.toml's texts.
+
+    A figure the record lacks is None: n/a, or nan under a number format.
+    The format ``mib`` is :func:`mib`; ``n`` and ``n1`` are :func:`num`.
+    """
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        try:
+            return super().get_field(field_name, args, kwargs)
+        except (KeyError, TypeError):  # a missing key, or a key of None
+            return None, field_name
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec == "mib":
+            return mib(value)
+        if format_spec in ("n", "n1"):
+            return num(value, len(format_spec) - 1)
+        if value is None:
+            return format(math.nan, format_spec) if format_spec else "n/a"
+        return format(value, format_spec)
+
+
+fill = _Fields().format
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -228,24 +238,10 @@ def summary(doc: Doc) -> str:
 
 def results_markdown(doc: Doc, json_name: str, charts: Sequence[tuple[str, str]], out: Path) -> str:
     """RESULTS.md: targets, every figure, the charts, the newest load run under ``out``, notes."""
-    units, m = _units(doc), doc["machine"]
+    units, texts = _units(doc), SUITE["results"]
+    redis_server = doc["machine"].get("redis-server") or "not installed"
     lines = [
-        "# greenbus benchmarks",
-        "",
-        f"Produced by `{doc['command']}` on {doc['date']} ({doc['profile']} profile, "
-        f"{doc['duration_s']:.0f} s, git {m['git']}).  ",
-        f"{m['python']}, gevent {m['gevent']}, greenlet {m['greenlet']}, pyee {m['pyee']}, "
-        f"blinker {m['blinker']}, websockets {m.get('websockets')}, redis-py {m.get('redis-py')} "
-        f"({m.get('redis-py parser')} parser), "
-        f"redis-server {m.get('redis-server') or 'not installed'}; "
-        f"{m['cpu_count']} CPUs ({m['cpu_model']}).  ",
-        f"Raw samples and exactly what each metric times: [results/{json_name}]"
-        f"(results/{json_name}).",
-        "",
-        "## Targets for greenbus",
-        "",
-        "Ratios are between figures of this same run.",
-        "",
+        fill(line, **doc, json_name=json_name, redis_server=redis_server) for line in texts["head"]
     ]
     rows = []
     for t in doc["targets"]:
@@ -256,17 +252,8 @@ def results_markdown(doc: Doc, json_name: str, charts: Sequence[tuple[str, str]]
         measured = f"{t['system']} {fmt(t['value'], unit)} ({t['stat']})"
         rows.append((t["text"], measured, base, figure, result))
     lines += table(("target", "measured", "compared with", "figure", "result"), rows)
-    lines += [
-        "",
-        "## All results",
-        "",
-        f'Median and p99 over every sample of the run. "{TIMES} ref" is this row\'s median ÷ '
-        f"the reference system's in the same case ({REFERENCE}; greenbus-hub for the hub's "
-        "metrics across processes, greenbus-federation for the federation's): above 1 means a "
-        "larger figure than the reference (slower for times, faster for msgs/s).",
-        "",
-        *table(("metric", "system", "median", "p99", f"{TIMES} ref", "target"), _rows(doc)),
-    ]
+    lines += ["", "## All results", "", texts["all_results"], ""]
+    lines += table(("metric", "system", "median", "p99", f"{TIMES} ref", "target"), _rows(doc))
     if share := doc["derived"]["wildcard_share"]:
         parts = ", ".join(f"{label}: {_times(ratio)}" for label, ratio in share.items())
         what = "greenbus-wildcard ÷ greenbus exact-topic emit cost, medians"
@@ -276,15 +263,11 @@ def results_markdown(doc: Doc, json_name: str, charts: Sequence[tuple[str, str]]
         for name, alt in charts:
             lines += ["", f"![{alt}]({name})"]
     if (load := _newest(out, load=True)) is not None:
-        lines += [
-            "",
-            "## The hub under load and over time",
-            "",
-            _measured_by(load[1], load[0]) + "  ",
-            "How each figure is measured, and what the processes did: [LOAD.md](LOAD.md).",
-            "",
-            *_load_summary(load[1]),
-        ]
+        fields = _load_fields(load[1], load[0])
+        lines += ["", "## The hub under load and over time", ""]
+        lines.append(fill(SUITE["load"]["measured_by"], **fields) + "  ")
+        lines += ["How each figure is measured, and what the processes did: [LOAD.md](LOAD.md)."]
+        lines += ["", *_load_summary(fields)]
     return "\n".join(lines + _notes(doc) + _errors(doc)) + "\n"
 
 
@@ -303,8 +286,8 @@ def _rows(doc: Doc) -> list[tuple[str, ...]]:
                     median = p99 = f"error ({len(r['errors'])})"
                 else:
                     median, p99 = fmt(r["median"], unit), fmt(r["p99"], unit)
-                ratio = _times(_ratio(r["median"], reference))
-                rows.append((heading, system, median, p99, ratio, verdicts))
+                ratio = r["median"] / reference if r["median"] is not None and reference else None
+                rows.append((heading, system, median, p99, _times(ratio), verdicts))
                 heading = ""
     return rows
 
@@ -335,157 +318,43 @@ def _errors(doc: Doc) -> list[str]:
     return ["", "## Errors (samples not counted)", "", *errors] if errors else []
 
 
-# -- LOAD.md --------------------------------------------------------------------------
+# -- LOAD.md: suite.toml's [load] texts, filled in from the record ------------------------
 
 
-def _measured_by(doc: Doc, json_name: str) -> str:
-    """Which command, when, where, and the raw data's file."""
-    m = doc["machine"]
-    return (
-        f"Measured by `python -m perf.load{doc['argv']}` on {doc['date']} "
-        f"({m.get('cpu_count', m.get('cpus'))} CPUs, Python {m['python'].split()[-1]}, gevent "
-        f"{m['gevent']}, websockets {m['websockets']}); raw data in `results/{json_name}`."
-    )
+def _load_fields(doc: Doc, json_name: str) -> Doc:
+    load, soak = doc.get("load") or {}, doc.get("soak") or {}
+    per, machine = load.get("memory_per_connection_kib"), doc["machine"]
+    return {
+        **doc,
+        "load": load,
+        "soak": soak,
+        "json_name": json_name,
+        "python": machine["python"].split()[-1],
+        "cpus": machine.get("cpu_count", machine.get("cpus")),  # older records: cpus
+        "ratio": "" if per is None else f" ({per / 14:.1f}x websockets without compression)",
+        "drops": SUITE["load"]["no_drops"] if load and not load.get("errors") else "**see Errors**",
+        "client": doc.get("client", "raw WebSocket clients on gevent sockets"),
+        "counts": Counter((soak.get("worker") or {}).get("counts", {})),  # 0 if never counted
+    }
 
 
-def _load_summary(doc: Doc) -> list[str]:
+def _load_summary(fields: Doc) -> list[str]:
     """The table of figures and the two charts: LOAD.md's head, and RESULTS.md's section."""
-    load, soak, cfg = doc.get("load") or {}, doc.get("soak") or {}, doc["config"]
-    conf, trend, live = (
-        soak.get("config", {}),
-        soak.get("trend", {}),
-        soak.get("blocks_trend") or {},
-    )
-    per = load.get("memory_per_connection_kib")
-    ratio = "" if per is None else f" ({per / 14:.1f}x websockets without compression)"
-    rows = [
-        (
-            "connections",
-            f"{cfg['connections']:,} from {cfg['processes']} client process(es), "
-            f"2 subscriptions each ({cfg['groups']} group topics + `load.all`)",
-            "",
-        ),
-        (
-            "memory per connection",
-            f"**{num(per, 1)} KiB**{ratio}: hub RSS {mib(load.get('rss_before_kib'))} → "
-            f"{mib(load.get('rss_connected_kib'))}",
-            "Centrifugo ~29 KiB (30 KB); websockets 14 KiB without compression, "
-            "64 KiB with its defaults (published figures)",
-        ),
-        (
-            "delivered",
-            f"**{num(load.get('delivered_per_s'))} msgs/s**: "
-            f"{num(load.get('expected_deliveries'))} messages in "
-            f"{num(load.get('flood_seconds'), 1)} s; hub CPU "
-            f"{num(load.get('hub_cpu_us_per_delivery'), 1)} µs per message delivered",
-            "Centrifugo: ~500k msgs/s across 20 pods (published); here one hub process",
-        ),
-        (
-            "drops",
-            "0: every subscription got every message, in order (checked by the clients "
-            "and against the hub's counters)"
-            if load and not load.get("errors")
-            else "**see Errors**",
-            "",
-        ),
-        (
-            "soak",
-            f"{num(soak.get('seconds'))} s: {conf.get('connections', 'n/a')} connections, "
-            f"{conf.get('replaced_per_s', 'n/a')} replaced/s, "
-            f"{conf.get('resubscribed_per_s', 'n/a')} resubscribed/s, "
-            f"{num(conf.get('pubs_per_s'))} pubs/s, 1 slow consumer "
-            f"(closed as slow {soak.get('hub_slow_consumers', 'n/a')} times)",
-            "",
-        ),
-        (
-            "soak RSS",
-            f"start {mib(trend.get('first_kib'))} → end {mib(trend.get('last_kib'))} "
-            f"(medians of the first and last 20% after a {num(trend.get('warmup_s'), 1)} s "
-            f"warm-up); slope {trend.get('slope_kib_per_min', math.nan):+.1f} KiB/min "
-            f"({trend.get('slope_second_half_kib_per_min', math.nan):+.1f} KiB/min over the "
-            f"second half)",
-            "",
-        ),
-        (
-            "soak live memory",
-            f"{num(live.get('first'))} → {num(live.get('last'))} Python blocks "
-            f"(`greenbus_python_allocated_blocks`, the same windows); slope "
-            f"{live.get('slope_per_min', math.nan):+,.0f} blocks/min",
-            "",
-        ),
-        ("verdict", soak.get("verdict", "n/a"), ""),
-    ]
+    rows = [[fill(cell, **fields) for cell in row] for row in SUITE["load"]["rows"]]
     charts = ["![memory per connection](load.png)", "", "![hub RSS during the soak](soak_rss.png)"]
     return [*table(("", "greenbus hub", "for scale"), rows), "", *charts]
 
 
 def load_markdown(doc: Doc, json_name: str) -> str:
     """LOAD.md: the figures, the charts, how they were measured, what was left."""
-    load, soak = doc.get("load") or {}, doc.get("soak") or {}
-    client = doc.get("client", "raw WebSocket clients on gevent sockets")
-    lines = [
-        "# The hub under load and over time",
-        "",
-        _measured_by(doc, json_name),
-        "",
-        *_load_summary(doc),
-        "",
-        "## How it was measured",
-        "",
-        f"- One `python -m greenbus serve` process per phase, on 127.0.0.1; clients are {client} "
-        "(`perf/load_worker.py`), in separate processes, on the same machine: the delivered "
-        "rate is what one hub process does while the clients share its CPUs.",
-        "- Memory per connection: the hub's RSS (median of 5 samples) after every connection "
-        "has its two subscriptions acknowledged, minus the RSS before, after a warm-up of "
-        "20 connections that had come and gone; divided by the connections.  The hub "
-        "negotiates no compression, so websockets' 14 KiB (compression off) is the "
-        "like-for-like anchor.",
-        "- Delivered: from the publisher's first `pub` to the last arrival in any client "
-        "process (one monotonic clock); a figure only if every count matched.",
-        "- Soak: the hub runs with its default limits.  The slow consumer has a 4 KiB "
-        "receive buffer and 16 subscriptions to `soak.>` (so the hub's socket buffer fills "
-        "within seconds), reads 1 KiB every 0.2 s for 20 s, then catches up.  The hub finds "
-        "it slow within seconds; its 1013 close frame then waits behind the full buffer, and "
-        "after `close_timeout` (5 s) the hub aborts the connection (the consumer sees 1006, "
-        "and each one must match a close timeout counted by the hub).  A fifth of the pubs "
-        "go to fresh topics nobody else subscribes to; 5,000 fresh topics are published to "
-        "before sampling, so the hub's two 4,096-entry caches are already full.  One in five "
-        "replaced connections leaves without a close frame.  After the soak, every peer "
-        "leaves and the hub's gauges must read zero.",
-        "- Verdict: the RSS after the warm-up must not grow by more than max(1 MiB, 2%) from "
-        "the first to the last 20% of the samples, and the hub's live Python blocks "
-        "(`greenbus_python_allocated_blocks` in `/metrics`, sampled with the RSS) by more "
-        "than 2%.  RSS also counts what the allocators keep after a peak (freed memory "
-        "they hold for reuse), which is why it rises in steps and then stays level; a leak "
-        "shows as live blocks climbing.",
-        "",
-    ]
-    if load:
-        lines += [
-            "## After the load and the soak",
-            "",
-            f"- Load hub during the flood: at most {num(load.get('flood_peak_queued'))} "
-            "messages queued to peers in any `/metrics` sample (about two a second; the hub "
-            "answers them between bursts, so this is not the peak within a burst), RSS up to "
-            f"{mib(load.get('flood_peak_rss_kib'))}; "
-            f"{mib(load.get('rss_after_traffic_kib'))} after the flood, "
-            f"{mib(load.get('rss_after_disconnect_kib'))} once every peer had left "
-            f"(from {mib(load.get('rss_before_kib'))} before the connections).",
-        ]
-    if soak:
-        w = soak.get("worker", {})
-        c, slow = w.get("counts", {}), w.get("slow_consumer", {})
-        lines += [
-            f"- Soak: {c.get('connects', 0):,} connections opened, {c.get('closes', 0):,} closed "
-            f"and {c.get('aborts', 0):,} dropped without a close frame, {c.get('subs', 0):,} "
-            f"extra subscriptions, {c.get('unsubs', 0):,} unsubscriptions, "
-            f"{w.get('published', 0):,} pubs; slow consumer: "
-            f"{c.get('slow_connects', 0)} connections, ends by close code "
-            f"{slow.get('ends')} after {slow.get('lifetimes_s')} s; hub closes by code "
-            f"{soak.get('hub_closes')}.",
-            f"- Soak hub RSS after every peer left {mib(soak.get('rss_after_disconnect_kib'))}; "
-            f"hub CPU {soak.get('hub_cpu_seconds', 0):.1f} s over the soak.",
-        ]
+    fields, texts = _load_fields(doc, json_name), SUITE["load"]
+    lines = ["# The hub under load and over time", "", fill(texts["measured_by"], **fields), ""]
+    lines += [*_load_summary(fields), "", "## How it was measured", ""]
+    lines += [f"- {fill(bullet, **fields)}" for bullet in texts["method"]] + [""]
+    if fields["load"]:
+        lines += ["## After the load and the soak", "", f"- {fill(texts['after_load'], **fields)}"]
+    if fields["soak"]:
+        lines += [f"- {fill(bullet, **fields)}" for bullet in texts["after_soak"]]
     lines.append("")
     if doc["errors"]:
         lines += ["## Errors", "", *(f"- {e}" for e in doc["errors"]), ""]
@@ -493,6 +362,8 @@ def load_markdown(doc: Doc, json_name: str) -> str:
 
 
 # -- charts ---------------------------------------------------------------------------
+
+Bars = dict[str, list[float | None]]
 
 
 def _new(width: float, height: float) -> Figure:
@@ -511,7 +382,7 @@ def _figure(title: str, ylabel: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def _bars(ax: Axes, groups: Sequence[str], bars: dict[str, list[float | None]], unit: str) -> None:
+def _bars(ax: Axes, groups: Sequence[str], bars: Bars, unit: str) -> None:
     """Bars grouped by ``groups``, one colour per system, log scale, values on top."""
     width = 0.8 / max(1, len(bars))
     for i, (system, values) in enumerate(bars.items()):
@@ -529,19 +400,6 @@ def _bars(ax: Axes, groups: Sequence[str], bars: dict[str, list[float | None]], 
     ax.legend(fontsize=8, ncols=2)
 
 
-def _bar_chart(
-    path: Path,
-    title: str,
-    ylabel: str,
-    groups: Sequence[str],
-    bars: dict[str, list[float | None]],
-    unit: str,
-) -> None:
-    fig, ax = _figure(title, ylabel)
-    _bars(ax, groups, bars, unit)
-    fig.savefig(path, dpi=110)
-
-
 def _medians(doc: Doc, metric: str) -> dict[str, dict[str, Any]]:
     """{system: {case: median}} for one metric."""
     out: dict[str, dict[str, Any]] = {}
@@ -551,13 +409,29 @@ def _medians(doc: Doc, metric: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def chart_emit_cost(doc: Doc, path: Path) -> bool:
+def chart_bars(doc: Doc, path: Path, spec: Doc) -> bool:
+    """Systems side by side, a group of bars per case of each ``[metric, stat(, label)]``
+    of ``spec["bars"]`` (False: no such metric in ``doc``)."""
+    groups: list[str] = []
+    values: dict[str, dict[int, float | None]] = {}
+    for metric, stat, *label in spec["bars"]:
+        for name, case in doc["metrics"].get(metric, {}).get("cases", {}).items():
+            for system, r in case["results"].items():
+                values.setdefault(system, {})[len(groups)] = r[stat]
+            groups.append(label[0] if label else name)
+            unit = case["unit"]
+    if not groups:
+        return False
+    fig, ax = _figure(spec["title"], spec["ylabel"])
+    _bars(ax, groups, {s: [v.get(i) for i in range(len(groups))] for s, v in values.items()}, unit)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def chart_emit_cost(doc: Doc, path: Path, spec: Doc) -> bool:
     if not (metric := doc["metrics"].get("emit_cost_by_subscribers")):
         return False
-    fig, ax = _figure(
-        "Emit cost vs number of subscribers (median µs per emit, lower is better)",
-        "µs per emit (log)",
-    )
+    fig, ax = _figure(spec["title"], spec["ylabel"])
     subscribers = {label: c["params"]["subscribers"] for label, c in metric["cases"].items()}
     for system, by_case in _medians(doc, "emit_cost_by_subscribers").items():
         points = [(subscribers[label], v) for label, v in by_case.items() if v]
@@ -574,55 +448,7 @@ def chart_emit_cost(doc: Doc, path: Path) -> bool:
     return True
 
 
-def chart_latency(doc: Doc, path: Path) -> bool:
-    if not (cases := doc["metrics"].get("pingpong", {}).get("cases", {})):
-        return False
-    results = next(iter(cases.values()))["results"]
-    _bar_chart(
-        path,
-        "Ping-pong round trip, p50 and p99 (µs, log scale, lower is better)",
-        "µs per round trip (log)",
-        ["p50 (median)", "p99"],
-        {system: [r["median"], r["p99"]] for system, r in results.items()},
-        "µs",
-    )
-    return True
-
-
-def chart_throughput(doc: Doc, path: Path) -> bool:
-    if not (by_system := _medians(doc, "throughput")):
-        return False
-    groups = list(doc["metrics"]["throughput"]["cases"])
-    _bar_chart(
-        path,
-        "Delivered messages per second, one producer to k consumers (median, higher is better)",
-        "delivered msgs/s (log)",
-        groups,
-        {system: [cases.get(g) for g in groups] for system, cases in by_system.items()},
-        "msgs/s",
-    )
-    return True
-
-
-def chart_emit_held(doc: Doc, path: Path) -> bool:
-    if not (metrics := [n for n in ("emit_held", "emit_held_slow") if n in doc["metrics"]]):
-        return False
-    bars: dict[str, list[float | None]] = {}
-    for i, name in enumerate(metrics):
-        for system, cases in _medians(doc, name).items():
-            bars.setdefault(system, [None] * len(metrics))[i] = next(iter(cases.values()))
-    _bar_chart(
-        path,
-        "How long emit holds the emitter (median µs per emit, log scale, lower is better)",
-        "µs per emit (log)",
-        [next(iter(doc["metrics"][name]["cases"])) for name in metrics],
-        bars,
-        "µs",
-    )
-    return True
-
-
-def _panels(doc: Doc, path: Path, title: str, names: Sequence[str]) -> bool:
+def chart_panels(doc: Doc, path: Path, spec: Doc) -> bool:
     """One panel per metric (its first case), side by side, with greenbus's targets drawn in.
 
     A time panel shows p50 and p99; a rate panel the median.  A target with
@@ -630,10 +456,10 @@ def _panels(doc: Doc, path: Path, title: str, names: Sequence[str]) -> bool:
     is drawn on the p50 bars at ``limit`` times that median, unless the
     limit is 1 (the other system's own bar).
     """
-    if not (panels := [name for name in names if name in doc["metrics"]]):
+    if not (panels := [name for name in spec["panels"] if name in doc["metrics"]]):
         return False
     fig = _new(5 * len(panels), 5.6)
-    fig.suptitle(title, fontweight="bold")
+    fig.suptitle(spec["title"], fontweight="bold")
     targets = {t["metric"]: t for t in doc["targets"] if t["metric"] in panels}
     for ax, name in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         metric = doc["metrics"][name]
@@ -669,18 +495,6 @@ def _panels(doc: Doc, path: Path, title: str, names: Sequence[str]) -> bool:
         )
     fig.savefig(path, dpi=110)
     return True
-
-
-def chart_hub(doc: Doc, path: Path) -> bool:
-    """The hub's metrics across processes side by side, with greenbus's targets drawn in."""
-    title = "The hub across processes, over loopback (log scale)"
-    return _panels(doc, path, title, ("hub_roundtrip", "hub_ingest", "hub_fanout"))
-
-
-def chart_federation(doc: Doc, path: Path) -> bool:
-    """The federation's metrics beside raw redis-py, with greenbus's targets drawn in."""
-    title = "Two processes through redis-server: federated buses vs raw redis-py (log scale)"
-    return _panels(doc, path, title, ("federation_latency", "federation_throughput"))
 
 
 def chart_memory(doc: Doc, path: Path) -> bool:
@@ -770,19 +584,15 @@ def chart_soak(doc: Doc, path: Path) -> bool:
 
 # -- writing --------------------------------------------------------------------------
 
-#: The suite's charts: file name, alt text, and what draws it (False: no data for it).
-CHARTS = (
-    ("emit_cost.png", "emit cost by number of subscribers", chart_emit_cost),
-    ("emit_held.png", "emit held, with a fast and a 1 ms-slow subscriber", chart_emit_held),
-    ("latency.png", "ping-pong round trip p50/p99", chart_latency),
-    ("throughput.png", "delivered messages per second by fan-out", chart_throughput),
-    ("hub.png", "the hub across processes: round trip, ingest, fan-out", chart_hub),
-    (
-        "federation.png",
-        "federated buses vs raw redis-py across processes: one-way latency, delivered msgs/s",
-        chart_federation,
-    ),
-)
+#: What draws each of the suite's charts (suite.toml's [charts]); False: no data for it.
+SUITE_CHARTS: dict[str, Callable[[Doc, Path, Doc], bool]] = {
+    "emit_cost.png": chart_emit_cost,
+    "emit_held.png": chart_bars,
+    "latency.png": chart_bars,
+    "throughput.png": chart_bars,
+    "hub.png": chart_panels,
+    "federation.png": chart_panels,
+}
 LOAD_CHARTS = (("load.png", chart_memory), ("soak_rss.png", chart_soak))
 
 
@@ -800,11 +610,12 @@ def render(out: Path, *, results: bool = True, load: bool = True, draw: bool = T
         written.append(out / "LOAD.md")
     if results and (newest := _newest(out, load=False)) is not None:
         name, doc = newest
-        if draw:
-            charts = [(png, alt) for png, alt, draw_it in CHARTS if draw_it(doc, out / png)]
-            written += [out / png for png, _ in charts]
-        else:
-            charts = [(png, alt) for png, alt, _ in CHARTS if (out / png).exists()]
+        charts = [
+            (png, spec["alt"])
+            for png, spec in SUITE["charts"].items()
+            if (SUITE_CHARTS[png](doc, out / png, spec) if draw else (out / png).exists())
+        ]
+        written += [out / png for png, _ in charts if draw]
         (out / "RESULTS.md").write_text(results_markdown(doc, name, charts, out), encoding="utf-8")
         written.append(out / "RESULTS.md")
     return written

@@ -1,19 +1,9 @@
-"""The systems under test in one process: one adapter per system.
+"""The systems under test in one process, each a :class:`System` of shapes.
 
-Every adapter builds the same shapes from its own system's primitives, so
-each metric is written once and measures every system the same way:
-
-* :meth:`System.fanout`: a :class:`Fanout`, one publisher wired to ``k``
-  consumers, each appending every payload to its own list (the cheapest
-  handler that still lets the suite check that every message arrived, once,
-  in order).  ``Fanout.emit`` is the system's own publishing call with the
-  topic bound: what the emit metrics time.
-* :meth:`System.echo`: an :class:`Echo`; ``roundtrip(x)`` sends ``x`` and
-  returns the other party's reply.
-* :meth:`System.idle_consumers`, :meth:`System.queued_messages`: objects for
-  the memory probe to weigh; each returns a closer.
-
-:class:`Classic` runs the two-thread pyee scenario, a whole program.
+Every system builds the same shapes from its own primitives, so each metric
+is written once and measures every system the same way.  A fan-out's
+consumers append every payload to their own list: the cheapest handler that
+still lets the suite check that every message arrived, once, in order.
 Nothing is monkey-patched: greenlets live in the main thread, the
 thread-based systems use real OS threads.
 """
@@ -24,9 +14,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import blinker
 import gevent
@@ -40,7 +30,7 @@ import greenbus.compat
 
 from .procs import MeasurementError
 
-__all__ = ["IN_PROCESS", "Classic", "Echo", "Fanout", "System", "Unsupported"]
+__all__ = ["IN_PROCESS", "Echo", "Fanout", "System"]
 
 #: The topic every fan-out publishes on (wildcard subscribers match it too).
 TOPIC = "a.b"
@@ -49,10 +39,8 @@ WAIT_TIMEOUT = 60.0
 #: How often a thread polls for deliveries made by other OS threads: short,
 #: but long enough that the poller does not steal the GIL from the workers.
 THREAD_POLL = 1e-4
-
-
-class Unsupported(Exception):
-    """The system has no natural way to build this shape."""
+#: The classic scenario's poll interval, in both threads, in seconds.
+CLASSIC_POLL = 0.01
 
 
 def _noop(*_: object) -> None:
@@ -73,10 +61,10 @@ class _Closing:
 class Fanout(_Closing):
     """One publisher wired to ``len(received)`` consumers.
 
-    ``wait(n)`` returns once every consumer handled ``n`` payloads (all
-    emitted so far), or raises MeasurementError after WAIT_TIMEOUT; a
-    producer calls ``pause()`` every 100 emits (``gevent.sleep(0)`` for
-    greenlet systems); ``close()`` joins threads and ends greenlets.
+    ``emit`` is the system's own publishing call with the topic bound (what
+    the emit metrics time); ``wait(n)`` returns once every consumer handled
+    ``n`` payloads, or raises MeasurementError after WAIT_TIMEOUT; a producer
+    calls ``pause()`` every 100 emits (``gevent.sleep(0)`` for greenlets).
     """
 
     emit: Callable[[Any], object]
@@ -101,6 +89,32 @@ class Echo(_Closing):
 
     roundtrip: Callable[[Any], Any]
     close: Callable[[], object]
+
+
+@dataclass(frozen=True)
+class System:
+    """One system under test and the shapes it builds (None: it has no natural way to).
+
+    ``fanout(k, slow)``: ``k`` consumers, each sleeping ``slow`` s per
+    message; ``echo()``; ``idle_consumers(n)``, ``queued_messages(n)``: what
+    the memory probe weighs, and return a closer; ``classic(n)``: the
+    classic scenario's (held, round trip) µs per message.  Across processes
+    (hub.py), one sample's figures: ``ingest(M)``, ``broadcast(M, k)`` and
+    ``relay(M, yield_every)`` msgs/s, ``one_way(M, gap)`` µs per message.
+    """
+
+    name: str
+    fanout: Callable[[int, float], Fanout] | None = None
+    echo: Callable[[], Echo] | None = None
+    idle_consumers: Callable[[int], Callable[[], object]] | None = None
+    queued_messages: Callable[[int], Callable[[], object]] | None = None
+    classic: Callable[[int], tuple[list[float], list[float]]] | None = None
+    ingest: Callable[[int], float] | None = None
+    broadcast: Callable[[int, int], float] | None = None
+    one_way: Callable[[int, float], list[float]] | None = None
+    relay: Callable[[int, int], float] | None = None
+    #: Each consumer costs an OS thread (the memory probe builds fewer of them).
+    thread_per_consumer: bool = False
 
 
 def _lists(k: int) -> list[list[Any]]:
@@ -135,112 +149,59 @@ def _handler(
     return handler
 
 
-class System:
-    """One system under test; subclasses override the shapes they support.
+def _roundtrip(send: Callable[[Any], object], get: Callable[[], Any]) -> Callable[[Any], Any]:
+    def roundtrip(payload: Any) -> Any:
+        send(payload)
+        return get()
 
-    ``summary`` says what it is and where its consumers run;
-    ``thread_per_consumer``: each consumer costs an OS thread (the memory
-    probe builds fewer of them).
-    """
+    return roundtrip
 
-    name: ClassVar[str]
-    summary: ClassVar[str]
-    thread_per_consumer: ClassVar[bool] = False
 
-    def fanout(self, k: int, slow: float = 0.0) -> Fanout:
-        """One publisher and ``k`` consumers, each sleeping ``slow`` s per message."""
-        raise Unsupported(f"{self.name} has no fan-out")
-
-    def echo(self) -> Echo:
-        raise Unsupported(f"{self.name} has no request/reply")
-
-    def idle_consumers(self, n: int) -> Callable[[], object]:
-        raise Unsupported(f"{self.name} has no memory probe")
-
-    def queued_messages(self, n: int) -> Callable[[], object]:
-        """Queue ``n`` messages to one consumer that is not consuming."""
-        raise Unsupported(f"{self.name} has no memory probe")
-
-    def __repr__(self) -> str:
-        return f"<System {self.name}>"
+def _expect_queued(queued: int, n: int) -> None:
+    if queued != n:
+        raise MeasurementError(f"{n} messages put, {queued} queued")
 
 
 # -- emitters with pyee's API: pyee, pyee-executor, greenbus-compat; and blinker ----
 
 
-class _Emitter(System):
-    """An emitter with ``on(event, f)`` and ``emit(event, *args)``; ``make()`` builds one."""
+def _shut_down(emitter: Any) -> None:
+    emitter.shutdown(wait=True)
 
-    make: ClassVar[staticmethod[[], Any]]
-    #: How a slow handler sleeps (where the system runs its handlers).
-    sleep: ClassVar[staticmethod[[float], object]] = staticmethod(time.sleep)
 
-    def shutdown(self, emitter: Any) -> None:
-        emitter.remove_all_listeners()
+def _emitter(
+    name: str,
+    make: Callable[[], Any],
+    close: Callable[[Any], object] = _shut_down,
+    sleep: Callable[[float], object] = time.sleep,
+    echo: bool = True,
+) -> System:
+    """An emitter with ``on(event, f)`` and ``emit(event, *args)``; ``sleep``: a slow
+    handler's (where the emitter runs its handlers)."""
 
-    def fanout(self, k: int, slow: float = 0.0) -> Fanout:
-        emitter, received = self.make(), _lists(k)
+    def fanout(k: int, slow: float) -> Fanout:
+        emitter, received = make(), _lists(k)
         for r in received:
-            emitter.on(TOPIC, _handler(r.append, slow, self.sleep))
+            emitter.on(TOPIC, _handler(r.append, slow, sleep))
         wait = _polling(received, partial(time.sleep, THREAD_POLL))
-        return Fanout(partial(emitter.emit, TOPIC), received, wait, partial(self.shutdown, emitter))
+        return Fanout(partial(emitter.emit, TOPIC), received, wait, partial(close, emitter))
 
-    def echo(self) -> Echo:
-        emitter = self.make()
+    def echo_() -> Echo:
+        emitter = make()
         replies: queue.Queue[Any] = queue.Queue()
         emitter.on("ping", replies.put)
-        emit, get = partial(emitter.emit, "ping"), replies.get
+        return Echo(_roundtrip(partial(emitter.emit, "ping"), replies.get), partial(close, emitter))
 
-        def roundtrip(payload: Any) -> Any:
-            emit(payload)
-            return get()
-
-        return Echo(roundtrip, partial(self.shutdown, emitter))
+    return System(name, fanout, echo_ if echo else None)
 
 
-class Pyee(_Emitter):
-    name = "pyee"
-    summary = "pyee.EventEmitter: emit runs every handler inline, in the emitting thread"
-    make = staticmethod(pyee.EventEmitter)
-
-    def echo(self) -> Echo:
-        raise Unsupported("pyee runs handlers inline: there is no second party")
-
-
-class PyeeExecutor(_Emitter):
-    name = "pyee-executor"
-    summary = (
-        "pyee.ExecutorEventEmitter: emit submits each handler call to a ThreadPoolExecutor "
-        "(default size, min(32, cpus + 4) threads)"
-    )
-    make = staticmethod(ExecutorEventEmitter)
-
-    def shutdown(self, emitter: Any) -> None:
-        emitter.shutdown(wait=True)
-
-
-class GreenbusCompat(_Emitter):
-    name = "greenbus-compat"
-    summary = (
-        "greenbus.compat.EventEmitter (the pyee drop-in), emitting from the main thread; "
-        "unpatched, so its listeners run in greenlets of greenbus's shared hub thread"
-    )
-    sleep = staticmethod(gevent.sleep)
-    make = staticmethod(greenbus.compat.EventEmitter)
-    shutdown = PyeeExecutor.shutdown
-
-
-class Blinker(System):
-    name = "blinker"
-    summary = "blinker.Signal.send: receivers run inline, in the sending thread"
-
-    def fanout(self, k: int, slow: float = 0.0) -> Fanout:
-        signal, received = blinker.Signal(), _lists(k)
-        for r in received:
-            # send(payload) calls receiver(payload): the payload is the sender.
-            signal.connect(_handler(r.append, slow, time.sleep), weak=False)
-        # Receivers ran inline, so a wait finds everything already there.
-        return Fanout(signal.send, received, _polling(received, _noop), _noop)
+def _blinker_fanout(k: int, slow: float) -> Fanout:
+    signal, received = blinker.Signal(), _lists(k)
+    for r in received:
+        # send(payload) calls receiver(payload): the payload is the sender.
+        signal.connect(_handler(r.append, slow, time.sleep), weak=False)
+    # Receivers ran inline, so a wait finds everything already there.
+    return Fanout(signal.send, received, _polling(received, _noop), _noop)
 
 
 # -- a queue and a consumer per subscriber: threads+queue, gevent.queue -------------
@@ -283,50 +244,39 @@ def _serve_echo(get: Callable[[], Any], put: Callable[[Any], object]) -> None:
         put(item)
 
 
-def _expect_queued(queued: int, n: int) -> None:
-    if queued != n:
-        raise MeasurementError(f"{n} messages put, {queued} queued")
-
-
-class _Queues(System):
-    """One queue per consumer, and a consumer (thread or greenlet) per queue.
+@dataclass(frozen=True)
+class _Queues:
+    """One queue per consumer, and a consumer per queue: an OS thread or a greenlet.
 
     ``wait`` puts a mark behind the payloads in every queue and waits until
     each consumer reaches it: it returns when the last payload was handled,
     without polling.
     """
 
-    sleep: ClassVar[staticmethod[[float], object]]
-    pause: ClassVar[staticmethod[[], object]]
-    new_queue: ClassVar[staticmethod[[], Any]]
-    new_event: ClassVar[staticmethod[[], Any]]
+    start: Callable[..., Any]  # start(target, *args) -> what join_all takes
+    join_all: Callable[[list[Any]], object]
+    new_queue: Callable[[], Any]
+    new_event: Callable[[], Any]
+    sleep: Callable[[float], object]
+    pause: Callable[[], object]
 
-    def start(self, target: Callable[..., None], *args: Any) -> Any:
-        """Run ``target(*args)`` concurrently; return what :meth:`join_all` takes."""
-        raise NotImplementedError
-
-    def join_all(self, workers: list[Any]) -> None:
-        raise NotImplementedError
-
-    def _consumers(
-        self, received: list[list[Any]], slow: float
-    ) -> tuple[list[Any], Callable[[], None]]:
+    def consumers(self, received: list[list[Any]], slow: float) -> tuple[list[Any], partial[None]]:
         """A queue and a consumer per list; the queues, and what stops the consumers."""
         queues = [self.new_queue() for _ in received]
         workers = [
             self.start(_consume, q.get, r.append, slow, self.sleep)
             for q, r in zip(queues, received, strict=True)
         ]
-        return queues, partial(self._stop, queues, workers)
+        return queues, partial(self.stop, queues, workers)
 
-    def _stop(self, queues: list[Any], workers: list[Any]) -> None:
+    def stop(self, queues: list[Any], workers: list[Any]) -> None:
         for q in queues:
             q.put(_STOP)
         self.join_all(workers)
 
-    def fanout(self, k: int, slow: float = 0.0) -> Fanout:
+    def fanout(self, k: int, slow: float) -> Fanout:
         received = _lists(k)
-        queues, close = self._consumers(received, slow)
+        queues, close = self.consumers(received, slow)
         puts = [q.put for q in queues]
 
         def emit(payload: Any) -> None:
@@ -345,16 +295,10 @@ class _Queues(System):
     def echo(self) -> Echo:
         requests, replies = self.new_queue(), self.new_queue()
         server = self.start(_serve_echo, requests.get, replies.put)
-        put, get = requests.put, replies.get
-
-        def roundtrip(payload: Any) -> Any:
-            put(payload)
-            return get()
-
-        return Echo(roundtrip, partial(self._stop, [requests], [server]))
+        return Echo(_roundtrip(requests.put, replies.get), partial(self.stop, [requests], [server]))
 
     def idle_consumers(self, n: int) -> Callable[[], object]:
-        return self._consumers(_lists(n), 0.0)[1]
+        return self.consumers(_lists(n), 0.0)[1]
 
     def queued_messages(self, n: int) -> Callable[[], object]:
         q = self.new_queue()
@@ -364,39 +308,20 @@ class _Queues(System):
         _expect_queued(q.qsize(), n)
         return partial(_noop, q)
 
-
-class ThreadsQueue(_Queues):
-    name = "threads+queue"
-    summary = "OS threads, one queue.Queue per consumer thread, which blocks in get()"
-    thread_per_consumer = True
-    sleep = staticmethod(time.sleep)
-    pause = staticmethod(_noop)
-    new_queue: ClassVar[staticmethod[[], queue.Queue[Any]]] = staticmethod(queue.Queue)
-    new_event = staticmethod(threading.Event)
-
-    def start(self, target: Callable[..., None], *args: Any) -> threading.Thread:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        return thread
-
-    def join_all(self, workers: list[threading.Thread]) -> None:
-        for thread in workers:
-            thread.join(WAIT_TIMEOUT)
+    def system(self, name: str, thread_per_consumer: bool = False) -> System:
+        shapes = self.fanout, self.echo, self.idle_consumers, self.queued_messages
+        return System(name, *shapes, thread_per_consumer=thread_per_consumer)
 
 
-class GeventQueue(_Queues):
-    name = "gevent.queue"
-    summary = "greenlets, one gevent.queue.Queue per consumer greenlet"
-    sleep = staticmethod(gevent.sleep)
-    pause = staticmethod(partial(gevent.sleep, 0))
-    new_queue = staticmethod(gevent.queue.Queue)
-    new_event = staticmethod(gevent.event.Event)
+def _thread(target: Callable[..., None], *args: Any) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
 
-    def start(self, target: Callable[..., None], *args: Any) -> gevent.Greenlet:
-        return gevent.spawn(target, *args)
 
-    def join_all(self, workers: list[gevent.Greenlet]) -> None:
-        gevent.joinall(workers, timeout=WAIT_TIMEOUT)
+def _join_threads(workers: list[threading.Thread]) -> None:
+    for thread in workers:
+        thread.join(WAIT_TIMEOUT)
 
 
 # -- greenbus ---------------------------------------------------------------------
@@ -417,147 +342,133 @@ def _bus_handler(append: Callable[[Any], object], slow: float) -> Callable[[Any]
     return handler
 
 
-class Greenbus(System):
-    name = "greenbus"
-    summary = (
-        "greenbus.Bus: each subscription owns a channel and a handler greenlet; "
-        "every subscriber subscribes the exact topic"
-    )
-
-    def patterns(self, k: int) -> list[str]:
-        """What the ``k`` subscribers subscribe to."""
-        return [TOPIC] * k
-
-    def fanout(self, k: int, slow: float = 0.0) -> Fanout:
-        bus, received, pause = greenbus.Bus(self.name), _lists(k), partial(gevent.sleep, 0)
-        for pattern, r in zip(self.patterns(k), received, strict=True):
-            bus.subscribe(pattern, _bus_handler(r.append, slow))
-        wait = _polling(received, pause)
-        return Fanout(partial(bus.emit, TOPIC), received, wait, bus.close, pause)
-
-    def echo(self) -> Echo:
-        bus = greenbus.Bus(self.name)
-        emit = bus.emit
-        bus.subscribe("ping", lambda msg: emit("pong", msg.data))
-        get = bus.subscribe("pong").get
-
-        def roundtrip(payload: Any) -> Any:
-            emit("ping", payload)
-            return get().data
-
-        return Echo(roundtrip, bus.close)
-
-    def idle_consumers(self, n: int) -> Callable[[], object]:
-        bus = greenbus.Bus(self.name)
-        for i in range(n):
-            bus.subscribe(f"idle.{i}", _noop)
-        gevent.sleep(0)  # let every handler greenlet start and park in its channel
-        return bus.close
-
-    def queued_messages(self, n: int) -> Callable[[], object]:
-        bus = greenbus.Bus(self.name)
-        sub = bus.subscribe("queued", maxsize=None)
-        emit = partial(bus.emit, "queued")
-        for _ in range(n):
-            emit(None)
-        _expect_queued(sub.pending, n)
-        return partial(_noop, sub, bus)
+def _bus_fanout(name: str, wildcards: bool, k: int, slow: float) -> Fanout:
+    """``k`` subscribers of TOPIC, or with ``wildcards`` alternately of ``a.*`` and ``a.>``."""
+    bus, received, pause = greenbus.Bus(name), _lists(k), partial(gevent.sleep, 0)
+    for i, r in enumerate(received):
+        bus.subscribe(("a.*", "a.>")[i % 2] if wildcards else TOPIC, _bus_handler(r.append, slow))
+    return Fanout(partial(bus.emit, TOPIC), received, _polling(received, pause), bus.close, pause)
 
 
-class GreenbusWildcard(Greenbus):
-    name = "greenbus-wildcard"
-    summary = "greenbus.Bus, subscribers alternate 'a.*' and 'a.>'; emits go to 'a.b'"
+def _bus_echo() -> Echo:
+    bus = greenbus.Bus("greenbus")
+    emit = bus.emit
+    bus.subscribe("ping", lambda msg: emit("pong", msg.data))
+    get = bus.subscribe("pong").get
 
-    def patterns(self, k: int) -> list[str]:
-        return [("a.*", "a.>")[i % 2] for i in range(k)]
+    def roundtrip(payload: Any) -> Any:
+        emit("ping", payload)
+        return get().data
+
+    return Echo(roundtrip, bus.close)
 
 
-class GreenbusRequest(Greenbus):
-    name = "greenbus-request"
-    summary = "greenbus.Bus.request: a private inbox per request; the responder calls msg.reply"
+def _bus_request() -> Echo:
+    bus = greenbus.Bus("greenbus-request")
+    bus.subscribe("ping", lambda msg: msg.reply(msg.data))
+    request = partial(bus.request, "ping")
+    return Echo(lambda payload: request(payload).data, bus.close)
 
-    def echo(self) -> Echo:
-        bus = greenbus.Bus(self.name)
-        bus.subscribe("ping", lambda msg: msg.reply(msg.data))
-        request = partial(bus.request, "ping")
-        return Echo(lambda payload: request(payload).data, bus.close)
+
+def _bus_idle(n: int) -> Callable[[], object]:
+    bus = greenbus.Bus("greenbus")
+    for i in range(n):
+        bus.subscribe(f"idle.{i}", _noop)
+    gevent.sleep(0)  # let every handler greenlet start and park in its channel
+    return bus.close
+
+
+def _bus_queued(n: int) -> Callable[[], object]:
+    bus = greenbus.Bus("greenbus")
+    sub = bus.subscribe("queued", maxsize=None)
+    emit = partial(bus.emit, "queued")
+    for _ in range(n):
+        emit(None)
+    _expect_queued(sub.pending, n)
+    return partial(_noop, sub, bus)
 
 
 # -- the classic two-thread scenario ------------------------------------------------
 
 
-@dataclass
-class ClassicRun:
-    """One run of the classic scenario, per message, in µs."""
-
-    held_us: list[float] = field(default_factory=list)
-    roundtrip_us: list[float] = field(default_factory=list)
-
-
-class Classic(System):
-    """The two-thread pyee scenario of ``examples/threads_pyee.py``.
+def classic(n: int) -> tuple[list[float], list[float]]:
+    """The two-thread pyee scenario of ``greenbus/demo/threads_pyee.py``: ``n`` messages, the µs
+    each ``emit`` held the emitter and each round trip took.
 
     thread1 emits ``data`` every 10 ms and times how long each ``emit``
     holds it; thread2's ``data`` handler parks the item in a
     ``queue.Queue``; thread2's loop polls that queue every 10 ms and emits
     ``reply``, whose handler (run inline in thread2) records the round trip.
+    Raises MeasurementError if a reply is missing.
     """
+    ee, held = pyee.EventEmitter(), []
+    inbox: queue.Queue[int] = queue.Queue()
+    sent: dict[int, float] = {}
+    replied: dict[int, float] = {}
+    all_replied, stop = threading.Event(), threading.Event()
 
-    name = "classic"
-    summary = (
-        "two OS threads sharing a pyee.EventEmitter, thread2 polling its queue every 10 ms "
-        "(as in examples/threads_pyee.py)"
-    )
-    #: The poll interval of both threads, in seconds.
-    POLL = 0.01
+    def on_reply(i: int) -> None:
+        replied[i] = time.perf_counter() - sent[i]
+        if len(replied) == n:
+            all_replied.set()
 
-    def run(self, n: int) -> ClassicRun:
-        """Send ``n`` messages 10 ms apart; raises MeasurementError if a reply is missing."""
-        ee, result = pyee.EventEmitter(), ClassicRun()
-        inbox: queue.Queue[int] = queue.Queue()
-        sent: dict[int, float] = {}
-        replied: dict[int, float] = {}
-        all_replied, stop = threading.Event(), threading.Event()
+    ee.on("data", inbox.put)
+    ee.on("reply", on_reply)
 
-        def on_reply(i: int) -> None:
-            replied[i] = time.perf_counter() - sent[i]
-            if len(replied) == n:
-                all_replied.set()
+    def thread1() -> None:
+        for i in range(n):
+            sent[i] = start = time.perf_counter()
+            ee.emit("data", i)
+            held.append((time.perf_counter() - start) * 1e6)
+            time.sleep(CLASSIC_POLL)
+        all_replied.wait(WAIT_TIMEOUT)
 
-        ee.on("data", inbox.put)
-        ee.on("reply", on_reply)
+    def thread2() -> None:
+        while not stop.is_set():
+            while not inbox.empty():
+                ee.emit("reply", inbox.get_nowait())
+            time.sleep(CLASSIC_POLL)
 
-        def thread1() -> None:
-            for i in range(n):
-                sent[i] = start = time.perf_counter()
-                ee.emit("data", i)
-                result.held_us.append((time.perf_counter() - start) * 1e6)
-                time.sleep(self.POLL)
-            all_replied.wait(WAIT_TIMEOUT)
-
-        def thread2() -> None:
-            while not stop.is_set():
-                while not inbox.empty():
-                    ee.emit("reply", inbox.get_nowait())
-                time.sleep(self.POLL)
-
-        threads = [threading.Thread(target=thread2), threading.Thread(target=thread1)]
-        for thread in threads:
-            thread.start()
-        threads[1].join()
-        stop.set()
-        threads[0].join()
-        if len(replied) != n:
-            raise MeasurementError(f"{n - len(replied)} of {n} replies missing")
-        result.roundtrip_us = [replied[i] * 1e6 for i in range(n)]
-        return result
+    threads = [threading.Thread(target=thread2), threading.Thread(target=thread1)]
+    for thread in threads:
+        thread.start()
+    threads[1].join()
+    stop.set()
+    threads[0].join()
+    if len(replied) != n:
+        raise MeasurementError(f"{n - len(replied)} of {n} replies missing")
+    return held, [replied[i] * 1e6 for i in range(n)]
 
 
+THREADS = _Queues(_thread, _join_threads, queue.Queue, threading.Event, time.sleep, _noop)
+GREENLETS = _Queues(
+    gevent.spawn,
+    partial(gevent.joinall, timeout=WAIT_TIMEOUT),
+    gevent.queue.Queue,
+    gevent.event.Event,
+    gevent.sleep,
+    partial(gevent.sleep, 0),
+)
 #: Every in-process system, in the order tables and charts list them.
 IN_PROCESS: dict[str, System] = {
     s.name: s
     for s in (
-        *(Classic(), Pyee(), Blinker(), PyeeExecutor(), ThreadsQueue(), GeventQueue()),
-        *(Greenbus(), GreenbusWildcard(), GreenbusRequest(), GreenbusCompat()),
+        System("classic", classic=classic),
+        # pyee runs handlers inline: there is no second party to echo.
+        _emitter("pyee", pyee.EventEmitter, pyee.EventEmitter.remove_all_listeners, echo=False),
+        System("blinker", fanout=_blinker_fanout),
+        _emitter("pyee-executor", ExecutorEventEmitter),
+        THREADS.system("threads+queue", thread_per_consumer=True),
+        GREENLETS.system("gevent.queue"),
+        System(
+            "greenbus",
+            partial(_bus_fanout, "greenbus", False),
+            _bus_echo,
+            _bus_idle,
+            _bus_queued,
+        ),
+        System("greenbus-wildcard", fanout=partial(_bus_fanout, "greenbus-wildcard", True)),
+        System("greenbus-request", echo=_bus_request),
+        _emitter("greenbus-compat", greenbus.compat.EventEmitter, sleep=gevent.sleep),
     )
 }

@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 
 from perf import report
-from perf.hub import GreenbusFederation, RedisPubSub
-from perf.hub_worker import unstamp
+from perf.hub import federation, redis_pubsub, unstamp
 from perf.procs import MeasurementError, Processes, Tally, check_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,15 +171,14 @@ def test_greenbus_bench_forwards_its_options_to_the_suite() -> None:
 
 
 def test_without_redis_server_every_redis_sample_is_an_unavailable_error() -> None:
-    redis_pubsub = RedisPubSub("no-such-redis-server")
-    federation = GreenbusFederation("no-such-redis-server")
+    redis, federated = redis_pubsub("no-such-redis-server"), federation("no-such-redis-server")
     for shape in (
-        redis_pubsub.echo,
-        lambda: redis_pubsub.ingest(10),
-        lambda: redis_pubsub.one_way(10, 0.001),
-        lambda: redis_pubsub.relay(10, 100),
-        lambda: federation.one_way(10, 0.001),
-        lambda: federation.relay(10, 100),
+        redis.echo,
+        lambda: redis.ingest(10),
+        lambda: redis.one_way(10, 0.001),
+        lambda: redis.relay(10, 100),
+        lambda: federated.one_way(10, 0.001),
+        lambda: federated.relay(10, 100),
     ):
         with pytest.raises(MeasurementError, match="unavailable: no-such-redis-server"):
             shape()
