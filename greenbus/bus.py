@@ -38,6 +38,7 @@ from .exceptions import (
     RequestTimeout,
     WrongThread,
 )
+from .interest import Interest, InterestListener
 from .message import Message, message_class
 from .subscription import (
     ErrorHook,
@@ -119,8 +120,7 @@ class Bus(HandlerMixin):
         self._routes = self._index.cache
         self._subs: dict[Subscription, None] = {}
         self._forwards: dict[Forward, None] = {}
-        self._interest: dict[str, int] = {}
-        self._interest_listeners: list[Callable[[str, bool], object]] = []
+        self._interest = Interest(self.name)
         self._close_listeners: list[Callable[[], object]] = []
         # Each subscription's (and forward's) put, to find it from a route.
         self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription | Forward] = {}
@@ -356,7 +356,7 @@ class Bus(HandlerMixin):
         self._index.add(pattern, sub.put)
         self._subs[sub] = None
         self._by_put[sub.put] = sub
-        self._gain_interest(pattern)
+        self._interest.hold(pattern)
         return sub
 
     def forward(
@@ -404,7 +404,7 @@ class Bus(HandlerMixin):
         self._forwards[fwd] = None
         self._by_put[fwd.put] = fwd
         if interest:
-            self._gain_interest(pattern)
+            self._interest.hold(pattern)
         return fwd
 
     def forwards(self) -> list[Forward]:
@@ -438,50 +438,53 @@ class Bus(HandlerMixin):
         self._index.remove(pattern, put)
         self._by_put.pop(put, None)
         if interest:
-            self._lose_interest(pattern)
+            self._interest.release(pattern)
 
     # -- interest (for federation) -------------------------------------------
 
-    def add_interest_listener(self, listener: Callable[[str, bool], object]) -> None:
+    def add_interest_listener(self, listener: InterestListener) -> None:
         """Call ``listener(pattern, True)`` when the first subscription to
         ``pattern`` appears and ``listener(pattern, False)`` when the last one
-        goes (subscriptions, and forwards made with ``interest=True``).
+        goes (subscriptions, forwards made with ``interest=True``, and
+        :meth:`hold_interest`).
 
         For federation: a node asks its broker only for what someone here
         wants.  Listeners run in the greenlet that (un)subscribed; they must
         not block.  Exceptions are logged.
         """
-        self._interest_listeners.append(listener)
+        self._interest.add_listener(listener)
 
-    def remove_interest_listener(self, listener: Callable[[str, bool], object]) -> None:
+    def remove_interest_listener(self, listener: InterestListener) -> None:
         """Stop calling ``listener``; a no-op if it was not added."""
-        if listener in self._interest_listeners:
-            self._interest_listeners.remove(listener)
+        self._interest.remove_listener(listener)
 
     def interest(self) -> list[str]:
         """The patterns someone on this bus subscribes to now (what listeners were told)."""
-        return list(self._interest)
+        return self._interest.patterns()
 
-    def _gain_interest(self, pattern: str) -> None:
-        count = self._interest.get(pattern, 0)
-        self._interest[pattern] = count + 1
-        if count == 0:
-            self._tell_interest(pattern, True)
+    def hold_interest(self, pattern: str) -> None:
+        """Count as interest in ``pattern`` until :meth:`release_interest`.
 
-    def _lose_interest(self, pattern: str) -> None:
-        count = self._interest.get(pattern, 0) - 1
-        if count > 0:
-            self._interest[pattern] = count
-            return
-        self._interest.pop(pattern, None)
-        self._tell_interest(pattern, False)
+        For a transport that routes messages to its peers by itself from one
+        forward on ``>`` (a hub): its peers' patterns must still reach the
+        interest listeners, so a federation asks its broker for them.
 
-    def _tell_interest(self, pattern: str, present: bool) -> None:
-        for listener in list(self._interest_listeners):
-            try:
-                listener(pattern, present)
-            except Exception:
-                logger.exception("%s: interest listener %r failed", self.name, listener)
+        Raises:
+            InvalidTopic: malformed pattern.
+            WrongThread: called from another OS thread.
+        """
+        self._check_thread("hold_interest()")
+        validate_pattern(pattern)
+        self._interest.hold(pattern)
+
+    def release_interest(self, pattern: str) -> None:
+        """Undo one :meth:`hold_interest` of ``pattern`` (a no-op if none is held).
+
+        Raises:
+            WrongThread: called from another OS thread.
+        """
+        self._check_thread("release_interest()")
+        self._interest.release(pattern)
 
     # -- closing (for federation) ----------------------------------------------
 

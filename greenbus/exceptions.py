@@ -19,11 +19,12 @@ The hierarchy::
     ├── NoResponders                                    request() matched no subscription
     ├── ReceiveTimeout              (also TimeoutError) get(timeout=...) expired
     │   └── RequestTimeout                              request(timeout=...) expired
-    ├── ProtocolError               (also ValueError)   wire protocol v1 violated; who broke it:
+    ├── ProtocolError               (also ValueError)   the wire protocol violated; who broke it:
     │   ├── RemoteProtocolError                         ... the peer sent it (with an error code)
     │   └── LocalProtocolError                          ... we tried to send it (e.g. data not JSON)
     ├── RemoteError                                     the hub answered with an error frame
     ├── HubClosed                                       the hub closed over what we sent
+    ├── RecoveryFailed                                  reported: a resumed subscription has a gap
     └── SlowConsumer                                    reported (not raised) to Bus.on_error
                                                         on the first drop of an overflow episode
 
@@ -54,6 +55,7 @@ __all__ = [
     "NoResponders",
     "ProtocolError",
     "ReceiveTimeout",
+    "RecoveryFailed",
     "RemoteError",
     "RemoteProtocolError",
     "RequestTimeout",
@@ -258,7 +260,7 @@ class ProtocolError(GreenbusError, ValueError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent something protocol v1 does not allow.
+    """The peer sent something the wire protocol does not allow.
 
     Attributes:
         code: the ``ErrorCode`` to answer with (a ``str`` enum).
@@ -274,7 +276,7 @@ class RemoteProtocolError(ProtocolError):
 
 
 class LocalProtocolError(ProtocolError):
-    """We tried to encode something protocol v1 does not allow."""
+    """We tried to encode something the wire protocol does not allow."""
 
 
 class RemoteError(GreenbusError):
@@ -298,9 +300,11 @@ class RemoteError(GreenbusError):
 
     @property
     def fatal(self) -> bool:
-        """True for ``unauthorized``: the hub refused the token and closes (1008)."""
+        """True if retrying cannot help: ``unauthorized`` (the hub refused the
+        token and closes with 1008) or ``unsupported_protocol`` (the hub does
+        not speak this client's protocol)."""
         code: object = getattr(self.code, "value", self.code)
-        return code == "unauthorized"
+        return code in ("unauthorized", "unsupported_protocol")
 
 
 class HubClosed(GreenbusError):
@@ -327,6 +331,29 @@ class HubClosed(GreenbusError):
     def fatal(self) -> bool:
         """True if reconnecting cannot help: the client stops."""
         return self.code in self.FATAL
+
+
+class RecoveryFailed(GreenbusError):
+    """A client resumed a subscription after a cut, and messages may be missing.
+
+    Never raised: the client passes it to its ``on_error`` hook (with the
+    subscription), logs it, and counts it in ``statistics().recoveries_failed``;
+    the subscription goes on with the live messages.  See docs/recovery.md.
+
+    Attributes:
+        pattern: the subscription's pattern.
+        since: the position it asked to resume from (None if it had none).
+        reason: why the gap could not be replayed.
+    """
+
+    def __init__(self, pattern: str, since: str | None, reason: str) -> None:
+        self.pattern = pattern
+        self.since = since
+        self.reason = reason
+        super().__init__(
+            f"subscription {pattern!r} resumed with a gap: messages published while it was "
+            f"disconnected may be lost ({reason})"
+        )
 
 
 class SlowConsumer(GreenbusError):

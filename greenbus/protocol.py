@@ -1,4 +1,4 @@
-"""Wire protocol v1, sans-I/O: text in, events out; events in, text out.
+"""The wire protocol (versions 1 and 2), sans-I/O: text in, events out; events in, text out.
 
 No sockets, no gevent: this module turns the text of one WebSocket message
 into a typed event (or a protocol error) and turns events into text; the
@@ -32,6 +32,7 @@ from .topics import validate_cached
 
 __all__ = [
     "MSG_SLACK",
+    "POSITION",
     "PROTOCOL_VERSION",
     "Ack",
     "ClientEvent",
@@ -52,12 +53,17 @@ __all__ = [
     "encode",
     "encode_msg",
     "encode_msg_body",
+    "is_position",
     "msg_prefix",
+    "msg_with_pos",
     "parse_client",
     "parse_server",
 ]
 
-PROTOCOL_VERSION = 1
+#: The newest protocol this module speaks, and every one it still speaks.  A
+#: client says which in ``hello``; without a hello, a connection speaks 1.
+PROTOCOL_VERSION = 2
+PROTOCOL_VERSIONS = (1, 2)
 
 #: A client-chosen request id (echoed in ack/error) or subscription id.
 Id = str | int | float
@@ -106,6 +112,9 @@ class Hello:
     token: str | None = None
     name: str | None = None
     id: Id | None = None
+    #: v2: the client's publisher session, stable across its reconnects:
+    #: its pubs with integer ids are applied once (see docs/recovery.md).
+    session: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,8 @@ class Sub:
     sid: Id
     topic: str
     id: Id | None = None
+    #: v2: a ``pos`` received earlier on this pattern: replay what came after it.
+    since: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +161,17 @@ class Msg:
     data: Any = None
     headers: Mapping[str, Any] | None = None
     reply_to: str | None = None
+    #: v2, with history on: where this message stands (opaque).
+    pos: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
     id: Id
+    #: v2, the ack of a ``sub`` with history on: where the subscription starts.
+    pos: str | None = None
+    #: v2, the ack of a ``sub`` with ``since``: whether the gap was replayed.
+    recovered: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +197,16 @@ ServerEvent = Welcome | Msg | Ack | Error | Pong
 #: no ``msg`` over ``max_message_size + MSG_SLACK``, and clients accept up
 #: to that much, so whatever the hub accepted can be delivered.
 MSG_SLACK = 64 * 1024
+
+#: A position (v2's ``pos`` and ``since``): ``<epoch>:<sequence>:<ms>``, as
+#: a hub's history writes it (:class:`greenbus.history.Position`).
+POSITION = re.compile(r"([0-9a-f]{1,32}):(0|[1-9][0-9]{0,18}):(0|[1-9][0-9]{0,15})")
+
+
+def is_position(text: str) -> bool:
+    """Whether ``text`` is the text of a position."""
+    return POSITION.fullmatch(text) is not None
+
 
 #: Default maximum nesting depth of a frame's JSON (objects and arrays).
 DEFAULT_MAX_DEPTH = 32
@@ -314,6 +341,13 @@ class _Fields:
             raise self.fail(f"{name!r} must be a string, not {_json_type(value)}")
         return value
 
+    def position(self, name: str) -> str | None:
+        # An optional pos (v2): the text of a history position.
+        value = self.string(name, optional=True)
+        if value is not None and not is_position(value):
+            raise self.fail(f"{name!r} must be a pos this hub sent (a msg's or a sub ack's)")
+        return value
+
     def ident(self, name: str) -> Id:
         value = self.required(name)
         if not _is_id(value):
@@ -338,15 +372,23 @@ class _Fields:
         return value
 
 
+_V1_FIELDS = {
+    "hello": ("protocol", "token", "name"),
+    "sub": ("sid", "topic"),
+    "unsub": ("sid",),
+    "pub": ("topic", "data", "headers", "reply_to"),
+    "ping": (),
+}
+#: The fields each op may have, by protocol version: v2 adds hello's
+#: ``session`` and sub's ``since``.  A v1 connection refuses them as unknown.
 _CLIENT_FIELDS = {
-    op: frozenset(names) | {"op", "id"}
-    for op, names in {
-        "hello": ("protocol", "token", "name"),
-        "sub": ("sid", "topic"),
-        "unsub": ("sid",),
-        "pub": ("topic", "data", "headers", "reply_to"),
-        "ping": (),
-    }.items()
+    1: {op: frozenset(names) | {"op", "id"} for op, names in _V1_FIELDS.items()},
+    2: {
+        op: frozenset(names)
+        | {"op", "id"}
+        | {"hello": {"session"}, "sub": {"since"}}.get(op, set())
+        for op, names in _V1_FIELDS.items()
+    },
 }
 
 
@@ -368,8 +410,11 @@ def _op_of(obj: dict[str, Any], known: Mapping[str, frozenset[str]]) -> str:
     return op
 
 
-def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEvent:
-    """Decode one client -> hub message.
+def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH, version: int = 1) -> ClientEvent:
+    """Decode one client -> hub message of a connection speaking ``version``.
+
+    A ``hello`` is read with v2's fields whatever ``version`` (it is what
+    says which version a connection speaks).
 
     Raises:
         RemoteProtocolError: with the error code to answer with.
@@ -396,8 +441,9 @@ def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEven
                 pass
             else:
                 return Pub(topic, obj.get("data"), headers, reply_to, id_)
-    op = _op_of(obj, _CLIENT_FIELDS)
-    f = _Fields(obj, op, _CLIENT_FIELDS[op])
+    fields = _CLIENT_FIELDS[version]
+    op = _op_of(obj, fields)
+    f = _Fields(obj, op, _CLIENT_FIELDS[PROTOCOL_VERSION][op] if op == "hello" else fields[op])
     if op == "pub":
         return Pub(
             topic=f.topic("topic"),  # type: ignore[arg-type]
@@ -407,7 +453,12 @@ def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEven
             id=f.id,
         )
     if op == "sub":
-        return Sub(sid=f.ident("sid"), topic=f.topic("topic", pattern=True), id=f.id)  # type: ignore[arg-type]
+        return Sub(
+            sid=f.ident("sid"),
+            topic=f.topic("topic", pattern=True),  # type: ignore[arg-type]
+            id=f.id,
+            since=f.position("since"),
+        )
     if op == "unsub":
         return Unsub(sid=f.ident("sid"), id=f.id)
     if op == "ping":
@@ -415,27 +466,32 @@ def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEven
     version = f.required("protocol")
     if isinstance(version, bool) or not isinstance(version, int):
         raise f.fail(f"'protocol' must be an integer, not {_json_type(version)}")
-    if version != PROTOCOL_VERSION:
+    if version not in PROTOCOL_VERSIONS:
+        spoken = " and ".join(map(str, PROTOCOL_VERSIONS))
         raise f.fail(
-            f"protocol {version} is not supported; this hub speaks {PROTOCOL_VERSION}",
+            f"protocol {version} is not supported; this hub speaks {spoken}",
             ErrorCode.UNSUPPORTED_PROTOCOL,
         )
+    session = f.string("session", optional=True)
+    if session is not None and (version < 2 or not 1 <= len(session) <= 128):
+        raise f.fail("'session' needs protocol 2 and 1 to 128 characters")
     return Hello(
         protocol=version,
         token=f.string("token", optional=True),
         name=f.string("name", optional=True),
         id=f.id,
+        session=session,
     )
 
 
-_PUB_FIELDS = _CLIENT_FIELDS["pub"]
+_PUB_FIELDS = _CLIENT_FIELDS[1]["pub"]
 
 _SERVER_FIELDS = {
     op: frozenset(names) | {"op", "id"}
     for op, names in {
         "welcome": ("protocol", "server", "peer"),
-        "msg": ("sid", "topic", "data", "headers", "reply_to"),
-        "ack": (),
+        "msg": ("sid", "topic", "data", "headers", "reply_to", "pos"),
+        "ack": ("pos", "recovered"),
         "error": ("code", "reason"),
         "pong": (),
     }.items()
@@ -449,7 +505,7 @@ def parse_server(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ServerEven
     is an :class:`ErrorCode` when known and the raw string otherwise.
 
     Raises:
-        RemoteProtocolError: the hub sent something protocol v1 does not allow.
+        RemoteProtocolError: the hub sent something the protocol does not allow.
     """
     obj = _load_object(text, max_depth)
     op = _op_of(obj, _SERVER_FIELDS)
@@ -461,9 +517,13 @@ def parse_server(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ServerEven
             data=obj.get("data"),
             headers=f.mapping("headers"),
             reply_to=f.string("reply_to", optional=True),
+            pos=f.string("pos", optional=True),
         )
     if op == "ack":
-        return Ack(id=f.ident("id"))
+        recovered = obj.get("recovered")
+        if recovered is not None and not isinstance(recovered, bool):
+            raise f.fail(f"'recovered' must be a boolean, not {_json_type(recovered)}")
+        return Ack(id=f.ident("id"), pos=f.string("pos", optional=True), recovered=recovered)
     if op == "pong":
         return Pong(id=f.id)
     if op == "error":
@@ -510,7 +570,7 @@ def encode(event: ClientEvent | ServerEvent) -> str:
     """
     op = _OPS.get(type(event))
     if op is None:
-        raise LocalProtocolError(f"not a protocol v1 event: {event!r}")
+        raise LocalProtocolError(f"not a protocol event: {event!r}")
     out: dict[str, Any] = {"op": op}
     for name in event.__dataclass_fields__:
         value = getattr(event, name)
@@ -565,3 +625,12 @@ def encode_msg(
     the two, for tests and for anyone who wants one frame.
     """
     return msg_prefix(sid) + encode_msg_body(topic, data, headers, reply_to)
+
+
+def msg_with_pos(body: bytes, pos: str) -> bytes:
+    """``body`` (from :func:`encode_msg_body`, UTF-8) with ``"pos"`` added (v2).
+
+    ``pos`` is the text of a :class:`~greenbus.history.Position`: hex
+    digits, digits and colons, nothing JSON would escape.
+    """
+    return b'%s,"pos":"%s"}' % (body[:-1], pos.encode())

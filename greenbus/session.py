@@ -17,9 +17,9 @@ from typing import Any
 
 from ._options import check_int
 from .acl import ALLOW_ALL, InboxOwners, Permissions, is_inbox
+from .history import Publishers
 from .protocol import (
     DEFAULT_MAX_DEPTH,
-    PROTOCOL_VERSION,
     Ack,
     ClientEvent,
     CloseCode,
@@ -91,6 +91,10 @@ class HubSession:
             peer owns the inbox.  None: no ownership check.
         on_error: called with ``(code, reason)`` for every ``error`` frame
             queued (the hub logs each refusal).
+        publishers: the hub's :class:`~greenbus.history.Publishers`: in a v2
+            session named in ``hello``, a ``pub`` with an integer ``id`` at
+            or below the last one applied for that session is a resend: it
+            is acknowledged and dropped.  None: no resend is recognised.
     """
 
     server: str
@@ -99,7 +103,12 @@ class HubSession:
     limits: SessionLimits = field(default_factory=SessionLimits)
     inboxes: InboxOwners | None = None
     on_error: Callable[[ErrorCode, str], object] | None = None
+    publishers: Publishers | None = None
     state: SessionState = SessionState.OPEN
+    #: The protocol version this connection speaks: 1 until a hello says 2.
+    version: int = 1
+    #: The client's publisher session (v2 ``hello``), if it named one.
+    client_session: str | None = None
     name: str | None = None
     sids: dict[Id, str] = field(default_factory=dict)
     errors: int = 0
@@ -120,7 +129,7 @@ class HubSession:
         if self.state is SessionState.CLOSING:
             return None
         try:
-            event = parse_client(text, max_depth=self.limits.max_depth)
+            event = parse_client(text, max_depth=self.limits.max_depth, version=self.version)
         except RemoteProtocolError as exc:
             if self.state is SessionState.AWAITING_HELLO:
                 self._unauthorized(
@@ -133,6 +142,8 @@ class HubSession:
             # The hot path: with no ACL, nothing to check or record.
             perms = self.permissions
             if perms is ALLOW_ALL or perms.can_publish(event.topic):
+                if self.client_session is not None and type(event.id) is int:
+                    return self._unless_resent(event)
                 return event
             self.reject(
                 ErrorCode.FORBIDDEN,
@@ -199,8 +210,19 @@ class HubSession:
             self.permissions = perms
         self.state = SessionState.OPEN
         self.name = event.name
-        self.outbox.append(encode(Welcome(PROTOCOL_VERSION, self.server, self.peer, event.id)))
+        self.version = event.protocol
+        self.client_session = event.session
+        self.outbox.append(encode(Welcome(event.protocol, self.server, self.peer, event.id)))
         return None
+
+    def _unless_resent(self, event: Pub) -> Pub | None:
+        # A v2 pub numbered by its session: apply it, unless it was already.
+        publishers = self.publishers
+        assert self.client_session is not None and type(event.id) is int
+        if publishers is not None and publishers.seen(self.client_session, event.id):
+            self.ack(event)  # the client did not get the first ack: say it again
+            return None
+        return event
 
     def _unauthorized(self, reason: str, id: Id | None = None) -> None:
         self.error(ErrorCode.UNAUTHORIZED, reason, id)
@@ -214,10 +236,21 @@ class HubSession:
         if self.on_error is not None:
             self.on_error(code, reason)
 
-    def ack(self, event: ClientEvent) -> None:
-        """Queue the ``ack`` for an applied event that carried an ``id``."""
+    def ack(
+        self, event: ClientEvent, pos: str | None = None, recovered: bool | None = None
+    ) -> None:
+        """Queue the ``ack`` for an applied event that carried an ``id``.
+
+        Args:
+            pos: for a ``sub`` in a v2 session, with history on: where the
+                subscription starts.
+            recovered: for a ``sub`` with ``since``: whether the gap was
+                replayed (the replay follows the ack).
+        """
         if event.id is not None:
-            self.outbox.append(encode(Ack(event.id)))
+            if self.version < 2:
+                pos = recovered = None
+            self.outbox.append(encode(Ack(event.id, pos, recovered)))
 
     def reject(self, code: ErrorCode, reason: str, id: Id | None = None) -> None:
         """Queue an ``error``; close with 1008 once the peer exceeds max_errors."""

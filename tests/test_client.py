@@ -90,13 +90,13 @@ def clients() -> Iterator[Callable[..., RemoteBus]]:
         remote.close(timeout=2)
 
 
-def test_messages_queued_on_a_connection_that_dies_are_sent_again_never_counted_as_sent(
+def test_messages_a_dead_connection_never_confirmed_go_again_to_the_next_hub_in_order(
     stalling: StallingServer, clients: Callable[..., RemoteBus]
 ) -> None:
     # Issue 11: emit() counted a message as sent once it was queued on the
-    # connection; if the connection then died, it was lost.  Now: written
-    # ones are sent, the batch cut off mid-write is counted as dropped, and
-    # the ones never written go back to the buffer and out on the next hub.
+    # connection; if the connection then died, it was lost.  Issue 14: every
+    # pub the hub has not acknowledged is kept, written or not, cut off
+    # mid-write or not, and sent again on the next connection, in order.
     count = 200
     remote = clients(stalling.url, name="publisher", max_backoff=0.1)
     assert remote.wait_connected(5)
@@ -107,25 +107,24 @@ def test_messages_queued_on_a_connection_that_dies_are_sent_again_never_counted_
     assert conn is not None
     wait_until(lambda: conn.outbox.statistics().in_flight, 5, "the client's writer to block")
     stalling.abort()
-    wait_until(lambda: not remote.connected and remote.statistics().buffered, 5, "the drop")
+    wait_until(lambda: not remote.connected, 5, "the drop")
     before = remote.statistics()
-    assert before.sent + before.dropped_on_disconnect + before.buffered == count
-    assert before.buffered > 0
-    assert before.sent < count - before.buffered
+    assert before.unconfirmed == count  # the stalling hub acknowledged nothing
+    assert 0 < before.sent < count
 
     bus = greenbus.Bus("second hub")
     got = bus.subscribe("bulk.>", maxsize=None)
     hub = greenbus.serve(bus, port=stalling.port).start()
     try:
         assert remote.wait_connected(10), remote
-        numbers = [got.get(timeout=5).data["n"] for _ in range(before.buffered)]
-        assert numbers == list(range(count - before.buffered, count))  # in order, none twice
-        remote.emit("bulk.data", {"n": count})
+        numbers = [got.get(timeout=5).data["n"] for _ in range(count)]
+        assert numbers == list(range(count))  # in order, none twice
+        remote.publish("bulk.data", {"n": count}, timeout=5)
         assert got.get(timeout=5).data["n"] == count
         after = remote.statistics()
-        assert after.buffered == 0
-        assert after.sent == before.sent + before.buffered + 1
-        assert after.dropped_on_disconnect == before.dropped_on_disconnect
+        assert (after.unconfirmed, after.resent) == (0, count)
+        assert after.sent == before.sent + count + 1
+        assert after.dropped_while_disconnected == after.dropped_at_close == 0
     finally:
         hub.stop(timeout=2)
         bus.close(timeout=2)
@@ -397,7 +396,7 @@ def test_a_request_that_timed_out_while_disconnected_is_never_sent(
     with pytest.raises(greenbus.RequestTimeout):
         remote.request("svc.act", "given up", timeout=0.05)
     remote.emit("svc.act", "after the timeout")
-    assert remote.statistics().buffered == 1
+    assert remote.statistics().unconfirmed == 1
     assert remote.statistics().withdrawn == 1
 
     bus = greenbus.Bus("second")

@@ -315,7 +315,7 @@ def test_bad_frames_from_node_get_the_documented_error_codes_and_the_connection_
         ("sub-ok", "ack", None, "sub-ok"),
         ("sub-duplicate-sid", "error", "duplicate_sid", "sub-duplicate-sid"),
         ("unsub-unknown-sid", "error", "unknown_sid", "unsub-unknown-sid"),
-        ("hello-protocol-2", "error", "unsupported_protocol", "hello-protocol-2"),
+        ("hello-protocol-3", "error", "unsupported_protocol", "hello-protocol-3"),
         ("ping-after-errors", "pong", None, "ping-after-errors"),
     ]
     documented = {code.value for code in ErrorCode}

@@ -1,4 +1,4 @@
-"""A hub's peers in process: encoding once per emit, per hub."""
+"""A hub's peers in process: the feed encodes, positions and routes once per emit."""
 
 from __future__ import annotations
 
@@ -11,23 +11,58 @@ from waiting import OSThread, preemptible
 
 import greenbus
 import greenbus.acl
-from greenbus.bridge.peer import MessageEncoder, PeerLimits
+from greenbus.bridge.feed import Feed
+from greenbus.bridge.metrics import HubCounters
+from greenbus.bridge.peer import PeerLimits
+from greenbus.history import History
 
 
-def test_the_encoder_encodes_an_emit_once_for_all_its_peers_and_anew_for_the_next() -> None:
-    encode = MessageEncoder()
-    item = ("a.b", {"x": 1}, None, None)
-    first = encode(item)
-    assert first == b',"topic":"a.b","data":{"x":1}}'
-    assert encode(item) is first  # the same emit: not encoded again
-    other = ("a.b", {"x": 1}, None, None)  # equal, but another emit
-    assert encode(other) == first and encode(other) is not first
+def test_the_feed_encodes_an_emit_once_for_all_its_routes() -> None:
+    bus = greenbus.Bus("feed")
+    feed = Feed(bus, history=None, counters=HubCounters())
+    feed.start()
+    seen: list[tuple[str, bytes, bytes]] = []
+
+    def sink(topic: str, body: bytes, posbody: bytes) -> bool:
+        seen.append((topic, body, posbody))
+        return True
+
+    feed.route("a.*", sink, public=True)
+    feed.route("a.b", sink, public=False)
+    assert bus.emit("a.b", {"x": 1}) == 1  # the feed is one forward, however many peers
+    assert seen[0] == ("a.b", b',"topic":"a.b","data":{"x":1}}', seen[0][1])
+    assert seen[1][1] is seen[0][1]  # one body for both routes
+    feed.stop()
+    bus.close()
 
 
-def test_a_message_that_cannot_be_encoded_is_reported_once_per_emit() -> None:
-    encode = MessageEncoder()
-    failure = encode(("a.b", object(), None, None))
-    assert isinstance(failure, greenbus.LocalProtocolError)
+def test_a_message_that_cannot_be_encoded_is_counted_once_however_many_peers() -> None:
+    bus = greenbus.Bus("feed")
+    counters = HubCounters()
+    feed = Feed(bus, history=None, counters=counters)
+    feed.start()
+    for _ in range(3):
+        feed.route(">", lambda *args: True, public=True)
+    assert bus.emit("a.b", object()) == 0
+    assert counters.encode_errors == 1
+    feed.stop()
+    bus.close()
+
+
+def test_with_history_every_route_gets_the_position_and_inboxes_only_their_owner() -> None:
+    bus = greenbus.Bus("feed")
+    feed = Feed(bus, history=History(10, 60, epoch="ab"), counters=HubCounters())
+    feed.start()
+    wild: list[bytes] = []
+    owner: list[bytes] = []
+    feed.route(">", lambda topic, body, posbody: wild.append(posbody) is None, public=True)
+    feed.route("_INBOX.x", lambda *args: owner.append(args[2]) is None, public=False)
+    bus.emit("a", 1)
+    bus.emit("_INBOX.x", 2)
+    assert wild == [b',"topic":"a","data":1,"pos":"ab:1:%d"}' % feed.history.head().ms]
+    assert owner == [b',"topic":"_INBOX.x","data":2}']  # a reply has no position
+    feed.stop()
+    bus.close()
 
 
 def serve_and_check(index: int, count: int) -> int:
@@ -37,9 +72,9 @@ def serve_and_check(index: int, count: int) -> int:
     hub = greenbus.serve(bus, port=0, stats_interval=None).start()
     wrong = 0
     try:
-        with RawClient(hub.url) as raw, preemptible(MessageEncoder.__call__.__code__):
+        with RawClient(hub.url) as raw, preemptible(Feed._on_emit.__code__):
             raw.send_json(op="sub", sid=1, topic="t", id=1)
-            assert raw.recv_json() == {"op": "ack", "id": 1}
+            assert raw.recv_json()["op"] == "ack"
             for first in range(0, count, 100):
                 for n in range(first, first + 100):
                     bus.emit("t", {"hub": index, "n": n})
@@ -55,9 +90,10 @@ def serve_and_check(index: int, count: int) -> int:
 def test_hubs_in_two_threads_never_send_each_other_s_messages() -> None:
     # Issue 11: the encode cache was one module global for every hub and
     # thread: a thread switch between storing it and reading it back sent
-    # one hub's message body to another hub's peer.  Each hub has its own
-    # encoder now.  A tiny switch interval, and a thread switch allowed
-    # between any two bytecodes of the encoder, make such switches frequent.
+    # one hub's message body to another hub's peer.  Each hub's feed now
+    # encodes once per emit, keeping nothing between emits.  A tiny switch
+    # interval, and a thread switch allowed between any two bytecodes of the
+    # feed, make such switches frequent.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:

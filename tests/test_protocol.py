@@ -23,6 +23,7 @@ from greenbus.exceptions import LocalProtocolError, ProtocolError, RemoteProtoco
 from greenbus.protocol import (
     DEFAULT_MAX_DEPTH,
     PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
     Ack,
     CloseCode,
     Error,
@@ -57,14 +58,14 @@ def rejection(text: Any, parse: Any = parse_client, **options: Any) -> RemotePro
 # -- parse_client: every op ---------------------------------------------------
 
 CLIENT_FRAMES = [
-    pytest.param('{"op":"hello","protocol":1}', Hello(), id="hello"),
+    pytest.param('{"op":"hello","protocol":1}', Hello(1), id="hello"),
     pytest.param(
         '{"op":"hello","protocol":1,"token":"s3cret","name":"alice","id":"h1"}',
         Hello(1, "s3cret", "alice", "h1"),
         id="hello-all-fields",
     ),
     pytest.param(
-        '{"op":"hello","protocol":1,"token":null,"name":null}', Hello(), id="hello-null-optionals"
+        '{"op":"hello","protocol":1,"token":null,"name":null}', Hello(1), id="hello-null-optionals"
     ),
     pytest.param(
         '{"op":"sub","sid":"temps","topic":"sensors.*.temp"}',
@@ -206,7 +207,7 @@ WITH_ID = {
         "sub-a-dot": '{"op":"sub","sid":1,"topic":"a.","id":1}',
     },
     ErrorCode.UNSUPPORTED_PROTOCOL: {
-        "unsupported_protocol-2": '{"op":"hello","protocol":2,"id":"h"}',
+        "unsupported_protocol-3": '{"op":"hello","protocol":3,"id":"h"}',
     },
 }
 
@@ -557,7 +558,7 @@ def test_encode_of_a_non_finite_id_raises_local_protocol_error(id):
 
 @pytest.mark.parametrize("thing", ["ping", {"op": "ping"}, None, RemoteProtocolError])
 def test_encode_of_something_that_is_no_event_raises_local_protocol_error(thing):
-    with pytest.raises(LocalProtocolError, match="not a protocol v1 event"):
+    with pytest.raises(LocalProtocolError, match="not a protocol event"):
         encode(thing)
 
 
@@ -595,8 +596,8 @@ field_values = {
 SERVER_OPS = ("welcome", "msg", "ack", "error", "pong")
 #: op -> (required fields, optional fields) of the client frames.
 CLIENT_FIELDS = {
-    "hello": (["protocol"], ["token", "name", "id"]),
-    "sub": (["sid", "topic"], ["id"]),
+    "hello": (["protocol"], ["token", "name", "id", "session"]),
+    "sub": (["sid", "topic"], ["id", "since"]),
     "unsub": (["sid"], ["id"]),
     "pub": (["topic"], ["data", "headers", "reply_to", "id"]),
     "ping": ([], ["id"]),
@@ -611,6 +612,8 @@ valid_values = {
     "protocol": st.just(PROTOCOL_VERSION),
     "token": st.sampled_from([TOKEN, "guess"]),
     "name": st.text(max_size=5),
+    "session": st.text(min_size=1, max_size=5),
+    "since": st.sampled_from(["9fa3:42:1700000000123", "0:0:0"]),
 }
 
 
@@ -664,15 +667,15 @@ def test_parse_client_of_any_json_value_raises_nothing_but_remote_protocol_error
         assert isinstance(exc.code, ErrorCode)
 
 
-@given(frame_objects)
-def test_whatever_parse_client_accepts_round_trips_through_encode(frame):
+@given(frame_objects, st.sampled_from(PROTOCOL_VERSIONS))
+def test_whatever_parse_client_accepts_round_trips_through_encode(frame, version):
     try:
-        event = parse_client(json.dumps(frame))
+        event = parse_client(json.dumps(frame), version=version)
     except RemoteProtocolError as exc:
         assert isinstance(exc.code, ErrorCode)
         return
     assert type(event).__name__.lower() == frame["op"]
-    assert parse_client(encode(event)) == event
+    assert parse_client(encode(event), version=version) == event
 
 
 @given(
@@ -791,7 +794,7 @@ def test_a_frame_from_encode_msg_is_valid_per_the_schema(validators):
         {"op": "pub", "topic": ""},
         {"op": "pub", "topic": "a", "headers": [1]},
         {"op": "pub", "topic": "a", "reply_to": "_INBOX.>"},
-        {"op": "hello", "protocol": 2},
+        {"op": "hello", "protocol": 3},
         {"op": "hello", "protocol": True},
         {"op": "hello"},
         {"op": "welcome", "protocol": 1, "server": "hub"},
@@ -811,7 +814,8 @@ def parser_and_schema_agree(frame: dict[str, Any], validator: Any) -> bool:
         # JSON Schema holds 1.0 == 1; the hub wants the integer 1.
         return True
     try:
-        parse_client(json.dumps(frame))
+        # The schema describes every field of both versions: a v2 connection's.
+        parse_client(json.dumps(frame), version=2)
         accepted = True
     except RemoteProtocolError:
         accepted = False

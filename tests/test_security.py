@@ -362,7 +362,7 @@ def test_no_token_reaches_the_hubs_log_or_its_http_endpoints(
     for hello in (
         {"op": "hello", "protocol": 1, "token": WRONG, "id": 1},
         {"op": "hello", "protocol": 1, "token": WRONG, "x": TOKEN, "id": 2},
-        {"op": "hello", "protocol": 2, "token": TOKEN, "id": 3},
+        {"op": "hello", "protocol": 3, "token": TOKEN, "id": 3},
         {"op": "sub", "sid": TOKEN, "topic": TOKEN, "id": 4},
     ):
         with client(hub.url) as ws:

@@ -13,7 +13,6 @@ from frames import TOKEN, anonymous, nested, sent, with_token
 
 from greenbus.acl import InboxOwners
 from greenbus.protocol import (
-    PROTOCOL_VERSION,
     CloseCode,
     ErrorCode,
     Pub,
@@ -45,8 +44,8 @@ def test_an_anonymous_session_still_answers_hello_with_welcome():
     session = anonymous()
     assert session.receive('{"op":"hello","protocol":1,"name":"alice","id":1}') is None
     assert sent(session) == [
-        {"op": "welcome", "protocol": PROTOCOL_VERSION, "server": "hub", "peer": "p1", "id": 1}
-    ]
+        {"op": "welcome", "protocol": 1, "server": "hub", "peer": "p1", "id": 1}
+    ]  # the version the client said it speaks
     assert session.name == "alice"
     assert session.state is SessionState.OPEN
 
@@ -352,7 +351,7 @@ def test_the_error_codes_are_those_of_the_specification():
 @pytest.mark.parametrize(
     "first",
     [
-        f'{{"op":"hello","protocol":2,"token":"{TOKEN}","id":7}}',
+        f'{{"op":"hello","protocol":3,"token":"{TOKEN}","id":7}}',
         f'{{"op":"hello","protocol":1,"token":"{TOKEN}","extra":1,"id":7}}',
         '{"op":"nope","id":7}',
     ],

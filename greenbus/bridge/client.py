@@ -6,40 +6,32 @@ of :class:`greenbus.Bus` (``emit``, ``subscribe``, ``on``, ``once``,
 :class:`~greenbus.Subscription` objects: each remote subscription has its
 own local channel, and a handler runs in its own greenlet, in order.
 
-It reconnects with capped exponential backoff and re-subscribes; while it is
-disconnected, emits wait in a bounded buffer (``max_buffer``; the oldest are
-dropped, counted and logged once per outage when it overflows).  Messages
-still queued, never written, when a connection drops go back to the front of
-that buffer and are sent on the next connection, in order; a batch cut off
-in the middle of its write cannot be told apart from one the hub received,
-so it is counted and logged as dropped, never as sent.
+It reconnects with capped exponential backoff and resumes (protocol 2, see
+docs/recovery.md): every subscription subscribes again from the last
+position it received, and the hub replays what it missed, or says it cannot
+(reported as :class:`~greenbus.RecoveryFailed`: a counter, the error hook,
+a log line); every pub the hub has not acknowledged is sent again, and the
+hub drops those it had applied.  While disconnected, emits wait with the
+unconfirmed ones, at most ``max_buffer`` (the oldest are dropped, counted
+and logged once per outage).
 
-What retrying cannot fix ends the client for good (:class:`ClientState`
-CLOSED): a refused token, a close for a policy violation (1008) or for a
-frame the hub could not read (1002, 1003, 1007), a TLS certificate that
-does not verify, an HTTP refusal of the upgrade (4xx).  The cause goes to
-``on_error`` and is logged, and every later call, and every subscription,
-raises :class:`~greenbus.ClientClosed` carrying it.  See docs/transports.md.
+What retrying cannot fix (a refused token, say: see
+:mod:`greenbus.bridge.reconnect`) ends the client for good: the cause goes
+to ``on_error`` and is logged, and every later call, and every
+subscription, raises :class:`~greenbus.ClientClosed` carrying it.  See
+docs/transports.md.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import secrets
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import gevent
-import gevent.event
-from gevent import Timeout
-from gevent import ssl as gssl
-
-from .._attrs import readonly
-from .._options import check_int, check_seconds, check_timeout, check_type
+from .._options import check_int, check_timeout, check_type
 from .._portal import get_ident
 from ..bus import check_extras
 from ..channel import DEFAULT_MAXSIZE, Channel, Overflow, check_options
@@ -47,7 +39,6 @@ from ..exceptions import (
     ChannelClosed,
     ChannelFull,
     ClientClosed,
-    HubClosed,
     InvalidOption,
     LocalProtocolError,
     MessageTooBig,
@@ -57,9 +48,9 @@ from ..exceptions import (
     RequestTimeout,
     WrongThread,
 )
+from ..history import Position
 from ..message import Message, message_class
 from ..protocol import (
-    MSG_SLACK,
     Ack,
     Error,
     Hello,
@@ -71,34 +62,15 @@ from ..protocol import (
     encode,
     parse_server,
 )
-from ..subscription import HandlerMixin, Subscription
+from ..subscription import Subscription
 from ..topics import validate_pattern, validate_topic
-from .backlog import Backlog
 from .connection import Connection
-from .dial import HandshakeFailed, Refused, check_url, dial
+from .reconnect import ClientState, Reconnecting
+from .resume import Positions, Unconfirmed
 
 __all__ = ["ClientState", "ClientStatistics", "RemoteBus", "RemoteError", "connect"]
 
 logger = logging.getLogger("greenbus.bridge.client")
-
-#: Reconnect backoff: first delay (seconds).
-FIRST_BACKOFF = 0.05
-
-
-class ClientState(enum.IntEnum):
-    """A client's life.  Transitions live in :class:`RemoteBus` only.
-
-    CONNECTING -> OPEN -> RECONNECTING -> CONNECTING ...; any -> CLOSED (final).
-    """
-
-    #: A connection is being opened, or waits for the hub's welcome.
-    CONNECTING = 0
-    #: Welcomed: subscriptions are in place, emits go out at once.
-    OPEN = 1
-    #: The connection ended; the next attempt is scheduled.
-    RECONNECTING = 2
-    #: Final: close() was called, or the hub refused the client for good.
-    CLOSED = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,25 +78,34 @@ class ClientStatistics:
     connected: bool
     state: str
     reconnects: int
-    #: ``pub`` frames written to the socket (not proof the hub read them).
+    #: ``pub`` frames written to the socket, resends included (not proof
+    #: the hub read them: its ack is).
     sent: int
     received: int
-    #: Emits waiting for a connection.
-    buffered: int
-    #: Emits dropped because the buffer was full while disconnected.
+    #: Emits the hub has not acknowledged yet: in flight, or waiting for a
+    #: connection.  Sent again on each new connection.
+    unconfirmed: int
+    #: Emits sent again on a new connection because the hub had not
+    #: acknowledged them (it drops those it had applied).
+    resent: int
+    #: Emits dropped, never sent, because ``max_buffer`` unconfirmed ones
+    #: were waiting while disconnected.
     dropped_while_disconnected: int
-    #: Emits lost with a connection: cut off in the middle of their write.
-    dropped_on_disconnect: int
-    #: Emits still buffered when the client closed (or was refused), never sent.
+    #: Emits still unconfirmed when the client closed (or was refused).
     dropped_at_close: int
     #: Requests (and publishes) that ended unanswered while their pub was
     #: still unsent: taken back, never sent (the caller got its timeout).
     withdrawn: int
     dropped_on_receive: int
     hub_errors: int
+    #: Subscriptions resumed after a cut with every missed message replayed,
+    #: and those resumed with a gap (each told to ``on_error`` as a
+    #: :class:`~greenbus.RecoveryFailed`).
+    recovered: int
+    recoveries_failed: int
 
 
-class RemoteBus(HandlerMixin):
+class RemoteBus(Reconnecting):
     """A connection to a greenbus hub.  Use :func:`connect` to make one.
 
     Belongs to the OS thread (and gevent hub) that made it, like a Bus:
@@ -162,88 +143,54 @@ class RemoteBus(HandlerMixin):
         on_error: Any = None,
         cafile: str | None = None,
     ) -> None:
-        self._uri = check_url(url)
+        super().__init__(
+            url,
+            name=name,
+            connect_timeout=connect_timeout,
+            max_backoff=max_backoff,
+            max_message_size=max_message_size,
+            cafile=cafile,
+        )
         check_type("token", token, (str, type(None)), "a string or None")
-        check_type("name", name, (str, type(None)), "a string or None")
-        check_seconds("connect_timeout", connect_timeout)
-        check_seconds("max_backoff", max_backoff)
         check_int("max_buffer", max_buffer)
-        check_int("max_message_size", max_message_size, 64)
         if on_error is not None and not callable(on_error):
             raise InvalidOption("on_error", on_error, "a callable or None")
-        check_type("cafile", cafile, (str, type(None)), "a path or None")
-        self.url = url
-        self.name = name or f"client-{uuid.uuid4().hex[:8]}"
         self.on_error = on_error
         self._token = token
-        self._connect_timeout = connect_timeout
-        self._max_backoff = max_backoff
-        self._max_message_size = max_message_size
-        self._ssl: Any = None
-        if self._uri.secure:
-            # gevent's own SSLContext class (create_default_context would
-            # return the stdlib's, whose sockets block the whole process).
-            ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
-            try:
-                if cafile is not None:
-                    ctx.load_verify_locations(cafile)
-                else:
-                    ctx.load_default_certs()
-            except OSError as exc:
-                raise InvalidOption("cafile", cafile, f"a readable PEM file ({exc})") from None
-            self._ssl = ctx
         self._thread = get_ident()
         #: The :class:`Message` subclass this client delivers (``reply()`` emits here).
         self.message_class = message_class(self)
         self._sids = itertools.count(1)
-        self._ids = itertools.count(1)
         self._subs: dict[int, Subscription] = {}
         self._sid_of: dict[Subscription, int] = {}
         #: Subscriptions whose sub the hub has not answered yet, by the sub's id.
         self._unconfirmed_subs: dict[str, int] = {}
-        #: publish() calls waiting for their ack (or error), by the pub's id.
-        self._confirms: dict[str, Channel[RemoteError | None]] = {}
-        #: Encoded pub frames waiting for a connection, oldest first.
-        self._backlog = Backlog(max_buffer, self.name)
-        self._conn: Connection | None = None
-        self._state = ClientState.CONNECTING
-        self._open_event = gevent.event.Event()
-        self._closed_event = gevent.event.Event()
-        #: Why the client ended by itself (raised by every later call).
-        self._fatal: ClientClosed | None = None
-        self._refusal: BaseException | None = None
-        self._reconnects = 0
+        #: Where each subscription stands (what its next sub asks to resume from).
+        self._positions = Positions()
+        #: This client's publisher session: the hub knows its pubs by it and
+        #: their numbers, across reconnects (a resent pub is applied once).
+        self.session = secrets.token_hex(16)
+        #: Every pub the hub has not acknowledged, by number (sent again on
+        #: each new connection).
+        self._unconfirmed = Unconfirmed(max_buffer, self.name)
+        #: publish() calls waiting for their ack (or error), by the pub's number.
+        self._confirms: dict[int, Channel[RemoteError | None]] = {}
         self._sent = 0
+        self._resent = 0
         self._received = 0
-        self._dropped_disconnect = 0
         self._dropped_close = 0
         self._withdrawn = 0
         self._dropped_receive = 0
         self._hub_errors = 0
-        self._runner = gevent.spawn(self._run)
+        self._recovered = 0
+        self._recoveries_failed = 0
+        self._start()
 
     def __repr__(self) -> str:
         return (
             f"<RemoteBus {self.name} {self.url} {self._state.name.lower()} "
             f"subscriptions={len(self._subs)}>"
         )
-
-    state = readonly[ClientState]("_state")
-
-    @property
-    def connected(self) -> bool:
-        """True while the hub has welcomed this client (state OPEN)."""
-        return self._state is ClientState.OPEN
-
-    error = readonly[ClientClosed | None](
-        "_fatal", "Why the client ended by itself (the hub refused it), or None."
-    )
-
-    def wait_connected(self, timeout: float | None = None) -> bool:
-        """Wait until the hub welcomed this client, or it closed; True if welcomed."""
-        check_timeout(timeout)
-        gevent.wait([self._open_event, self._closed_event], timeout=timeout, count=1)
-        return self._state is ClientState.OPEN
 
     def statistics(self) -> ClientStatistics:
         conn = self._conn
@@ -253,14 +200,26 @@ class RemoteBus(HandlerMixin):
             reconnects=self._reconnects,
             sent=self._sent + (conn.outbox.written_messages if conn is not None else 0),
             received=self._received,
-            buffered=len(self._backlog),
-            dropped_while_disconnected=self._backlog.dropped,
-            dropped_on_disconnect=self._dropped_disconnect,
+            unconfirmed=len(self._unconfirmed),
+            resent=self._resent,
+            dropped_while_disconnected=self._unconfirmed.dropped,
             dropped_at_close=self._dropped_close,
-            withdrawn=self._withdrawn + self._backlog.withdrawn,
+            withdrawn=self._withdrawn + self._unconfirmed.withdrawn,
             dropped_on_receive=self._dropped_receive,
             hub_errors=self._hub_errors,
+            recovered=self._recovered,
+            recoveries_failed=self._recoveries_failed,
         )
+
+    def position(self, subscription: Subscription) -> str | None:
+        """The position ``subscription`` has reached: the ``pos`` of the last
+        message it received (or where it started), None if it has none yet.
+
+        Opaque text; give it to :meth:`subscribe` as ``since`` to resume
+        from there later, in another process even (see docs/recovery.md).
+        """
+        sid = self._sid_of.get(subscription)
+        return None if sid is None else self._positions.get(sid)
 
     def _check_open(self, what: str) -> None:
         if get_ident() != self._thread:
@@ -281,9 +240,10 @@ class RemoteBus(HandlerMixin):
         """Publish to the hub.  Never blocks; never waits for the hub.
 
         Returns:
-            1: the message was written to the connection's queue, or buffered
-            while (re)connecting.  Whether subscribers got it, the client
-            cannot know; :meth:`publish` waits for the hub's ack.
+            1: the message was queued on the connection, or kept for the
+            next one while (re)connecting.  It is sent again after a cut
+            until the hub acknowledges it (and applied once); :meth:`publish`
+            waits for that ack.
 
         Raises:
             InvalidTopic: malformed topic or reply_to.
@@ -294,7 +254,7 @@ class RemoteBus(HandlerMixin):
             ClientClosed: the client is closed (the cause, if it was refused).
             WrongThread: called from another OS thread.
         """
-        self._send_pub(self._encode_pub(topic, data, headers, reply_to, None))
+        self._send_pub(*self._encode_pub(topic, data, headers, reply_to))
         return 1
 
     def publish(
@@ -310,19 +270,19 @@ class RemoteBus(HandlerMixin):
 
         Raises:
             RemoteError: the hub refused it (``forbidden``, say).
-            ReceiveTimeout: no answer within ``timeout``: the message may
-                still reach subscribers if it was written before.
+            ReceiveTimeout: no answer within ``timeout``: the message is
+                not sent again, but may still reach subscribers if it was
+                written before.
             ClientClosed: the client is closed, or was refused meanwhile.
             InvalidTopic, InvalidOption, LocalProtocolError, MessageTooBig,
             WrongThread: as :meth:`emit`, before anything is sent.
         """
         check_timeout(timeout, optional=False)
-        id_ = f"p{next(self._ids)}"
-        frame = self._encode_pub(topic, data, headers, reply_to, id_)
+        number, frame = self._encode_pub(topic, data, headers, reply_to)
         answer: Channel[RemoteError | None] = Channel(1)
-        self._confirms[id_] = answer
+        self._confirms[number] = answer
         try:
-            self._send_pub(frame)
+            self._send_pub(number, frame)
             try:
                 refusal = answer.get(timeout=timeout)
             except ReceiveTimeout:
@@ -331,7 +291,7 @@ class RemoteBus(HandlerMixin):
                     timeout, f"no answer from the hub to a pub on {topic!r}"
                 ) from None
         finally:
-            self._confirms.pop(id_, None)
+            self._confirms.pop(number, None)
         if isinstance(refusal, BaseException):
             raise refusal
 
@@ -341,14 +301,15 @@ class RemoteBus(HandlerMixin):
         data: Any,
         headers: Mapping[str, Any] | None,
         reply_to: str | None,
-        id_: str | None,
-    ) -> bytes:
+    ) -> tuple[int, bytes]:
         # Everything checked before anything is queued, as the in-process
-        # bus checks it: the same exceptions for the same mistakes.
+        # bus checks it: the same exceptions for the same mistakes.  Each pub
+        # carries its number in the session as its id.
         self._check_open("emit()")
         validate_topic(topic)
         extras, reply_to = check_extras(headers, reply_to)
-        text = encode(Pub(topic, data, extras, reply_to, id_))
+        number = self._unconfirmed.number()
+        text = encode(Pub(topic, data, extras, reply_to, number))
         try:
             frame = text.encode()
         except UnicodeEncodeError as exc:
@@ -358,17 +319,21 @@ class RemoteBus(HandlerMixin):
             ) from None
         if len(frame) > self._max_message_size:
             raise MessageTooBig(len(frame), self._max_message_size)
-        return frame
+        return number, frame
 
-    def _send_pub(self, frame: bytes) -> None:
+    def _send_pub(self, number: int, frame: bytes) -> None:
+        unconfirmed = self._unconfirmed
+        unconfirmed.add(number, frame)
         conn = self._conn
-        if conn is None or not conn.open or not conn.outbox.put_message(frame, b""):
-            self._backlog.append(frame)
+        if conn is None:
+            unconfirmed.trim()  # disconnected: at most max_buffer wait
+        elif conn.open and conn.outbox.put_message(frame, b""):
+            unconfirmed.handed(number)
 
     def _withdraw(self, frame: bytes) -> None:
         # A sender gave up on ``frame`` (a request that timed out): it must
-        # never go out later, from the backlog or the connection's queue.
-        if self._backlog.withdraw(frame):
+        # never go out later, from the connection's queue or after a cut.
+        if not self._unconfirmed.withdraw(frame):
             return
         conn = self._conn
         if conn is not None and conn.outbox.withdraw(frame):
@@ -384,6 +349,7 @@ class RemoteBus(HandlerMixin):
         *,
         maxsize: int | None = DEFAULT_MAXSIZE,
         overflow: Overflow | str = Overflow.BLOCK,
+        since: str | None = None,
     ) -> Subscription:
         """Subscribe on the hub; as :meth:`greenbus.Bus.subscribe`.
 
@@ -391,12 +357,20 @@ class RemoteBus(HandlerMixin):
         ``limit``), it ends: its ``get`` and iteration raise the
         :class:`RemoteError` once drained, and ``on_error`` is told.
 
+        After a cut the subscription resumes by itself from the last
+        message it received (docs/recovery.md).  ``since`` resumes it from
+        a position kept earlier (:meth:`position`), by another client or
+        process even: the hub first replays what was published after it,
+        or, if its history cannot, a :class:`~greenbus.RecoveryFailed` is
+        reported.
+
         A full ``block`` subscription makes the client stop reading the
         socket until there is room, which the hub may treat as a slow
         consumer (close 1013, then this client reconnects).
 
         Raises:
-            InvalidTopic, InvalidOption: bad arguments.
+            InvalidTopic, InvalidOption: bad arguments (a ``since`` that is
+                not a position).
             ClientClosed: the client is closed.
             WrongThread: called from another OS thread.
         """
@@ -405,10 +379,17 @@ class RemoteBus(HandlerMixin):
         if handler is not None and not callable(handler):
             raise InvalidOption("handler", handler, "a callable taking one Message, or None")
         check_options(maxsize, overflow)
+        if since is not None:
+            try:
+                Position.parse(since)
+            except ValueError:
+                raise InvalidOption("since", since, "a position (RemoteBus.position)") from None
         sub = Subscription(self, pattern, handler, maxsize, overflow)
         sid = next(self._sids)
         self._subs[sid] = sub
         self._sid_of[sub] = sid
+        if since is not None:
+            self._positions.start(sid, since)
         conn = self._conn
         if conn is not None and conn.open:
             self._send_sub(conn, sid, pattern)
@@ -417,7 +398,8 @@ class RemoteBus(HandlerMixin):
     def _send_sub(self, conn: Connection, sid: int, pattern: str) -> None:
         id_ = f"s{sid}"
         self._unconfirmed_subs[id_] = sid
-        conn.send(encode(Sub(sid, pattern, id_)))
+        since = self._positions.since(sid, pattern)
+        conn.send(encode(Sub(sid, pattern, id_, since)))
 
     def subscriptions(self, pattern: str | None = None) -> list[Subscription]:
         subs = list(self._subs.values())
@@ -449,9 +431,9 @@ class RemoteBus(HandlerMixin):
         # A fresh random name per request: a responder that saw one reply_to
         # cannot guess the next, and the hub gives it to this client only.
         inbox = f"_INBOX.{secrets.token_hex(16)}"
-        frame = self._encode_pub(topic, data, headers, inbox, None)
+        number, frame = self._encode_pub(topic, data, headers, inbox)
         with self.subscribe(inbox, maxsize=None) as sub:
-            self._send_pub(frame)
+            self._send_pub(number, frame)
             try:
                 return sub.get(timeout=timeout)
             except ReceiveTimeout:
@@ -472,115 +454,38 @@ class RemoteBus(HandlerMixin):
         if sid is None:
             return
         del self._subs[sid]
+        self._positions.forget(sid)
         conn = self._conn
         if conn is not None and conn.open:
             conn.send(encode(Unsub(sid)))
 
-    # -- the connection ------------------------------------------------------------
+    # -- the connection (Reconnecting's hooks) ----------------------------------------
 
-    def _run(self) -> None:
-        backoff = FIRST_BACKOFF
-        while self._state is not ClientState.CLOSED:
-            try:
-                conn = self._open()
-            except Refused as exc:
-                self._give_up(exc.cause)
-                return
-            except (OSError, HandshakeFailed, Timeout) as exc:
-                self._state = ClientState.RECONNECTING
-                logger.info(
-                    "%s: cannot reach %s (%s); retrying in %.2f s",
-                    self.name,
-                    self.url,
-                    exc,
-                    backoff,
-                )
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
-                self._state = ClientState.CONNECTING
-                continue
-            backoff = FIRST_BACKOFF
-            conn.send(encode(Hello(token=self._token, name=self.name, id="hello")))
-            self._unconfirmed_subs.clear()
-            for sid, sub in self._subs.items():
-                self._send_sub(conn, sid, sub.pattern)
-            put = conn.outbox.put_message
-            for frame in self._backlog.take_all():
-                put(frame, b"")
-            self._conn = conn
-            conn.wait()
-            self._conn = None
-            self._open_event.clear()
-            self._connection_ended(conn)
-            if self.state is ClientState.CLOSED:  # close() may have run meanwhile
-                return
-            if self._refusal is not None:
-                self._give_up(self._refusal)
-                return
-            self._state = ClientState.RECONNECTING
-            self._reconnects += 1
-            logger.info("%s: disconnected (code %s); reconnecting", self.name, conn.close_code)
-            self._state = ClientState.CONNECTING
+    def _connected(self, conn: Connection) -> None:
+        # hello, every subscription (resuming from its position), and every
+        # pub the hub has not acknowledged, again, in order.
+        hello = Hello(token=self._token, name=self.name, id="hello", session=self.session)
+        conn.send(encode(hello))
+        self._unconfirmed_subs.clear()
+        for sid, sub in self._subs.items():
+            self._send_sub(conn, sid, sub.pattern)
+        frames, again = self._unconfirmed.resend()
+        self._resent += again
+        put = conn.outbox.put_message
+        for frame in frames:
+            put(frame, b"")
 
-    def _connection_ended(self, conn: Connection) -> None:
-        # Account for what the connection carried: written pubs are sent;
-        # pubs it never took go back to the front of the buffer, in order
-        # (never written, so no duplicate); a batch cut off mid-write is lost.
+    def _disconnected(self, conn: Connection) -> None:
+        # Written or not, cut off mid-write or not, every pub the hub did not
+        # acknowledge stays unconfirmed and goes again on the next connection
+        # (the hub drops those it applied): nothing is lost with a connection.
         self._sent += conn.outbox.written_messages
-        unsent = [head for head, body in conn.unsent if body is not None]
-        lost = conn.outbox.dropped
-        if unsent and self._state is ClientState.CLOSED:
-            self._dropped_close += len(unsent)  # close() stopped waiting for them
-            logger.warning("%s: closed with %d unsent message(s)", self.name, len(unsent))
-        elif unsent:
-            self._backlog.requeue(unsent)
-        if lost:
-            self._dropped_disconnect += lost
-            logger.warning(
-                "%s: %d message(s) lost with the connection (cut off while being written)",
-                self.name,
-                lost,
-            )
-        self._report_close(conn)
-
-    def _report_close(self, conn: Connection) -> None:
-        # A close that says what was refused is reported, never silent.
-        code = conn.close_code
-        if code is None or self._state is ClientState.CLOSED:
-            return
-        closed: BaseException | None = None
-        if conn.closed_by_peer and code in (1002, 1003, 1007, 1008, 1009):
-            reason = conn.protocol.close_rcvd.reason if conn.protocol.close_rcvd else ""
-            closed = HubClosed(code, reason)
-            if closed.fatal and self._refusal is None:
-                self._refusal = closed
-        elif not conn.closed_by_peer and code == 1009:
-            # Our protocol refused a frame from the hub: over max_message_size.
-            limit = self._max_message_size + MSG_SLACK
-            closed = MessageTooBig(
-                getattr(conn.protocol.parser_exc, "size", None) or limit + 1, limit
-            )
-            logger.error(
-                "%s: the hub sent a frame over %d bytes (max_message_size and the msg "
-                "envelope's slack): closed with 1009, reconnecting; it is lost",
-                self.name,
-                limit,
-            )
-        if closed is not None:
-            if isinstance(closed, HubClosed):
-                logger.error("%s: %s", self.name, closed)
-            self._call_hook(closed, None, None)
-
-    def _open(self) -> Connection:
-        conn = dial(
-            self._uri,
-            tls=self._ssl,
-            timeout=self._connect_timeout,
-            max_size=self._max_message_size + MSG_SLACK,  # a msg may exceed it by its envelope
-            on_text=self._on_text,
-            name=f"{self.name}->{self.url}",
-        )
-        return conn
+        if self._state is not ClientState.CLOSED:
+            self._unconfirmed.trim()  # disconnected: at most max_buffer wait
+        if not conn.closed_by_peer and conn.close_code == 1009:
+            # A message too big for this client: resuming from before it
+            # would bring it back.  Start afresh; each resume reports it.
+            self._positions.lose("a message was over this client's max_message_size")
 
     def _on_text(self, text: str) -> None:
         # The reader greenlet: route each msg to its subscription's channel.
@@ -592,9 +497,12 @@ class RemoteBus(HandlerMixin):
             return
         if isinstance(event, Msg):
             self._received += 1
-            sub = self._subs.get(event.sid)  # type: ignore[arg-type]
+            sid: Any = event.sid
+            sub = self._subs.get(sid)
             if sub is None:
                 return  # unsubscribed while it was in flight
+            if event.pos is not None:
+                self._positions.received(sid, event.pos)
             item = (event.topic, event.data, event.headers, event.reply_to)
             try:
                 sub.put(item)
@@ -603,49 +511,64 @@ class RemoteBus(HandlerMixin):
             except ChannelClosed:
                 pass
         elif isinstance(event, Ack):
-            self._answered(event.id, None)
+            if type(event.id) is int:
+                self._confirmed(event.id)
+            else:
+                self._subscribed(event)
         elif isinstance(event, Welcome):
-            if self._state is ClientState.CONNECTING:
-                self._state = ClientState.OPEN
-                self._open_event.set()
-                logger.info("%s: connected to %s as %s", self.name, self.url, event.peer)
+            self._welcomed(event.peer)
         elif isinstance(event, Error):
             self._hub_errors += 1
             err = RemoteError(event.code, event.reason, event.id)
             logger.warning("%s: %s", self.name, err)
             if err.fatal:
-                self._refusal = err  # the hub closes with 1008 next
-            sub = self._answered(event.id, err)
+                self._refused_for_good(err)
+            sub = self._refused(event.id, err)
             self._call_hook(err, sub, None)
 
-    def _answered(self, id_: Any, refusal: RemoteError | None) -> Subscription | None:
-        # The hub's answer to a frame of ours with an id: a publish() waiting
-        # for it, or a sub (a refused one ends its subscription).
-        if not isinstance(id_, str):
+    def _confirmed(self, upto: int) -> None:
+        # A cumulative ack: every pub up to ``upto`` was applied.
+        self._unconfirmed.confirm(upto)
+        confirms = self._confirms
+        if confirms:
+            for number in [n for n in confirms if n <= upto]:
+                confirms.pop(number).put_nowait(None)
+
+    def _subscribed(self, ack: Ack) -> None:
+        # The hub's answer to a sub: where the subscription starts, and, for
+        # a resumed one, whether what it missed was replayed.
+        sid = self._unconfirmed_subs.pop(ack.id, None)  # type: ignore[arg-type]
+        sub = self._subs.get(sid) if sid is not None else None
+        if sid is None or sub is None:
+            return
+        outcome = self._positions.acked(sid, sub.pattern, ack.pos, ack.recovered)
+        if outcome.recovered:
+            self._recovered += 1
+        elif outcome.failure is not None:
+            self._recoveries_failed += 1
+            logger.warning("%s: %s", self.name, outcome.failure)
+            self._call_hook(outcome.failure, sub, None)
+
+    def _refused(self, id_: Any, refusal: RemoteError) -> Subscription | None:
+        # The hub refused a frame of ours with an id: a pub (never sent
+        # again; a publish() waiting for it raises), or a sub (it ends).
+        if type(id_) is int:
+            self._unconfirmed.refuse(id_)
+            confirm = self._confirms.pop(id_, None)
+            if confirm is not None:
+                confirm.put_nowait(refusal)
             return None
-        confirm = self._confirms.get(id_)
-        if confirm is not None:
-            confirm.put_nowait(refusal)
-            return None
-        sid = self._unconfirmed_subs.pop(id_, None)
-        if sid is None or refusal is None:
+        sid = self._unconfirmed_subs.pop(id_, None) if isinstance(id_, str) else None
+        if sid is None:
             return None
         sub = self._subs.pop(sid, None)
         if sub is not None:
             self._sid_of.pop(sub, None)
+            self._positions.forget(sid)
             sub.fail(refusal)
         return sub
 
     # -- closing -------------------------------------------------------------------
-
-    def _give_up(self, cause: BaseException) -> None:
-        # Retrying cannot help: end for good, and say why, once, everywhere.
-        fatal = ClientClosed(self.name, cause)
-        fatal.__cause__ = cause
-        self._fatal = fatal
-        logger.error("%s: giving up on %s: %s", self.name, self.url, cause)
-        self._end(fatal)
-        self._call_hook(fatal, None, None)
 
     def _end(self, error: ClientClosed) -> None:
         self._state = ClientState.CLOSED
@@ -653,17 +576,24 @@ class RemoteBus(HandlerMixin):
             sub.fail(error)
         for confirm in self._confirms.values():
             confirm.put_nowait(error)  # type: ignore[arg-type]
-        if self._backlog:
-            left = self._backlog.take_all()
+        left = self._unconfirmed.take_all()
+        if left:
             self._dropped_close += len(left)
             logger.warning(
-                "%s: closed with %d unsent message(s) buffered; dropped", self.name, len(left)
+                "%s: closed with %d message(s) the hub had not acknowledged; they may "
+                "not have reached it",
+                self.name,
+                len(left),
             )
         self._open_event.clear()
         self._closed_event.set()
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Send what is queued, close the connection and the subscriptions.  Idempotent.
+
+        Waits (up to ``timeout``) for the closing handshake, and so for the
+        hub's acks of what was sent before; emits the hub has still not
+        acknowledged then are counted in ``dropped_at_close`` and logged.
 
         Args:
             timeout: seconds to wait for the closing handshake; None waits.
@@ -682,11 +612,15 @@ class RemoteBus(HandlerMixin):
         for sub in list(self._subs.values()):
             sub.close()  # sends unsub while the connection is open
         conn = self._conn
-        self._end(ClientClosed(self.name))
+        # CLOSED first: no new call is taken and the runner will not
+        # reconnect, while the hub's last acks still come in.
+        self._state = ClientState.CLOSED
         if conn is not None:
             conn.close(1000, "client closing")
             conn.wait(timeout)
-        self._runner.kill(block=True, timeout=timeout)
+        self._end(ClientClosed(self.name))
+        if self._runner is not None:
+            self._runner.kill(block=True, timeout=timeout)
 
     def __enter__(self) -> RemoteBus:
         return self

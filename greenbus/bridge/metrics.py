@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..history import HistoryStatistics
     from .peer import PeerStatistics
 
 __all__ = ["TIMEOUT_KINDS", "HubCounters", "prometheus_text", "resident_bytes"]
@@ -47,6 +48,11 @@ class HubCounters:
     internal_errors: int = 0
     #: Plain HTTP requests (``/health``, ``/metrics``, the dashboard).
     http_requests: int = 0
+    #: Subs with ``since`` whose gap the history covered, and those it could
+    #: not (answered ``recovered: false``); messages replayed for them.
+    recoveries: int = 0
+    recoveries_failed: int = 0
+    replayed: int = 0
     #: Error frames sent to peers, by code (``HubSession`` adds to it).
     errors: dict[str, int] = field(default_factory=dict)
     #: Connections given up on, by kind (one of :data:`TIMEOUT_KINDS`).
@@ -87,6 +93,31 @@ COUNTERS = (
         "internal_errors",
         "Frames whose handling failed inside the hub (answered error internal, close 1011).",
     ),
+    ("recoveries_total", "recoveries", "Subs with since whose gap was replayed (recovered)."),
+    (
+        "recoveries_failed_total",
+        "recoveries_failed",
+        "Subs with since the history could not cover (recovered: false, nothing replayed).",
+    ),
+    ("replayed_total", "replayed", "Messages replayed to recovering subscriptions."),
+)
+
+#: The history's gauges and counters: (metric, kind, HistoryStatistics field, help).
+HISTORY = (
+    ("history_messages", "gauge", "messages", "Messages kept in the history."),
+    ("history_topics", "gauge", "topics", "Topics with messages kept in the history."),
+    (
+        "history_trimmed_total",
+        "counter",
+        "trimmed",
+        "Messages dropped from the history by --history or --history-ttl.",
+    ),
+    (
+        "history_forgotten_topics_total",
+        "counter",
+        "forgotten_topics",
+        "Topics forgotten by --history-topics (positions before them cannot be recovered).",
+    ),
 )
 
 #: Per-peer gauges and counters: (metric, kind, PeerStatistics field, help).
@@ -115,7 +146,12 @@ Samples = list[tuple[str, float]]
 
 
 def prometheus_text(
-    c: HubCounters, peers: Sequence[PeerStatistics], *, local_subscriptions: int
+    c: HubCounters,
+    peers: Sequence[PeerStatistics],
+    *,
+    local_subscriptions: int,
+    history: HistoryStatistics | None = None,
+    duplicate_pubs: int = 0,
 ) -> str:
     """The ``/metrics`` document, Prometheus exposition format 0.0.4.
 
@@ -123,6 +159,9 @@ def prometheus_text(
         c: the hub's counters.
         peers: a snapshot of each connected peer.
         local_subscriptions: in-process subscriptions on the hub's bus.
+        history: the hub's history, if it keeps one.
+        duplicate_pubs: pubs sent again after a cut and dropped (the hub's
+            :class:`~greenbus.history.Publishers`).
     """
     families: list[tuple[str, str, str, Samples]] = [
         ("connections", "gauge", "Open WebSocket connections.", [("", len(peers))]),
@@ -138,6 +177,12 @@ def prometheus_text(
             "gauge",
             "In-process subscriptions on the hub's bus.",
             [("", local_subscriptions)],
+        ),
+        (
+            "duplicate_pubs_total",
+            "counter",
+            "Pubs a client sent again after a cut, recognised as applied already and dropped.",
+            [("", duplicate_pubs)],
         ),
         (
             "errors_total",
@@ -163,6 +208,11 @@ def prometheus_text(
             for name, kind, field, text in PER_PEER
         ),
     ]
+    if history is not None:
+        families.extend(
+            (name, kind, text, [("", getattr(history, field))])
+            for name, kind, field, text in HISTORY
+        )
     rss = resident_bytes()
     if rss is not None:
         families.append(

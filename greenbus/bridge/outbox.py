@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gevent import get_hub
+from gevent.event import Event
 from gevent.hub import Waiter
 
 from .._attrs import readonly
@@ -157,6 +158,7 @@ class Outbox:
         "_bytes",
         "_close_request",
         "_counters",
+        "_drained",
         "_flush",
         "_frames",
         "_front",
@@ -217,6 +219,9 @@ class Outbox:
         self._hub = get_hub()
         self._waiter: Waiter | None = None
         self._wake_scheduled = False
+        # Set when the writer finished a batch (or the outbox stopped
+        # taking messages): wakes producers pacing themselves (wait_below).
+        self._drained: Event | None = None
         #: Messages refused, dropped, discarded or cut off: never written.
         self.dropped = 0
         #: Frames and messages the writer has written to the socket.
@@ -349,6 +354,7 @@ class Outbox:
         self._state = OutboxState.CLOSING
         self._close_request = (code, reason)
         self._notify()
+        self._wake_pacers()
         return True
 
     def close(self) -> list[Entry]:
@@ -371,6 +377,7 @@ class Outbox:
         self._frames = self._in_flight
         self._bytes = self._in_flight_bytes
         self._notify()
+        self._wake_pacers()
         return left
 
     def withdraw(self, head: bytes) -> bool:
@@ -474,8 +481,37 @@ class Outbox:
             self._drop(messages)
         if self._overflowing and self._below_half():
             self._overflowing = False
+        self._wake_pacers()
+
+    @property
+    def half_empty(self) -> bool:
+        """True while at most half of each limit is used (always, when unbounded)."""
+        return self._below_half()
+
+    def wait_half_empty(self) -> bool:
+        """Park the calling greenlet until at most half of each limit is used.
+
+        For a producer that paces itself (a replay of missed messages) so
+        that it never takes the outbox over its limits.  Not for the writer.
+
+        Returns:
+            True once there is room; False if the outbox stopped taking
+            messages meanwhile (slow consumer, closing, closed).
+        """
+        while self._state is OutboxState.OPEN and not self._below_half():
+            event = self._drained
+            if event is None:
+                event = self._drained = Event()
+            event.wait()
+        return self._state is OutboxState.OPEN
 
     # -- internals -------------------------------------------------------------
+
+    def _wake_pacers(self) -> None:
+        event = self._drained
+        if event is not None:
+            self._drained = None
+            event.set()
 
     def _added(self, size: int) -> None:
         self._frames += 1
@@ -564,6 +600,7 @@ class Outbox:
                 lost += 1
         self._queue = kept
         self._drop(lost)
+        self._wake_pacers()
         if self._on_slow is not None:
             self._on_slow(why)
         else:

@@ -2,18 +2,21 @@
 
 The glue between a :class:`~greenbus.bridge.connection.Connection` (bytes
 and frames) and a :class:`~greenbus.Bus` (routing), driven by the sans-I/O
-:class:`~greenbus.protocol.HubSession`.  A remote ``sub`` becomes a
-:meth:`Bus.forward` whose sink appends the message, encoded once per emit
-however many peers it goes to (:class:`MessageEncoder`), to the peer's
+:class:`~greenbus.session.HubSession`.  A remote ``pub`` is emitted on the
+bus.  A remote ``sub`` becomes a :class:`~greenbus.bridge.feed.Route` of the
+hub's :class:`~greenbus.bridge.feed.Feed`, whose sink appends the message,
+encoded once per emit however many peers it goes to, to the peer's
 :class:`~greenbus.bridge.outbox.Outbox`: the emitter never waits for the
 peer, and every frame to one peer, whatever its sid, leaves in emit order.
-The peer's answers (``ack``, ``error``, ``pong``, ``welcome``) go through the
-same outbox and count toward the same limits (:class:`PeerLimits`).
+A ``sub`` with ``since`` first gets the missed messages from the hub's
+history (:class:`PeerSub` paces a long replay and holds the live messages
+until it is over).  The peer's answers (``ack``, ``error``, ``pong``,
+``welcome``) go through the same outbox and count toward the same limits
+(:class:`PeerLimits`).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -25,29 +28,28 @@ import gevent
 from .._attrs import readonly
 from .._logging import LogLimiter
 from .._options import check_int, check_seconds
-from ..acl import INBOX_PREFIX, InboxOwners
+from ..acl import InboxOwners
 from ..bus import Bus
 from ..exceptions import BusClosed, ChannelFull, InvalidOption
+from ..history import Position, Publishers
 from ..protocol import (
     MSG_SLACK,
     CloseCode,
     ErrorCode,
     Id,
-    LocalProtocolError,
     Pub,
     Sub,
     Unsub,
-    encode_msg_body,
     msg_prefix,
 )
 from ..session import HubSession, SessionLimits, SessionState
-from ..subscription import Forward
 from ..topics import is_wildcard
 from .connection import Connection
+from .feed import Feed, Route
 from .metrics import HubCounters
 from .outbox import Outbox, OutboxLimits, SlowPolicy
 
-__all__ = ["MessageEncoder", "Peer", "PeerLimits", "PeerStatistics"]
+__all__ = ["Peer", "PeerLimits", "PeerStatistics", "PeerSub"]
 
 logger = logging.getLogger("greenbus.bridge.peer")
 
@@ -112,33 +114,51 @@ class PeerStatistics:
     errors: int
 
 
-class MessageEncoder:
-    """The ``msg`` body of the emit's tuple, encoded once for all the peers of one hub.
+class PeerSub:
+    """One subscription of a peer: the sink of its feed route.
 
-    Forwards are raw (:meth:`Bus.forward`), so every peer a message goes to
-    sees the same tuple object: the encoder keeps the last one it encoded,
-    by identity, and a fan-out to N peers encodes once (or fails once).
-    Holding the tuple keeps its id from being reused.  One per hub, used on
-    the hub's thread only.
+    Queues each message's frame (with ``pos`` when the peer speaks protocol
+    2) on the peer's outbox, or, while a replay of missed messages is being
+    paced out (:attr:`held` is a list), holds it until the replay is over.
     """
 
-    __slots__ = ("_body", "_item")
+    __slots__ = ("held", "pattern", "peer", "prefix", "route", "versioned")
 
-    def __init__(self) -> None:
-        self._item: tuple[Any, ...] | None = None
-        self._body: bytes | LocalProtocolError = b""
+    def __init__(self, peer: Peer, sid: Id, pattern: str, versioned: bool) -> None:
+        self.peer = peer
+        self.pattern = pattern
+        self.prefix = msg_prefix(sid).encode()
+        #: The peer speaks protocol 2: its frames carry ``pos``.
+        self.versioned = versioned
+        #: Live messages held back during a paced replay (frame bodies).
+        self.held: list[tuple[str, bytes]] | None = None
+        self.route: Route | None = None
 
-    def __call__(self, item: tuple[Any, ...]) -> bytes | LocalProtocolError:
-        """The UTF-8 body of the ``msg`` frame of ``item``, or why it cannot be encoded."""
-        if item is not self._item:
-            try:
-                body: bytes | LocalProtocolError = encode_msg_body(
-                    item[0], item[1], item[2] or None, item[3]
-                ).encode()
-            except LocalProtocolError as exc:
-                body = exc
-            self._item, self._body = item, body
-        return self._body
+    def __repr__(self) -> str:
+        return f"<PeerSub {self.peer.id} {self.pattern!r}>"
+
+    def __call__(self, topic: str, body: bytes, posbody: bytes) -> bool:
+        # The route's sink: runs inside bus.emit, in the emitter's greenlet.
+        # Only queue; never block, never switch.
+        if self.versioned:
+            body = posbody
+        held = self.held
+        if held is None:
+            return self.peer.deliver(self.prefix, topic, body)
+        if len(held) >= self.peer.limits.max_pending:
+            self.peer.held_overflow(self)
+            return False
+        held.append((topic, body))
+        return True
+
+    def close(self) -> None:
+        """Leave the feed; what is held is dropped (and counted)."""
+        if self.route is not None:
+            self.route.close()
+            self.route = None
+        if self.held:
+            self.peer.outbox.count_dropped(len(self.held))
+        self.held = None
 
 
 class Peer:
@@ -152,7 +172,9 @@ class Peer:
         authenticate: the hub's token check (see :class:`HubSession`).
         on_gone: called with the peer once its connection is over.
         counters: the hub's counters.
-        encoder: the hub's :class:`MessageEncoder`.
+        feed: the hub's :class:`~greenbus.bridge.feed.Feed`.
+        publishers: the hub's :class:`~greenbus.history.Publishers` (see
+            :class:`~greenbus.session.HubSession`).
         inboxes: the hub's :class:`~greenbus.acl.InboxOwners`.
         max_message_size: the hub's limit: no ``msg`` frame over it (plus
             :data:`~greenbus.protocol.MSG_SLACK`) is sent, since a client
@@ -171,7 +193,8 @@ class Peer:
         authenticate: Callable[[str | None], Any] | None,
         on_gone: Callable[[Peer], None],
         counters: HubCounters,
-        encoder: MessageEncoder,
+        feed: Feed,
+        publishers: Publishers | None = None,
         inboxes: InboxOwners | None = None,
         max_message_size: int = 1 << 20,
         log: LogLimiter | None = None,
@@ -188,26 +211,25 @@ class Peer:
             error_counts=counters.errors,
             inboxes=inboxes,
             on_error=self._refused,
+            publishers=publishers,
         )
         self.outbox = Outbox(
             limits.outbox, on_slow=self._slow_consumer, counters=counters, name=self.id
         )
         self.connection: Connection | None = None
-        self.forwards: dict[Id, Forward] = {}
-        self.encode_errors = 0
+        self.feed = feed
+        self.subs: dict[Id, PeerSub] = {}
+        self._replays: set[gevent.Greenlet] = set()
         self._closing = False
         self._gone = False
         self._on_gone = on_gone
         self._counters = counters
-        self._encode = encoder
         self._max_frame = max_message_size + MSG_SLACK
         self._log = log if log is not None else LogLimiter(logger)
         self._hello_timer: gevent.Greenlet | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"<Peer {self.id} {self.session.name or ''} {self.address} subs={len(self.forwards)}>"
-        )
+        return f"<Peer {self.id} {self.session.name or ''} {self.address} subs={len(self.subs)}>"
 
     name = readonly[str | None]("session.name")
 
@@ -230,7 +252,7 @@ class Peer:
             id=self.id,
             name=self.session.name,
             address=self.address,
-            subscriptions=tuple(f.pattern for f in self.forwards.values()),
+            subscriptions=tuple(sub.pattern for sub in self.subs.values()),
             pending=outbox.pending_frames,
             pending_bytes=outbox.pending_bytes,
             received=conn.received if conn is not None else 0,
@@ -273,17 +295,70 @@ class Peer:
                 logger.info("%s: pub on %r: %s", self.id, event.topic, exc)
             session.ack(event)
         elif isinstance(event, Sub):
-            # A wildcard never receives request inboxes: replies reach only
-            # an exact subscription to the inbox, which its owner holds.
-            deliver = self._deliver_public if is_wildcard(event.topic) else self._deliver
-            sink = functools.partial(deliver, msg_prefix(event.sid).encode())
-            self.forwards[event.sid] = self.bus.forward(event.topic, sink, raw=True)
-            session.ack(event)
+            self._subscribe(event)
         else:
-            forward = self.forwards.pop(event.sid, None)
-            if forward is not None:
-                forward.close()
+            sub = self.subs.pop(event.sid, None)
+            if sub is not None:
+                sub.close()
             session.ack(event)
+
+    def _subscribe(self, event: Sub) -> None:
+        # The route and the replay are taken in one step (no switch): the
+        # live messages follow the replay with no gap and no duplicate.
+        session = self.session
+        feed = self.feed
+        sub = PeerSub(self, event.sid, event.topic, versioned=session.version >= 2)
+        # A wildcard never receives request inboxes: replies reach only an
+        # exact subscription to the inbox, which its owner holds.
+        sub.route = feed.route(event.topic, sub, public=is_wildcard(event.topic))
+        self.subs[event.sid] = sub
+        if event.since is None:
+            session.ack(event, pos=feed.head())
+            return
+        replay = feed.replay(event.topic, Position.parse(event.since))
+        session.ack(event, pos=feed.head(), recovered=replay is not None)
+        if replay is None:
+            self._counters.recoveries_failed += 1
+            logger.info(
+                "%s: cannot replay %r since %s: not in the history",
+                self.id,
+                event.topic,
+                event.since,
+            )
+        elif replay:
+            self._counters.recoveries += 1
+            self.on_text_done()  # the ack goes before the replay
+            self._replay(sub, replay)
+        else:
+            self._counters.recoveries += 1
+
+    def _replay(self, sub: PeerSub, replay: list[tuple[str, bytes]]) -> None:
+        # What fits now is queued at once; a longer replay is paced by a
+        # greenlet (the outbox's limits hold), and the live messages wait.
+        outbox = self.outbox
+        limit = self.limits.max_pending // 2 - outbox.pending_frames
+        self._counters.replayed += len(replay)
+        if len(replay) <= limit:
+            for topic, body in replay:
+                self.deliver(sub.prefix, topic, body)
+            return
+        sub.held = []
+        runner = gevent.spawn(self._paced_replay, sub, replay)
+        self._replays.add(runner)
+        runner.link(self._replays.discard)
+
+    def _paced_replay(self, sub: PeerSub, replay: list[tuple[str, bytes]]) -> None:
+        outbox = self.outbox
+        for index, (topic, body) in enumerate(replay):
+            if not outbox.half_empty and not outbox.wait_half_empty():
+                outbox.count_dropped(len(replay) - index)  # closing: never sent
+                return
+            if sub.held is None:
+                return  # unsubscribed meanwhile
+            self.deliver(sub.prefix, topic, body)
+        held, sub.held = sub.held, None
+        for topic, frame in held or ():
+            self.deliver(sub.prefix, topic, frame)
 
     def _hello_deadline(self) -> None:
         if self.session.state is SessionState.AWAITING_HELLO and self.connection is not None:
@@ -314,25 +389,21 @@ class Peer:
 
     # -- to the peer ---------------------------------------------------------
 
-    def _deliver_public(self, prefix: bytes, item: tuple[Any, ...]) -> bool:
-        if item[0].startswith(INBOX_PREFIX):
-            return False
-        return self._deliver(prefix, item)
+    def deliver(self, prefix: bytes, topic: str, body: bytes) -> bool:
+        """Queue the ``msg`` frame ``prefix + body`` on ``topic``; never blocks.
 
-    def _deliver(self, prefix: bytes, item: tuple[Any, ...]) -> bool:
-        # The Forward sink: runs inside bus.emit, in the emitter's greenlet,
-        # with the emit's (topic, data, headers, reply_to).  Only encode and
-        # queue; never block, never switch.  The outbox applies the limits
-        # and counts what it cannot take.
-        body = self._encode(item)
-        if type(body) is bytes:
-            if len(prefix) + len(body) <= self._max_frame:
-                return self.outbox.put_message(prefix, body)
-            return self._too_big(item[0], len(prefix) + len(body))
-        self.encode_errors += 1
-        self._counters.encode_errors += 1
-        self._log.log(logging.ERROR, "%s: message on %r not sent: %s", self.id, item[0], body)
-        return False
+        A frame over ``max_message_size`` (and its slack) is not sent:
+        counted and logged.  Returns True if it was queued.
+        """
+        if len(prefix) + len(body) <= self._max_frame:
+            return self.outbox.put_message(prefix, body)
+        return self._too_big(topic, len(prefix) + len(body))
+
+    def held_overflow(self, sub: PeerSub) -> None:
+        """``sub`` holds ``max_pending`` live messages during its replay: a slow consumer."""
+        self.outbox.count_dropped(len(sub.held or ()) + 1)
+        sub.held = None
+        self._slow_consumer(f"more than {self.limits.max_pending} messages arrived during a replay")
 
     def _too_big(self, topic: str, size: int) -> bool:
         # A client with the hub's limit would close with 1009 and lose what
@@ -390,12 +461,14 @@ class Peer:
         self._gone = True
         if self._hello_timer is not None:
             self._hello_timer.kill(block=False)
-        for forward in self.forwards.values():
+        for runner in list(self._replays):
+            runner.kill(block=False)
+        for sub in self.subs.values():
             try:
-                forward.close()
+                sub.close()
             except Exception:  # the bus may be closing on another path
-                logger.debug("%s: closing %r failed", self.id, forward, exc_info=True)
-        self.forwards.clear()
+                logger.debug("%s: closing %r failed", self.id, sub, exc_info=True)
+        self.subs.clear()
         self.session.end()
         counters = self._counters
         conn = self.connection

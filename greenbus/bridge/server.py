@@ -32,11 +32,19 @@ from .._version import __version__
 from ..acl import INBOX_PREFIX, Acl, InboxOwners, Permissions
 from ..bus import Bus
 from ..exceptions import BusClosed, InvalidOption
+from ..history import (
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_TTL,
+    DEFAULT_MAX_TOPICS,
+    History,
+    Publishers,
+)
 from ..session import SessionLimits
 from .connection import Connection, wire_logger
+from .feed import Feed
 from .http import NOT_FOUND, http_answer
 from .metrics import HubCounters, prometheus_text
-from .peer import MessageEncoder, Peer, PeerLimits
+from .peer import Peer, PeerLimits
 
 __all__ = ["HubConfig", "HubServer", "serve"]
 
@@ -83,6 +91,12 @@ class HubConfig:
     #: Seconds to wait for the peer's part of the closing handshake, and for
     #: the hub's close frame to be written (then the TCP connection is aborted).
     close_timeout: float = 5.0
+    #: Messages kept per topic for recovery (0: history off, no positions);
+    #: how long each is kept (0: off too), and how many topics are
+    #: remembered at most (see docs/recovery.md).
+    history: int = DEFAULT_HISTORY
+    history_ttl: float = DEFAULT_HISTORY_TTL
+    history_topics: int = DEFAULT_MAX_TOPICS
     peer: PeerLimits = field(default_factory=PeerLimits)
 
     def __post_init__(self) -> None:
@@ -100,6 +114,9 @@ class HubConfig:
         check_int("max_connections", self.max_connections)
         check_seconds("handshake_timeout", self.handshake_timeout)
         check_seconds("close_timeout", self.close_timeout)
+        check_int("history", self.history, 0)
+        check_seconds("history_ttl", self.history_ttl, zero=True)
+        check_int("history_topics", self.history_topics)
         for name in ("stats_interval", "ping_interval", "ping_timeout"):
             check_seconds(name, getattr(self, name), optional=True)
         if (self.certfile is None) != (self.keyfile is None):
@@ -129,9 +146,16 @@ class HubServer:
         self.counters = HubCounters()
         #: Who owns which request inbox; the bus's own are reserved.
         self.inboxes = InboxOwners([bus.inbox_prefix])
-        self._encoder = MessageEncoder()
+        #: Messages kept for recovery (None: history is off).
+        self.history: History[bytes | tuple[Any, ...]] | None = None
+        if base.history and base.history_ttl:
+            self.history = History(base.history, base.history_ttl, max_topics=base.history_topics)
+        #: The last pub applied per client session: resends are dropped.
+        self.publishers = Publishers(base.history_ttl) if base.history_ttl else None
         # One rate-limited log for every peer's refusals and failures.
         self._peer_log = LogLimiter(logging.getLogger("greenbus.bridge.peer"))
+        #: Every message to the peers, encoded, positioned and routed once.
+        self.feed = Feed(bus, history=self.history, counters=self.counters, log=self._peer_log)
         self._server: StreamServer | None = None
         self._stats_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
@@ -180,7 +204,7 @@ class HubServer:
         self._server = StreamServer((self.config.host, self.config.port), self._handle, **tls)
         self._server.start()
         self._started_at = time.monotonic()
-        self.start_stats()
+        self.start_feeds()
         host = self.config.host
         logger.info(
             "greenbus hub %s listening on %s (%s; %s)",
@@ -192,6 +216,15 @@ class HubServer:
             else "no token: anonymous peers allowed",
         )
         return self
+
+    def start_feeds(self) -> None:
+        """Start what serves peers whatever the listener: the feed, and the stats.
+
+        :meth:`start` calls it; so does the WSGI adapter, whose server
+        listens instead of the hub's own.  Idempotent.
+        """
+        self.feed.start()
+        self.start_stats()
 
     # -- live statistics on $greenbus.stats (the dashboard's feed) --------------
 
@@ -294,6 +327,7 @@ class HubServer:
         self.stop_peers(timeout)
         server.stop(timeout=max(0.0, deadline - time.monotonic()))
         self._server = None
+        self.feed.stop()
         if self._stats_greenlet is not None:
             self._stats_greenlet.kill(block=True)
             self._stats_greenlet = None
@@ -403,7 +437,8 @@ class HubServer:
             authenticate=self._authenticate,
             on_gone=self._forget,
             counters=self.counters,
-            encoder=self._encoder,
+            feed=self.feed,
+            publishers=self.publishers,
             inboxes=self.inboxes,
             max_message_size=cfg.max_message_size,
             log=self._peer_log,
@@ -501,6 +536,8 @@ class HubServer:
             self.counters,
             [p.statistics() for p in self.peers.values()],
             local_subscriptions=len(self.bus.subscriptions()),
+            history=self.history.statistics() if self.history is not None else None,
+            duplicate_pubs=self.publishers.duplicates if self.publishers is not None else 0,
         )
 
 

@@ -83,7 +83,7 @@ def hub_app(
     prefix = ("/" if fallback is None else None) if isinstance(dashboard, _Default) else dashboard
     prefix = check_prefix(prefix)
     hub = HubServer(bus, config, **overrides)
-    hub.start_stats()  # the dashboard's feed, as the hub's own listener does
+    hub.start_feeds()  # the peers' feed and the dashboard's, as the hub's own listener does
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         ws = environ.get("wsgi.websocket")

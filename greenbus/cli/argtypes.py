@@ -89,6 +89,21 @@ def seconds(text: str) -> float:
     return value
 
 
+def seconds_or_off(text: str) -> float:
+    """A finite number of seconds >= 0, where 0 means off.
+
+    Raises:
+        argparse.ArgumentTypeError: not a number, not finite, or < 0.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0: off), not {text!r}")
+    return value
+
+
 def interval(text: str) -> float:
     """A finite number of seconds; 0 or less means off.
 

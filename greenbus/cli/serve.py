@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import AclError
+from ..history import DEFAULT_HISTORY, DEFAULT_HISTORY_TTL, DEFAULT_MAX_TOPICS
 from . import argtypes
 
 if TYPE_CHECKING:
@@ -87,6 +88,28 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         default=5.0,
         help="seconds for a closing handshake; a close frame not written by then aborts "
         "the connection (a peer that stopped reading)",
+    )
+    serve.add_argument(
+        "--history",
+        type=argtypes.at_least(0),
+        default=DEFAULT_HISTORY,
+        metavar="N",
+        help=f"messages kept per topic for clients that reconnect (default {DEFAULT_HISTORY}; "
+        "0: off, no positions)",
+    )
+    serve.add_argument(
+        "--history-ttl",
+        type=argtypes.seconds_or_off,
+        default=DEFAULT_HISTORY_TTL,
+        metavar="SECONDS",
+        help=f"how long each is kept (default {DEFAULT_HISTORY_TTL:g}; 0: off)",
+    )
+    serve.add_argument(
+        "--history-topics",
+        type=argtypes.at_least(1),
+        default=DEFAULT_MAX_TOPICS,
+        metavar="N",
+        help=f"topics the history remembers at most (default {DEFAULT_MAX_TOPICS:,})",
     )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument(
@@ -156,6 +179,9 @@ def serve_command(args: argparse.Namespace) -> int:
         slow_policy=args.slow_policy,
         max_subscriptions=args.max_subscriptions,
         close_timeout=args.close_timeout,
+        history=args.history,
+        history_ttl=args.history_ttl,
+        history_topics=args.history_topics,
         stats_interval=None if args.stats_interval <= 0 else args.stats_interval,
     )
     federation = None

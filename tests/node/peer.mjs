@@ -293,7 +293,7 @@ const modes = {
       ["sub-ok", JSON.stringify({ op: "sub", sid: 1, topic: "errors.ok", id: "sub-ok" })],
       ["sub-duplicate-sid", JSON.stringify({ op: "sub", sid: 1, topic: "errors.other", id: "sub-duplicate-sid" })],
       ["unsub-unknown-sid", JSON.stringify({ op: "unsub", sid: 99, id: "unsub-unknown-sid" })],
-      ["hello-protocol-2", JSON.stringify({ op: "hello", protocol: 2, id: "hello-protocol-2" })],
+      ["hello-protocol-3", JSON.stringify({ op: "hello", protocol: 3, id: "hello-protocol-3" })],
       ["ping-after-errors", JSON.stringify({ op: "ping", id: "ping-after-errors" })],
     ],
     start() {
