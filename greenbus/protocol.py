@@ -84,6 +84,9 @@ class ErrorCode(str, enum.Enum):
     LIMIT = "limit"  #: too many subscriptions (or another per-peer limit)
     SLOW_CONSUMER = "slow_consumer"  #: sent before closing with 1013
     INTERNAL = "internal"  #: sent before closing with 1011
+    #: the hub cannot do it now (its history in Redis is unreachable, its
+    #: queue to Redis is full): try again later
+    UNAVAILABLE = "unavailable"
 
     def __str__(self) -> str:
         return self.value
@@ -100,7 +103,8 @@ class CloseCode(enum.IntEnum):
     POLICY = 1008  #: auth failure, or too many protocol errors
     TOO_BIG = 1009  #: a message over the size limit
     INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013  #: slow consumer
+    SERVICE_RESTART = 1012  #: the hub lost its feed from Redis: reconnect and resume
+    TRY_AGAIN_LATER = 1013  #: slow consumer; history unavailable
 
 
 # -- events -------------------------------------------------------------------

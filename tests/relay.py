@@ -15,7 +15,9 @@ As a process, for the Node and browser suites::
     python tests/relay.py HUB_PORT [--cut-every SECONDS]
 
 prints ``relay listening on ws://127.0.0.1:PORT/`` once it listens; SIGUSR1
-cuts every connection now; SIGTERM stops it (it prints how many cuts it made).
+cuts every connection now (and prints ``relay cut N``); SIGUSR2 mutes it, or
+unmutes it if it was muted (and prints ``relay muted`` or ``relay unmuted``),
+see :meth:`Relay.mute`; SIGTERM stops it (it prints how many cuts it made).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Relay:
         #: While True, every connection is refused (reset at once): the hub
         #: is unreachable through the relay.
         self.down = False
+        #: Set unless muted: what the hub sends flows to the clients.
+        self._flowing = gevent.event.Event()
+        self._flowing.set()
         self._pairs: set[tuple[gsocket.socket, gsocket.socket]] = set()
         self._server = StreamServer(("127.0.0.1", 0), self._handle)
 
@@ -84,8 +89,24 @@ class Relay:
     def come_back(self) -> None:
         self.down = False
 
+    @property
+    def muted(self) -> bool:
+        return not self._flowing.is_set()
+
+    def mute(self) -> None:
+        """Hold everything the hub sends (its acks, its messages) until :meth:`unmute`,
+        while what clients send still reaches it; refuse new connections meanwhile.
+
+        A cut while muted loses what was held: the hub applied the clients'
+        frames, and they never learn it.
+        """
+        self._flowing.clear()
+
+    def unmute(self) -> None:
+        self._flowing.set()
+
     def _handle(self, downstream: gsocket.socket, address: object) -> None:
-        if self.down:
+        if self.down or self.muted:
             _reset(downstream)
             return
         try:
@@ -99,7 +120,7 @@ class Relay:
         self._pairs.add(pair)
         pumps = [
             gevent.spawn(_pump, downstream, upstream),
-            gevent.spawn(_pump, upstream, downstream),
+            gevent.spawn(_pump, upstream, downstream, self._flowing),
         ]
         gevent.joinall(pumps, count=1)
         self._pairs.discard(pair)
@@ -108,9 +129,13 @@ class Relay:
         gevent.killall(pumps)
 
 
-def _pump(source: gsocket.socket, sink: gsocket.socket) -> None:
+def _pump(
+    source: gsocket.socket, sink: gsocket.socket, gate: gevent.event.Event | None = None
+) -> None:
     try:
         while data := source.recv(65536):
+            if gate is not None:
+                gate.wait()  # held while muted
             sink.sendall(data)
     except OSError:
         pass
@@ -132,7 +157,20 @@ def main() -> int:
     args = parser.parse_args()
     relay = Relay(args.target).start()
     done = gevent.event.Event()
-    gevent.signal_handler(signal.SIGUSR1, relay.cut)
+
+    def cut() -> None:
+        print(f"relay cut {relay.cut()}", flush=True)
+
+    def toggle_mute() -> None:
+        if relay.muted:
+            relay.unmute()
+            print("relay unmuted", flush=True)
+        else:
+            relay.mute()
+            print("relay muted", flush=True)
+
+    gevent.signal_handler(signal.SIGUSR1, cut)
+    gevent.signal_handler(signal.SIGUSR2, toggle_mute)
     gevent.signal_handler(signal.SIGTERM, done.set)
     gevent.signal_handler(signal.SIGINT, done.set)
     print(f"relay listening on {relay.url}", flush=True)

@@ -29,6 +29,8 @@ import gevent
 import pytest
 from conftest import ROOT, HubProcess, child_env
 from nodejs import NODE_DIR, LineReader, node_executable, wait_for_exit
+from relay import Relay
+from waiting import wait_until
 
 import greenbus
 from greenbus.bridge.http import WEB_DIR, WEB_FILES
@@ -464,4 +466,73 @@ def test_greenbus_js_in_chromium_throws_local_protocol_error_for_frames_v1_canno
     # One connection, one routing order: a refused frame, had it gone out, would come first.
     msg = sub.get(timeout=10)
     assert (msg.topic, msg.data) == ("browser.refusals", ["\U0001f68c", "\\ud800"])
+    page.assert_no_page_errors()
+
+
+#: A page that subscribes and publishes through a relay the test cuts: each of
+#: its COUNT messages must come back to it once and in order, and be confirmed.
+STEADY_PAGE = """<!doctype html>
+<script type="module">
+  import { connect } from "/greenbus.js";
+  const COUNT = %(count)d;
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const options = { name: "chromium-steady", reconnectDelay: 10, maxReconnectDelay: 50 };
+  const bus = connect("%(url)s", options);
+  const got = [];
+  const errors = [];
+  bus.onerror = (error) => errors.push(`${error.name}: ${error.message}`);
+  bus.subscribe("browser.steady.>", (msg) => got.push([msg.topic, msg.data]));
+  await bus.ping();
+  console.log("subscribed");
+  for (let n = 0; n < COUNT; n++) {
+    bus.publish(`browser.steady.${n %% 3}`, n);
+    await sleep(4);
+  }
+  // Bounded by the test's wait for "done".
+  while (got.length < COUNT || bus.statistics().unconfirmed > 0) await sleep(20);
+  bus.publish("browser.steady.end", "end");
+  while (got.length < COUNT + 1) await sleep(20);
+  console.log(JSON.stringify({ got, errors, stats: bus.statistics() }));
+  await bus.close();
+  console.log("done");
+</script>
+"""
+
+
+def test_greenbus_js_in_chromium_resumes_through_cuts_each_message_once_in_order(
+    page: Browser, hub_process: HubProcess, python_client: Callable[[str], greenbus.RemoteBus]
+) -> None:
+    count = 300
+    listener = subscribed(python_client("py-steady"), "browser.steady.>", "browser.steady.probe")
+    relay = Relay(hub_process.port).start()
+
+    def cut_while_publishing() -> None:
+        wait_until(lambda: listener.pending > 0, timeout=COMMAND_TIMEOUT, what="the first publish")
+        for _ in range(5):
+            relay.cut()
+            gevent.sleep(0.15)
+
+    cutter = gevent.spawn(cut_while_publishing)
+    try:
+        body = STEADY_PAGE % {"count": count, "url": relay.url}
+        log = run_page(page, hub_process, "steady.html", body, last="done")
+        cutter.get(timeout=COMMAND_TIMEOUT)
+    finally:
+        cutter.kill()
+        relay.stop()
+
+    texts = [m["text"] for m in log["messages"] if m["type"] == "log"]
+    assert texts[0] == "subscribed" and texts[-1] == "done", log
+    report = json.loads(texts[-2])
+    expected = [[f"browser.steady.{n % 3}", n] for n in range(count)]
+    assert report["got"] == [*expected, ["browser.steady.end", "end"]], "once each, in order"
+    assert report["errors"] == []
+    stats = report["stats"]
+    assert stats["reconnects"] >= 1 and stats["recoveriesFailed"] == 0, stats
+    assert stats["dropped"] == 0 and stats["unconfirmed"] == 0, stats
+    assert relay.cuts == 5
+    # The hub applied each publish once, resent or not: a direct subscriber agrees.
+    heard = [(m.topic, m.data) for m in (listener.get(timeout=10) for _ in range(count + 1))]
+    assert heard == [*map(tuple, expected), ("browser.steady.end", "end")]
+    assert listener.pending == 0
     page.assert_no_page_errors()

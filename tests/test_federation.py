@@ -936,6 +936,8 @@ def test_statistics_count_published_received_and_duplicate_messages(
         "bad_envelopes": 0,
         "reconnects": 0,
         "subscriptions": 0,
+        "duplicates_dropped": 0,
+        "script_errors": 0,
         "lag_ms": 0,
         "max_lag_ms": 0,
     }

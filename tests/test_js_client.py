@@ -177,26 +177,64 @@ def test_a_wrong_token_closes_the_js_client_for_good(node_run: NodeRun) -> None:
     )
 
 
-def test_the_js_client_resubscribes_and_flushes_its_buffer_after_a_hub_restart(
+def test_the_js_client_resubscribes_reports_the_gap_and_sends_what_waited_after_a_hub_restart(
     node_run: NodeRun,
 ) -> None:
     node_run.check(
-        "after a hub restart on the same port, the client resubscribes and sends its buffer"
+        "after a hub restart, the client resubscribes, reports the gap and sends what waited"
     )
 
 
-def test_a_js_request_that_ends_while_disconnected_is_withdrawn_and_never_sent(
+def test_a_js_request_that_ends_while_disconnected_takes_its_publish_back(
     node_run: NodeRun,
 ) -> None:
-    node_run.check(
-        "a request that ends while disconnected is taken out of the buffer and never sent"
-    )
+    node_run.check("a request that ends while disconnected takes its publish back, never sent")
 
 
 def test_closing_the_js_client_rejects_pending_work_and_stops_reconnecting(
     node_run: NodeRun,
 ) -> None:
     node_run.check("close() rejects what is pending, reports a final close, and stops reconnecting")
+
+
+def test_a_publish_the_hub_refuses_is_never_resent_and_its_request_rejects_with_the_hub_error(
+    node_run: NodeRun,
+) -> None:
+    node_run.check(
+        "a refused publish is never sent again, and its request rejects with the HubError"
+    )
+
+
+def test_through_cuts_every_js_message_arrives_once_in_order_and_every_publish_is_confirmed(
+    node_run: NodeRun,
+) -> None:
+    node_run.check(
+        "through cut after cut, each message arrives once, in order, and every publish is confirmed"
+    )
+
+
+def test_js_publishes_applied_but_unacknowledged_before_a_cut_are_applied_once(
+    node_run: NodeRun,
+) -> None:
+    node_run.check(
+        "publishes the hub applied but whose acks were cut off are sent again and applied once"
+    )
+
+
+def test_a_gap_the_hub_cannot_replay_is_reported_to_js_onerror_counted_and_warned(
+    node_run: NodeRun,
+) -> None:
+    node_run.check(
+        "a gap the hub cannot replay goes to onerror as a RecoveryFailedError, counted and warned"
+    )
+
+
+def test_a_js_subscription_resumes_from_a_position_kept_by_another_client(
+    node_run: NodeRun,
+) -> None:
+    node_run.check(
+        "a subscription resumes from a position kept by another client, with what it missed first"
+    )
 
 
 def test_without_a_websocket_class_connect_says_what_to_pass(node_run: NodeRun) -> None:
@@ -218,8 +256,13 @@ CHECKED = {
     "a handler that throws is reported to onerror and delivery goes on",
     "the hub's error frames reach onerror, and a refused subscription is dropped",
     "a wrong token is fatal: onerror gets unauthorized, then the client closes for good",
-    "after a hub restart on the same port, the client resubscribes and sends its buffer",
-    "a request that ends while disconnected is taken out of the buffer and never sent",
+    "after a hub restart, the client resubscribes, reports the gap and sends what waited",
+    "a request that ends while disconnected takes its publish back, never sent",
     "close() rejects what is pending, reports a final close, and stops reconnecting",
+    "a refused publish is never sent again, and its request rejects with the HubError",
+    "through cut after cut, each message arrives once, in order, and every publish is confirmed",
+    "publishes the hub applied but whose acks were cut off are sent again and applied once",
+    "a gap the hub cannot replay goes to onerror as a RecoveryFailedError, counted and warned",
+    "a subscription resumes from a position kept by another client, with what it missed first",
     "without a WebSocket class, connect() says to pass the one from ws",
 }

@@ -12,57 +12,7 @@ from waiting import OSThread, preemptible
 import greenbus
 import greenbus.acl
 from greenbus.bridge.feed import Feed
-from greenbus.bridge.metrics import HubCounters
 from greenbus.bridge.peer import PeerLimits
-from greenbus.history import History
-
-
-def test_the_feed_encodes_an_emit_once_for_all_its_routes() -> None:
-    bus = greenbus.Bus("feed")
-    feed = Feed(bus, history=None, counters=HubCounters())
-    feed.start()
-    seen: list[tuple[str, bytes, bytes]] = []
-
-    def sink(topic: str, body: bytes, posbody: bytes) -> bool:
-        seen.append((topic, body, posbody))
-        return True
-
-    feed.route("a.*", sink, public=True)
-    feed.route("a.b", sink, public=False)
-    assert bus.emit("a.b", {"x": 1}) == 1  # the feed is one forward, however many peers
-    assert seen[0] == ("a.b", b',"topic":"a.b","data":{"x":1}}', seen[0][1])
-    assert seen[1][1] is seen[0][1]  # one body for both routes
-    feed.stop()
-    bus.close()
-
-
-def test_a_message_that_cannot_be_encoded_is_counted_once_however_many_peers() -> None:
-    bus = greenbus.Bus("feed")
-    counters = HubCounters()
-    feed = Feed(bus, history=None, counters=counters)
-    feed.start()
-    for _ in range(3):
-        feed.route(">", lambda *args: True, public=True)
-    assert bus.emit("a.b", object()) == 0
-    assert counters.encode_errors == 1
-    feed.stop()
-    bus.close()
-
-
-def test_with_history_every_route_gets_the_position_and_inboxes_only_their_owner() -> None:
-    bus = greenbus.Bus("feed")
-    feed = Feed(bus, history=History(10, 60, epoch="ab"), counters=HubCounters())
-    feed.start()
-    wild: list[bytes] = []
-    owner: list[bytes] = []
-    feed.route(">", lambda topic, body, posbody: wild.append(posbody) is None, public=True)
-    feed.route("_INBOX.x", lambda *args: owner.append(args[2]) is None, public=False)
-    bus.emit("a", 1)
-    bus.emit("_INBOX.x", 2)
-    assert wild == [b',"topic":"a","data":1,"pos":"ab:1:%d"}' % feed.history.head().ms]
-    assert owner == [b',"topic":"_INBOX.x","data":2}']  # a reply has no position
-    feed.stop()
-    bus.close()
 
 
 def serve_and_check(index: int, count: int) -> int:

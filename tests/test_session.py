@@ -327,6 +327,7 @@ def test_the_close_codes_are_the_rfc_6455_numbers():
         "POLICY": 1008,
         "TOO_BIG": 1009,
         "INTERNAL_ERROR": 1011,
+        "SERVICE_RESTART": 1012,
         "TRY_AGAIN_LATER": 1013,
     }
 
@@ -345,6 +346,7 @@ def test_the_error_codes_are_those_of_the_specification():
         "limit",
         "slow_consumer",
         "internal",
+        "unavailable",
     }
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,9 @@ class RemoteBus(Reconnecting):
     calls from other threads raise :class:`~greenbus.WrongThread`.
 
     Args:
-        url: ``ws://host:port/`` or ``wss://host:port/``.
+        url: ``ws://host:port/`` or ``wss://host:port/``; or several (a
+            federation's hubs): after a failed attempt the next is tried,
+            and the client resumes there.
         token: sent in ``hello``; needed by a hub with a token or an ACL.
         name: this client's name on the hub (default: random).
         connect_timeout: seconds for one connection attempt (TCP, TLS, upgrade).
@@ -132,7 +134,7 @@ class RemoteBus(Reconnecting):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         name: str | None = None,
@@ -630,14 +632,15 @@ class RemoteBus(Reconnecting):
 
 
 def connect(
-    url: str,
+    url: str | Sequence[str],
     *,
     token: str | None = None,
     name: str | None = None,
     timeout: float | None = 5.0,
     **options: Any,
 ) -> RemoteBus:
-    """Connect to a hub at ``url`` (``ws://host:port/``) and return a :class:`RemoteBus`.
+    """Connect to a hub at ``url`` (``ws://host:port/``, or several to try
+    in turn) and return a :class:`RemoteBus`.
 
     Waits up to ``timeout`` seconds for the hub's welcome (None: don't
     wait); if it does not come in time, the client keeps trying in the

@@ -53,6 +53,10 @@ class HubCounters:
     recoveries: int = 0
     recoveries_failed: int = 0
     replayed: int = 0
+    #: Peers closed with 1013 because the history in Redis could not be
+    #: reached, and peers closed with 1012 because the hub lost its feed.
+    unavailable: int = 0
+    feed_lost: int = 0
     #: Error frames sent to peers, by code (``HubSession`` adds to it).
     errors: dict[str, int] = field(default_factory=dict)
     #: Connections given up on, by kind (one of :data:`TIMEOUT_KINDS`).
@@ -100,6 +104,16 @@ COUNTERS = (
         "Subs with since the history could not cover (recovered: false, nothing replayed).",
     ),
     ("replayed_total", "replayed", "Messages replayed to recovering subscriptions."),
+    (
+        "unavailable_total",
+        "unavailable",
+        "Subs refused (error unavailable, close 1013): the history in Redis was unreachable.",
+    ),
+    (
+        "feed_lost_total",
+        "feed_lost",
+        "Peers closed with 1012 because the hub lost its feed from Redis (they resume).",
+    ),
 )
 
 #: The history's gauges and counters: (metric, kind, HistoryStatistics field, help).

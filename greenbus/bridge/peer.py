@@ -17,6 +17,7 @@ until it is over).  The peer's answers (``ack``, ``error``, ``pong``,
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from ..protocol import (
 from ..session import HubSession, SessionLimits, SessionState
 from ..topics import is_wildcard
 from .connection import Connection
-from .feed import Feed, Route
+from .feed import Feed, FeedUnavailable, Route
 from .metrics import HubCounters
 from .outbox import Outbox, OutboxLimits, SlowPolicy
 
@@ -122,7 +123,7 @@ class PeerSub:
     paced out (:attr:`held` is a list), holds it until the replay is over.
     """
 
-    __slots__ = ("held", "pattern", "peer", "prefix", "route", "versioned")
+    __slots__ = ("closed", "held", "pattern", "peer", "prefix", "route", "versioned")
 
     def __init__(self, peer: Peer, sid: Id, pattern: str, versioned: bool) -> None:
         self.peer = peer
@@ -133,6 +134,7 @@ class PeerSub:
         #: Live messages held back during a paced replay (frame bodies).
         self.held: list[tuple[str, bytes]] | None = None
         self.route: Route | None = None
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"<PeerSub {self.peer.id} {self.pattern!r}>"
@@ -153,6 +155,7 @@ class PeerSub:
 
     def close(self) -> None:
         """Leave the feed; what is held is dropped (and counted)."""
+        self.closed = True
         if self.route is not None:
             self.route.close()
             self.route = None
@@ -285,6 +288,9 @@ class Peer:
         session = self.session
         if isinstance(event, Pub):
             self._counters.messages_in += 1
+            if self.feed.remote is not None:
+                self._publish_durable(event)
+                return
             try:
                 self.bus.emit(
                     event.topic, event.data, headers=event.headers, reply_to=event.reply_to
@@ -302,22 +308,52 @@ class Peer:
                 sub.close()
             session.ack(event)
 
-    def _subscribe(self, event: Sub) -> None:
-        # The route and the replay are taken in one step (no switch): the
-        # live messages follow the replay with no gap and no duplicate.
+    def _publish_durable(self, event: Pub) -> None:
+        # With a history in Redis, a pub reaches everyone (this hub's bus
+        # too) through Redis, and is acknowledged once it is there.
         session = self.session
-        feed = self.feed
-        sub = PeerSub(self, event.sid, event.topic, versioned=session.version >= 2)
-        # A wildcard never receives request inboxes: replies reach only an
-        # exact subscription to the inbox, which its owner holds.
-        sub.route = feed.route(event.topic, sub, public=is_wildcard(event.topic))
-        self.subs[event.sid] = sub
-        if event.since is None:
-            session.ack(event, pos=feed.head())
+        number = event.id if session.client_session is not None and type(event.id) is int else None
+        remote = self.feed.remote
+        assert remote is not None
+        remote.publish_durable(
+            (event.topic, event.data, event.headers, event.reply_to),
+            session.client_session if number is not None else None,
+            number,
+            functools.partial(self._published, event),
+        )
+
+    def _published(self, event: Pub, refusal: str | None) -> None:
+        # The federation's writer: the pub is in Redis (or was refused).
+        if self._gone:
             return
-        replay = feed.replay(event.topic, Position.parse(event.since))
-        session.ack(event, pos=feed.head(), recovered=replay is not None)
-        if replay is None:
+        if refusal is None:
+            self.session.ack(event)
+        else:
+            reason = f"pub on {event.topic!r}: {refusal}"
+            self.session.error(ErrorCode.UNAVAILABLE, reason, event.id)
+        self.on_text_done()
+
+    def _subscribe(self, event: Sub) -> None:
+        # The route, its start and its replay are taken together: the live
+        # messages follow the replay with no gap and no duplicate.
+        session = self.session
+        sub = PeerSub(self, event.sid, event.topic, versioned=session.version >= 2)
+        self.subs[event.sid] = sub
+        since = None if event.since is None else Position.parse(event.since)
+        try:
+            # A wildcard never receives request inboxes: replies reach only
+            # an exact subscription to the inbox, which its owner holds.
+            opened = self.feed.open(event.topic, sub, public=is_wildcard(event.topic), since=since)
+        except FeedUnavailable as exc:
+            self.subs.pop(event.sid, None)
+            self._unavailable(str(exc))
+            return
+        if sub.closed:  # the peer left while Redis answered
+            opened.route.close()
+            return
+        sub.route = opened.route
+        session.ack(event, pos=opened.head, recovered=opened.recovered)
+        if opened.recovered is False:
             self._counters.recoveries_failed += 1
             logger.info(
                 "%s: cannot replay %r since %s: not in the history",
@@ -325,12 +361,21 @@ class Peer:
                 event.topic,
                 event.since,
             )
-        elif replay:
+        elif opened.recovered:
             self._counters.recoveries += 1
+        if opened.replay:
             self.on_text_done()  # the ack goes before the replay
-            self._replay(sub, replay)
-        else:
-            self._counters.recoveries += 1
+            self._replay(sub, opened.replay)
+        opened.route.release()
+
+    def _unavailable(self, why: str) -> None:
+        # The history in Redis cannot be reached: the client should come
+        # back later (1013) rather than go on without its replay.
+        self._counters.unavailable += 1
+        logger.warning("%s %s: %s; closing with 1013", self.id, self.address, why)
+        self.session.error(ErrorCode.UNAVAILABLE, f"{why}; try again later")
+        self.session.close(CloseCode.TRY_AGAIN_LATER, "history unavailable")
+        self.on_text_done()
 
     def _replay(self, sub: PeerSub, replay: list[tuple[str, bytes]]) -> None:
         # What fits now is queued at once; a longer replay is paced by a

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import gevent
@@ -66,7 +67,9 @@ class Reconnecting(HandlerMixin):
     """One connection to a hub at a time, reopened until the client ends.
 
     Args:
-        url: ``ws://host:port/`` or ``wss://host:port/``.
+        url: ``ws://host:port/`` or ``wss://host:port/``; or several, tried
+            in turn: after a failed attempt the next one is tried (a
+            federation's hubs, for one to take over when another fails).
         name: the client's name (default: random).
         connect_timeout: seconds for one connection attempt (TCP, TLS, upgrade).
         max_backoff: the longest wait between attempts, in seconds.
@@ -80,7 +83,7 @@ class Reconnecting(HandlerMixin):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         name: str | None,
         connect_timeout: float,
@@ -88,19 +91,26 @@ class Reconnecting(HandlerMixin):
         max_message_size: int,
         cafile: str | None,
     ) -> None:
-        self._uri = check_url(url)
+        if isinstance(url, (list, tuple)) and url:
+            urls = tuple(url)
+        else:
+            urls = (url,)  # check_url says what is wrong with anything else
+        self._uris = [check_url(u) for u in urls]
+        self._next_uri = 0
         check_type("name", name, (str, type(None)), "a string or None")
         check_seconds("connect_timeout", connect_timeout)
         check_seconds("max_backoff", max_backoff)
         check_int("max_message_size", max_message_size, 64)
         check_type("cafile", cafile, (str, type(None)), "a path or None")
-        self.url = url
+        #: Every URL this client may use, and the one it uses (or tries) now.
+        self.urls: tuple[str, ...] = urls
+        self.url = urls[0]
         self.name = name or f"client-{uuid.uuid4().hex[:8]}"
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._max_message_size = max_message_size
         self._ssl: Any = None
-        if self._uri.secure:
+        if any(uri.secure for uri in self._uris):
             # gevent's own SSLContext class (create_default_context would
             # return the stdlib's, whose sockets block the whole process).
             ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
@@ -188,6 +198,7 @@ class Reconnecting(HandlerMixin):
                 return
             except (OSError, HandshakeFailed, Timeout) as exc:
                 self._state = ClientState.RECONNECTING
+                self._next_uri = (self._next_uri + 1) % len(self._uris)  # the next hub, if any
                 logger.info(
                     "%s: cannot reach %s (%s); retrying in %.2f s",
                     self.name,
@@ -218,8 +229,10 @@ class Reconnecting(HandlerMixin):
             self._state = ClientState.CONNECTING
 
     def _open(self) -> Connection:
+        uri = self._uris[self._next_uri]
+        self.url = self.urls[self._next_uri]
         return dial(
-            self._uri,
+            uri,
             tls=self._ssl,
             timeout=self._connect_timeout,
             max_size=self._max_message_size + MSG_SLACK,  # a msg may exceed it by its envelope

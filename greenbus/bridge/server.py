@@ -39,9 +39,10 @@ from ..history import (
     History,
     Publishers,
 )
+from ..protocol import CloseCode
 from ..session import SessionLimits
 from .connection import Connection, wire_logger
-from .feed import Feed
+from .feed import Feed, RemoteLog
 from .http import NOT_FOUND, http_answer
 from .metrics import HubCounters, prometheus_text
 from .peer import Peer, PeerLimits
@@ -133,9 +134,20 @@ class HubServer:
     Args:
         bus: the bus remote peers publish to and subscribe on.
         config: a :class:`HubConfig`; keyword arguments override its fields.
+        remote: a history shared with other hubs: a
+            :class:`~greenbus.federation.Federation` made with ``history``.
+            The hub then keeps none of its own (``config.history`` is
+            ignored); its peers' messages and positions come through Redis.
     """
 
-    def __init__(self, bus: Bus, config: HubConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        config: HubConfig | None = None,
+        *,
+        remote: RemoteLog | None = None,
+        **overrides: Any,
+    ) -> None:
         base = config or HubConfig()
         if overrides:
             base = HubConfig(**{**base.__dict__, **overrides})
@@ -146,16 +158,23 @@ class HubServer:
         self.counters = HubCounters()
         #: Who owns which request inbox; the bus's own are reserved.
         self.inboxes = InboxOwners([bus.inbox_prefix])
-        #: Messages kept for recovery (None: history is off).
+        #: Messages kept for recovery (None: history is off, or remote).
         self.history: History[bytes | tuple[Any, ...]] | None = None
-        if base.history and base.history_ttl:
+        if remote is None and base.history and base.history_ttl:
             self.history = History(base.history, base.history_ttl, max_topics=base.history_topics)
-        #: The last pub applied per client session: resends are dropped.
-        self.publishers = Publishers(base.history_ttl) if base.history_ttl else None
+        #: The last pub applied per client session: resends are dropped
+        #: (with a remote history, its publish script drops them).
+        self.publishers = (
+            Publishers(base.history_ttl) if remote is None and base.history_ttl else None
+        )
         # One rate-limited log for every peer's refusals and failures.
         self._peer_log = LogLimiter(logging.getLogger("greenbus.bridge.peer"))
         #: Every message to the peers, encoded, positioned and routed once.
-        self.feed = Feed(bus, history=self.history, counters=self.counters, log=self._peer_log)
+        self.feed = Feed(
+            bus, history=self.history, remote=remote, counters=self.counters, log=self._peer_log
+        )
+        if remote is not None:
+            remote.add_lost_listener(self._feed_lost)
         self._server: StreamServer | None = None
         self._stats_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
@@ -337,6 +356,22 @@ class HubServer:
                 pass
         logger.info("greenbus hub %s stopped", self.config.name)
         self._stopped.set()
+
+    def _feed_lost(self) -> None:
+        # The federation was cut off from Redis: what was published
+        # meanwhile reached no peer.  Each client resumes from its own
+        # position when it reconnects, which replays exactly its gap.
+        peers = [p for p in self.peers.values() if p.connection is not None]
+        if peers:
+            logger.warning(
+                "lost the feed from Redis for a while: closing %d peer(s) with 1012 so "
+                "that they resume",
+                len(peers),
+            )
+        for peer in peers:
+            assert peer.connection is not None
+            self.counters.feed_lost += 1
+            peer.connection.close(int(CloseCode.SERVICE_RESTART), "resume: the hub lost its feed")
 
     def stop_peers(self, timeout: float = 5.0) -> None:
         """Close every peer with 1001 (going away) and wait for them to leave."""
@@ -544,13 +579,22 @@ class HubServer:
 _WIRE_LOGGER = wire_logger("websockets.server")
 
 
-def serve(bus: Bus, host: str = "127.0.0.1", port: int = 8765, **options: Any) -> HubServer:
+def serve(
+    bus: Bus,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    remote: RemoteLog | None = None,
+    **options: Any,
+) -> HubServer:
     """Make a hub for ``bus`` (not started: call ``start()`` or use ``with``).
 
     ``options`` are the fields of :class:`HubConfig` (``token``,
-    ``max_message_size``, ...) and, for the per-peer limits, ``max_pending``,
-    ``max_pending_bytes``, ``slow_policy``, ``hello_timeout``,
-    ``max_subscriptions``, ``max_errors``, ``max_depth``.
+    ``max_message_size``, ``history``, ...) and, for the per-peer limits,
+    ``max_pending``, ``max_pending_bytes``, ``slow_policy``,
+    ``hello_timeout``, ``max_subscriptions``, ``max_errors``, ``max_depth``.
+    ``remote`` is a federation with history, shared with other hubs (see
+    :class:`HubServer`).
     """
     peer_fields: dict[str, Any] = {
         k: options.pop(k)
@@ -563,4 +607,4 @@ def serve(bus: Bus, host: str = "127.0.0.1", port: int = 8765, **options: Any) -
     if session_fields:
         peer_fields["session"] = SessionLimits(**session_fields)
     config = HubConfig(host=host, port=port, peer=PeerLimits(**peer_fields), **options)
-    return HubServer(bus, config)
+    return HubServer(bus, config, remote=remote)

@@ -30,6 +30,7 @@ from websockets.protocol import SERVER, Protocol, State
 
 from ..bus import Bus
 from .connection import wire_logger
+from .feed import RemoteLog
 from .http import NOT_FOUND, check_prefix, http_answer
 from .server import HubConfig, HubServer
 
@@ -56,6 +57,7 @@ def hub_app(
     path: str | None = None,
     fallback: WSGIApp | None = None,
     dashboard: str | _Default | None = _DEFAULT,
+    remote: RemoteLog | None = None,
     **overrides: Any,
 ) -> WSGIApp:
     """A WSGI app serving the hub's WebSocket protocol (at ``path`` only, if given).
@@ -72,6 +74,8 @@ def hub_app(
             ``/`` (``"/greenbus/"``), or None for no dashboard.  Default:
             ``"/"`` without a ``fallback``, None with one, so the hub never
             takes ``/`` from the caller's app unless asked to.
+        remote: a federation with history, shared with other hubs (see
+            :class:`~greenbus.bridge.server.HubServer`).
 
     Returns:
         the app; its ``.hub`` attribute is the :class:`HubServer` holding the
@@ -82,7 +86,7 @@ def hub_app(
     """
     prefix = ("/" if fallback is None else None) if isinstance(dashboard, _Default) else dashboard
     prefix = check_prefix(prefix)
-    hub = HubServer(bus, config, **overrides)
+    hub = HubServer(bus, config, remote=remote, **overrides)
     hub.start_feeds()  # the peers' feed and the dashboard's, as the hub's own listener does
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

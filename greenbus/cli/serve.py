@@ -163,10 +163,31 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.certfile:
         _check_tls(args.certfile, args.keyfile)
     bus = Bus("hub")
+    federation = None
+    if args.redis:
+        from ..federation import federate
+
+        history = args.history if args.history_ttl else 0
+        try:
+            federation = federate(
+                bus,
+                args.redis,
+                prefix=args.redis_prefix,
+                history=history,
+                history_ttl=args.history_ttl or 120.0,
+                history_topics=args.history_topics,
+            )
+        except ImportError as exc:  # redis-py is an extra: greenbus[redis]
+            raise SystemExit(f"greenbus serve: --redis: {exc}") from None
+    # With a history in Redis, the hub takes its positions from the federation.
+    remote = federation if federation is not None and federation.history else None
     hub = serve(
         bus,
         args.host,
         args.port,
+        # Under --transport wsgi this hub only carries the config: hub_app
+        # makes the one that serves.
+        remote=remote if args.transport != "wsgi" else None,
         token=token,
         acl=acl,
         allow_origins=tuple(args.allow_origin) if args.allow_origin else None,
@@ -184,16 +205,8 @@ def serve_command(args: argparse.Namespace) -> int:
         history_topics=args.history_topics,
         stats_interval=None if args.stats_interval <= 0 else args.stats_interval,
     )
-    federation = None
-    if args.redis:
-        from ..federation import federate
-
-        try:
-            federation = federate(bus, args.redis, prefix=args.redis_prefix)
-        except ImportError as exc:  # redis-py is an extra: greenbus[redis]
-            raise SystemExit(f"greenbus serve: --redis: {exc}") from None
     if args.transport == "wsgi":
-        return _serve_wsgi(args, bus, hub, federation)
+        return _serve_wsgi(args, bus, hub.config, federation, remote)
     _listen(hub.start, args.host, args.port)
     # Scripts (and the tests) read this line to learn the port when --port 0.
     print(f"greenbus hub listening on {hub.url}", flush=True)
@@ -319,7 +332,9 @@ def _run_until_signalled(stop: Callable[[], None]) -> None:
     done.wait()
 
 
-def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any, federation: Any) -> int:
+def _serve_wsgi(
+    args: argparse.Namespace, bus: Any, config: Any, federation: Any, remote: Any
+) -> int:
     """Serve through gevent-websocket's WSGI handler and greenbus.bridge.wsgi.
 
     Raises:
@@ -336,7 +351,8 @@ def _serve_wsgi(args: argparse.Namespace, bus: Any, hub: Any, federation: Any) -
     from ..bridge.wsgi import hub_app
 
     # --certfile and --allow-origin were refused by check_options.
-    app = hub_app(bus, hub.config)
+    app = hub_app(bus, config, remote=remote)
+    hub = app.hub  # type: ignore[attr-defined]
     server = WSGIServer((args.host, args.port), app, handler_class=WebSocketHandler, log=None)
     _listen(server.start, args.host, args.port)
     logging.getLogger("greenbus.bridge.wsgi").info(

@@ -9,12 +9,24 @@ Fields (short names keep the per-message overhead small)::
      "t": "sensors.x",  topic
      "d": ...,          data (any JSON value)
      "h": {...},        headers (optional)
-     "r": "_INBOX..."}  reply_to (optional)
+     "r": "_INBOX...",  reply_to (optional)
+     "l": 1,            delivered on its origin node already (optional)
+     "p": "e:12:1764..", with history: its position (added by Redis's script)
+     "b": 11}           with history: the sequence number of the message
+                        before it on the same topic (0: none)
 
 A receiver keeps the last ``q`` per (origin, topic): a lower or equal one is
 a duplicate (the same message through two subscriptions, or a batch
 re-sent after a reconnect) and is dropped; a jump counts the missing ones as
 a gap (pub/sub is at-most-once: lost during an outage).
+
+With history (:mod:`greenbus.federation.history`), the script that keeps
+the message in Redis gives it its position and adds ``p`` and ``b`` in front
+of the other fields before it publishes it: receivers then drop duplicates
+and count gaps by position, per topic.  ``l`` tells the origin node, which
+receives its own messages back in history mode, whether its bus has
+delivered the message already (a local emit) or not (a hub peer's pub, which
+reaches the bus only through Redis).
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
+from ..protocol import is_position
 from ..topics import validate_cached
 
 __all__ = ["ENVELOPE_VERSION", "Envelope", "decode_envelope", "encode_envelope"]
@@ -54,6 +67,12 @@ class Envelope:
     data: Any = None
     headers: dict[str, Any] | None = None
     reply_to: str | None = None
+    #: Delivered on its origin node already.
+    local: bool = False
+    #: With history: its position's text, and the sequence number of the
+    #: previous message on its topic.
+    pos: str | None = None
+    prev: int = 0
 
 
 def encode_envelope(env: Envelope) -> bytes:
@@ -74,6 +93,8 @@ def encode_envelope(env: Envelope) -> bytes:
         out["h"] = env.headers
     if env.reply_to is not None:
         out["r"] = env.reply_to
+    if env.local:
+        out["l"] = 1
     try:
         return _dumps(out).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
@@ -109,6 +130,13 @@ def decode_envelope(raw: bytes | str) -> Envelope:
             raise ValueError("headers must be an object")
         if reply_to is not None:
             validate_cached(reply_to)
-        return Envelope(origin, seq, ts, topic, obj.get("d"), headers, reply_to)
+        pos, prev = obj.get("p"), obj.get("b", 0)
+        if pos is not None and (not isinstance(pos, str) or not is_position(pos)):
+            raise ValueError("bad position")
+        if isinstance(prev, bool) or not isinstance(prev, int):
+            raise ValueError("bad previous position")
+        return Envelope(
+            origin, seq, ts, topic, obj.get("d"), headers, reply_to, obj.get("l") == 1, pos, prev
+        )
     except (ValueError, KeyError, UnicodeDecodeError, OverflowError, InvalidTopic) as exc:
         raise RemoteProtocolError("bad_frame", f"bad federation envelope: {exc}") from None

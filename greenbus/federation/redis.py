@@ -21,6 +21,18 @@ sending (receivers drop the duplicates by sequence number).  Messages
 published while a receiver was cut off are lost (pub/sub is at-most-once)
 and counted as a gap.  The local bus keeps working throughout.
 
+With history (``history=N``, see :mod:`greenbus.federation.history`), every
+message goes to Redis through one Lua script that drops what was applied
+already, gives it its position, keeps it in the topic's stream and
+publishes it; the reader then receives its own node's messages too, with
+their positions, and hands every positioned message to its feed listeners
+(a hub's peers get their messages from there, so every hub of the
+federation gives a message the same position).  A hub's peers' pubs reach
+Redis through :meth:`Federation.publish_durable`, acknowledged only once
+the script ran.  After losing Redis, the reader tells its lost listeners:
+what was published meanwhile reached no feed (a hub then closes its peers
+with 1012, and they resume from their positions).
+
 Ending: :meth:`Federation.stop` detaches, publishes what is queued and
 closes both connections.  If the bus closes first, the federation stops by
 itself (it is the bus's close listener): the reader leaves Redis at once,
@@ -31,7 +43,9 @@ still safe to call afterwards.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,7 +54,6 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent import socket as gsocket
 from greenlet import getcurrent
 
 from ..bus import Bus
@@ -53,8 +66,12 @@ from ..exceptions import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from ..history import Position
 from ..subscription import Forward
+from ._redis import GeventConnection, close_quietly, redis_glob, text
+from .arrivals import MAX_TRACKED, Arrivals
 from .envelope import Envelope, decode_envelope, encode_envelope
+from .history import Done, RedisHistory
 
 try:
     import redis
@@ -67,43 +84,38 @@ __all__ = ["Federation", "FederationStatistics", "federate", "redis_glob"]
 
 logger = logging.getLogger("greenbus.federation")
 
-#: Bounds on the per-topic sequence tables.  When the sender's is full it is
-#: cleared and a new epoch starts (a new origin ``node/epoch`` for receivers).
-MAX_TRACKED = 100_000
 
-_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+class _Durable:
+    """A hub peer's pub on its way to Redis: ``done`` is told once the script ran."""
 
+    __slots__ = ("done", "item", "number", "session")
 
-def redis_glob(prefix: str, pattern: str) -> tuple[str, bool]:
-    """The Redis channel (or glob pattern) for a greenbus topic or pattern.
-
-    Returns:
-        ``(name, is_pattern)``: exact topics map to a channel
-        ``prefix:topic``; patterns to a glob where ``*`` and ``>`` become
-        ``*`` and glob characters in literal tokens are escaped.  Redis's
-        ``*`` also matches dots, so the glob may match more than the
-        pattern; the local bus routes by the real pattern, so the extra
-        messages reach nobody.
-    """
-    tokens = pattern.split(".")
-    if "*" not in tokens and ">" not in tokens:
-        return f"{prefix}:{pattern}", False
-    parts = ["*" if t in ("*", ">") else t.translate(_GLOB_SPECIAL) for t in tokens]
-    return f"{prefix.translate(_GLOB_SPECIAL)}:{'.'.join(parts)}", True
+    def __init__(
+        self, item: tuple[Any, ...], session: str | None, number: int | None, done: Done
+    ) -> None:
+        self.item = item
+        self.session = session
+        self.number = number
+        self.done = done
 
 
-if redis is not None:
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One message encoded for Redis: a PUBLISH, or the history's script."""
 
-    class _GeventConnection(redis.Connection):
-        """A redis-py connection on a gevent socket: waits yield to other greenlets."""
+    topic: str
+    channel: str
+    payload: bytes
+    session: str | None
+    number: int
+    done: Done | None
 
-        def _connect(self) -> Any:
-            sock = gsocket.create_connection(
-                (self.host, self.port), timeout=self.socket_connect_timeout
-            )
-            sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
-            sock.settimeout(self.socket_timeout)
-            return sock
+    def queue(self, pipe: Any, history: RedisHistory | None) -> None:
+        if history is None:
+            pipe.publish(self.channel, self.payload)
+        else:
+            assert self.session is not None
+            history.publish(pipe, self.topic, self.payload, self.channel, self.session, self.number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +138,10 @@ class FederationStatistics:
     reconnects: int
     #: Redis subscriptions held (channels + patterns).
     subscriptions: int
+    #: With history: messages the script found applied already (resends),
+    #: and messages Redis refused (the script failed).
+    duplicates_dropped: int
+    script_errors: int
     #: Publish-to-receive delay of the last message received, and the largest seen (ms).
     lag_ms: float
     max_lag_ms: float
@@ -145,6 +161,12 @@ class Federation:
         batch: messages per pipelined publish, at most.
         max_backoff: reconnect delay cap, seconds.
         node: this node's id (default: random).
+        history: messages kept per topic in Redis for recovery (0: none);
+            every node of one prefix must agree.  The outbound queue then
+            refuses the newest when full (``overflow`` is ignored): what it
+            accepted is never dropped.
+        history_ttl: seconds a kept message, and a publisher session, lasts.
+        history_topics: topics the history remembers at most.
     """
 
     def __init__(
@@ -158,6 +180,9 @@ class Federation:
         batch: int = 1000,
         max_backoff: float = 5.0,
         node: str | None = None,
+        history: int = 0,
+        history_ttl: float = 120.0,
+        history_topics: int = 100_000,
     ) -> None:
         if redis is None:
             raise ImportError("federation needs redis-py: pip install 'greenbus[redis]'")
@@ -172,10 +197,26 @@ class Federation:
         self._max_pending = max_pending
         self._overflow = overflow
         self._pool = redis.ConnectionPool.from_url(
-            url, connection_class=_GeventConnection, socket_connect_timeout=5
+            url, connection_class=GeventConnection, socket_connect_timeout=5
         )
         self._client = redis.Redis(connection_pool=self._pool)
-        self._out: Channel[tuple[Any, ...]] | None = None
+        #: The history in Redis (None: no history; plain pub/sub).
+        self.history: RedisHistory | None = None
+        if history:
+            self.history = RedisHistory(self._client, prefix, history, history_ttl, history_topics)
+            self._overflow = Overflow.DROP_NEWEST.value
+        # This node's own publisher session: its scripts are numbered in it,
+        # so a batch sent again after a reconnect is applied once.
+        self._session = f"{self.node}-{secrets.token_hex(4)}"
+        self._numbers = itertools.count(1)
+        # What arrived already: repeats are dropped, gaps counted.
+        self._arrivals = Arrivals(self.node)
+        # Redis (p)subscriptions the reader has seen confirmed, and waiters.
+        self._confirmed: set[tuple[str, bool]] = set()
+        self._confirm_waiters: dict[tuple[str, bool], gevent.event.Event] = {}
+        self._feed_listeners: list[Callable[[tuple[Any, ...], str | None], object]] = []
+        self._lost_listeners: list[Callable[[], object]] = []
+        self._out: Channel[tuple[Any, ...] | _Durable] | None = None
         self._forward: Forward | None = None
         self._writer: gevent.Greenlet | None = None
         self._reader: gevent.Greenlet | None = None
@@ -184,7 +225,6 @@ class Federation:
         self._seq: dict[str, int] = {}
         self._epoch = 0
         self._in_hand = 0
-        self._last: dict[tuple[str, str], int] = {}
         self._connected = gevent.event.Event()
         # _stopping: the loops should end (stop() called, or the bus closed);
         # _bus_closed: the bus's close listener ran (the federation stops by itself);
@@ -196,10 +236,10 @@ class Federation:
         self._dropped = 0
         self._unencodable = 0
         self._received = 0
-        self._duplicates = 0
-        self._gaps = 0
         self._bad = 0
         self._reconnects = 0
+        self._duplicates_dropped = 0
+        self._script_errors = 0
         self._lag = 0.0
         self._max_lag = 0.0
 
@@ -257,7 +297,7 @@ class Federation:
             # Its finally clause closes its pubsub connection.
             self._reader.kill(block=True, timeout=timeout)
         if self._pubsub is not None:  # the reader did not get to (killed too late)
-            _close_quietly(self._pubsub)
+            close_quietly(self._pubsub)
             self._pubsub = None
         self._pool.disconnect()
         self._connected.clear()
@@ -303,11 +343,13 @@ class Federation:
             dropped=self._dropped + (self._out.dropped if self._out is not None else 0),
             unencodable=self._unencodable,
             received=self._received,
-            duplicates=self._duplicates,
-            gaps=self._gaps,
+            duplicates=self._arrivals.duplicates,
+            gaps=self._arrivals.gaps,
             bad_envelopes=self._bad,
             reconnects=self._reconnects,
             subscriptions=len(self._globs),
+            duplicates_dropped=self._duplicates_dropped,
+            script_errors=self._script_errors,
             lag_ms=self._lag * 1000,
             max_lag_ms=self._max_lag * 1000,
         )
@@ -354,21 +396,23 @@ class Federation:
                 batch = out.get_batch(self._batch)
             except EndOfChannel:
                 return
-            payloads = self._envelopes(batch)
-            self._in_hand = len(payloads)
-            while payloads:
+            jobs = self._jobs(batch)
+            self._in_hand = len(jobs)
+            while jobs:
                 try:
                     pipe = self._client.pipeline(transaction=False)
-                    for channel, payload in payloads:
-                        pipe.publish(channel, payload)
-                    pipe.execute()
-                    self._published += len(payloads)
+                    for job in jobs:
+                        job.queue(pipe, self.history)
+                    results = pipe.execute(raise_on_error=False)
+                    self._published += len(jobs)
                     self._in_hand = 0
                     backoff = 0.05
+                    self._applied(jobs, results)
                     break
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     # Re-send the whole batch after reconnecting: receivers
-                    # drop what they already had by sequence number.
+                    # drop what they already had by sequence number, and the
+                    # history's script drops what it applied already.
                     self._reconnects += 1
                     logger.warning(
                         "federation %s: publishing failed (%s); retrying in %.2f s",
@@ -379,11 +423,11 @@ class Federation:
                     gevent.sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff)
                     if self._stopping and out.closed and backoff >= self._max_backoff:
-                        self._dropped += len(payloads)
+                        self._dropped += len(jobs)
                         self._in_hand = 0
                         return
 
-    def _envelopes(self, batch: list[tuple[Any, ...]]) -> list[tuple[str, bytes]]:
+    def _jobs(self, batch: list[Any]) -> list[_Job]:
         seqs = self._seq
         if len(seqs) > MAX_TRACKED:
             # A new epoch makes a new origin: receivers start fresh tables
@@ -392,24 +436,123 @@ class Federation:
             self._epoch += 1
         origin = f"{self.node}/{self._epoch}"
         now = time.time()
-        out = []
-        for msg in batch:
+        jobs = []
+        for entry in batch:
+            durable = entry if isinstance(entry, _Durable) else None
+            msg = entry.item if durable is not None else entry
             topic = msg[0]
             seq = seqs.get(topic, 0) + 1
             headers = msg[2]
             env = Envelope(
-                origin, seq, now, topic, msg[1], dict(headers) if headers else None, msg[3]
+                origin,
+                seq,
+                now,
+                topic,
+                msg[1],
+                dict(headers) if headers else None,
+                msg[3],
+                local=durable is None,
             )
             try:
-                out.append((f"{self.prefix}:{topic}", encode_envelope(env)))
+                payload = encode_envelope(env)
             except LocalProtocolError as exc:
                 self._unencodable += 1
                 logger.error("federation %s: %s (not published)", self.node, exc)
+                if durable is not None:
+                    durable.done(str(exc))
                 continue
             # Numbered only once encoded: a message that cannot be sent must
             # not look like a gap to the receivers.
             seqs[topic] = seq
-        return out
+            if durable is not None and durable.number is not None:
+                session, number = durable.session, durable.number
+            else:
+                session, number = self._session, next(self._numbers)
+            done = durable.done if durable is not None else None
+            jobs.append(_Job(topic, f"{self.prefix}:{topic}", payload, session, number, done))
+        return jobs
+
+    def _applied(self, jobs: list[_Job], results: list[Any]) -> None:
+        # What Redis answered for each job: a durable publish learns it now.
+        for job, result in zip(jobs, results, strict=True):
+            error: str | None = None
+            if isinstance(result, Exception):
+                self._script_errors += 1
+                error = f"Redis refused the message: {result}"
+                logger.error("federation %s: %s (on %r)", self.node, error, job.topic)
+            elif self.history is not None and not result[0]:
+                self._duplicates_dropped += 1  # applied already: acknowledge again
+            if job.done is not None:
+                job.done(error)
+
+    # -- a hub's peers: durable publishes, replays, positioned messages --------------
+
+    def publish_durable(
+        self, item: tuple[Any, ...], session: str | None, number: int | None, done: Done
+    ) -> None:
+        """Publish ``item`` through the history; ``done(None)`` once Redis has it.
+
+        For a hub's peers (history only): the peer's ack waits for ``done``.
+        ``session`` and ``number`` (a v2 client's) make a resend harmless;
+        without them the node numbers the message itself.  Never blocks:
+        ``done`` runs later, in the writer greenlet, with None (applied, or
+        applied already) or the text of a refusal (the outbound queue is
+        full, Redis refused it).
+        """
+        out = self._out
+        if out is None or out.closed:
+            done("the federation is stopped")
+            return
+        if not out.put(_Durable(item, session, number, done)):
+            done(f"the hub's queue to Redis is full ({self._max_pending}); try again")
+
+    def snapshot(
+        self, pattern: str, since: Position | None, timeout: float
+    ) -> tuple[str, list[tuple[tuple[Any, ...], str]] | None]:
+        """Where a new subscription to ``pattern`` starts, and what it missed since ``since``.
+
+        Waits (up to ``timeout``) until this node's Redis subscription
+        covering ``pattern`` is in place, so that every message after the
+        head returned reaches the feed listeners.  See
+        :meth:`RedisHistory.snapshot`.
+
+        Raises:
+            TimeoutError: Redis did not confirm the subscription in time.
+            redis.exceptions.RedisError, OSError: Redis cannot be reached.
+        """
+        history = self.history
+        assert history is not None, "snapshot() needs a federation with history"
+        if not pattern.startswith("$") and not self.wait_subscribed(pattern, timeout):
+            raise TimeoutError(f"Redis did not confirm a subscription to {pattern!r} in time")
+        return history.snapshot(pattern, since)
+
+    def _confirm(self, key: tuple[str, bool]) -> None:
+        # The reader saw Redis confirm a (p)subscription: what is published
+        # from now on reaches it.
+        self._confirmed.add(key)
+        waiter = self._confirm_waiters.pop(key, None)
+        if waiter is not None:
+            waiter.set()
+
+    def wait_subscribed(self, pattern: str, timeout: float | None = None) -> bool:
+        """Wait until the reader's Redis subscription covering ``pattern`` is confirmed."""
+        key = redis_glob(self.prefix, pattern)
+        if key in self._confirmed:
+            return True
+        event = self._confirm_waiters.get(key)
+        if event is None:
+            event = self._confirm_waiters[key] = gevent.event.Event()
+        return bool(event.wait(timeout))
+
+    def add_feed_listener(self, deliver: Callable[[tuple[Any, ...], str | None], object]) -> None:
+        """Call ``deliver(item, pos)`` for every message received (history only),
+        this node's own included, in Redis's order, in the reader greenlet."""
+        self._feed_listeners.append(deliver)
+
+    def add_lost_listener(self, lost: Callable[[], object]) -> None:
+        """Call ``lost()`` when the reader is back after losing Redis: messages
+        published meanwhile reached no feed listener."""
+        self._lost_listeners.append(lost)
 
     # -- in: Redis to local subscribers -------------------------------------------
 
@@ -437,6 +580,7 @@ class Federation:
             self._globs[key] = count
             return
         self._globs.pop(key, None)
+        self._confirmed.discard(key)
         self._command(key, subscribe=False)
 
     def _command(self, key: tuple[str, bool], subscribe: bool) -> None:
@@ -461,7 +605,7 @@ class Federation:
             self._connected.clear()
             pubsub, self._pubsub = self._pubsub, None
             if pubsub is not None:
-                _close_quietly(pubsub)
+                close_quietly(pubsub)
 
     def _read_until_stopping(self) -> None:
         backoff = 0.05
@@ -471,7 +615,8 @@ class Federation:
                 # Held in self._pubsub from the start, so that it is closed
                 # even if the reader is killed while connecting.  _command
                 # uses it only once _connected is set.
-                pubsub = self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._pubsub = self._client.pubsub()
+                self._confirmed.clear()
                 # A private channel keeps the connection subscribed when
                 # nobody here wants anything yet.
                 pubsub.subscribe(f"{self.prefix}:_node.{self.node}")
@@ -485,25 +630,31 @@ class Federation:
                 if outage is not None:
                     logger.warning(
                         "federation %s: reconnected after %.2f s; messages published "
-                        "meanwhile are lost (counted as gaps when later ones arrive)",
+                        "meanwhile are lost (counted as gaps when later ones arrive)%s",
                         self.node,
                         time.monotonic() - outage,
+                        "; the feed listeners are told" if self._lost_listeners else "",
                     )
                     outage = None
+                    for lost in list(self._lost_listeners):
+                        lost()
                 backoff = 0.05
                 listen: Callable[[], Iterator[dict[str, Any]]] = pubsub.listen
                 for item in listen():
-                    if item["type"] in ("message", "pmessage"):
+                    kind = item["type"]
+                    if kind in ("message", "pmessage"):
                         self._deliver(item["data"])
                         if self._stopping:
                             # The bus is closing (the emit raised BusClosed):
                             # nobody here can receive; leave Redis now.
                             return
+                    elif kind in ("subscribe", "psubscribe"):
+                        self._confirm((text(item["channel"]), kind == "psubscribe"))
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._connected.clear()
                 broken, self._pubsub = self._pubsub, None
                 if broken is not None:
-                    _close_quietly(broken)  # back to the pool; a new one reconnects
+                    close_quietly(broken)  # back to the pool; a new one reconnects
                 if self._stopping:
                     return
                 if outage is None:
@@ -521,35 +672,23 @@ class Federation:
             if self._bad == 1 or self._bad % 1000 == 0:
                 logger.error("federation %s: %s (%d so far)", self.node, exc, self._bad)
             return
-        if env.origin.rpartition("/")[0] == self.node:
-            return  # our own message, back from Redis
         if env.topic.startswith("$"):
             return  # node-local system topics are never federated (e.g. an old node's)
-        last = self._last
-        key = (env.origin, env.topic)
-        previous = last.get(key)
-        if previous is not None:
-            if env.seq <= previous:
-                self._duplicates += 1
-                return
-            if env.seq > previous + 1:
-                missing = env.seq - previous - 1
-                self._gaps += missing
-                logger.warning(
-                    "federation %s: %d message(s) from %s on %r lost (pub/sub is at-most-once)",
-                    self.node,
-                    missing,
-                    env.origin,
-                    env.topic,
-                )
-        elif len(last) > MAX_TRACKED:
-            last.clear()
-        last[key] = env.seq
+        own = env.origin.rpartition("/")[0] == self.node
+        if own and self.history is None:
+            return  # our own message, back from Redis
+        if not self._arrivals.is_new(env):
+            return
         lag = time.time() - env.ts
         self._lag = lag
         if lag > self._max_lag:
             self._max_lag = lag
         self._received += 1
+        item = (env.topic, env.data, env.headers, env.reply_to)
+        for deliver in self._feed_listeners:
+            deliver(item, env.pos)
+        if own and env.local:
+            return  # this node's bus delivered it when it was emitted
         try:
             self.bus.emit(env.topic, env.data, headers=env.headers, reply_to=env.reply_to)
         except ChannelFull as exc:
@@ -562,18 +701,12 @@ class Federation:
             self._stopping = True
 
 
-def _close_quietly(pubsub: Any) -> None:
-    # Close a pubsub connection that may be broken already.
-    try:
-        pubsub.close()
-    except Exception:  # a broken connection: nothing left to close
-        pass
-
-
 def federate(bus: Bus, url: str, *, prefix: str = "greenbus", **options: Any) -> Federation:
     """Link ``bus`` to Redis at ``url`` and start; returns the :class:`Federation`.
 
     ``options`` are those of :class:`Federation` (``max_pending``,
-    ``overflow``, ``batch``, ``max_backoff``, ``node``).
+    ``overflow``, ``batch``, ``max_backoff``, ``node``, ``history``,
+    ``history_ttl``, ``history_topics``).  With ``history``, give the
+    federation to the hub: ``greenbus.serve(bus, remote=federation)``.
     """
     return Federation(bus, url, prefix=prefix, **options).start()

@@ -1,4 +1,4 @@
-// greenbus.js: a client for greenbus hubs, speaking wire protocol v1
+// greenbus.js: a client for greenbus hubs, speaking wire protocol v2
 // (docs/protocol.md): one JSON object per WebSocket text message.
 //
 // No dependencies and no build step.  It runs in browsers (the hub serves it
@@ -13,25 +13,51 @@
 //     const reply = await bus.request("math.double", 21, { timeout: 2000 });
 //
 // The client reconnects by itself, with capped exponential backoff, and
-// subscribes again.  While it is not connected, publishes wait in a bounded
-// buffer (the oldest are dropped first, and counted); a request that ends
-// unanswered while its publish still waits there takes it back, so nobody
-// acts on a request its caller gave up on.  Messages published while it was
-// away are gone: the hub stores nothing (at most once).
+// resumes (docs/recovery.md), as the Python client does:
+//
+// - Subscriptions.  Each one remembers the position (`pos`) of the last
+//   message it received, or where the hub said it started.  After a cut it
+//   subscribes again from there (`since`), and the hub first replays what it
+//   missed, then goes on live: each message once, in order.  When the hub
+//   cannot (its history does not reach back that far, it restarted, or it
+//   keeps none), the gap is never silent: a RecoveryFailedError goes to
+//   onerror, a console.warn line says it, and statistics().recoveriesFailed
+//   counts it; the subscription goes on with the live messages.
+//   `$` topics and request inboxes (`_INBOX.`) are never kept: they just
+//   subscribe again.
+// - Publishes.  The client names a random publisher `session` (fixed for its
+//   life) and numbers its publishes 1, 2, 3, ...  It keeps every one the hub
+//   has not acknowledged, and sends them all again, in order, on each new
+//   connection; the hub drops those it had applied.  So a publish made while
+//   disconnected, or in flight when the connection dropped, reaches
+//   subscribers exactly once.  While disconnected at most maxBuffer wait:
+//   past that the oldest are dropped (counted in statistics().dropped, and
+//   one console.warn per outage).  A request that ends unanswered takes its
+//   publish back: it is never sent again, so nobody acts on a request its
+//   caller gave up on.
+//
+// The window is the hub's (--history, --history-ttl: 100 messages per topic,
+// 120 s, by default); a hub restart without Redis loses it.
+//
+//     const unsubscribe = bus.subscribe("orders.*", handle);
+//     const kept = bus.position(unsubscribe);          // an opaque string, or null
+//     // later, in another client or after a restart: what was published after `kept` first
+//     other.subscribe("orders.*", handle, { since: kept });
 //
 // Errors, all under one root:
 //
 //     GreenbusError
 //     ├── InvalidTopicError     a topic or pattern breaks the grammar (thrown at once)
-//     ├── LocalProtocolError    a frame protocol v1 cannot carry: NaN, a lone surrogate,
+//     ├── LocalProtocolError    a frame the protocol cannot carry: NaN, a lone surrogate,
 //     │                         a BigInt, a cycle (thrown at once)
 //     ├── MessageTooBigError    a frame over maxMessageSize (thrown at once)
 //     ├── HubError              the hub refused a frame: code, reason, id
-//     ├── RemoteProtocolError   the hub sent something that is not protocol v1
+//     ├── RemoteProtocolError   the hub sent something that is not the protocol
 //     ├── HandlerError          a subscription handler threw: cause, pattern, topic
+//     ├── RecoveryFailedError   a subscription resumed with a gap: pattern, since, reason
 //     ├── RequestTimeoutError   no reply to a request in time: topic, timeout
 //     ├── ConnectionLostError   the connection ended before the hub answered
-//     └── ClosedError           the client is closed (close(), or a refused token)
+//     └── ClosedError           the client is closed (close(), or a refusal for good)
 //
 // Who broke it: InvalidTopicError, LocalProtocolError, MessageTooBigError
 // and ClosedError are the caller's; HubError is the hub refusing what we
@@ -40,7 +66,7 @@
 // option) throw the builtin TypeError or RangeError.
 
 /** The protocol version this client speaks. */
-export const PROTOCOL = 1;
+export const PROTOCOL = 2;
 
 /**
  * The states of a client.  Every transition is listed in TRANSITIONS.
@@ -54,7 +80,7 @@ export const State = Object.freeze({
   OPEN: "open",
   /** The connection ended; the next attempt is scheduled. */
   RECONNECTING: "reconnecting",
-  /** Final: close() was called, the hub refused the token, or reconnect is off. */
+  /** Final: close() was called, the hub refused the client for good, or reconnect is off. */
   CLOSED: "closed",
 });
 
@@ -74,6 +100,16 @@ const SOCKET_OPEN = 1;
  * never sends one after a failed handshake, and a hub may never answer.
  */
 const CLOSE_GRACE_MS = 1000;
+
+/** A position as the hub writes it (`<epoch>:<seq>:<ms>`, docs/recovery.md); opaque otherwise. */
+const POSITION = /^[0-9a-f]{1,32}:(?:0|[1-9][0-9]{0,18}):(?:0|[1-9][0-9]{0,15})$/;
+/** The prefix of request inboxes, which a hub never keeps (nor `$` topics). */
+const INBOX_PREFIX = "_INBOX.";
+
+/** Whether a hub keeps what `pattern` matches, so that a subscription to it can resume. */
+function isKept(pattern) {
+  return !(pattern.startsWith("$") || pattern.startsWith(INBOX_PREFIX));
+}
 
 const DEFAULTS = Object.freeze({
   maxBuffer: 1000,
@@ -107,7 +143,7 @@ export class InvalidTopicError extends GreenbusError {
 }
 
 /**
- * A frame that protocol v1 cannot carry, refused before anything is sent (the
+ * A frame that the protocol cannot carry, refused before anything is sent (the
  * hub would answer `bad_json`): NaN or Infinity, a string or key holding a
  * lone UTF-16 surrogate (it has no UTF-8 encoding), or a value JSON.stringify
  * cannot encode (a BigInt, a cycle; then `cause` is its TypeError).  The
@@ -156,13 +192,17 @@ export class HubError extends GreenbusError {
     this.pattern = pattern;
   }
 
-  /** True if the client stops for good after this error (a refused token). */
+  /**
+   * True if the client stops for good after this error: a refused token
+   * (`unauthorized`), or a hub that does not speak protocol 2
+   * (`unsupported_protocol`).  Retrying cannot help.
+   */
   get fatal() {
-    return this.code === "unauthorized";
+    return this.code === "unauthorized" || this.code === "unsupported_protocol";
   }
 }
 
-/** The hub sent a frame that is not protocol v1 (a bug on its side). */
+/** The hub sent a frame that is not the protocol (a bug on its side). */
 export class RemoteProtocolError extends GreenbusError {
   constructor(problem, text) {
     super(`the hub sent an invalid frame: ${problem}`);
@@ -179,6 +219,31 @@ export class HandlerError extends GreenbusError {
   }
 }
 
+/**
+ * A subscription resumed after a cut, and messages published meanwhile may be
+ * missing: the hub could not replay them (its history does not reach back to
+ * `since`, it restarted, or it keeps none).  Never thrown: it goes to onerror
+ * (and console.warn), is counted in statistics().recoveriesFailed, and the
+ * subscription goes on with the live messages.  The Python client reports
+ * greenbus.RecoveryFailed for the same gaps.
+ */
+export class RecoveryFailedError extends GreenbusError {
+  /**
+   * @param {string} pattern the subscription's pattern
+   * @param {string|null} since the position it asked to resume from (null if it had none)
+   * @param {string} reason why the gap could not be replayed
+   */
+  constructor(pattern, since, reason) {
+    super(
+      `subscription ${safeJSON(pattern)} resumed with a gap: messages published while it was ` +
+        `disconnected may be lost (${reason})`,
+    );
+    this.pattern = pattern;
+    this.since = since;
+    this.reason = reason;
+  }
+}
+
 /** No reply came within the timeout (the hub cannot say that nobody listens). */
 export class RequestTimeoutError extends GreenbusError {
   constructor(topic, timeout) {
@@ -191,7 +256,7 @@ export class RequestTimeoutError extends GreenbusError {
 /** The connection ended before the hub answered (for example a ping in flight). */
 export class ConnectionLostError extends GreenbusError {}
 
-/** The client is closed: by close(), or for good after the hub refused its token. */
+/** The client is closed: by close(), or for good after the hub refused it (a token, its protocol). */
 export class ClosedError extends GreenbusError {}
 
 function safeJSON(value) {
@@ -375,7 +440,8 @@ export class Message {
  * @property {boolean} [reconnect=true] reconnect after the connection ends
  * @property {number} [reconnectDelay=100] ms before the first retry; doubles per failed attempt
  * @property {number} [maxReconnectDelay=5000] ms, the cap of the delay
- * @property {number} [maxBuffer=1000] publishes kept while disconnected (the oldest are dropped)
+ * @property {number} [maxBuffer=1000] unconfirmed publishes kept while disconnected (the oldest
+ *   are dropped)
  * @property {number} [maxMessageSize=1048576] bytes; larger publishes throw MessageTooBigError
  * @property {number} [requestTimeout=5000] ms, the default timeout of request() and ping()
  * @property {(info: OpenInfo) => void} [onopen]
@@ -396,7 +462,8 @@ export class Message {
  * @property {string} reason the close reason
  * @property {boolean} wasOpen whether the hub had welcomed this connection
  * @property {number|null} reconnectIn ms until the next attempt; null: the client is closed
- * @property {HubError|null} error the fatal error that closed the client, if any
+ * @property {HubError|null} error the fatal error that closed the client, if any (a HubError
+ *   `unauthorized` or `unsupported_protocol`)
  */
 
 /**
@@ -405,8 +472,10 @@ export class Message {
  * Callbacks (also settable as options): `onopen(OpenInfo)` after every
  * welcome; `onclose(CloseInfo)` whenever a connection ends or an attempt
  * fails; `onerror(GreenbusError)` for the hub's error frames (HubError),
- * invalid frames (RemoteProtocolError) and failing handlers (HandlerError).
- * Errors nobody handles go to console.error, as the DOM does with listeners.
+ * invalid frames (RemoteProtocolError), failing handlers (HandlerError) and
+ * subscriptions resumed with a gap (RecoveryFailedError).  Errors nobody
+ * handles go to console.error, as the DOM does with listeners (a
+ * RecoveryFailedError has its console.warn line either way).
  */
 export class Client {
   /** @type {((info: OpenInfo) => void) | null} */
@@ -427,17 +496,37 @@ export class Client {
   #attempt = 0;
   #timer = null;
   #fatal = null;
-  #subs = new Map(); // sid -> {pattern, handler}
+  // sid -> {pattern, handler, pos, acked, asked}: `pos` is where the
+  // subscription stands (the last msg's pos, or its ack's), `acked` whether a
+  // hub has acknowledged it before (the next sub is a resume), `asked` the
+  // `since` of the sub in flight on this connection.
+  #subs = new Map();
   #nextSid = 1;
-  // Pub frames waiting for a connection, oldest first: {text} entries, kept by
-  // identity (two equal publishes are two entries) so that a request can take
-  // back its own with #unbuffer().
-  #buffer = new Set();
+  #handles = new WeakMap(); // the function subscribe() returned -> sid, for position()
+  // This client's publisher session (docs/protocol.md, "Publisher sessions").
+  #session = randomHex(16);
+  #lastNumber = 0; // the number of the last pub: 1, 2, 3, ... for the session's life
+  // Every pub the hub has not acknowledged, by number, oldest first (numbers
+  // only grow, so insertion order is number order): {text, sent}, `sent` once
+  // a socket has had it.  All go again on each new connection.
+  #unconfirmed = new Map();
+  #pubRequests = new Map(); // pub number -> cancel(error) of the request waiting for it
+  #droppedWarned = false; // one console.warn per outage for maxBuffer drops
   #pings = new Map(); // id -> {resolve, reject, timer, sent, started}
   #pingSeq = 0;
   #requests = new Set(); // cancel(error) of every pending request
   #closed = null; // {promise, resolve} once close() was called
-  #stats = { reconnects: 0, sent: 0, received: 0, dropped: 0, withdrawn: 0, hubErrors: 0 };
+  #stats = {
+    reconnects: 0,
+    sent: 0,
+    received: 0,
+    resent: 0,
+    dropped: 0,
+    withdrawn: 0,
+    hubErrors: 0,
+    recovered: 0,
+    recoveriesFailed: 0,
+  };
 
   /**
    * @param {string} url `ws://host:port/` or `wss://...`
@@ -505,38 +594,70 @@ export class Client {
     return this.#server;
   }
 
+  /**
+   * This client's publisher session: 32 random hex digits, the same for the
+   * client's whole life (across reconnects), sent in every `hello`.
+   */
+  get session() {
+    return this.#session;
+  }
+
   toString() {
-    const counts = `subscriptions=${this.#subs.size} buffered=${this.#buffer.size}`;
+    const counts = `subscriptions=${this.#subs.size} unconfirmed=${this.#unconfirmed.size}`;
     return `[greenbus Client ${this.name} ${this.url} ${this.#state} ${counts}]`;
   }
 
   /**
    * A snapshot of the counters.
    * @returns {{state: string, reconnects: number, sent: number, received: number,
-   *   buffered: number, dropped: number, withdrawn: number, hubErrors: number,
+   *   unconfirmed: number, resent: number, dropped: number, withdrawn: number,
+   *   hubErrors: number, recovered: number, recoveriesFailed: number,
    *   subscriptions: number}}
-   *   `sent` counts frames written, `received` msg frames, `buffered` publishes
-   *   waiting for a connection.  `dropped` counts publishes lost from a full
-   *   buffer while disconnected: losses nobody was told of.  `withdrawn` counts
-   *   requests that timed out while their publish still waited in the buffer:
-   *   it was taken out and never sent (the caller got its RequestTimeoutError),
-   *   so it is neither `dropped` nor `sent`.  close() discards the buffer
-   *   without counting it in either.
+   *   `sent` counts frames written, resends included; `received` msg frames.
+   *   `unconfirmed` counts publishes the hub has not acknowledged yet: in
+   *   flight, or waiting for a connection; each new connection sends them all
+   *   again.  `resent` counts those sent again because a connection that had
+   *   them ended before the hub acknowledged them (the hub drops those it had
+   *   applied).  `dropped` counts publishes dropped, never sent, because
+   *   maxBuffer unconfirmed ones waited while disconnected.  `withdrawn` counts
+   *   requests that ended unanswered while their publish had not been sent:
+   *   it was taken back and never sent (the caller got its
+   *   RequestTimeoutError), so it is neither `dropped` nor `sent`.
+   *   `recovered` counts subscriptions resumed after a cut with every missed
+   *   message replayed; `recoveriesFailed` those resumed with a gap (each told
+   *   to onerror as a RecoveryFailedError).  close() discards what is
+   *   unconfirmed without counting it.
    */
   statistics() {
     return Object.freeze({
       state: this.#state,
       ...this.#stats,
-      buffered: this.#buffer.size,
+      unconfirmed: this.#unconfirmed.size,
       subscriptions: this.#subs.size,
     });
+  }
+
+  /**
+   * The position a subscription has reached: the `pos` of the last message it
+   * received, or where the hub said it started; null before that (and once it
+   * is unsubscribed, or with a hub that keeps no history).  Opaque text: pass
+   * it to subscribe() as `since` to resume from there later, in another client
+   * even (docs/recovery.md).
+   * @param {() => void} subscription the function subscribe() returned
+   * @returns {string|null}
+   */
+  position(subscription) {
+    const sid = this.#handles.get(subscription);
+    return (sid === undefined ? undefined : this.#subs.get(sid)?.pos) ?? null;
   }
 
   // -- publishing -------------------------------------------------------------
 
   /**
-   * Publish `data` on `topic`.  Never waits: while disconnected the frame is
-   * buffered (see maxBuffer) and sent after the next welcome.
+   * Publish `data` on `topic`.  Never waits: while disconnected the frame
+   * waits (see maxBuffer) and goes out after the next welcome.  Until the hub
+   * acknowledges it, it is sent again on each new connection, and the hub
+   * applies it once (statistics().unconfirmed).
    * @param {string} topic a concrete topic (no wildcards)
    * @param {*} [data] any JSON value; undefined is sent as null
    * @param {{headers?: object, replyTo?: string}} [options] headers: an object
@@ -550,9 +671,14 @@ export class Client {
    */
   publish(topic, data, { headers, replyTo } = {}) {
     this.#checkNotClosed();
-    this.#sendPub(this.#encodePub(topic, data, headers, replyTo));
+    const [number, text] = this.#encodePub(topic, data, headers, replyTo);
+    this.#sendPub(number, text);
   }
 
+  /**
+   * The pub frame, numbered as the session's next pub (its `id`).
+   * @returns {[number, string]} its number and its text
+   */
   #encodePub(topic, data, headers, replyTo) {
     validateTopic(topic);
     const frame = { op: "pub", topic };
@@ -564,66 +690,109 @@ export class Client {
       if (Object.keys(headers).length > 0) frame.headers = headers;
     }
     if (replyTo != null) frame.reply_to = validateTopic(replyTo);
+    // The number is taken only once the frame is known to be good: a refused
+    // publish leaves no hole (the hub would not mind one, though).
+    const number = this.#lastNumber + 1;
+    frame.id = number;
     const text = encodeFrame(frame);
     const limit = this.#options.maxMessageSize;
     if (text.length * 3 > limit) {
       const size = utf8Length(text);
       if (size > limit) throw new MessageTooBigError(size, limit);
     }
-    return text;
+    this.#lastNumber = number;
+    return [number, text];
   }
 
   /**
-   * Write a pub frame now, or buffer it until the next welcome (dropping the
-   * oldest past maxBuffer, counted in `dropped`).
+   * Keep pub `number` until the hub acknowledges it, and write it now if the
+   * client is open; while disconnected, at most maxBuffer wait.
+   * @param {number} number
    * @param {string} text
-   * @returns {{text: string}|null} the buffer entry, for #unbuffer(); null if written
    */
-  #sendPub(text) {
+  #sendPub(number, text) {
+    const entry = { text, sent: false };
+    this.#unconfirmed.set(number, entry);
     if (this.#isOpen()) {
       this.#write(text);
-      return null;
+      entry.sent = true;
+    } else {
+      this.#trim();
     }
-    if (this.#buffer.size >= this.#options.maxBuffer) {
-      const [oldest] = this.#buffer;
-      this.#buffer.delete(oldest);
-      this.#stats.dropped += 1;
-    }
-    const entry = { text };
-    this.#buffer.add(entry);
-    return entry;
   }
 
   /**
-   * Take a buffered pub back before it is sent.
-   * @param {{text: string}|null} entry what #sendPub() returned
-   * @returns {boolean} whether it was still waiting (false: sent, dropped or discarded)
+   * While disconnected: drop the oldest unconfirmed pubs past maxBuffer,
+   * counted in `dropped`, with one console.warn per outage.
    */
-  #unbuffer(entry) {
-    return entry !== null && this.#buffer.delete(entry);
+  #trim() {
+    const limit = this.#options.maxBuffer;
+    const unconfirmed = this.#unconfirmed;
+    let dropped = 0;
+    for (const number of unconfirmed.keys()) {
+      if (unconfirmed.size <= limit) break;
+      unconfirmed.delete(number);
+      dropped += 1;
+    }
+    if (dropped === 0) return;
+    this.#stats.dropped += dropped;
+    if (!this.#droppedWarned) {
+      this.#droppedWarned = true;
+      console.warn(
+        `greenbus.js ${this.name}: disconnected with ${limit} unconfirmed message(s) waiting ` +
+          `(maxBuffer); dropping the oldest (${this.#stats.dropped} dropped so far)`,
+      );
+    }
+  }
+
+  /**
+   * A request gave up on its pub: it must never go out again.  Counted in
+   * `withdrawn` if no socket ever had it.
+   * @param {number} number
+   */
+  #withdraw(number) {
+    const entry = this.#unconfirmed.get(number);
+    if (entry === undefined) return; // confirmed, refused, dropped or discarded already
+    this.#unconfirmed.delete(number);
+    if (!entry.sent) this.#stats.withdrawn += 1;
+    // Otherwise a connection had it: it may have reached the hub, and subscribers.
   }
 
   // -- subscribing ------------------------------------------------------------
 
   /**
-   * Subscribe to `pattern` on the hub (again after every reconnect).
+   * Subscribe to `pattern` on the hub.  After a cut the subscription resumes
+   * by itself from the last message it received: the hub replays what it
+   * missed, or onerror gets a RecoveryFailedError.
    * @param {string} pattern a topic, or a pattern with `*` (one token) and a last `>` (the rest)
    * @param {(message: Message) => (void|Promise<void>)} handler called once per
    *   matching message, in order; what it throws goes to onerror as a HandlerError
-   * @returns {() => void} unsubscribe (idempotent)
+   * @param {{since?: string}} [options] since: a position kept from position()
+   *   (by this client or another): the hub first delivers what was published
+   *   after it, or, if its history cannot, onerror gets a RecoveryFailedError
+   * @returns {() => void} unsubscribe (idempotent); also the subscription's
+   *   handle for position()
    * @throws {InvalidTopicError} a bad pattern
+   * @throws {TypeError} a handler that is no function, a `since` that is no position
    * @throws {ClosedError} the client is closed
    */
-  subscribe(pattern, handler) {
+  subscribe(pattern, handler, { since } = {}) {
     this.#checkNotClosed();
     validatePattern(pattern);
     if (typeof handler !== "function") throw new TypeError("handler must be a function taking a Message");
+    if (since != null && (typeof since !== "string" || !POSITION.test(since))) {
+      throw new TypeError(`since must be a position (from client.position()), not ${safeJSON(since)}`);
+    }
     const sid = this.#nextSid++;
-    this.#subs.set(sid, { pattern, handler });
-    if (this.#isOpen()) this.#sendSub(sid, pattern);
-    return () => {
+    // A kept position makes the first sub a resume, judged as any other.
+    const resume = since != null;
+    this.#subs.set(sid, { pattern, handler, pos: resume ? since : null, acked: resume, asked: null });
+    if (this.#isOpen()) this.#sendSub(sid);
+    const unsubscribe = () => {
       if (this.#subs.delete(sid) && this.#isOpen()) this.#write(JSON.stringify({ op: "unsub", sid }));
     };
+    this.#handles.set(unsubscribe, sid);
+    return unsubscribe;
   }
 
   /**
@@ -631,15 +800,16 @@ export class Client {
    * private inbox, `_INBOX.<128 random bits in hex>` (new for every request), subscribed exactly
    * (wildcard subscriptions never see inboxes).
    *
-   * A request that times out while disconnected takes its publish back out of
-   * the buffer (counted in statistics().withdrawn), and close() discards the
-   * buffer: a request is never sent after its caller gave up, so no responder
-   * acts on it.
+   * A request that ends unanswered (a timeout, close()) takes its publish
+   * back: it is never sent again after a cut, so no responder acts on it
+   * later (counted in statistics().withdrawn if it had not been sent at all).
+   * A reply in flight when the connection drops is lost: the request times out.
    * @param {string} topic
    * @param {*} [data]
    * @param {{timeout?: number, headers?: object}} [options] timeout in ms (default 5000)
    * @returns {Promise<Message>} the reply
    * @throws {RequestTimeoutError} (rejects) no reply within the timeout
+   * @throws {HubError} (rejects) the hub refused the request's publish (e.g. `forbidden`)
    * @throws {ClosedError} (rejects) the client was closed meanwhile
    * @throws {InvalidTopicError|LocalProtocolError|TypeError|MessageTooBigError}
    *   (rejects) as publish(); nothing is sent
@@ -653,23 +823,21 @@ export class Client {
       this.#checkNotClosed();
       // A fresh random inbox per request: a responder that saw one reply_to
       // cannot guess the next one (exact inbox subscriptions are open to all).
-      const inbox = `_INBOX.${randomHex(16)}`;
+      const inbox = `${INBOX_PREFIX}${randomHex(16)}`;
       // Encoded first: a bad request is refused before anything is sent.
-      const text = this.#encodePub(topic, data, headers, inbox);
+      const [number, text] = this.#encodePub(topic, data, headers, inbox);
       let timer = null;
-      let buffered = null; // the pub's buffer entry while disconnected
-      // Every way a request ends comes through here.  A pub still buffered
-      // must never go out after its caller gave up: in practice only a
-      // timeout finds it there (close() has emptied the buffer already, and
-      // no reply can come before the pub was sent).
+      // Every way a request ends comes through here.
       const settle = () => {
         clearTimeout(timer);
         unsubscribe();
         this.#requests.delete(cancel);
-        if (this.#unbuffer(buffered)) this.#stats.withdrawn += 1;
+        this.#pubRequests.delete(number);
       };
       const cancel = (error) => {
         settle();
+        // Unanswered: its pub must never go out after its caller gave up.
+        this.#withdraw(number);
         reject(error);
       };
       const unsubscribe = this.subscribe(inbox, (message) => {
@@ -677,8 +845,9 @@ export class Client {
         resolve(message);
       });
       this.#requests.add(cancel);
+      this.#pubRequests.set(number, cancel);
       timer = setTimeout(() => cancel(new RequestTimeoutError(topic, timeout)), timeout);
-      buffered = this.#sendPub(text);
+      this.#sendPub(number, text);
     });
   }
 
@@ -710,13 +879,15 @@ export class Client {
 
   /**
    * Close the connection and stop reconnecting.  Pending requests and pings
-   * reject with ClosedError; buffered publishes are dropped.  Idempotent.
+   * reject with ClosedError; publishes the hub has not acknowledged are
+   * forgotten (those already written to the socket still go out before the
+   * close frame; those waiting for a connection never do).  Idempotent.
    * @returns {Promise<void>} resolves once the socket is closed
    */
   close() {
     if (this.#closed !== null) return this.#closed.promise;
     if (this.#state === State.CLOSED) {
-      // Already closed for good (a refused token): nothing left to close.
+      // Already closed for good (the hub refused it): nothing left to close.
       this.#closed = { promise: Promise.resolve(), resolve() {} };
       return this.#closed.promise;
     }
@@ -763,9 +934,16 @@ export class Client {
     this.#stats.sent += 1;
   }
 
-  #sendSub(sid, pattern) {
-    // The id lets a refusal (forbidden, limit) name the pattern.
-    this.#write(JSON.stringify({ op: "sub", sid, topic: pattern, id: `sub-${sid}` }));
+  #sendSub(sid) {
+    // The id lets a refusal (forbidden, limit) name the pattern, and the ack
+    // say where the subscription starts.  A subscription a hub has answered
+    // before resumes from its position (never one on `$` topics or inboxes).
+    const sub = this.#subs.get(sid);
+    const since = isKept(sub.pattern) ? sub.pos : null;
+    sub.asked = since;
+    const frame = { op: "sub", sid, topic: sub.pattern, id: `sub-${sid}` };
+    if (since !== null) frame.since = since;
+    this.#write(JSON.stringify(frame));
   }
 
   #sendPing(id, entry) {
@@ -778,7 +956,14 @@ export class Client {
     this.#socket = socket;
     this.#socketWelcomed = false;
     socket.onopen = () => {
-      const hello = { op: "hello", protocol: PROTOCOL, name: this.name, id: "hello" };
+      // The session makes the pubs this client sends again after a cut harmless.
+      const hello = {
+        op: "hello",
+        protocol: PROTOCOL,
+        name: this.name,
+        session: this.#session,
+        id: "hello",
+      };
       if (this.#token !== null) hello.token = this.#token;
       socket.send(JSON.stringify(hello));
       this.#stats.sent += 1;
@@ -831,7 +1016,8 @@ export class Client {
         this.#hubError(frame);
         break;
       case "ack":
-        break; // of a sub: nothing waits for it
+        this.#acked(frame);
+        break;
       default:
         this.#report(new RemoteProtocolError(`unknown op ${safeJSON(frame.op)}`, text));
     }
@@ -844,13 +1030,17 @@ export class Client {
     this.#peer = frame.peer;
     this.#server = frame.server;
     this.#attempt = 0;
+    this.#droppedWarned = false;
     // In this order: the hub applies one connection's frames in order, so a
-    // buffered request finds its inbox subscribed, and a ping comes back
-    // after everything before it.
-    for (const [sid, { pattern }] of this.#subs) this.#sendSub(sid, pattern);
-    const buffered = [...this.#buffer];
-    this.#buffer.clear();
-    for (const { text } of buffered) this.#write(text);
+    // waiting request finds its inbox subscribed, and a ping comes back
+    // after everything before it.  Every pub the hub has not acknowledged
+    // goes again, oldest first: the hub drops those it had applied.
+    for (const sid of this.#subs.keys()) this.#sendSub(sid);
+    for (const entry of this.#unconfirmed.values()) {
+      if (entry.sent) this.#stats.resent += 1;
+      this.#write(entry.text);
+      entry.sent = true;
+    }
     for (const [id, entry] of this.#pings) if (!entry.sent) this.#sendPing(id, entry);
     this.#call("onopen", { server: frame.server, peer: frame.peer, reconnects: this.#stats.reconnects });
   }
@@ -859,6 +1049,7 @@ export class Client {
     this.#stats.received += 1;
     const sub = this.#subs.get(frame.sid);
     if (sub === undefined) return; // unsubscribed while it was in flight
+    if (typeof frame.pos === "string") sub.pos = frame.pos;
     const fail = (error) => this.#report(new HandlerError(error, sub.pattern, frame.topic));
     try {
       const result = sub.handler(new Message(this, frame));
@@ -878,18 +1069,81 @@ export class Client {
     entry.resolve(performance.now() - entry.started);
   }
 
+  #acked(frame) {
+    if (Number.isInteger(frame.id)) {
+      this.#confirmed(frame.id);
+      return;
+    }
+    const match = typeof frame.id === "string" ? /^sub-(\d+)$/.exec(frame.id) : null;
+    if (match !== null) this.#subscribed(Number(match[1]), frame);
+  }
+
+  // A cumulative ack: the hub applied every pub of the session up to `upto`.
+  #confirmed(upto) {
+    for (const number of this.#unconfirmed.keys()) {
+      if (number > upto) break;
+      this.#unconfirmed.delete(number);
+    }
+  }
+
+  // The hub's answer to a sub: where the subscription starts and, for a
+  // resumed one, whether what it missed follows (as Python's Positions.acked).
+  #subscribed(sid, frame) {
+    const sub = this.#subs.get(sid);
+    if (sub === undefined) return; // unsubscribed meanwhile
+    const since = sub.asked;
+    sub.asked = null;
+    const resumed = sub.acked;
+    sub.acked = true;
+    if (frame.recovered === true) {
+      // Not the ack's position: the replay follows the ack, and a cut before
+      // it ends must resume from the last message received.
+      this.#stats.recovered += 1;
+      return;
+    }
+    if (typeof frame.pos === "string") sub.pos = frame.pos;
+    if (!resumed || !isKept(sub.pattern)) return;
+    let reason;
+    if (since === null) reason = "no position to resume from: the hub kept no history";
+    else if (frame.recovered === false) {
+      reason = "the hub's history does not cover the gap (too old, trimmed, or another epoch)";
+    } else reason = "the hub keeps no history";
+    const failure = new RecoveryFailedError(sub.pattern, since, reason);
+    this.#stats.recoveriesFailed += 1;
+    console.warn(`greenbus.js ${this.name}: ${failure.message}`);
+    // Warned already: onerror if there is one, never console.error as well.
+    if (typeof this.onerror === "function") this.#call("onerror", failure);
+  }
+
   #hubError(frame) {
     this.#stats.hubErrors += 1;
     let pattern = null;
-    const match = /^sub-(\d+)$/.exec(String(frame.id ?? ""));
-    if (match !== null) {
-      // A refused subscription is dropped, so it is not sent again on reconnect.
-      const sid = Number(match[1]);
-      pattern = this.#subs.get(sid)?.pattern ?? null;
-      this.#subs.delete(sid);
+    let request = null;
+    if (Number.isInteger(frame.id)) {
+      // A refused pub: never sent again; a request waiting for it rejects.
+      this.#unconfirmed.delete(frame.id);
+      request = this.#pubRequests.get(frame.id) ?? null;
+    } else {
+      const match = typeof frame.id === "string" ? /^sub-(\d+)$/.exec(frame.id) : null;
+      if (match !== null) {
+        // A refused subscription is dropped, so it is not sent again on reconnect.
+        const sid = Number(match[1]);
+        pattern = this.#subs.get(sid)?.pattern ?? null;
+        this.#subs.delete(sid);
+      }
     }
     const error = new HubError(frame, pattern);
-    if (error.fatal) this.#fatal = error;
+    if (error.fatal) {
+      this.#fatal = error;
+      // The hub closes after `unauthorized`; after a refused protocol it keeps
+      // the connection open: end it, and the client with it (#disconnected).
+      const socket = this.#socket;
+      if (error.code !== "unauthorized" && socket !== null) {
+        socket.close(1000, "refused");
+        this.#expectClose(socket);
+      }
+    }
+    request?.(error);
     this.#report(error);
   }
 
@@ -914,6 +1168,9 @@ export class Client {
       return;
     }
     if (wasOpen) this.#stats.reconnects += 1;
+    // Written or not, every pub the hub did not acknowledge stays, and goes
+    // again on the next connection: at most maxBuffer wait meanwhile.
+    this.#trim();
     this.#setState(State.RECONNECTING);
     const { reconnectDelay, maxReconnectDelay } = this.#options;
     const cap = Math.min(maxReconnectDelay, reconnectDelay * 2 ** this.#attempt);
@@ -942,8 +1199,9 @@ export class Client {
     this.#setState(State.CLOSED);
     clearTimeout(this.#timer);
     this.#timer = null;
-    this.#buffer.clear();
     this.#subs.clear();
+    // Discarded first, uncounted: a request that ends now withdraws nothing.
+    this.#unconfirmed.clear();
     for (const cancel of [...this.#requests]) cancel(error);
     for (const entry of this.#pings.values()) {
       clearTimeout(entry.timer);

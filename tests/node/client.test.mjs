@@ -2,7 +2,9 @@
 // greenbus serve` child processes on free ports of 127.0.0.1).  The client
 // gets the `ws` package's WebSocket class; with GREENBUS_JS_WEBSOCKET=global
 // it uses Node's own instead (Node >= 22, or Node 20 with
-// --experimental-websocket), the implementation browsers have.
+// --experimental-websocket), the implementation browsers have.  The recovery
+// tests put a TCP relay (`python tests/relay.py`, a child process) between
+// the clients and the hub, and cut every connection through it on demand.
 //
 // Run: PYTHON=.venv/bin/python node --test-reporter=tap tests/node/client.test.mjs
 // (tests/test_js_client.py does, both ways, and checks every test by name).
@@ -12,8 +14,12 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
 
@@ -25,6 +31,8 @@ import {
   InvalidTopicError,
   LocalProtocolError,
   MessageTooBigError,
+  PROTOCOL,
+  RecoveryFailedError,
   RequestTimeoutError,
   State,
   connect,
@@ -39,6 +47,11 @@ if (IMPLEMENTATION === undefined && globalThis.WebSocket === undefined) {
 const PYTHON = process.env.PYTHON || "python3";
 /** ms to wait for anything that should happen (it normally takes a few). */
 const PATIENCE = 10_000;
+const RELAY = join(ROOT, "tests", "relay.py");
+/** A position as the hub writes it: opaque to clients, but this is its shape. */
+const POSITION = /^[0-9a-f]{1,32}:\d+:\d+$/;
+/** Reconnect options for the clients the relay cuts: back within a few ms. */
+const QUICK = { reconnectDelay: 10, maxReconnectDelay: 50 };
 
 // -- hub processes ----------------------------------------------------------------
 
@@ -95,8 +108,72 @@ class Hub {
   }
 }
 
+const relays = new Set();
+
+/**
+ * A `python tests/relay.py HUB_PORT` child process: clients connect to `url`,
+ * and it forwards to the hub.  Each control is a signal, and resolves once the
+ * relay has printed that it acted.
+ */
+class Relay {
+  /** @param {number} hubPort */
+  static async start(hubPort) {
+    const relay = new Relay();
+    relay.proc = spawn(PYTHON, [RELAY, String(hubPort)], {
+      cwd: ROOT,
+      env: { ...process.env, PYTHONPATH: ROOT, PYTHONWARNINGS: "error" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    relays.add(relay);
+    relay.log = "";
+    relay.proc.stderr.setEncoding("utf8");
+    relay.proc.stderr.on("data", (chunk) => (relay.log = (relay.log + chunk).slice(-20_000)));
+    relay.lines = createInterface({ input: relay.proc.stdout })[Symbol.asyncIterator]();
+    relay.url = (await relay.expect(/^relay listening on (ws:\/\/127\.0\.0\.1:\d+\/)$/, "listening"))[1];
+    return relay;
+  }
+
+  /** The relay's next line, which must match `pattern`. */
+  async expect(pattern, what) {
+    const { value, done } = await within(PATIENCE, this.lines.next(), `the relay to say ${what}`);
+    if (done) throw new Error(`the relay exited before saying ${what}:\n${this.log}`);
+    const match = pattern.exec(value);
+    if (match === null) throw new Error(`the relay said ${JSON.stringify(value)}, not ${what}`);
+    return match;
+  }
+
+  /** Reset every connection through the relay (RST both ways); how many it cut. */
+  async cut() {
+    this.proc.kill("SIGUSR1");
+    return Number((await this.expect(/^relay cut (\d+)$/, "it cut"))[1]);
+  }
+
+  /** Hold everything the hub sends (acks, messages) and refuse new connections. */
+  async mute() {
+    this.proc.kill("SIGUSR2");
+    await this.expect(/^relay muted$/, "muted");
+  }
+
+  /** Let the hub's frames through again, and new connections. */
+  async unmute() {
+    this.proc.kill("SIGUSR2");
+    await this.expect(/^relay unmuted$/, "unmuted");
+  }
+
+  /** SIGTERM; how many cuts it made in all. */
+  async stop() {
+    relays.delete(this);
+    const exited = once(this.proc, "exit");
+    this.proc.kill("SIGTERM");
+    const match = await this.expect(/^relay made (\d+) cut\(s\)/, "how many cuts it made");
+    await within(PATIENCE, exited, "the relay to exit");
+    return Number(match[1]);
+  }
+}
+
 process.on("exit", () => {
   for (const hub of hubs) hub.proc.kill("SIGKILL");
+  for (const relay of relays) relay.proc.kill("SIGKILL");
 });
 
 // -- helpers ------------------------------------------------------------------------
@@ -154,6 +231,34 @@ function collector() {
   return handler;
 }
 
+/** Wait until `predicate()` holds (checked every 5 ms), or fail naming `what`. */
+async function until(predicate, what) {
+  const deadline = performance.now() + PATIENCE;
+  while (!predicate()) {
+    if (performance.now() > deadline) throw new Error(`timed out after ${PATIENCE} ms waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+/** What console.warn prints until `restore()`, one string per call. */
+function captureWarnings() {
+  const original = console.warn;
+  const lines = [];
+  console.warn = (...args) => lines.push(args.join(" "));
+  lines.restore = () => (console.warn = original);
+  return lines;
+}
+
+/** The hub's count of pubs sent again after a cut and dropped (greenbus_duplicate_pubs_total). */
+async function duplicatePubs(someHub) {
+  const response = await fetch(`http://127.0.0.1:${someHub.port}/metrics`);
+  const match = /^greenbus_duplicate_pubs_total (\d+)/m.exec(await response.text());
+  assert.ok(match, "the hub's /metrics has greenbus_duplicate_pubs_total");
+  return Number(match[1]);
+}
+
+const range = (n) => Array.from({ length: n }, (_, i) => i);
+
 let hub;
 
 before(async () => {
@@ -179,6 +284,15 @@ test("a client is welcomed by the hub and reports open", async () => {
   assert.equal(client.statistics().state, "open");
   assert.match(String(client), /greenbus Client js-welcome ws:\/\/127\.0\.0\.1:\d+\/ open/);
   assert.ok((await client.ping()) >= 0);
+  // Protocol 2, with a publisher session of 128 random bits, one per client.
+  assert.equal(PROTOCOL, 2);
+  assert.match(client.session, /^[0-9a-f]{32}$/);
+  const other = open(hub.url);
+  assert.notEqual(other.client.session, client.session);
+  assert.throws(() => {
+    client.session = "mine";
+  }, TypeError);
+  await other.opened;
 });
 
 test("a subscriber receives what another client publishes, in order, data and headers intact", async () => {
@@ -456,7 +570,7 @@ test("a wrong token is fatal: onerror gets unauthorized, then the client closes 
   await guarded.stop();
 });
 
-test("after a hub restart on the same port, the client resubscribes and sends its buffer", async () => {
+test("after a hub restart, the client resubscribes, reports the gap and sends what waited", async () => {
   const restarting = await Hub.start();
   const { client, opened } = open(restarting.url, {
     maxBuffer: 3,
@@ -464,9 +578,13 @@ test("after a hub restart on the same port, the client resubscribes and sends it
     maxReconnectDelay: 200,
   });
   await opened;
+  const reported = [];
+  client.onerror = (error) => reported.push(error);
   const got = collector();
-  client.subscribe("js.restart.>", got);
+  const subscription = client.subscribe("js.restart.>", got);
   await client.ping();
+  const before = client.position(subscription);
+  assert.match(before, POSITION, "the sub's ack said where it starts");
 
   const lost = next(client, "onclose", "close when the hub stops");
   await restarting.stop();
@@ -476,40 +594,62 @@ test("after a hub restart on the same port, the client resubscribes and sends it
   assert.equal(info.wasOpen, true);
   assert.ok(info.reconnectIn > 0 && info.reconnectIn <= 200);
 
-  // Disconnected: publishes wait in the buffer, and the oldest are dropped past maxBuffer.
-  for (let i = 0; i < 5; i++) client.publish("js.restart.buffered", { i });
+  // Disconnected: publishes wait, unconfirmed, and the oldest are dropped past
+  // maxBuffer, with one warning for the whole outage.
+  const warnings = captureWarnings();
+  try {
+    for (let i = 0; i < 5; i++) client.publish("js.restart.buffered", { i });
+  } finally {
+    warnings.restore();
+  }
+  assert.equal(warnings.length, 1, warnings.join("\n"));
+  assert.match(warnings[0], /disconnected with 3 unconfirmed message\(s\) waiting \(maxBuffer\); dropping the oldest/);
   const stats = client.statistics();
-  assert.equal(stats.buffered, 3);
+  assert.equal(stats.unconfirmed, 3);
   assert.equal(stats.dropped, 2);
+  assert.equal(stats.resent, 0, "none of them had gone out");
   assert.notEqual(stats.state, State.OPEN);
 
   const reopened = next(client, "onopen", "welcome after the restart");
   const again = await Hub.start([], restarting.port);
   const second = await reopened;
   assert.equal(second.reconnects, 1);
-  // Subscriptions go out before the buffer, so the client gets its own publishes back.
+  // Subscriptions go out before the unconfirmed publishes, so the client gets
+  // its own publishes back (a new hub does not know the session: it applies them).
   assert.deepEqual(
     (await got.take(3)).map((m) => m.data),
     [{ i: 2 }, { i: 3 }, { i: 4 }],
   );
+  // The new hub has none of the old one's history: the resume says so.
+  assert.equal(reported.length, 1, reported.join("\n"));
+  const [gap] = reported;
+  assert.ok(gap instanceof RecoveryFailedError);
+  assert.equal(gap.pattern, "js.restart.>");
+  assert.equal(gap.since, before);
+  assert.match(gap.reason, /does not cover the gap/);
+  assert.equal(client.statistics().recoveriesFailed, 1);
+  assert.equal(client.statistics().recovered, 0);
 
   const other = open(again.url);
   await other.opened;
   other.client.publish("js.restart.fresh", "from another client");
   assert.equal((await got.take(4))[3].data, "from another client");
-  assert.equal(client.statistics().buffered, 0);
+  // The acks of the client's own publishes came before that message.
+  assert.equal(client.statistics().unconfirmed, 0);
   assert.equal(client.statistics().reconnects, 1);
 
   await Promise.all([client.close(), other.client.close()]);
   await again.stop();
 });
 
-test("a request that ends while disconnected is taken out of the buffer and never sent", async () => {
+test("a request that ends while disconnected takes its publish back, never sent", async () => {
   const restarting = await Hub.start();
   const { client, opened } = open(restarting.url, { reconnectDelay: 20, maxReconnectDelay: 200 });
   await opened;
+  const reported = [];
+  client.onerror = (error) => reported.push(error);
   // The client answers its own requests: after a restart it subscribes again
-  // before it sends its buffer, so whatever the buffer held reaches this responder.
+  // before it sends what waited, so whatever waited reaches this responder.
   const seen = collector();
   client.subscribe("js.withdrawn.>", (msg) => {
     seen(msg);
@@ -535,20 +675,27 @@ test("a request that ends while disconnected is taken out of the buffer and neve
   await reopened;
   // A request still pending at the welcome goes out and is answered.
   assert.deepEqual((await wanted).data, { answered: "still wanted" });
-  // The responder saw everything the buffer sent, in order: not the abandoned request.
+  // The responder saw everything that waited, in order: not the abandoned request.
   assert.deepEqual(
     seen.messages.map((m) => m.data),
     ["published after the timeout", "still wanted"],
   );
-  assert.equal(afterTimeout.buffered, 0, "the abandoned request's pub left the buffer");
+  assert.equal(afterTimeout.unconfirmed, 0, "the abandoned request's pub was taken back");
   assert.equal(afterTimeout.dropped, 0, "a withdrawn request is no overflow");
   assert.equal(afterTimeout.withdrawn, 1);
   assert.equal(afterTimeout.subscriptions, 1, "its inbox is gone too");
-  assert.equal(beforeRestart.buffered, 2);
+  assert.equal(beforeRestart.unconfirmed, 2);
+  await client.ping(); // after the acks of everything before it, the reply included
   const stats = client.statistics();
-  assert.equal(stats.buffered, 0);
+  assert.equal(stats.unconfirmed, 0);
   assert.equal(stats.dropped, 0);
   assert.equal(stats.withdrawn, 1);
+  assert.equal(stats.resent, 0, "nothing had gone out before the restart");
+  // The restarted hub could not replay the gap of js.withdrawn.> (the inbox is never kept).
+  assert.deepEqual(
+    reported.map((e) => [e.name, e.pattern]),
+    [["RecoveryFailedError", "js.withdrawn.>"]],
+  );
 
   await client.close();
   await again.stop();
@@ -571,6 +718,243 @@ test("close() rejects what is pending, reports a final close, and stops reconnec
   assert.throws(() => client.publish("js.after", 1), ClosedError);
   assert.throws(() => client.subscribe("js.after", () => {}), ClosedError);
   await assert.rejects(client.ping(), ClosedError);
+});
+
+test("a refused publish is never sent again, and its request rejects with the HubError", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "greenbus-acl-"));
+  const acl = join(dir, "acl.toml");
+  writeFileSync(acl, '[users.limited]\ntoken = "l-token"\npublish = ["js.allowed.>"]\nsubscribe = ["js.>"]\n');
+  const guarded = await Hub.start(["--acl", acl]);
+  rmSync(dir, { recursive: true, force: true });
+  const { client, opened } = open(guarded.url, { token: "l-token" });
+  await opened;
+  const reported = [];
+  client.onerror = (error) => reported.push(error);
+  const got = collector();
+  client.subscribe("js.>", got);
+  await client.ping();
+
+  // Refused at once with the hub's error, not after the timeout.
+  await assert.rejects(client.request("js.secret.svc", 1, { timeout: PATIENCE }), (error) => {
+    assert.ok(error instanceof HubError, `${error}`);
+    assert.equal(error.code, "forbidden");
+    assert.ok(Number.isInteger(error.id), "the id of a pub is its number in the session");
+    return true;
+  });
+  assert.equal(client.statistics().subscriptions, 1, "the request's inbox is gone");
+  client.publish("js.allowed.note", "fine");
+  client.publish("js.secret.note", "refused"); // the last pub: no later ack confirms it
+  await client.ping(); // after the hub's answers to both
+  assert.equal(client.statistics().unconfirmed, 0, "the refused pub was dropped, not kept to send again");
+  assert.deepEqual(
+    got.messages.map((m) => m.data),
+    ["fine"],
+  );
+  assert.deepEqual(
+    reported.map((e) => [e.code, e.id]),
+    [
+      ["forbidden", 1],
+      ["forbidden", 3],
+    ],
+  );
+  await client.close();
+  await guarded.stop();
+});
+
+test("through cut after cut, each message arrives once, in order, and every publish is confirmed", async (t) => {
+  const relay = await Relay.start(hub.port);
+  const subscriber = open(relay.url, { name: "js-steady-sub", ...QUICK });
+  const publisher = open(relay.url, { name: "js-steady-pub", ...QUICK });
+  await Promise.all([subscriber.opened, publisher.opened]);
+  const reported = [];
+  subscriber.client.onerror = publisher.client.onerror = (error) => reported.push(error);
+  const got = collector();
+  subscriber.client.subscribe("steady.>", got);
+  await subscriber.client.ping(); // in place before the first publish
+  const count = 400;
+  const cuts = 5;
+
+  const publishing = (async () => {
+    for (let n = 0; n < count; n++) {
+      publisher.client.publish(`steady.${n % 3}`, n);
+      await sleep(2);
+    }
+  })();
+  let cutConnections = 0;
+  const cutting = (async () => {
+    for (let i = 0; i < cuts; i++) {
+      await sleep(150);
+      cutConnections += await relay.cut();
+    }
+  })();
+  await Promise.all([publishing, cutting]);
+
+  const messages = await got.take(count);
+  assert.deepEqual(
+    messages.map((m) => m.data),
+    range(count),
+    "each once, in publish order",
+  );
+  assert.deepEqual(
+    messages.map((m) => m.topic),
+    range(count).map((n) => `steady.${n % 3}`),
+  );
+  await until(() => publisher.client.statistics().unconfirmed === 0, "the publisher's last acks");
+  publisher.client.publish("steady.end", "end");
+  assert.equal((await got.take(count + 1))[count].data, "end", "and nothing extra before it");
+
+  const sub = subscriber.client.statistics();
+  const pub = publisher.client.statistics();
+  t.diagnostic(`subscriber ${JSON.stringify(sub)}`);
+  t.diagnostic(`publisher ${JSON.stringify(pub)}`);
+  assert.ok(sub.reconnects >= 1 && pub.reconnects >= 1);
+  assert.equal(sub.recoveriesFailed, 0);
+  assert.ok(sub.recovered >= 1, "the resumes were replayed (perhaps nothing)");
+  assert.equal(pub.dropped, 0);
+  assert.deepEqual(reported, []);
+  assert.equal(await relay.stop(), cuts);
+  assert.ok(cutConnections >= cuts, `the cuts reset ${cutConnections} connection(s)`);
+  await Promise.all([subscriber.client.close(), publisher.client.close()]);
+});
+
+test("publishes the hub applied but whose acks were cut off are sent again and applied once", async () => {
+  const relay = await Relay.start(hub.port);
+  const publisher = open(relay.url, { name: "js-resender", ...QUICK });
+  const subscriber = open(hub.url); // never cut
+  await Promise.all([publisher.opened, subscriber.opened]);
+  const got = collector();
+  subscriber.client.subscribe("js.once.>", got);
+  await subscriber.client.ping();
+  const duplicatesBefore = await duplicatePubs(hub);
+  const session = publisher.client.session;
+
+  await relay.mute(); // from now on, the hub's acks to the publisher are held
+  for (let n = 0; n < 10; n++) publisher.client.publish(`js.once.${n % 2}`, n);
+  // The hub applied them all: the subscriber, on its own connection, has them.
+  assert.deepEqual(
+    (await got.take(10)).map((m) => m.data),
+    range(10),
+  );
+  assert.equal(publisher.client.statistics().unconfirmed, 10, "no ack came through");
+  const lost = next(publisher.client, "onclose", "the cut");
+  assert.equal(await relay.cut(), 1);
+  await lost; // the held acks are lost with the connection
+  const reopened = next(publisher.client, "onopen", "the welcome after the cut");
+  await relay.unmute();
+  await reopened;
+
+  await until(() => publisher.client.statistics().unconfirmed === 0, "the acks of the publishes sent again");
+  const stats = publisher.client.statistics();
+  assert.equal(stats.resent, 10);
+  assert.equal(publisher.client.session, session, "one session across connections");
+  assert.equal((await duplicatePubs(hub)) - duplicatesBefore, 10, "the hub recognised all ten");
+  publisher.client.publish("js.once.end", "end");
+  assert.equal((await got.take(11))[10].data, "end", "each applied once: nothing twice before it");
+  assert.equal(await relay.stop(), 1);
+  await publisher.client.close();
+});
+
+test("a gap the hub cannot replay goes to onerror as a RecoveryFailedError, counted and warned", async () => {
+  const short = await Hub.start(["--history", "5"]);
+  const relay = await Relay.start(short.port);
+  const subscriber = open(relay.url, { name: "js-gap", ...QUICK });
+  const publisher = open(short.url); // never cut
+  await Promise.all([subscriber.opened, publisher.opened]);
+  const got = collector();
+  const subscription = subscriber.client.subscribe("js.gap", got);
+  await subscriber.client.ping();
+  const start = subscriber.client.position(subscription);
+  assert.match(start, POSITION, "the sub's ack said where it starts");
+
+  // The subscriber hears nothing more, then is cut off, and stays away while
+  // 20 messages are published: 15 more than the hub keeps.
+  await relay.mute();
+  for (let n = 0; n < 20; n++) publisher.client.publish("js.gap", n);
+  await publisher.client.ping(); // all applied
+  const lost = next(subscriber.client, "onclose", "the cut");
+  await relay.cut();
+  await lost;
+  const warnings = captureWarnings();
+  let failure;
+  try {
+    const reported = next(subscriber.client, "onerror", "the gap's report");
+    await relay.unmute();
+    failure = await reported;
+  } finally {
+    warnings.restore();
+  }
+  assert.ok(failure instanceof RecoveryFailedError && failure instanceof GreenbusError, `${failure}`);
+  assert.equal(failure.name, "RecoveryFailedError");
+  assert.equal(failure.pattern, "js.gap");
+  assert.equal(failure.since, start);
+  assert.match(failure.reason, /does not cover the gap/);
+  assert.match(failure.message, /^subscription "js\.gap" resumed with a gap: messages published while/);
+  assert.equal(warnings.length, 1, warnings.join("\n"));
+  assert.match(warnings[0], /js-gap: subscription "js\.gap" resumed with a gap/);
+  const stats = subscriber.client.statistics();
+  assert.equal(stats.recoveriesFailed, 1);
+  assert.equal(stats.recovered, 0);
+  // It goes on from where the hub said the new subscription starts.
+  const restart = subscriber.client.position(subscription);
+  assert.match(restart, POSITION);
+  assert.notEqual(restart, start);
+
+  publisher.client.publish("js.gap", "live");
+  const [first] = await got.take(1);
+  assert.equal(first.data, "live", "nothing replayed, live goes on");
+  await subscriber.client.ping();
+  assert.equal(got.messages.length, 1);
+  assert.equal(await relay.stop(), 1);
+  await Promise.all([subscriber.client.close(), publisher.client.close()]);
+  await short.stop();
+});
+
+test("a subscription resumes from a position kept by another client, with what it missed first", async () => {
+  const first = open(hub.url);
+  const publisher = open(hub.url);
+  await Promise.all([first.opened, publisher.opened]);
+  const subscription = first.client.subscribe("js.orders.*", () => {});
+  assert.equal(first.client.position(subscription), null, "no position before the hub's ack");
+  await first.client.ping();
+  const kept = first.client.position(subscription);
+  assert.match(kept, POSITION);
+  await first.client.close();
+  assert.equal(first.client.position(subscription), null);
+
+  for (let n = 0; n < 3; n++) publisher.client.publish(`js.orders.${n}`, n);
+  await publisher.client.ping();
+  const second = open(hub.url);
+  await second.opened;
+  const got = collector();
+  const resumed = second.client.subscribe("js.orders.*", got, { since: kept });
+  assert.equal(second.client.position(resumed), kept);
+  assert.deepEqual(
+    (await got.take(3)).map((m) => [m.topic, m.data]),
+    [
+      ["js.orders.0", 0],
+      ["js.orders.1", 1],
+      ["js.orders.2", 2],
+    ],
+  );
+  // The ack (recovered) came before the replay.
+  assert.equal(second.client.statistics().recovered, 1);
+  assert.equal(second.client.statistics().recoveriesFailed, 0);
+  const reached = second.client.position(resumed);
+  assert.match(reached, POSITION);
+  assert.notEqual(reached, kept);
+  publisher.client.publish("js.orders.3", 3);
+  assert.equal((await got.take(4))[3].data, 3, "then the live ones");
+
+  for (const since of ["not a position", 42, "5f0c:1:"]) {
+    assert.throws(
+      () => second.client.subscribe("js.orders.*", () => {}, { since }),
+      (e) => e instanceof TypeError && /since must be a position/.test(e.message),
+    );
+  }
+  resumed();
+  assert.equal(second.client.position(resumed), null);
+  assert.equal(second.client.position(() => {}), null);
+  await Promise.all([second.client.close(), publisher.client.close()]);
 });
 
 test(
