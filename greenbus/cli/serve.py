@@ -102,7 +102,7 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         type=argtypes.seconds_or_off,
         default=DEFAULT_HISTORY_TTL,
         metavar="SECONDS",
-        help=f"how long each is kept (default {DEFAULT_HISTORY_TTL:g}; 0: off)",
+        help=f"how long each is kept, in seconds (default {DEFAULT_HISTORY_TTL:g}; 0: history off)",
     )
     serve.add_argument(
         "--history-topics",
