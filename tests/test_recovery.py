@@ -242,22 +242,25 @@ def test_the_history_is_bounded_by_its_size_per_topic_and_by_its_ttl(
         assert hub_process.metrics()["greenbus_history_messages"] == 1
 
 
-def test_a_kept_message_costs_its_frame_body_and_under_150_bytes_more() -> None:
-    # The footprint per kept message, measured as the perf suite does (the
-    # figure is in perf/RESULTS.md): what tracemalloc sees the history hold.
+def test_a_kept_message_costs_its_frame_body_and_under_160_bytes_more() -> None:
+    # The footprint per kept message beyond its body, measured as the perf
+    # suite's history_memory does (the figure is in perf/RESULTS.md): what
+    # tracemalloc sees the history allocate, the bodies made beforehand.
     import tracemalloc
 
-    body = b',"topic":"sensors.t","data":{"temperature":21.5,"unit":"C"}}'
+    count = 20_000
+    bodies = [b',"topic":"sensors.t","data":{"n":%05d,"unit":"C"}}' % n for n in range(count)]
     history: History[bytes] = History(1000, 600)
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
-        for n in range(20_000):
-            history.record(f"sensors.{n % 20}", body + b"")  # a body per message
+        for n, body in enumerate(bodies):
+            history.record(f"sensors.{n % 20}", body)
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
     held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-    per_message = held / 20_000 - len(body)
-    assert history.statistics().messages == 20_000
-    assert 0 < per_message < 150, per_message  # about 90 bytes on CPython 3.11
+    per_message = held / count
+    assert history.statistics().messages == count
+    # About 138 bytes on CPython 3.11: a (seq, ms, body) tuple, two ints, a list slot.
+    assert 100 < per_message < 160, per_message
