@@ -282,15 +282,24 @@ class History(Generic[V]):
         else:
             active.move_to_end(topic)
         entries = entry.entries
-        if entry.first < len(entries):
-            oldest = entries[entry.first]
+        first = entry.first
+        if first < len(entries):
+            oldest = entries[first]
             if oldest is not None and oldest[1] < ms - self._ttl_ms:
                 entry.expire(ms - self._ttl_ms)  # a slow trickle: its oldest expired
+                first = entry.first
         entries.append((seq, ms, value))
         entry.last = seq
         entry.last_ms = ms
-        if len(entries) - entry.first > self.size:
-            entry.drop_oldest()
+        if len(entries) - first > self.size:
+            # drop_oldest(), inlined: a full topic drops one per record.
+            entry.dropped = entries[first][0]  # type: ignore[index]
+            entries[first] = None
+            first += 1
+            if first >= 32 and 2 * first >= len(entries):
+                del entries[:first]
+                first = 0
+            entry.first = first
         # Now and then, the least recently recorded topic: if its newest
         # message expired, all of its messages did (sweep() moves such
         # topics aside).  Keeps memory bounded by ttl without a timer.

@@ -138,6 +138,16 @@ def wildcard_share(doc: dict[str, Any]) -> dict[str, float | None]:
     return shares
 
 
+def replay_rate(doc: dict[str, Any]) -> dict[str, float | None]:
+    """Per system: messages replayed per second (hub_replay's messages ÷ median seconds)."""
+    rates: dict[str, float | None] = {}
+    for case in doc["metrics"].get("hub_replay", {}).get("cases", {}).values():
+        for system, result in case["results"].items():
+            ms = result["median"]
+            rates[system] = case["params"]["messages"] / ms * 1000 if ms else None
+    return rates
+
+
 def document(
     store: Store, metrics: list[Metric], sizes: Sizes, command: str, seed: int, started: float
 ) -> dict[str, Any]:
@@ -177,7 +187,7 @@ def document(
             for m in metrics
         },
     }
-    doc["derived"] = {"wildcard_share": wildcard_share(doc)}
+    doc["derived"] = {"wildcard_share": wildcard_share(doc), "replay_rate": replay_rate(doc)}
     doc["targets"] = [evaluate(t, doc) for t in TARGETS]
     return doc
 

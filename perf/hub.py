@@ -14,7 +14,7 @@ echo peer: "ping" -> "pong"      ``hub-echo``  ``redis-echo``                  (
 subscriber: counts M arrivals    ``hub-sub``   ``redis-sub``    ``fed-sub``
 publisher: sends M, pre-made     ``hub-pub``   ``redis-pub``
 publisher: M stamped, GAP apart                ``redis-probe``  ``fed-probe``
-publisher: M via its client                    ``redis-send``   ``fed-send``
+publisher: M via its client      ``hub-send``  ``redis-send``   ``fed-send``
 ===============================  ============  ===============  =============  ============
 
 A federation's parties are nodes: a ``greenbus.Bus`` federated through
@@ -22,7 +22,8 @@ redis-server.  Every flood carries ``0 .. M-1``, checked on arrival by a
 :class:`~perf.procs.Tally`.  A *stamped* payload also carries
 ``time.monotonic_ns()`` read just before the publishing call (``[i, ns]``
 on a bus, ``b"i ns"`` in raw Redis); a ``stamped`` subscriber reads the
-same clock first thing on arrival.  Set ``PERF_HUB_PROFILE=DIR`` to run
+same clock first thing on arrival.  A hub with ``redis_port`` keeps its history
+in that redis-server (``greenbus serve --redis``).  Set ``PERF_HUB_PROFILE=DIR`` to run
 every hub process and federated node under cProfile, writing
 ``DIR/<command>-<time_ns>.prof`` when it stops (on SIGTERM, cleanly).
 """
@@ -53,12 +54,13 @@ from websockets.sync.client import connect
 import greenbus
 from greenbus import Bus, Federation, ReceiveTimeout, RemoteBus
 from greenbus.federation import redis_glob
+from greenbus.history import DEFAULT_HISTORY_TTL, History
 from greenbus.protocol import Pub, encode
 
 from .procs import HOST, Child, MeasurementError, Processes, Tally, check_stream, run_worker, say
 from .systems import Echo, System
 
-__all__ = ["NETWORK", "federation", "redis_pubsub", "unstamp"]
+__all__ = ["NETWORK", "federation", "hub_redis", "redis_pubsub", "unstamp"]
 
 #: Seconds a helper process has to say it is ready; a flood's results may take.
 READY_TIMEOUT, RESULT_TIMEOUT = 20.0, 120.0
@@ -70,6 +72,8 @@ HUB_MAX_PENDING = 10_000_000
 #: The environment variable naming a directory for profiles, and the commands profiled.
 PROFILE_ENV, PROFILED = "PERF_HUB_PROFILE", ("hub", "fed-sub", "fed-probe", "fed-send")
 INGEST_TOPIC, FANOUT_TOPIC, RELAY_TOPIC, ONE_WAY_TOPIC = "ingest", "fanout", "relay", "oneway"
+#: The replay's topics are ``replay.<i>``; its hub keeps every message this long (seconds).
+REPLAY_TOPIC, REPLAY_TTL = "replay", 3600.0
 #: The topic the echo peers listen on, and the one they answer on.
 PING, PONG = "ping", "pong"
 #: PUBLISH commands per redis-py pipeline in Redis's relay: the federation's
@@ -250,8 +254,8 @@ def _tcp_echo(processes: Processes) -> Callable[[int], Any]:
     return roundtrip
 
 
-def _hub(processes: Processes, **count: Any) -> tuple[Child, dict[str, Any]]:
-    hub = _start(processes, "hub", max_pending=HUB_MAX_PENDING, **count)
+def _hub(processes: Processes, **options: Any) -> tuple[Child, dict[str, Any]]:
+    hub = _start(processes, "hub", **{"max_pending": HUB_MAX_PENDING, **options})
     return hub, {"url": hub.expect("ready", READY_TIMEOUT)}
 
 
@@ -272,12 +276,54 @@ def _hub_requester(processes: Processes, at: dict[str, Any]) -> Callable[[int], 
     return roundtrip
 
 
-def _hub_ingest(messages: int) -> float:
+def _hub_ingest(messages: int, **options: Any) -> float:
     """The flood ends at the last arrival in the hub's own local subscription."""
     with Processes() as processes:
-        hub, at = _hub(processes, count_topic=INGEST_TOPIC, count=messages)
+        hub, at = _hub(processes, count_topic=INGEST_TOPIC, count=messages, **options)
         start = _run(processes, "hub-pub", **at, topic=INGEST_TOPIC, messages=messages)["start"]
         return rate(messages, start, _last(hub, messages))
+
+
+def _hub_replay(executable: str | None, messages: int, topics: int) -> float:
+    """ms from a ``sub`` with ``since`` to the last of ``messages`` missed messages replayed.
+
+    The hub keeps them all (``history=messages``, an hour), with the default
+    peer limits; with ``executable``, in a fresh redis-server (``--redis``).
+    """
+    options: dict[str, Any] = {"max_pending": None, "history": messages, "history_ttl": REPLAY_TTL}
+    pattern = f"{REPLAY_TOPIC}.>"
+    with Processes() as processes:
+        if executable is not None:
+            port = processes.redis(executable, "greenbus-hub-redis", READY_TIMEOUT)
+            options["redis_port"] = port
+        url = _hub(processes, **options)[1]["url"]
+        with _connected(url, "perf-gone") as gone:
+            kept = gone.subscribe(pattern)
+            await_routing(gone)  # the hub acked the sub first
+            if (since := gone.position(kept)) is None:
+                raise MeasurementError(f"the ack of {pattern!r} brought no position")
+        _run(processes, "hub-send", url=url, topic=REPLAY_TOPIC, messages=messages, topics=topics)
+        client = processes.enter_context(_connected(url, "perf-replay"))
+        got: list[greenbus.Message] = []
+        start = clock()
+        sub = client.subscribe(pattern, maxsize=None, since=since)
+        try:
+            for _ in range(messages):
+                got.append(sub.get(timeout=IDLE_TIMEOUT))
+        except ReceiveTimeout:
+            pass
+        elapsed = clock() - start
+        if sub.pending:
+            raise MeasurementError(f"{sub.pending} messages more than the {messages} published")
+        tally = Tally()
+        for msg in got:
+            tally.add(msg.data, 0.0)
+            if msg.topic != f"{REPLAY_TOPIC}.{msg.data % topics}":
+                raise MeasurementError(f"payload {msg.data} replayed on {msg.topic!r}")
+        check_stream(tally.result(), messages, "the replay")
+        if (stats := client.statistics()).recovered != 1 or stats.recoveries_failed:
+            raise MeasurementError(f"the replay's ack: {stats}")
+        return elapsed * 1000
 
 
 def _redis_requester(processes: Processes, at: dict[str, Any]) -> Callable[[int], Any]:
@@ -326,6 +372,11 @@ def redis_pubsub(executable: str = "redis-server") -> System:
     )
 
 
+def hub_redis(executable: str = "redis-server") -> System:
+    """The hub, its history in a fresh ``executable`` per sample (``greenbus serve --redis``)."""
+    return System("greenbus-hub-redis", replay=partial(_hub_replay, executable))
+
+
 def federation(executable: str = "redis-server") -> System:
     """Two greenbus nodes federated through a fresh ``executable`` per sample."""
     server = partial(_redis_server, executable, "greenbus-federation")
@@ -343,11 +394,19 @@ NETWORK: dict[str, System] = {
         System("tcp-echo", echo=_echo(_tcp_echo)),
         redis_pubsub(),
         System(
+            "greenbus-hub-nohistory",
+            echo=_broker_echo(lambda p: _hub(p, history=0)[1], "hub", _hub_requester),
+            ingest=partial(_hub_ingest, history=0),
+        ),
+        System(
             "greenbus-hub",
             echo=_broker_echo(lambda processes: _hub(processes)[1], "hub", _hub_requester),
             ingest=_hub_ingest,
             broadcast=partial(_broadcast, lambda processes: _hub(processes)[1], "hub"),
+            replay=partial(_hub_replay, None),
+            history=partial(History, ttl=DEFAULT_HISTORY_TTL),
         ),
+        hub_redis(),
         federation(),
     )
 }
@@ -410,10 +469,23 @@ def _connected(url: str, name: str) -> Iterator[RemoteBus]:
         client.close(timeout=1)
 
 
-def hub(max_pending: int, count_topic: str | None = None, count: int = 0) -> None:
-    """A hub (``greenbus.serve``); with ``count_topic``, a local subscriber counts ``count``."""
+def hub(
+    max_pending: int | None,
+    count_topic: str | None = None,
+    count: int = 0,
+    redis_port: int | None = None,
+    **history: Any,
+) -> None:
+    """A hub (``greenbus.serve``, ``history``: its history options); with ``count_topic``, a
+    local subscriber counts ``count``; with ``redis_port``, its history is in that Redis."""
     bus = greenbus.Bus("perf-hub")
-    server = greenbus.serve(bus, HOST, 0, max_pending=max_pending)
+    limits = {} if max_pending is None else {"max_pending": max_pending}
+    remote = None
+    if redis_port is not None:
+        remote = greenbus.federate(bus, f"redis://{HOST}:{redis_port}/0", **history)
+        if not remote.wait_connected(IDLE_TIMEOUT):
+            raise MeasurementError(f"not connected to Redis at port {redis_port}")
+    server = greenbus.serve(bus, HOST, 0, remote=remote, **limits, **history)
     with _until_terminated() as wait:
         server.start()
         try:
@@ -425,6 +497,8 @@ def hub(max_pending: int, count_topic: str | None = None, count: int = 0) -> Non
             wait()
         finally:
             server.stop()
+            if remote is not None:
+                remote.stop(timeout=1)
             bus.close(timeout=5)
 
 
@@ -445,6 +519,23 @@ def hub_sub(url: str, topic: str, messages: int) -> None:
         await_routing(client)
         say(ready=True)
         say(result=count_arrivals(receive, messages))
+
+
+def hub_send(url: str, topic: str, messages: int, topics: int) -> None:
+    """Emit ``0 .. messages-1`` on ``topic.<i % topics>`` with ``greenbus.connect``; return
+    once the hub has acknowledged them all (so they are in its history)."""
+    with _connected(url, "perf-send") as client:
+        emit = client.emit
+        for i in range(messages):
+            emit(f"{topic}.{i % topics}", i)
+            if i % 100 == 99:
+                gevent.sleep(0)
+        deadline = clock() + RESULT_TIMEOUT
+        while left := client.statistics().unconfirmed:
+            if clock() > deadline:
+                raise MeasurementError(f"{left} of {messages} pubs never acknowledged")
+            gevent.sleep(DRAIN_POLL)
+        say(result=True)
 
 
 @contextmanager
@@ -687,7 +778,7 @@ if __name__ == "__main__":
         {
             f.__name__.replace("_", "-"): f
             for f in (
-                *(hub, hub_echo, hub_sub, hub_pub, tcp_echo),
+                *(hub, hub_echo, hub_sub, hub_pub, hub_send, tcp_echo),
                 *(redis_echo, redis_sub, redis_pub, redis_probe, redis_send),
                 *(fed_sub, fed_probe, fed_send),
             )

@@ -21,6 +21,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
 
+from greenbus.history import DEFAULT_HISTORY
+from greenbus.protocol import encode_msg_body
+
 from . import SUITE
 from .hub import NETWORK
 from .procs import MeasurementError
@@ -41,12 +44,19 @@ HUB_SUBSCRIBERS = 4
 #: Seconds between the stamped messages of a one-way probe across processes:
 #: far above their latency, so a message does not queue behind the previous one.
 ONE_WAY_GAP = 0.001
+#: Topics the hub replay's messages are spread over (the replay: all of them, by wildcard).
+REPLAY_TOPICS = 10
+#: The history memory probe records its messages this many times more, beyond the bound.
+OVERFLOW = 3
 #: The fields of suite.toml's ``timed`` texts and target texts.
 FIELDS = {
     "hub_subscribers": HUB_SUBSCRIBERS,
     "warm": WARM_ROUNDTRIPS,
     "gap_ms": ONE_WAY_GAP * 1000,
     "yield_every": YIELD_EVERY,
+    "replay_topics": REPLAY_TOPICS,
+    "history": DEFAULT_HISTORY,
+    "overflow": OVERFLOW,
 }
 #: Every system: in-process ones (systems.py), then those across processes (hub.py).
 SYSTEMS: dict[str, System] = {**IN_PROCESS, **NETWORK}
@@ -238,6 +248,54 @@ def measure_memory(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [per_item * 10_000 / 1e6 if case.unit == "MB" else per_item]
 
 
+def kept_message(i: int, topics: int) -> tuple[str, bytes]:
+    """Message ``i`` of the history probe: its topic, and the body the hub keeps for it
+    (as its Feed encodes it, UTF-8), with 100 bytes of JSON data."""
+    topic = f"kept.{i % topics:04d}"
+    text = "lorem ipsum dolor sit amet, consectetur"
+    data = {"seq": f"{i:08d}", "from": f"user-{i % 1000:03d}", "room": "general", "text": text}
+    return topic, encode_msg_body(topic, data, None, None).encode()
+
+
+def _history_probe(system_name: str, topics: int, per_topic: int) -> float:
+    """Bytes per kept message beyond its body (run in a fresh process, as :func:`_probe`).
+
+    The messages are made first, untraced: only what the history allocates
+    to keep them is traced.  Then they are recorded ``OVERFLOW`` times
+    again, and the history must still keep ``per_topic`` of each topic.
+    """
+    system = SYSTEMS[system_name]
+    assert system.history is not None
+    history, n = system.history(per_topic), topics * per_topic
+    messages = [kept_message(i, topics) for i in range(n)]
+    record = history.record
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for topic, body in messages:
+        record(topic, body)
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    kept = history.statistics().messages
+    for _ in range(OVERFLOW):
+        for topic, body in messages:
+            record(topic, body)
+    bound = history.statistics()
+    if (kept, bound.messages, bound.remembered_topics) != (n, n, topics):
+        raise MeasurementError(
+            f"kept {kept} of {n} messages, then {bound.messages} after recording "
+            f"{OVERFLOW * n} more, over {bound.remembered_topics} of {topics} topics"
+        )
+    return grown / n
+
+
+def measure_history_memory(system: System, case: Case, sizes: Sizes) -> list[float]:
+    args = (system.name, case.params["topics"], case.params["per_topic"])
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return [pool.apply(_history_probe, args)]
+
+
 # -- across processes: perf/hub.py ----------------------------------------------------
 
 
@@ -257,6 +315,10 @@ def measure_one_way(system: System, case: Case, sizes: Sizes) -> list[float]:
 
 def measure_relay(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [system.relay(case.params["messages"], YIELD_EVERY)]
+
+
+def measure_replay(system: System, case: Case, sizes: Sizes) -> list[float]:
+    return [system.replay(case.params["messages"], REPLAY_TOPICS)]
 
 
 # -- the list -------------------------------------------------------------------------
@@ -302,6 +364,13 @@ MEMORY_CASES = (
 )
 ROUND_TRIP = _one("round trip", "µs")
 
+
+def history_cases(sizes: Sizes) -> tuple[Case, ...]:
+    body = len(kept_message(0, sizes.history_topics)[1])
+    label = f"per kept message, beyond its {body}-byte body"
+    return (Case(label, "bytes", {"topics": sizes.history_topics, "per_topic": DEFAULT_HISTORY}),)
+
+
 #: Each metric of suite.toml: its cases, and how it measures.
 MEASURES: dict[str, tuple[Callable[[Sizes], tuple[Case, ...]], Callable[..., list[float]]]] = {
     "emit_held": (_one("1 fast subscriber", "µs"), measure_emit_held),
@@ -328,6 +397,11 @@ MEASURES: dict[str, tuple[Callable[[Sizes], tuple[Case, ...]], Callable[..., lis
         ),
         measure_hub_fanout,
     ),
+    "hub_replay": (
+        _one(f"missed messages on {REPLAY_TOPICS} topics", "ms", messages="replay_messages"),
+        measure_replay,
+    ),
+    "history_memory": (history_cases, measure_history_memory),
     "federation_latency": (
         _one("node A → node B", "µs", messages="federation_messages"),
         measure_one_way,

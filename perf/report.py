@@ -9,7 +9,7 @@ The suite's record (``results/<date>.json``, built by ``perf/__main__.py``)::
      "metrics": {metric: {"title", "timed", "better", "reference", "rounds",
          "cases": {case: {"unit", "params", "results": {system: {
              "samples", "median", "p99", "max", "n", "errors"}}}}}},
-     "derived": {"wildcard_share": {case: ratio}},
+     "derived": {"wildcard_share": {case: ratio}, "replay_rate": {system: msgs/s}},
      "targets": [{"text", "figure", "met", ...}]}
 
 The load and soak record (``results/load-<date>.json``) is built by
@@ -258,6 +258,9 @@ def results_markdown(doc: Doc, json_name: str, charts: Sequence[tuple[str, str]]
         parts = ", ".join(f"{label}: {_times(ratio)}" for label, ratio in share.items())
         what = "greenbus-wildcard ÷ greenbus exact-topic emit cost, medians"
         lines += ["", f"Wildcard share ({what}): {parts}."]
+    if rates := doc["derived"].get("replay_rate"):
+        parts = ", ".join(f"{system}: {fmt(rate, 'msgs/s')}" for system, rate in rates.items())
+        lines += ["", f"Replay rate (hub_replay's messages ÷ its median time): {parts}."]
     if charts:
         lines += ["", "## Charts"]
         for name, alt in charts:
@@ -324,7 +327,8 @@ def _errors(doc: Doc) -> list[str]:
 def _load_fields(doc: Doc, json_name: str) -> Doc:
     load, soak = doc.get("load") or {}, doc.get("soak") or {}
     per, machine = load.get("memory_per_connection_kib"), doc["machine"]
-    return {
+    history = "history_ttl_s" in soak.get("config", {})  # records before 2026-12 lack it
+    fields: Doc = {
         **doc,
         "load": load,
         "soak": soak,
@@ -336,6 +340,8 @@ def _load_fields(doc: Doc, json_name: str) -> Doc:
         "client": doc.get("client", "raw WebSocket clients on gevent sockets"),
         "counts": Counter((soak.get("worker") or {}).get("counts", {})),  # 0 if never counted
     }
+    fields["soak_history"] = "  " + fill(SUITE["load"]["soak_history"], **fields) if history else ""
+    return fields
 
 
 def _load_summary(fields: Doc) -> list[str]:

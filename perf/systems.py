@@ -100,7 +100,9 @@ class System:
     the memory probe weighs, and return a closer; ``classic(n)``: the
     classic scenario's (held, round trip) µs per message.  Across processes
     (hub.py), one sample's figures: ``ingest(M)``, ``broadcast(M, k)`` and
-    ``relay(M, yield_every)`` msgs/s, ``one_way(M, gap)`` µs per message.
+    ``relay(M, yield_every)`` msgs/s, ``one_way(M, gap)`` µs per message,
+    ``replay(M, topics)`` ms.  ``history(size)``: an empty message history
+    keeping ``size`` messages per topic, as the hub's.
     """
 
     name: str
@@ -113,6 +115,8 @@ class System:
     broadcast: Callable[[int, int], float] | None = None
     one_way: Callable[[int, float], list[float]] | None = None
     relay: Callable[[int, int], float] | None = None
+    replay: Callable[[int, int], float] | None = None
+    history: Callable[[int], Any] | None = None
     #: Each consumer costs an OS thread (the memory probe builds fewer of them).
     thread_per_consumer: bool = False
 

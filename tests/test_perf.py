@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from perf import report
-from perf.hub import federation, redis_pubsub, unstamp
+from perf.hub import federation, hub_redis, redis_pubsub, unstamp
 from perf.procs import MeasurementError, Processes, Tally, check_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,9 +45,11 @@ EXPECTED: dict[str, set[str]] = {
     "emit_cost_by_subscribers": {"pyee", "blinker", "greenbus", "greenbus-wildcard"},
     "reorders": {"pyee", *CONCURRENT},
     "memory": {"threads+queue", "gevent.queue", "greenbus"},
-    "hub_roundtrip": {"tcp-echo", "redis-pubsub", "greenbus-hub"},
-    "hub_ingest": {"redis-pubsub", "greenbus-hub"},
+    "hub_roundtrip": {"tcp-echo", "redis-pubsub", "greenbus-hub-nohistory", "greenbus-hub"},
+    "hub_ingest": {"redis-pubsub", "greenbus-hub-nohistory", "greenbus-hub"},
     "hub_fanout": {"redis-pubsub", "greenbus-hub"},
+    "hub_replay": {"greenbus-hub-redis", "greenbus-hub"},
+    "history_memory": {"greenbus-hub"},
     "federation_latency": {"redis-pubsub", "greenbus-federation"},
     "federation_throughput": {"redis-pubsub", "greenbus-federation"},
 }
@@ -63,7 +65,7 @@ CHARTS = (
 
 #: Whether redis-server can run here; without it, these systems' samples are errors.
 REDIS = shutil.which("redis-server") is not None
-NEEDS_REDIS = {"redis-pubsub", "greenbus-federation"}
+NEEDS_REDIS = {"redis-pubsub", "greenbus-federation", "greenbus-hub-redis"}
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -172,6 +174,7 @@ def test_greenbus_bench_forwards_its_options_to_the_suite() -> None:
 
 def test_without_redis_server_every_redis_sample_is_an_unavailable_error() -> None:
     redis, federated = redis_pubsub("no-such-redis-server"), federation("no-such-redis-server")
+    hub = hub_redis("no-such-redis-server")
     for shape in (
         redis.echo,
         lambda: redis.ingest(10),
@@ -179,6 +182,7 @@ def test_without_redis_server_every_redis_sample_is_an_unavailable_error() -> No
         lambda: redis.relay(10, 100),
         lambda: federated.one_way(10, 0.001),
         lambda: federated.relay(10, 100),
+        lambda: hub.replay(10, 2),
     ):
         with pytest.raises(MeasurementError, match="unavailable: no-such-redis-server"):
             shape()
