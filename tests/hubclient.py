@@ -84,6 +84,24 @@ def ask(ws: ClientConnection, **frame: Any) -> dict[str, Any]:
 Closed = tuple[int, str]
 
 
+def hello_v2(ws: ClientConnection, session: str | None = None) -> dict[str, Any]:
+    """Say hello in protocol 2 (with a publisher session, if given); the welcome."""
+    frame: dict[str, Any] = {"op": "hello", "protocol": 2, "id": "hello"}
+    if session is not None:
+        frame["session"] = session
+    welcome = ask(ws, **frame)
+    assert welcome["op"] == "welcome" and welcome["protocol"] == 2, welcome
+    return welcome
+
+
+def start_position(url: str, pattern: str) -> str:
+    """Where a protocol-2 ``sub`` on ``pattern`` starts (its ack's ``pos``), asked by a
+    client that then leaves: a position to resume from later."""
+    with client(url) as subscriber:
+        hello_v2(subscriber)
+        return str(ask(subscriber, op="sub", sid=1, topic=pattern, id=1)["pos"])
+
+
 def until_closed(ws: ClientConnection, timeout: float = 5.0) -> tuple[list[dict[str, Any]], Closed]:
     """Read until the hub closes: (the frames before the close, (code, reason))."""
     frames = []

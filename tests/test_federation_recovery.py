@@ -10,13 +10,13 @@ resume.  See docs/recovery.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import gevent
 import pytest
 import redis
 from conftest import HubProcess, RedisServer
-from hubclient import ask, client, recv, send
+from hubclient import ask, client, recv, send, start_position
+from hubclient import hello_v2 as hello
 from relay import Relay
 from waiting import wait_until
 
@@ -35,17 +35,11 @@ def two_hubs(
     return hub_factory("--redis", redis_server.url), hub_factory("--redis", redis_server.url)
 
 
-def hello(ws: Any) -> None:
-    assert ask(ws, op="hello", protocol=2, id="h")["op"] == "welcome"
-
-
 def test_a_position_from_one_hub_replays_on_the_other(
     two_hubs: tuple[HubProcess, HubProcess],
 ) -> None:
     a, b = two_hubs
-    with client(a.url) as subscriber:
-        hello(subscriber)
-        start = ask(subscriber, op="sub", sid=1, topic="orders.>", id=1)["pos"]
+    start = start_position(a.url, "orders.>")
     with client(b.url) as publisher:
         for n in range(3):
             assert ask(publisher, op="pub", topic=f"orders.{n}", data=n, id=n) == {

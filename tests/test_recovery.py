@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 from conftest import HubProcess
-from hubclient import ask, client, metric_eventually, recv, send
+from hubclient import ask, client, metric_eventually, recv, send, start_position
+from hubclient import hello_v2 as hello
 from websockets.sync.client import ClientConnection
 
 from greenbus.history import History, Position
@@ -22,16 +23,6 @@ from greenbus.history import History, Position
 #: Tests about what the hub decides run once, on the hub's own listener; the
 #: first scenario runs on both transports.
 websockets_only = pytest.mark.parametrize("hub_transport", ["websockets"], indirect=True)
-
-
-def hello(ws: ClientConnection, session: str | None = None) -> dict[str, Any]:
-    """Say hello in protocol 2 (with a publisher session, if given)."""
-    frame: dict[str, Any] = {"op": "hello", "protocol": 2, "id": "hello"}
-    if session is not None:
-        frame["session"] = session
-    welcome = ask(ws, **frame)
-    assert welcome["op"] == "welcome" and welcome["protocol"] == 2, welcome
-    return welcome
 
 
 def applied(ws: ClientConnection) -> None:
@@ -92,9 +83,7 @@ def test_a_subscriber_that_vanishes_gets_exactly_what_it_missed_in_order_then_li
 def test_a_subscription_recovers_from_its_acks_position_before_any_message_arrived(
     hub_process: HubProcess,
 ) -> None:
-    with client(hub_process.url) as subscriber:
-        hello(subscriber)
-        start = ask(subscriber, op="sub", sid="s", topic="orders.*", id=1)["pos"]
+    start = start_position(hub_process.url, "orders.*")
     with client(hub_process.url) as publisher:
         publish(publisher, [("orders.new", "first"), ("orders.paid", "second")])
     with client(hub_process.url) as subscriber:
@@ -109,9 +98,7 @@ def test_a_subscription_recovers_from_its_acks_position_before_any_message_arriv
 def test_a_gap_the_history_cannot_cover_is_answered_recovered_false_and_nothing_replayed(
     hub_process: HubProcess,
 ) -> None:
-    with client(hub_process.url) as subscriber:
-        hello(subscriber)
-        start = ask(subscriber, op="sub", sid=1, topic="t", id=1)["pos"]
+    start = start_position(hub_process.url, "t")
     with client(hub_process.url) as publisher:
         publish(publisher, [("t", n) for n in range(10)])  # 7 of them trimmed
         with client(hub_process.url) as subscriber:
@@ -168,9 +155,7 @@ def test_an_old_client_gets_exactly_the_frames_it_always_got(hub_process: HubPro
 def test_a_long_replay_is_paced_within_the_peers_limits_and_live_messages_follow_it(
     hub_process: HubProcess,
 ) -> None:
-    with client(hub_process.url) as subscriber:
-        hello(subscriber)
-        start = ask(subscriber, op="sub", sid=1, topic="t.>", id=1)["pos"]
+    start = start_position(hub_process.url, "t.>")
     with client(hub_process.url) as publisher:
         publish(publisher, [(f"t.{n % 7}", n) for n in range(3000)])
         with client(hub_process.url) as subscriber:

@@ -119,28 +119,27 @@ def interval(text: str) -> float:
     return value
 
 
-def topic(text: str) -> str:
-    """A concrete topic (``greenbus.validate_topic``).
+def _grammar(validate: Callable[[str], str], what: str) -> Callable[[str], str]:
+    """An argument type that checks its text with ``validate`` (a topic grammar check)."""
+
+    def check(text: str) -> str:
+        try:
+            return validate(text)
+        except InvalidTopic as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    check.__name__ = what  # argparse names the type in its messages
+    check.__doc__ = f"""A {what} (``greenbus.{validate.__name__}``).
 
     Raises:
         argparse.ArgumentTypeError: the ``InvalidTopic`` message.
     """
-    try:
-        return validate_topic(text)
-    except InvalidTopic as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return check
 
 
-def pattern(text: str) -> str:
-    """A subscription pattern (``greenbus.validate_pattern``).
-
-    Raises:
-        argparse.ArgumentTypeError: the ``InvalidTopic`` message.
-    """
-    try:
-        return validate_pattern(text)
-    except InvalidTopic as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+#: A concrete topic, and a subscription pattern.
+topic = _grammar(validate_topic, "topic")
+pattern = _grammar(validate_pattern, "pattern")
 
 
 def _refuse_constant(name: str) -> NoReturn:
