@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -203,10 +204,8 @@ class Feed:
         """Take nothing more.  Idempotent; safe after the bus closed."""
         forward, self._forward = self._forward, None
         if forward is not None:
-            try:
+            with suppress(BusClosed):
                 forward.close()
-            except BusClosed:
-                pass
 
     # -- routes --------------------------------------------------------------------
 
@@ -250,10 +249,8 @@ class Feed:
             if since is not None:
                 found = history.replay(pattern, since)
                 entries = None if found is None else [(value, str(p)) for p, value in found]
-        try:
+        with suppress(BusClosed):
             self.bus.hold_interest(pattern)
-        except BusClosed:
-            pass
         if remote is not None and is_kept(pattern):
             try:
                 head, got = remote.snapshot(pattern, since, timeout)
@@ -274,10 +271,8 @@ class Feed:
     def remove(self, route: Route) -> None:
         """Forget ``route``; :meth:`Route.close` calls it."""
         self._index.remove(route.pattern, route)
-        try:
+        with suppress(BusClosed):
             self.bus.release_interest(route.pattern)
-        except BusClosed:
-            pass
 
     def head(self) -> str | None:
         """The position of the last message of the hub's own history (None: no positions here)."""

@@ -20,6 +20,7 @@ The subclass says what a connection carries: :meth:`~Reconnecting._connected`
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
 import uuid
@@ -63,7 +64,7 @@ class ClientState(enum.IntEnum):
     CLOSED = 3
 
 
-class Reconnecting(HandlerMixin):
+class Reconnecting(HandlerMixin, abc.ABC):
     """One connection to a hub at a time, reopened until the client ends.
 
     Args:
@@ -76,6 +77,10 @@ class Reconnecting(HandlerMixin):
         max_message_size: the largest frame this client sends; frames from
             the hub may be :data:`~greenbus.protocol.MSG_SLACK` bigger.
         cafile: PEM file of the CA that signed a ``wss://`` hub's certificate.
+
+    A subclass speaks the protocol over each connection: it implements the
+    four hooks ``_connected``, ``_on_text``, ``_disconnected`` and ``_end``
+    (:class:`~greenbus.bridge.client.RemoteBus` does).
 
     Raises:
         InvalidOption: a bad argument.
@@ -170,18 +175,22 @@ class Reconnecting(HandlerMixin):
         if self._conn is not None:
             self._conn.close(1000, "refused")
 
+    @abc.abstractmethod
     def _connected(self, conn: Connection) -> None:
         """A new connection: queue what it must send first."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _on_text(self, text: str) -> None:
         """One frame from the hub (the connection's reader greenlet)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _disconnected(self, conn: Connection) -> None:
         """The connection ended (the client may reconnect next)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _end(self, error: ClientClosed) -> None:
         """The client ends: state CLOSED, and everything waiting learns why."""
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 from gevent import socket as gsocket
@@ -58,7 +59,5 @@ def text(value: Any) -> str:
 
 def close_quietly(pubsub: Any) -> None:
     """Close a pubsub connection that may be broken already."""
-    try:
+    with suppress(Exception):  # a broken connection: nothing left to close
         pubsub.close()
-    except Exception:  # a broken connection: nothing left to close
-        pass
