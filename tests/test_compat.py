@@ -4,8 +4,10 @@ These tests run without monkey-patching, so the listeners run in greenbus's
 shared daemon hub thread while the test runs in its own OS thread.  The test
 thread waits for them with ``threading.Event`` or :func:`wait_until`, never
 with a fixed sleep; ``shutdown(wait=True)`` is the barrier where a test must
-know that nothing more will be delivered.  One test runs a monkey-patched
-interpreter in a subprocess.
+know that nothing more will be delivered.  Emits from the listeners' own
+thread take another path (the one every emit takes once monkey-patched):
+the tests of it run their scenario there, with :func:`on_home`.  One test
+runs a monkey-patched interpreter in a subprocess.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import gevent.event
 import pyee
 import pytest
 
-from greenbus import BusClosed, InvalidOption
+from greenbus import BusClosed, ChannelFull, InvalidOption
 from greenbus.compat import EventEmitter
 
 TIMEOUT = 5.0
@@ -71,6 +73,42 @@ def run_script(source: str) -> dict[str, Any]:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def on_home(ee: EventEmitter, scenario: Callable[[], Any]) -> Any:
+    """Run ``scenario()`` on ``ee``'s home thread, in a listener greenlet of another
+    emitter, where ``ee.emit`` takes its fast path; return its result or raise its
+    exception here."""
+    done = threading.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, scenario()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    host = EventEmitter()
+    host.on("run", run)
+    host.emit("run")
+    assert done.wait(TIMEOUT)
+    host.shutdown()
+    [(returned, value)] = outcome
+    if not returned:
+        raise value
+    return value
+
+
+def green_wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> bool:
+    """:func:`wait_until` for a greenlet of the hub thread: yields to the others."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        gevent.sleep(0)
+    return True
 
 
 @contextlib.contextmanager
@@ -434,6 +472,145 @@ def test_a_once_listener_removed_after_an_emit_still_gets_that_event(
     ee.shutdown()
 
     assert calls == [0]
+
+
+# -- on the listeners' own thread: emit's fast path ---------------------------
+
+
+def test_on_the_home_thread_emit_returns_before_any_listener_runs(ee: EventEmitter) -> None:
+    got = recorded(ee)
+
+    def scenario() -> tuple[bool, list[Any]]:
+        return ee.emit("data", 0), list(got)
+
+    assert on_home(ee, scenario) == (True, [])
+    ee.shutdown()
+    assert got == [0]
+
+
+def test_on_the_home_thread_a_listener_added_or_removed_between_emits_is_seen_by_the_next(
+    ee: EventEmitter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="greenbus.compat")
+    first: list[int] = []
+    second: list[int] = []
+
+    def scenario() -> None:
+        ee.on("data", first.append)
+        ee.emit("data", 0)  # the event's channels are known from here on
+        ee.on("data", second.append)
+        ee.emit("data", 1)
+        ee.remove_listener("data", first.append)
+        ee.emit("data", 2)
+        ee.on("data", first.append)
+        ee.emit("data", 3)
+
+    on_home(ee, scenario)
+    ee.shutdown()
+
+    assert first == [0, 1, 3]
+    assert second == [1, 2, 3]
+    assert caplog.records == []  # nothing was put into a removed listener's channel
+
+
+@pytest.mark.parametrize("remove", REMOVALS.values(), ids=REMOVALS.keys())
+def test_on_the_home_thread_emit_after_a_removal_returns_false_like_pyee(
+    ee: EventEmitter, remove: Callable[[EventEmitter, Callable[..., Any]], None]
+) -> None:
+    got: list[int] = []
+
+    def scenario() -> list[bool]:
+        ee.on("data", got.append)
+        returned = [ee.emit("data", 0)]
+        remove(ee, got.append)
+        return [*returned, ee.emit("data", 1)]
+
+    assert on_home(ee, scenario) == [True, False]
+    ee.shutdown()
+    assert got == [0]
+
+
+def test_on_the_home_thread_once_gets_one_event_beside_a_plain_listener(
+    ee: EventEmitter,
+) -> None:
+    once: list[int] = []
+    always: list[int] = []
+    alone: list[int] = []
+
+    def scenario() -> tuple[list[bool], list[bool]]:
+        ee.once("data", once.append)
+        ee.on("data", always.append)
+        ee.once("solo", alone.append)
+        return [ee.emit("data", i) for i in range(3)], [ee.emit("solo", i) for i in range(3)]
+
+    assert on_home(ee, scenario) == ([True] * 3, [True, False, False])
+    ee.shutdown()
+    assert once == [0]
+    assert always == [0, 1, 2]
+    assert alone == [0]
+    assert ee.listeners("data") == [always.append]
+
+
+def test_on_the_home_thread_error_without_a_listener_raises_even_after_one_was_removed(
+    ee: EventEmitter,
+) -> None:
+    boom = ValueError("boom")
+    errors: list[BaseException] = []
+
+    def scenario() -> None:
+        ee.on("error", errors.append)
+        ee.emit("error", boom)
+        ee.remove_listener("error", errors.append)
+        ee.emit("error", boom)
+
+    with pytest.raises(ValueError) as raised:
+        on_home(ee, scenario)
+
+    assert raised.value is boom
+    ee.shutdown()
+    assert errors == [boom]
+
+
+def test_a_full_listener_does_not_keep_the_call_from_the_listeners_after_it(
+    make_emitter: Callable[..., EventEmitter],
+) -> None:
+    ee = make_emitter(maxsize=1, overflow="error")
+    release = gevent.event.Event()
+    stuck: list[int] = []
+    free: list[int] = []
+
+    def stuck_listener(i: int) -> None:
+        stuck.append(i)
+        release.wait(TIMEOUT)
+
+    def scenario() -> bool:
+        ee.on("data", stuck_listener)
+        ee.on("data", free.append)
+        ee.emit("data", 0)
+        assert green_wait_until(lambda: stuck == [0] and free == [0])
+        ee.emit("data", 1)  # queued behind the stuck call: that channel is full now
+        assert green_wait_until(lambda: free == [0, 1])
+        try:
+            with pytest.raises(ChannelFull):
+                ee.emit("data", 2)
+            return green_wait_until(lambda: free == [0, 1, 2])
+        finally:
+            release.set()
+
+    assert on_home(ee, scenario)
+    ee.shutdown()
+    assert stuck == [0, 1]
+    assert free == [0, 1, 2]
+
+
+def test_on_the_home_thread_emit_after_shutdown_raises(ee: EventEmitter) -> None:
+    got = recorded(ee)
+    on_home(ee, lambda: ee.emit("data", 0))
+    ee.shutdown()
+
+    with pytest.raises(BusClosed):
+        on_home(ee, lambda: ee.emit("data", 1))
+    assert got == [0]
 
 
 # -- errors ------------------------------------------------------------------
