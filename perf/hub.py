@@ -57,6 +57,7 @@ from greenbus.federation import redis_glob
 from greenbus.history import DEFAULT_HISTORY_TTL, History
 from greenbus.protocol import Pub, encode
 
+from .connections import kib_per_connection
 from .procs import HOST, Child, MeasurementError, Processes, Tally, check_stream, run_worker, say
 from .systems import Echo, System
 
@@ -405,6 +406,7 @@ NETWORK: dict[str, System] = {
             broadcast=partial(_broadcast, lambda processes: _hub(processes)[1], "hub"),
             replay=partial(_hub_replay, None),
             history=partial(History, ttl=DEFAULT_HISTORY_TTL),
+            connections=kib_per_connection,
         ),
         hub_redis(),
         federation(),

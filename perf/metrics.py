@@ -321,6 +321,17 @@ def measure_replay(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [system.replay(case.params["messages"], REPLAY_TOPICS)]
 
 
+def measure_hub_memory(system: System, case: Case, sizes: Sizes) -> list[float]:
+    assert system.connections is not None
+    return [system.connections(case.params["connections"])]
+
+
+def measure_dropin(system: System, case: Case, sizes: Sizes) -> list[float]:
+    from .dropin import measure  # its samples come from a fresh, monkey-patched process
+
+    return measure(case.params["shape"], system.name, case.params["n"])
+
+
 # -- the list -------------------------------------------------------------------------
 
 
@@ -371,6 +382,25 @@ def history_cases(sizes: Sizes) -> tuple[Case, ...]:
     return (Case(label, "bytes", {"topics": sizes.history_topics, "per_topic": DEFAULT_HISTORY}),)
 
 
+def hub_memory_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return tuple(
+        Case(f"{n:,} subscribed connections", "KiB", {"connections": n})
+        for n in sizes.hub_connections
+    )
+
+
+def dropin_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return (
+        Case("emit, 1 no-op listener", "µs", {"shape": "emit", "n": sizes.dropin_emits}),
+        Case("ping-pong: round trip", "µs", {"shape": "pingpong", "n": sizes.pingpong}),
+        Case(
+            "the seed's pattern: emit held, one every 10 ms",
+            "µs",
+            {"shape": "seed", "n": sizes.dropin_seed},
+        ),
+    )
+
+
 #: Each metric of suite.toml: its cases, and how it measures.
 MEASURES: dict[str, tuple[Callable[[Sizes], tuple[Case, ...]], Callable[..., list[float]]]] = {
     "emit_held": (_one("1 fast subscriber", "µs"), measure_emit_held),
@@ -379,6 +409,7 @@ MEASURES: dict[str, tuple[Callable[[Sizes], tuple[Case, ...]], Callable[..., lis
         measure_emit_held_slow,
     ),
     "pingpong": (ROUND_TRIP, measure_pingpong),
+    "dropin": (dropin_cases, measure_dropin),
     "throughput": (fanout_cases, measure_throughput),
     "emit_cost_by_subscribers": (subscriber_cases, measure_emit_cost),
     "reorders": (_one("1→1 flood", "reorders", messages="flood"), measure_reorders),
@@ -402,6 +433,7 @@ MEASURES: dict[str, tuple[Callable[[Sizes], tuple[Case, ...]], Callable[..., lis
         measure_replay,
     ),
     "history_memory": (history_cases, measure_history_memory),
+    "hub_memory": (hub_memory_cases, measure_hub_memory),
     "federation_latency": (
         _one("node A → node B", "µs", messages="federation_messages"),
         measure_one_way,

@@ -101,8 +101,9 @@ class System:
     classic scenario's (held, round trip) µs per message.  Across processes
     (hub.py), one sample's figures: ``ingest(M)``, ``broadcast(M, k)`` and
     ``relay(M, yield_every)`` msgs/s, ``one_way(M, gap)`` µs per message,
-    ``replay(M, topics)`` ms.  ``history(size)``: an empty message history
-    keeping ``size`` messages per topic, as the hub's.
+    ``replay(M, topics)`` ms, ``connections(n)`` KiB per connection.
+    ``history(size)``: an empty message history keeping ``size`` messages
+    per topic, as the hub's.
     """
 
     name: str
@@ -117,6 +118,8 @@ class System:
     relay: Callable[[int, int], float] | None = None
     replay: Callable[[int, int], float] | None = None
     history: Callable[[int], Any] | None = None
+    #: KiB of the hub's memory per idle subscribed connection, with ``n`` connections.
+    connections: Callable[[int], float] | None = None
     #: Each consumer costs an OS thread (the memory probe builds fewer of them).
     thread_per_consumer: bool = False
 
