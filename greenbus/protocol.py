@@ -23,12 +23,19 @@ import enum
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from .exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
 from .topics import validate_cached
+
+_codec: ModuleType | None
+try:  # the hot frames decoded in C; the pure parser below stays the reference
+    from . import _codec
+except ImportError:  # pragma: no cover (msgspec is a dependency)
+    _codec = None
 
 __all__ = [
     "MSG_SLACK",
@@ -420,9 +427,16 @@ def parse_client(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH, version: int 
     A ``hello`` is read with v2's fields whatever ``version`` (it is what
     says which version a connection speaks).
 
+    A ``pub`` is decoded in C when it can be (:mod:`greenbus._codec`): the
+    same event, and every refusal is this pure parser's.
+
     Raises:
         RemoteProtocolError: with the error code to answer with.
     """
+    if _fast_pub is not None:
+        event = _fast_pub(text, max_depth)
+        if event is not None:
+            return event
     obj = _load_object(text, max_depth)
     if obj.get("op") == "pub" and obj.keys() <= _PUB_FIELDS:
         # The hot path: a well-formed pub, checked inline.  Anything odd
@@ -508,9 +522,15 @@ def parse_server(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ServerEven
     Unknown error codes are kept as plain strings would be lost, so ``code``
     is an :class:`ErrorCode` when known and the raw string otherwise.
 
+    A ``msg`` is decoded in C when it can be, as a ``pub`` in :func:`parse_client`.
+
     Raises:
         RemoteProtocolError: the hub sent something the protocol does not allow.
     """
+    if _fast_msg is not None:
+        msg = _fast_msg(text, max_depth)
+        if msg is not None:
+            return msg
     obj = _load_object(text, max_depth)
     op = _op_of(obj, _SERVER_FIELDS)
     f = _Fields(obj, op, _SERVER_FIELDS[op])
@@ -544,6 +564,17 @@ def parse_server(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ServerEven
         protocol=version, server=f.string("server") or "", peer=f.string("peer") or "", id=f.id
     )
 
+
+#: The hot frames' decoders in C, or None for the pure parser alone
+#: (``GREENBUS_PURE_PYTHON=1``, or no msgspec).  Tests swap them.
+_fast_pub: Callable[[str, int], Pub | None] | None = None
+_fast_msg: Callable[[str, int], Msg | None] | None = None
+#: The ``msg`` body written in C, or None for json.dumps alone.
+_fast_body: Callable[[str, Any, Mapping[str, Any] | None, str | None], bytes | None] | None = None
+if _codec is not None and not _codec.PURE_PYTHON:
+    _fast_pub = _codec.pub_decoder(Pub)
+    _fast_msg = _codec.msg_decoder(Msg)
+    _fast_body = _codec.msg_body
 
 # -- encoding -----------------------------------------------------------------
 
@@ -605,9 +636,16 @@ def encode_msg_body(
     The same for every subscriber of one message, so a fan-out encodes the
     message once and each subscriber's frame is ``msg_prefix(sid) + body``.
 
+    Plain JSON data is written in C (:mod:`greenbus._codec`); json.dumps
+    writes the rest, and refuses what is not JSON.
+
     Raises:
         LocalProtocolError: ``data`` or ``headers`` are not JSON-serialisable.
     """
+    if _fast_body is not None:
+        body = _fast_body(topic, data, headers, reply_to)
+        if body is not None:
+            return body.decode()
     out: dict[str, Any] = {"topic": topic, "data": data}
     if headers:
         out["headers"] = headers

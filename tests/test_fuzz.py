@@ -51,14 +51,18 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from websockets.frames import Frame, Opcode
 
+import greenbus.protocol as protocol
+from greenbus import _codec
 from greenbus.acl import Acl, InboxOwners, is_inbox
 from greenbus.exceptions import InvalidTopic, RemoteProtocolError
 from greenbus.protocol import (
     Ack,
     Error,
     ErrorCode,
+    Msg,
     Ping,
     Pong,
+    Pub,
     Welcome,
     encode,
     parse_server,
@@ -94,6 +98,19 @@ def documented_close_codes() -> set[int]:
 
 ERROR_CODES = documented_error_codes()
 CLOSE_CODES = documented_close_codes()
+
+
+@pytest.fixture(scope="module", params=["c", "pure"])
+def codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The codec-dependent tests here run with both codecs: the hot frames in C, then the
+    pure parser alone (in this process, and in the hubs it starts: ``GREENBUS_PURE_PYTHON``)."""
+    saved = protocol._fast_pub, protocol._fast_msg, protocol._fast_body
+    c = request.param == "c"
+    protocol._fast_pub = _codec.pub_decoder(Pub) if c else None
+    protocol._fast_msg = _codec.msg_decoder(Msg) if c else None
+    protocol._fast_body = _codec.msg_body if c else None
+    yield request.param
+    protocol._fast_pub, protocol._fast_msg, protocol._fast_body = saved
 
 
 def test_the_documented_codes_are_read_from_the_protocol_page() -> None:
@@ -691,10 +708,10 @@ class Fuzzer:
 
 
 @pytest.fixture
-def fuzz_hub(tmp_path: Path, hub_transport: str) -> Iterator[LaunchedHub]:
-    """One hub process for the whole fuzz run (per transport)."""
+def fuzz_hub(tmp_path: Path, hub_transport: str, codec: str) -> Iterator[LaunchedHub]:
+    """One hub process for the whole fuzz run (per transport and codec)."""
     launcher = HubLauncher(tmp_path, hub_transport)
-    yield launcher.start()
+    yield launcher.start(env={"GREENBUS_PURE_PYTHON": "1" if codec == "pure" else "0"})
     launcher.stop_all()
 
 
@@ -784,7 +801,7 @@ TOKEN = "s3cret"
 @settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(token=st.booleans(), max_errors=st.integers(0, 3), texts=st.lists(small_texts, max_size=6))
 def test_a_hub_session_answers_each_message_with_at_most_one_documented_frame(
-    token: bool, max_errors: int, texts: list[str]
+    codec: str, token: bool, max_errors: int, texts: list[str]
 ) -> None:
     authenticate = Acl.single_token(TOKEN).authenticate if token else None
     session = HubSession(
