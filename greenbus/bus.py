@@ -1,12 +1,16 @@
 """The in-process bus: routing, fan-out, request/reply and the error hook.
 
 Data flows one way: ``emit`` looks the topic up in the :class:`TopicIndex`
-(one dict lookup for a topic seen before) and appends one tuple to each
-matching subscription's :class:`~greenbus.channel.Channel` (see
-:mod:`greenbus.subscription`).  Each subscription with a handler owns one
-greenlet that takes items from its channel in order and calls the handler,
-one message at a time.  ``emit`` never runs a handler and never switches
-greenlets, except when a ``block`` channel is full.
+(one dict lookup for a topic seen before), builds one :class:`Message` and
+appends that same object to each matching subscription's
+:class:`~greenbus.channel.Channel` in one loop (:func:`~greenbus.channel.put_each`;
+a forward is a :class:`~greenbus.channel.Sink` there).  A lone subscriber
+is queued the plain fields instead, and its greenlet makes the Message: one
+either way, and emit holds the emitter no longer than it must.  Each
+subscription with a handler owns one greenlet that takes messages from its
+channel in order and calls the handler, one message at a time (see
+:mod:`greenbus.subscription`).  ``emit`` never runs a handler and never
+switches greenlets, except when a ``block`` channel is full.
 
 The ordering contract is stated in ``docs/ordering.md``.
 """
@@ -27,7 +31,7 @@ from greenlet import getcurrent
 from ._attrs import readonly
 from ._options import check_timeout
 from ._portal import HandOff, ThreadPortal, get_ident
-from .channel import DEFAULT_MAXSIZE, Channel, Overflow
+from .channel import DEFAULT_MAXSIZE, Channel, Overflow, Sink, put_each
 from .exceptions import (
     BusClosed,
     ChannelClosed,
@@ -92,6 +96,10 @@ class BusStatistics:
 
 
 _bus_ids = itertools.count(1)
+_tuple_new = tuple.__new__
+
+#: What a route holds for each subscription: its channel, or a forward's put.
+Target = Channel[tuple[Any, ...]] | Sink[Message]
 
 
 class Bus(HandlerMixin):
@@ -116,14 +124,17 @@ class Bus(HandlerMixin):
         #: overflow episode.  Both are logged on ``greenbus.bus`` as well.
         #: Replace it freely; if it raises, that is logged too.
         self.on_error: ErrorHook | None = on_error
-        self._index: TopicIndex[Callable[[tuple[Any, ...]], bool]] = TopicIndex()
+        # A route's targets: a subscription's channel, or a forward's put.
+        self._index: TopicIndex[Target] = TopicIndex()
         self._routes = self._index.cache
         self._subs: dict[Subscription, None] = {}
         self._forwards: dict[Forward, None] = {}
         self._interest = Interest(self.name)
         self._close_listeners: list[Callable[[], object]] = []
-        # Each subscription's (and forward's) put, to find it from a route.
-        self._by_put: dict[Callable[[tuple[Any, ...]], bool], Subscription | Forward] = {}
+        # Each subscription's channel (and forward's put), to find it from a route.
+        self._by_target: dict[Target, Subscription | Forward] = {}
+        # Bound once: emit passes it to put_each, to name the full ones.
+        self._name_target = self._pattern_of
         self._state = BusState.OPEN
         self._thread = get_ident()
         self._open_in = self._thread
@@ -222,14 +233,27 @@ class Bus(HandlerMixin):
         if headers is not None or reply_to is not None:
             headers, reply_to = check_extras(headers, reply_to)
         item = (topic, data, headers, reply_to)
-        n = 0
-        try:
-            for put in route:
-                if put(item):
-                    n += 1
-        except (ChannelFull, ChannelClosed) as exc:
-            return self._emit_rest(route, put, item, n, exc)
-        return n
+        count = len(route)
+        if count == 1:
+            # A lone subscriber (the common case): no fan-out loop to set up.
+            target = route[0]
+            try:
+                if type(target) is Channel:
+                    # The plain fields: its greenlet makes the one Message,
+                    # so that emit holds the emitter no longer than it must.
+                    took = target.put(item)
+                else:
+                    took = target.fn(_tuple_new(self.message_class, item))  # type: ignore[union-attr]
+            except ChannelFull as exc:
+                pattern = self._pattern_of(target)
+                raise ChannelFull(exc.maxsize, exc.reason, delivered=0, full=(pattern,)) from exc
+            except ChannelClosed:
+                return 0  # closed while it waited for room: it left
+            return 1 if took else 0
+        if not count:
+            return 0
+        # One message, made once and shared by every subscriber.
+        return put_each(route, _tuple_new(self.message_class, item), self._name_target)
 
     def _emit_other(
         self,
@@ -249,49 +273,8 @@ class Bus(HandlerMixin):
             raise BusClosed(self.name)  # it closed meanwhile (counted in thread_lost)
         return matched
 
-    def _emit_rest(
-        self,
-        route: tuple[Callable[[tuple[Any, ...]], bool], ...],
-        failed: Callable[[tuple[Any, ...]], bool],
-        item: tuple[Any, ...],
-        n: int,
-        exc: ChannelFull | ChannelClosed,
-    ) -> int:
-        # Slow path of emit: a subscription refused the message.
-        full: list[str] = []
-        first = None
-        if isinstance(exc, ChannelFull):
-            first = exc
-            full.append(self._pattern_of(failed))
-        start = next(i for i, put in enumerate(route) if put is failed) + 1
-        return self._offer(route[start:], item, n, full, first)
-
-    def _offer(
-        self,
-        route: tuple[Callable[[tuple[Any, ...]], bool], ...],
-        item: tuple[Any, ...],
-        n: int = 0,
-        full: list[str] | None = None,
-        first: ChannelFull | None = None,
-    ) -> int:
-        # Offer the message to every subscription in route even if some are
-        # full, then report all the full ones in a single ChannelFull.
-        full = [] if full is None else full
-        for put in route:
-            try:
-                if put(item):
-                    n += 1
-            except ChannelFull as error:
-                first = first or error
-                full.append(self._pattern_of(put))
-            except ChannelClosed:
-                pass  # closed while we waited on another subscription: it left
-        if first is not None:
-            raise ChannelFull(first.maxsize, first.reason, delivered=n, full=tuple(full))
-        return n
-
-    def _pattern_of(self, put: Callable[[tuple[Any, ...]], bool]) -> str:
-        sub = self._by_put.get(put)
+    def _pattern_of(self, target: Target) -> str:
+        sub = self._by_target.get(target)
         return sub.pattern if sub is not None else "?"
 
     def _emit_handoff(self, item: tuple[Any, ...]) -> None:
@@ -307,7 +290,8 @@ class Bus(HandlerMixin):
         ):
             # A request made on another thread: its replies need the inbox.
             self._ensure_inbox()
-        self._offer(self._index.match(item[0]), item)
+        msg = _tuple_new(self.message_class, item)
+        put_each(self._index.match(item[0]), msg, self._name_target)
 
     def _report_thread_error(self, exc: BaseException, item: tuple[Any, ...]) -> None:
         self._thread_errors += 1
@@ -353,9 +337,9 @@ class Bus(HandlerMixin):
         if handler is not None and not callable(handler):
             raise InvalidOption("handler", handler, "a callable taking one Message, or None")
         sub = Subscription(self, pattern, handler, maxsize, overflow)
-        self._index.add(pattern, sub.put)
+        self._index.add(pattern, sub.channel)
         self._subs[sub] = None
-        self._by_put[sub.put] = sub
+        self._by_target[sub.channel] = sub
         self._interest.hold(pattern)
         return sub
 
@@ -381,11 +365,12 @@ class Bus(HandlerMixin):
                 for :meth:`add_interest_listener` (a federation's own
                 outbound forward on ``>`` must not, or it would ask for
                 everything).
-            raw: call ``sink`` with the emit's plain ``(topic, data,
-                headers, reply_to)`` tuple instead of a :class:`Message`.
-                It is the same object for every raw sink of one emit, and a
-                new one per emit, so a sink may reuse work done for the same
-                message (the hub encodes a message once for all its peers).
+            raw: accepted for compatibility; it changes nothing.  Every
+                sink gets the emit's one :class:`Message` (a ``(topic,
+                data, headers, reply_to)`` tuple), the same object for every
+                subscriber and forward of one emit and a new one per emit,
+                so a sink may reuse work done for the same message (the hub
+                encodes a message once for all its peers).
 
         Returns:
             a :class:`Forward`; close it to stop.
@@ -402,7 +387,7 @@ class Bus(HandlerMixin):
         fwd = Forward(self, pattern, sink, interest, raw)
         self._index.add(pattern, fwd.put)
         self._forwards[fwd] = None
-        self._by_put[fwd.put] = fwd
+        self._by_target[fwd.put] = fwd
         if interest:
             self._interest.hold(pattern)
         return fwd
@@ -429,14 +414,12 @@ class Bus(HandlerMixin):
         """
         self._check_thread("Subscription.close()")
         if self._subs.pop(sub, 0) is None:
-            self._unroute(sub.pattern, sub.put, True)
+            self._unroute(sub.pattern, sub.channel, True)
 
-    def _unroute(
-        self, pattern: str, put: Callable[[tuple[Any, ...]], bool], interest: bool
-    ) -> None:
-        # Nothing more is routed to ``put``; the interest it held goes.
-        self._index.remove(pattern, put)
-        self._by_put.pop(put, None)
+    def _unroute(self, pattern: str, target: Target, interest: bool) -> None:
+        # Nothing more is routed to ``target``; the interest it held goes.
+        self._index.remove(pattern, target)
+        self._by_target.pop(target, None)
         if interest:
             self._interest.release(pattern)
 
@@ -622,7 +605,7 @@ class Bus(HandlerMixin):
     def matching(self, topic: str) -> list[Subscription | Forward]:
         """The active subscriptions (and forwards) a message on ``topic`` would go to."""
         validate_topic(topic)
-        return [self._by_put[put] for put in self._index.match(topic)]
+        return [self._by_target[target] for target in self._index.match(topic)]
 
     def stats(self) -> BusStatistics:
         """A frozen snapshot: per subscription, pending, delivered, dropped, high water…"""
@@ -672,7 +655,7 @@ class Bus(HandlerMixin):
         greenlets = [g for g in (sub.drain() for sub in subs) if g is not None and g is not current]
         gevent.joinall(greenlets, timeout=timeout)
         for sub in subs:
-            self._unroute(sub.pattern, sub.put, True)
+            self._unroute(sub.pattern, sub.channel, True)
             n = sub.finish()
             if n:
                 logger.warning(

@@ -7,8 +7,8 @@ Design (see ``docs/ordering.md``):
 * The buffer is a ``collections.deque``.  ``put`` on the fast path is one
   comparison, an append and one flag check: it never switches greenlets and
   never runs the consumer.  When a consumer is parked, ``put`` marks the
-  channel ready in its hub's run queue (:class:`_Scheduler`); further puts
-  before the consumer runs cost nothing more (the wake-up is batched, and the
+  channel ready in its hub's run queue (``greenbus._scheduler``); further
+  puts before the consumer runs cost nothing more (the wake-up is batched, and the
   woken consumer drains everything queued without going back to the hub).
   The consumer runs when the putting greenlet parks: it switches straight to
   the ready consumer if it parks in a channel, otherwise the hub does it in a
@@ -37,9 +37,8 @@ from __future__ import annotations
 
 import enum
 import sys
-import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -48,6 +47,7 @@ from greenlet import getcurrent
 
 from ._attrs import readonly
 from ._options import check_timeout
+from ._scheduler import Waiter, scheduler_for
 from .exceptions import (
     ChannelClosed,
     ChannelEmpty,
@@ -62,7 +62,9 @@ __all__ = [
     "ChannelStatistics",
     "Overflow",
     "DEFAULT_MAXSIZE",
+    "Sink",
     "check_options",
+    "put_each",
 ]
 
 T = TypeVar("T")
@@ -149,92 +151,6 @@ class ChannelStatistics:
     closed: bool
 
 
-class _Waiter:
-    # One parked greenlet.  ``parked`` guards against stale wake-ups (a waiter
-    # that left through a timeout or a kill must not be switched into later).
-    __slots__ = ("greenlet", "item", "parked", "served")
-
-    def __init__(self, greenlet: object, item: object = None) -> None:
-        self.greenlet = greenlet
-        self.item = item
-        self.parked = False
-        self.served = False
-
-    def wake(self) -> None:
-        if self.parked:
-            self.parked = False
-            self.greenlet.switch(self)  # type: ignore[attr-defined]
-
-
-#: How many direct greenlet-to-greenlet hand-offs may happen before a parking
-#: greenlet goes through the hub anyway, so timers, I/O and greenlets woken by
-#: other gevent primitives are never starved by a busy ping-pong.
-DIRECT_SWITCH_BUDGET = 64
-
-
-class _Scheduler:
-    """Per-hub run queue of channels whose parked getters are ready to wake.
-
-    ``put`` into a channel with a parked getter appends the channel here and
-    makes sure one hub callback (``run_ready``) is pending.  When a greenlet
-    is about to park in a channel (``switch_out``), it switches straight to
-    the first ready getter instead of to the hub: a round trip between two
-    greenlets then costs two greenlet switches and no hub pass.  The hub
-    callback is the fallback for greenlets that park elsewhere (sockets,
-    sleeps); it finds nothing left to do when the direct path got there
-    first.  Wake-ups stay FIFO, and a receiver still never runs inside
-    ``put``: only when the putting greenlet parks.
-    """
-
-    __slots__ = ("hub", "ready", "callback_pending", "budget", "__weakref__")
-
-    def __init__(self, hub: object) -> None:
-        self.hub = hub
-        self.ready: deque[Channel[Any]] = deque()
-        self.callback_pending = False
-        self.budget = DIRECT_SWITCH_BUDGET
-
-    def schedule(self, channel: Channel[Any]) -> None:
-        self.ready.append(channel)
-        if not self.callback_pending:
-            self.callback_pending = True
-            self.hub.loop.run_callback(self.run_ready)  # type: ignore[attr-defined]
-
-    def run_ready(self) -> None:
-        # On the hub.
-        self.callback_pending = False
-        self.budget = DIRECT_SWITCH_BUDGET
-        ready = self.ready
-        # Only the channels ready now: a ping-pong started from here must not
-        # keep this callback (and so the event loop) busy forever.  Channels
-        # made ready meanwhile have scheduled the next callback.
-        for _ in range(len(ready)):
-            if not ready:
-                break
-            ready.popleft().wake_getters()
-
-    def switch_out(self) -> object:
-        """Park the current greenlet; return the value it is switched back with."""
-        ready = self.ready
-        while ready and self.budget > 0:
-            waiter = ready.popleft().take_ready_getter()
-            if waiter is not None:
-                self.budget -= 1
-                waiter.parked = False
-                return waiter.greenlet.switch(waiter)  # type: ignore[attr-defined]
-        return self.hub.switch()  # type: ignore[attr-defined]
-
-
-_schedulers: weakref.WeakKeyDictionary[object, _Scheduler] = weakref.WeakKeyDictionary()
-
-
-def _scheduler_for(hub: object) -> _Scheduler:
-    scheduler = _schedulers.get(hub)
-    if scheduler is None:
-        scheduler = _schedulers[hub] = _Scheduler(hub)
-    return scheduler
-
-
 class Channel(Generic[T]):
     """A FIFO buffer between greenlets of one OS thread.
 
@@ -296,13 +212,13 @@ class Channel(Generic[T]):
         # True when a getter is parked and no wake-up is scheduled yet.
         self._wake_needed = False
         self._closed = False
-        self._getters: deque[_Waiter] = deque()
-        self._putters: deque[_Waiter] = deque()
+        self._getters: deque[Waiter] = deque()
+        self._putters: deque[Waiter] = deque()
         self._notify_scheduled = False
         self._hub = get_hub()
         self._run_callback = self._hub.loop.run_callback
-        self._scheduler = _scheduler_for(self._hub)
-        self._spare: _Waiter | None = None
+        self._scheduler = scheduler_for(self._hub)
+        self._spare: Waiter | None = None
         self._delivered = 0
         self._dropped = 0
         self._discarded = 0
@@ -433,7 +349,7 @@ class Channel(Generic[T]):
         return self._wait_for_room(current, item)
 
     def _wait_for_room(self, current: object, item: T) -> bool:
-        waiter = _Waiter(current, item)
+        waiter = Waiter(current, item)
         self._putters.append(waiter)
         self._room = 0
         waiter.parked = True
@@ -509,11 +425,21 @@ class Channel(Generic[T]):
         size = len(queue)
         if size > self._high_water:
             self._high_water = size
-        take = min(size, max_items - len(batch))
-        popleft = queue.popleft
-        append = batch.append
-        for _ in range(take):
-            append(popleft())
+        first = len(batch)
+        take = max_items - first
+        if size <= 4 * take:
+            # All of it, or most of it and the rest given back: in C, rather
+            # than a popleft call per item in Python (a deque has no slices).
+            batch += queue
+            queue.clear()
+            if size > take:
+                queue.extend(batch[first + take :])
+                del batch[first + take :]
+            else:
+                take = size
+        else:
+            popleft = queue.popleft
+            batch += [popleft() for _ in range(take)]
         self._delivered += take
         if self._putters or self._overflowing:
             self._after_get(size - take)
@@ -548,7 +474,7 @@ class Channel(Generic[T]):
             # left the line, so it can stand in it again.
             waiter = self._spare
             if waiter is None or waiter.greenlet is not current:
-                waiter = self._spare = _Waiter(current)
+                waiter = self._spare = Waiter(current)
             getters.append(waiter)
             if not self._notify_scheduled:
                 self._wake_needed = True
@@ -626,7 +552,7 @@ class Channel(Generic[T]):
     def wake_getters(self) -> None:
         """Wake the parked getters while there is something for them (on the hub).
 
-        For this hub's scheduler (:class:`_Scheduler`), which calls it for a
+        For this hub's scheduler (:class:`~greenbus._scheduler.Scheduler`), which calls it for a
         channel it was told is ready.
         """
         self._notify_scheduled = False
@@ -636,7 +562,7 @@ class Channel(Generic[T]):
             getters.popleft().wake()
         self._wake_needed = bool(getters) and not self._notify_scheduled
 
-    def take_ready_getter(self) -> _Waiter | None:
+    def take_ready_getter(self) -> Waiter | None:
         """The first parked getter, out of the line, if there is something for it.
 
         For this hub's scheduler, which switches straight to it (a direct
@@ -699,3 +625,69 @@ class Channel(Generic[T]):
         if self._putters:
             self._after_get(0)
         return n
+
+
+class Sink(Generic[T]):
+    """A :func:`put_each` target that is a function, not a buffer.
+
+    Calling it calls ``fn(item)``, which must not block and returns True if
+    it took the item.  Each sink is a distinct object, even for one ``fn``.
+    """
+
+    __slots__ = ("fn",)
+    # Nothing queued and no room: put_each always calls its _put_slow.
+    _queue: tuple[()] = ()
+    _room = 0
+
+    def __init__(self, fn: Callable[[T], bool]) -> None:
+        self.fn = fn
+
+    def __call__(self, item: T) -> bool:
+        return self.fn(item)
+
+    def _put_slow(self, item: T, block: bool) -> bool:
+        return self.fn(item)
+
+    def __repr__(self) -> str:
+        return f"<Sink {self.fn!r}>"
+
+
+def put_each(
+    targets: Sequence[Channel[Any] | Sink[Any]], item: object, name: Callable[[Any], str]
+) -> int:
+    """Put ``item`` into each target in order (a fan-out); return how many took it.
+
+    A channel's :meth:`Channel.put` fast path runs here, not in a call per
+    channel (a subclass's ``put`` is not called); a :class:`Sink` is called.
+    Every target is offered the item: a full one is reported at the end, a
+    closed one (it left while another made us wait) is skipped.
+
+    Raises:
+        ChannelFull: some were full; ``maxsize`` and ``reason`` are the first
+            one's, ``delivered`` how many took it, ``full`` their ``name()``.
+        whatever else a sink raises (the rest are then not offered the item).
+    """
+    n = 0
+    full: list[tuple[Any, ChannelFull]] | None = None
+    for target in targets:
+        try:
+            queue = target._queue  # Channel.put, inlined: keep the two in step
+            if len(queue) < target._room:
+                queue.append(item)  # type: ignore[union-attr]
+                n += 1
+                if target._wake_needed:  # type: ignore[union-attr]
+                    target._wake_needed = False  # type: ignore[union-attr]
+                    target._notify_scheduled = True  # type: ignore[union-attr]
+                    target._scheduler.schedule(target)  # type: ignore[union-attr,arg-type]
+            elif target._put_slow(item, True):
+                n += 1
+        except ChannelFull as exc:
+            full = full or []
+            full.append((target, exc))
+        except ChannelClosed:
+            pass
+    if full is not None:
+        first = full[0][1]
+        names = tuple(name(target) for target, _ in full)
+        raise ChannelFull(first.maxsize, first.reason, delivered=n, full=names) from first
+    return n

@@ -10,18 +10,27 @@ protocols below; :class:`HandlerMixin` gives owners ``on``/``once``/``off``.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from operator import length_hint
+from time import perf_counter
 from typing import Any, Protocol, TypeVar, overload
 
 import gevent
+from gevent import getswitchinterval
 from greenlet import getcurrent
 
 from ._attrs import readonly
-from .channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow, check_options
+from .channel import (
+    DEFAULT_MAXSIZE,
+    Channel,
+    ChannelStatistics,
+    Overflow,
+    Sink,
+    check_options,
+)
 from .exceptions import EndOfChannel, InvalidOption, SlowConsumer
 from .message import Message
 from .topics import validate_pattern
@@ -39,11 +48,17 @@ __all__ = [
 
 logger = logging.getLogger("greenbus.bus")
 
-_tuple_new = tuple.__new__
+_tuple_new: Callable[..., Any] = tuple.__new__  # (cls, fields): a tuple subclass instance
 
-#: Yield to other greenlets after this many back-to-back deliveries, so one
-#: subscriber with a deep backlog cannot starve the rest of the process.
-_FAIR_BATCH = 64
+#: A handler greenlet takes up to this many messages per channel call (one
+#: call per batch, not per message); it also bounds how many it holds taken
+#: but not yet handled, beyond its channel's maxsize.
+_BATCH = 128
+
+# Before a subscription's first batch: nothing taken, nothing left to handle
+# (shared, never changed; an idle subscription costs no list of its own).
+_NO_BATCH: list[Any] = []
+_NONE_LEFT: Iterator[Any] = iter(())
 
 
 class Handler(Protocol):
@@ -81,8 +96,6 @@ class SubscriptionOwner(Protocol):
 
 class ForwardOwner(Protocol):
     """What a :class:`Forward` needs of the bus that made it."""
-
-    message_class: type[Message]
 
     def remove_forward(self, fwd: Forward) -> None:
         """Forget ``fwd`` (its ``close()`` calls this)."""
@@ -125,7 +138,6 @@ class Subscription:
         "id",
         "pattern",
         "handler",
-        "put",
         "_owner",
         "_channel",
         "_greenlet",
@@ -133,8 +145,8 @@ class Subscription:
         "_handler_errors",
         "_slow_events",
         "_message",
-        "_in_hand",
-        "_stopped",
+        "_batch",
+        "_unhandled",
         "_error",
         "__weakref__",
     )
@@ -151,20 +163,25 @@ class Subscription:
         self.pattern = pattern
         self.handler = handler
         self._owner = owner
+        # It holds Messages of the owner's message_class, shared with the
+        # other subscribers of the same emit, or plain ``(topic, data,
+        # headers, reply_to)`` tuples (a lone subscriber's, or the remote
+        # client's) that become Messages as they are delivered.
         self._channel: Channel[tuple[Any, ...]] = Channel(
             maxsize, overflow, on_overflow=self._on_overflow
         )
-        #: Queue a ``(topic, data, headers, reply_to)`` tuple: the owner's
-        #: router calls it (see :meth:`Channel.put`).  Stored once, so the
-        #: topic index holds it and emit calls it with no lookup.
-        self.put = self._channel.put
         self._greenlet: gevent.Greenlet | None = None
         self._active = True
         self._handler_errors = 0
         self._slow_events = 0
         self._message: type[Message] = owner.message_class
-        self._in_hand = 0
-        self._stopped = False
+        # The handler's current batch, taken from the channel, and the
+        # handler loop's iterator over it: what the iterator has not yet
+        # yielded is taken but not handed to the handler (still pending).
+        # close() empties the batch, which ends the loop's pass over it.
+        # (Items: Messages, or plain tuples not yet made Messages.)
+        self._batch: list[Any] = _NO_BATCH
+        self._unhandled: Iterator[Any] = _NONE_LEFT
         self._error: BaseException | None = None
         if handler is not None:
             greenlet = gevent.Greenlet(self._run, handler)
@@ -177,15 +194,24 @@ class Subscription:
 
     active = readonly[bool]("_active", "True until :meth:`close` (or the bus's close).")
 
+    channel = readonly[Channel[tuple[Any, ...]]](
+        "_channel",
+        "Its channel, for the owner's router: it puts there each emit's one "
+        ":class:`Message` of its ``message_class``, shared by the emit's subscribers "
+        "(see :func:`~greenbus.channel.put_each`), or a plain ``(topic, data, headers, "
+        "reply_to)`` tuple, which is made a Message on delivery.  Consume through the "
+        "subscription, not the channel.",
+    )
+
     @property
     def pending(self) -> int:
         """Messages queued and not yet handed to the handler (or returned by ``get``)."""
-        return len(self._channel) + self._in_hand
+        return len(self._channel) + length_hint(self._unhandled)
 
     @property
     def delivered(self) -> int:
         """Messages handed to the consumer (handler calls started, or ``get`` returns)."""
-        return self._channel.delivered - self._in_hand
+        return self._channel.delivered - length_hint(self._unhandled)
 
     dropped = readonly[int](
         "_channel.dropped", "Messages dropped by the ``drop_oldest``/``drop_newest`` policies."
@@ -219,6 +245,23 @@ class Subscription:
             f"pending={self.pending} delivered={self.delivered} dropped={self.dropped}>"
         )
 
+    # -- queueing ----------------------------------------------------------
+
+    def put(self, item: tuple[Any, ...]) -> bool:
+        """Queue a ``(topic, data, headers, reply_to)`` tuple, delivered as a :class:`Message`.
+
+        For an owner that builds messages from plain fields (the remote
+        client, from a frame): as :meth:`Channel.put`; the message of the
+        owner's ``message_class`` is made when it is delivered.
+
+        Returns:
+            True if it was queued, False if the overflow policy dropped it.
+
+        Raises:
+            ChannelClosed, ChannelFull: as :meth:`Channel.put`.
+        """
+        return self._channel.put(item)
+
     # -- consuming ---------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> Message:
@@ -241,7 +284,8 @@ class Subscription:
             if self._error is not None:
                 raise self._error from None
             raise
-        return _tuple_new(self._message, item)
+        make = self._message
+        return item if type(item) is make else _tuple_new(make, item)
 
     def get_nowait(self) -> Message:
         """Return the next message at once.
@@ -259,7 +303,8 @@ class Subscription:
             if self._error is not None:
                 raise self._error from None
             raise
-        return _tuple_new(self._message, item)
+        make = self._message
+        return item if type(item) is make else _tuple_new(make, item)
 
     error = readonly[BaseException | None](
         "_error", "The error this subscription ended with (see :meth:`fail`), or None."
@@ -282,43 +327,62 @@ class Subscription:
         # The handler greenlet: one at a time, in order, never overlapping.
         # ``handler`` is passed in, not read from self.handler, which once()
         # replaces with the user's function for display.
-        # Items are taken in batches of up to _FAIR_BATCH (one channel call
-        # per batch, not per message); after a full batch with more waiting,
-        # it yields, so a deep backlog cannot starve other greenlets.
+        # Messages are taken in batches of up to _BATCH.  So that a deep
+        # backlog cannot starve other greenlets, it yields once it has been
+        # handling full batches back to back for gevent's switch interval
+        # (5 ms by default: the bound gevent's own loop puts on running
+        # callbacks), or after one full batch that took longer.  The clock
+        # is read only around full batches, never per message, and a flood
+        # it keeps up with costs no yield at all.
+        # A message shared by several subscribers was made once, by emit;
+        # a lone subscriber's plain tuple is made a Message here.  No
+        # per-message bookkeeping: the list iterator knows how many it has
+        # not yet yielded (its length hint), which is what is taken but not
+        # handled, still pending.  Subscription.close() empties the batch,
+        # which ends this pass over it, maybe in the middle (Bus.close()
+        # drains instead).
         channel = self._channel
         get_batch = channel.get_batch
-        make = self._message
         report = self._owner.report_handler_error
+        make = self._message
+        busy_since = 0.0  # when it took the first of these back-to-back full batches
+        msg: Any = None
         while True:
             try:
-                batch = get_batch(_FAIR_BATCH)
+                batch = get_batch(_BATCH)
             except EndOfChannel:
                 return
-            left = len(batch)
-            for item in batch:
-                if self._stopped:
-                    # Subscription.close() ran (maybe in this very batch):
-                    # deliver no more.  (Bus.close() drains instead.)
-                    self._discard_in_hand()
-                    return
-                left -= 1
-                # Taken from the channel but not yet handled: still pending.
-                self._in_hand = left
-                msg = _tuple_new(make, item)
+            full = len(batch) == _BATCH
+            if full and not busy_since:
+                busy_since = perf_counter()
+            self._batch = batch
+            self._unhandled = unhandled = iter(batch)
+            for msg in unhandled:
+                if type(msg) is not make:
+                    msg = _tuple_new(make, msg)
                 try:
                     handler(msg)
                 except Exception as exc:
                     self._handler_errors += 1
                     report(exc, self, msg)
-            if len(batch) == _FAIR_BATCH and len(channel):
+            # Handled: let the messages (and their data) go now, not when
+            # the next batch comes, maybe much later.
+            batch.clear()
+            msg = None
+            if not full or not len(channel):
+                busy_since = 0.0  # it caught up
+            elif perf_counter() - busy_since >= getswitchinterval():
+                busy_since = 0.0
                 gevent.sleep(0)
 
     def _discard_in_hand(self) -> int:
         # Messages of the current batch that will not be handled: they were
         # counted as delivered when taken; count them as discarded instead.
-        n = self._in_hand
-        self._channel.discard_taken(n)
-        self._in_hand = 0
+        # Emptying the batch also ends the handler loop's pass over it.
+        n = length_hint(self._unhandled)
+        if n:
+            self._channel.discard_taken(n)
+            self._batch.clear()
         return n
 
     def _on_overflow(self, channel: Channel[Any]) -> None:
@@ -341,10 +405,9 @@ class Subscription:
             return
         self._owner.remove_subscription(self)
         self._active = False
-        self._stopped = True
         channel = self._channel
         channel.close()
-        n = channel.discard()
+        n = channel.discard() + self._discard_in_hand()
         if n:
             logger.debug("%r closed with %d undelivered message(s) discarded", self, n)
 
@@ -433,20 +496,14 @@ class Forward:
         self._bus = bus
         self._active = True
 
-        #: What the owner's router calls with each ``(topic, data, headers,
-        #: reply_to)``: a distinct callable per forward (the index keys on it).
-        self.put: Callable[[tuple[Any, ...]], bool]
-        if raw:
-            # The sink itself gets the emit's own tuple.
-            self.put = functools.partial(sink)
-            return
-
-        make = bus.message_class
-
-        def put(item: tuple[Any, ...]) -> bool:
-            return sink(_tuple_new(make, item))
-
-        self.put = put
+        #: What the owner's router puts each emit's :class:`Message` into
+        #: (the one shared by every subscriber, a tuple): a
+        #: :class:`~greenbus.channel.Sink` calling ``sink``, distinct per
+        #: forward (the index keys on it).  ``raw`` sinks get that same
+        #: object too: a message is built once per emit, so skipping it
+        #: would save nothing (``raw`` is accepted for compatibility and
+        #: changes nothing).
+        self.put: Sink[Message] = Sink(sink)
 
     active = readonly[bool]("_active")
 

@@ -14,7 +14,14 @@ import gevent
 import pytest
 from gevent.event import AsyncResult
 
-from greenbus.channel import DEFAULT_MAXSIZE, Channel, ChannelStatistics, Overflow
+from greenbus.channel import (
+    DEFAULT_MAXSIZE,
+    Channel,
+    ChannelStatistics,
+    Overflow,
+    Sink,
+    put_each,
+)
 from greenbus.exceptions import (
     ChannelClosed,
     ChannelEmpty,
@@ -213,6 +220,149 @@ def test_a_parked_getter_whose_item_was_taken_by_another_keeps_waiting(spawn):
     assert channel.statistics().waiting_getters == 1
     channel.put("y")
     assert results([getter]) == ["y"]
+
+
+# -- batches -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("queued", [1, 5, 64, 65, 100, 256, 257, 1000])
+def test_get_batch_takes_up_to_max_items_oldest_first_and_leaves_the_rest_in_order(queued):
+    # Every way a batch is taken: all that is queued, most of it (taken and
+    # the rest given back), or a small part of a deep backlog.
+    channel = Channel(None)
+    for i in range(queued):
+        channel.put(i)
+    batch = channel.get_batch(64)
+    taken = min(queued, 64)
+    assert batch == list(range(taken))
+    assert drain(channel) == list(range(taken, queued))
+    stats = channel.statistics()
+    assert (stats.delivered, stats.high_water) == (queued, queued)
+
+
+def test_get_batch_waits_for_one_item_then_takes_what_came_with_it(spawn):
+    channel = Channel()
+    batch = spawn(channel.get_batch, 3)
+    gevent.sleep(0)
+    assert channel.statistics().waiting_getters == 1
+    for i in range(5):
+        channel.put(i)
+    assert batch.get(timeout=PATIENCE) == [0, 1, 2]
+    assert drain(channel) == [3, 4]
+
+
+def test_get_batch_makes_room_for_waiting_putters_in_order(spawn):
+    channel = Channel(4, "block")
+    for i in range(4):
+        channel.put(i)
+    putters = [spawn(channel.put, i) for i in range(4, 7)]
+    gevent.sleep(0)
+    assert channel.get_batch(3) == [0, 1, 2]
+    results(putters)
+    assert drain(channel) == [3, 4, 5, 6]
+
+
+# -- put_each: one item into several channels ------------------------------------------
+
+
+def test_put_each_queues_the_same_object_in_every_channel_in_order():
+    channels = [Channel() for _ in range(3)]
+    item = object()
+    assert put_each(channels, item, repr) == 3
+    assert put_each(channels, "next", repr) == 3
+    for channel in channels:
+        got = drain(channel)
+        assert got[0] is item and got[1:] == ["next"]
+
+
+def test_put_each_wakes_each_parked_getter_once_the_putter_parks(spawn):
+    channels = [Channel() for _ in range(3)]
+    getters = [spawn(channel.get_batch, 10) for channel in channels]
+    gevent.sleep(0)
+    for i in range(3):
+        put_each(channels, i, repr)
+    assert all(not g.ready() for g in getters)  # put_each never switches
+    assert results(getters) == [[0, 1, 2]] * 3
+
+
+def test_put_each_calls_a_sink_and_counts_it_if_it_took_the_item():
+    got = []
+    channel = Channel()
+    targets = [Sink(lambda item: got.append(item) is None), channel, Sink(lambda item: False)]
+    assert put_each(targets, "x", repr) == 2
+    assert got == ["x"] and drain(channel) == ["x"]
+
+
+def test_a_sink_calls_its_function_and_each_is_distinct():
+    got = []
+    one, two = Sink(got.append), Sink(got.append)
+    one("a")
+    two("b")
+    assert got == ["a", "b"]
+    assert one is not two and one != two
+    assert "Sink" in repr(one)
+
+
+def test_put_each_offers_the_item_to_every_target_before_reporting_the_full_ones():
+    first, second, ok = Channel(1, "error"), Channel(1, "error"), Channel()
+    first.put("old")
+    second.put("old")
+    names = {first: "first", second: "second"}
+    with pytest.raises(ChannelFull) as info:
+        put_each([first, ok, second], "new", names.__getitem__)
+    assert (info.value.delivered, info.value.full, info.value.maxsize) == (
+        1,
+        ("first", "second"),
+        1,
+    )
+    assert drain(ok) == ["new"]
+    assert drain(first) == drain(second) == ["old"]
+    assert first.statistics().rejected == second.statistics().rejected == 1
+
+
+def test_put_each_reports_a_sink_that_raises_channel_full_with_the_full_channels():
+    def full(item):
+        raise ChannelFull(7, "sink is full")
+
+    sink, ok = Sink(full), Channel()
+    with pytest.raises(ChannelFull) as info:
+        put_each([sink, ok], "x", lambda target: "the sink")
+    assert (info.value.delivered, info.value.full, info.value.maxsize) == (1, ("the sink",), 7)
+    assert drain(ok) == ["x"]
+
+
+def test_put_each_skips_a_closed_channel_and_does_not_count_it():
+    closed, open_ = Channel(), Channel()
+    closed.close()
+    assert put_each([closed, open_], "x", repr) == 1
+    assert drain(open_) == ["x"]
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest", "block"])
+def test_put_each_applies_each_channels_overflow_policy_as_put_does(spawn, overflow):
+    full, other = Channel(1, overflow), Channel()
+    full.put("old")
+    if overflow == "block":
+        consumer = spawn(lambda: [full.get(), full.get()])
+        assert put_each([full, other], "new", repr) == 2  # waited for room
+        assert results([consumer]) == [["old", "new"]]
+    else:
+        took = put_each([full, other], "new", repr)
+        assert took == (2 if overflow == "drop_oldest" else 1)
+        assert drain(full) == (["new"] if overflow == "drop_oldest" else ["old"])
+        assert full.dropped == 1
+    assert drain(other) == ["new"]
+
+
+def test_put_each_lets_other_errors_of_a_sink_through():
+    after = Channel()
+
+    def broken(item):
+        raise ValueError(item)
+
+    with pytest.raises(ValueError):
+        put_each([Sink(broken), after], "x", repr)
+    assert len(after) == 0
 
 
 # -- get, get_nowait and timeouts ------------------------------------------------

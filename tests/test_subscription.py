@@ -6,6 +6,7 @@ Subscriptions are made through a Bus (``bus.subscribe``), as users make them.
 from __future__ import annotations
 
 import logging
+import weakref
 
 import gevent
 import pytest
@@ -151,6 +152,91 @@ def test_each_subscription_has_its_own_handler_greenlet(bus):
     # The first handler is stuck; the second is not held up by it.
     wait_until(lambda: fast == [0, 1, 2])
     release.set()
+
+
+def test_a_handler_sees_what_is_still_pending_while_it_works_through_a_batch(bus):
+    # The messages taken in one batch but not yet handled are still pending,
+    # not delivered: exactly, at every step.
+    seen = []
+
+    def handler(msg):
+        seen.append((msg.data, sub.pending, sub.delivered))
+
+    sub = bus.subscribe("a", handler)
+    for i in range(5):
+        bus.emit("a", i)  # all queued before the handler greenlet runs
+    wait_until(lambda: len(seen) == 5)
+    assert seen == [(i, 4 - i, i + 1) for i in range(5)]
+    assert (sub.pending, sub.delivered) == (0, 5)
+
+
+def test_closing_a_subscription_while_its_handler_waits_discards_the_rest_of_its_batch(bus):
+    go = Event()
+    calls = []
+
+    def handler(msg):
+        calls.append(msg.data)
+        go.wait(timeout=5)
+
+    sub = bus.subscribe("a", handler)
+    for i in range(5):
+        bus.emit("a", i)
+    wait_until(lambda: calls == [0])
+    assert (sub.pending, sub.delivered) == (4, 1)
+
+    sub.close()
+    go.set()
+    gevent.sleep(0)
+    stats = sub.statistics()
+    assert calls == [0]
+    assert (stats.delivered, stats.discarded, stats.pending) == (1, 4, 0)
+
+
+def test_a_handled_message_is_not_kept_alive_by_its_subscription(bus):
+    class Payload:
+        pass
+
+    handled = []
+    bus.subscribe("a", lambda msg: handled.append(msg.data is not None))
+    bus.subscribe("b", lambda msg: handled.append(msg.data is not None))
+    payloads = [Payload(), Payload()]
+    refs = [weakref.ref(p) for p in payloads]
+    bus.emit("a", payloads[0])  # a lone subscriber's plain fields
+    bus.emit("b", payloads[1])
+    del payloads
+    wait_until(lambda: len(handled) == 2)
+    # Both handler greenlets are parked again, waiting for their next message.
+    assert [ref() for ref in refs] == [None, None]
+
+
+def _backlog_run(bus, monkeypatch, interval):
+    # A handler with a deep backlog, and a greenlet spawned after it was
+    # queued: how far the handler got when that greenlet first ran.
+    monkeypatch.setattr(greenbus.subscription, "getswitchinterval", lambda: interval)
+    total = 4 * greenbus.subscription._BATCH + 10
+    handled = []
+    bus.subscribe("a", lambda msg: handled.append(msg.data))
+    for i in range(total):
+        bus.emit("a", i)
+    observed = gevent.spawn(lambda: len(handled))
+    wait_until(lambda: len(handled) == total)
+    assert handled == list(range(total))
+    return observed.get(timeout=5), total
+
+
+def test_a_handler_with_a_deep_backlog_yields_to_other_greenlets_after_the_switch_interval(
+    bus, monkeypatch
+):
+    # With no time allowed, it yields after its first full batch or two.
+    seen, total = _backlog_run(bus, monkeypatch, 0.0)
+    assert 0 < seen <= 2 * greenbus.subscription._BATCH < total
+
+
+def test_a_handler_with_a_backlog_does_not_yield_before_the_switch_interval(bus, monkeypatch):
+    # Yielding is bounded by time, not by a count of messages: within the
+    # interval, a backlog is worked through at once.
+    seen, total = _backlog_run(bus, monkeypatch, 1e9)
+    assert seen == total
 
 
 # -- on, once, off -------------------------------------------------------------
@@ -582,6 +668,30 @@ def test_raw_forwards_share_the_emits_own_tuple_and_get_a_new_one_per_emit() -> 
     assert bus.emit("t", 4) == 0
     assert bus.forwards() == []
     bus.close()
+
+
+def test_forwards_raw_or_not_and_subscriptions_of_an_emit_share_one_message() -> None:
+    bus = Bus("shared")
+    got: list[object] = []
+    bus.forward("t", lambda item: got.append(item) is None, raw=True)
+    bus.forward("t", lambda msg: got.append(msg) is None)
+    sub = bus.subscribe("t")
+    assert bus.emit("t", 1) == 3
+    got.append(sub.get_nowait())
+    assert got[0] is got[1] is got[2]
+    assert type(got[0]) is bus.message_class
+    bus.close()
+
+
+def test_put_queues_plain_fields_that_are_delivered_as_a_message_of_the_owner(bus):
+    # What the remote client does with a frame's fields.
+    sub = bus.subscribe("a")
+    assert sub.put(("a", 1, {"h": 2}, "inbox.1")) is True
+    msg = sub.get_nowait()
+    assert type(msg) is bus.message_class
+    assert (msg.topic, msg.data, dict(msg.headers), msg.reply_to) == ("a", 1, {"h": 2}, "inbox.1")
+    replies = bus.subscribe("inbox.1")
+    assert msg.reply("r") == 1 and replies.get_nowait().data == "r"
 
 
 def test_two_raw_forwards_of_one_sink_are_two_forwards() -> None:
