@@ -41,6 +41,7 @@ EXPECTED: dict[str, set[str]] = {
     "emit_held": {"classic", "pyee", "blinker", *CONCURRENT},
     "emit_held_slow": {"pyee", *CONCURRENT},
     "pingpong": {"classic", "greenbus-request", *CONCURRENT},
+    "dropin": {"pyee", "greenbus-compat", "greenbus"},
     "throughput": {"pyee", *CONCURRENT},
     "emit_cost_by_subscribers": {"pyee", "blinker", "greenbus", "greenbus-wildcard"},
     "reorders": {"pyee", *CONCURRENT},
@@ -50,6 +51,7 @@ EXPECTED: dict[str, set[str]] = {
     "hub_fanout": {"redis-pubsub", "greenbus-hub"},
     "hub_replay": {"greenbus-hub-redis", "greenbus-hub"},
     "history_memory": {"greenbus-hub"},
+    "hub_memory": {"greenbus-hub"},
     "federation_latency": {"redis-pubsub", "greenbus-federation"},
     "federation_throughput": {"redis-pubsub", "greenbus-federation"},
 }
