@@ -9,6 +9,7 @@ another node.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,6 +17,7 @@ import pytest
 
 from greenbus import LocalProtocolError, RemoteProtocolError
 from greenbus.federation import Envelope, decode_envelope, encode_envelope
+from greenbus.federation.envelope import pack_envelope, parse_envelope
 
 FULL = Envelope(
     origin="a1b2c3/0",
@@ -110,6 +112,18 @@ def test_decoding_takes_text_as_well_as_bytes() -> None:
     assert decode_envelope(raw.decode()) == decode_envelope(raw) == FULL
 
 
+def test_whitespace_around_an_envelope_is_allowed_as_json_allows_it() -> None:
+    assert decode_envelope(b" \n" + encode_envelope(FULL) + b"\r\n\t") == FULL
+
+
+def test_the_field_functions_write_and_read_what_the_envelope_functions_do() -> None:
+    fields = dataclasses.astuple(FULL)
+    raw = encode_envelope(FULL)
+
+    assert pack_envelope(*fields[:8]) == raw
+    assert parse_envelope(raw) == fields
+
+
 def test_an_integer_timestamp_is_read_as_a_float() -> None:
     env = decode_envelope(wire(ts=1764000000))
 
@@ -151,6 +165,9 @@ BAD_ENVELOPES = {
     "headers-a-list": wire(h=["x"]),
     "reply-to-a-pattern": wire(r="_INBOX.>"),
     "reply-to-not-a-string": wire(r=5),
+    "empty": b"",
+    "trailing-data": wire() + b"x",
+    "two-envelopes": wire() + wire(),
 }
 
 

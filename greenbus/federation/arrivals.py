@@ -44,38 +44,44 @@ class Arrivals:
 
     def is_new(self, env: Envelope) -> bool:
         """True for a message not seen before (then remembered); False for a repeat."""
-        new = self._by_position(env) if env.pos is not None else self._by_sequence(env)
+        return self.admit(env.origin, env.topic, env.seq, env.pos, env.prev)
+
+    def admit(self, origin: str, topic: str, seq: int, pos: str | None, prev: int) -> bool:
+        """:meth:`is_new` from an envelope's fields (the reader's hot path)."""
+        if pos is not None:
+            new = self._by_position(topic, pos, prev)
+        else:
+            new = self._by_sequence(origin, topic, seq)
         if not new:
             self.duplicates += 1
         return new
 
-    def _by_sequence(self, env: Envelope) -> bool:
+    def _by_sequence(self, origin: str, topic: str, seq: int) -> bool:
         last = self._by_origin
-        key = (env.origin, env.topic)
+        key = (origin, topic)
         previous = last.get(key)
-        if previous is not None:
-            if env.seq <= previous:
-                return False
-            if env.seq > previous + 1:
-                self._gap(env.seq - previous - 1, env.origin, env.topic)
-        elif len(last) > MAX_TRACKED:
-            last.clear()
-        last[key] = env.seq
-        return True
-
-    def _by_position(self, env: Envelope) -> bool:
-        assert env.pos is not None
-        seq = int(env.pos.split(":", 2)[1])
-        last = self._by_topic
-        previous = last.get(env.topic)
         if previous is not None:
             if seq <= previous:
                 return False
-            if env.prev > previous:
-                self._gap(1, "the history", env.topic)
+            if seq > previous + 1:
+                self._gap(seq - previous - 1, origin, topic)
         elif len(last) > MAX_TRACKED:
             last.clear()
-        last[env.topic] = seq
+        last[key] = seq
+        return True
+
+    def _by_position(self, topic: str, pos: str, prev: int) -> bool:
+        seq = int(pos.split(":", 2)[1])
+        last = self._by_topic
+        previous = last.get(topic)
+        if previous is not None:
+            if seq <= previous:
+                return False
+            if prev > previous:
+                self._gap(1, "the history", topic)
+        elif len(last) > MAX_TRACKED:
+            last.clear()
+        last[topic] = seq
         return True
 
     def _gap(self, missing: int, origin: str, topic: str) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,15 @@ from ..exceptions import InvalidTopic, LocalProtocolError, RemoteProtocolError
 from ..protocol import is_position
 from ..topics import validate_cached
 
-__all__ = ["ENVELOPE_VERSION", "Envelope", "decode_envelope", "encode_envelope"]
+__all__ = [
+    "ENVELOPE_VERSION",
+    "Envelope",
+    "EnvelopeFields",
+    "decode_envelope",
+    "encode_envelope",
+    "pack_envelope",
+    "parse_envelope",
+]
 
 ENVELOPE_VERSION = 1
 
@@ -55,7 +64,12 @@ def _no_constant(name: str) -> None:
 # message.  NaN/Infinity literals are refused here; the one float the
 # envelope itself needs (ts) is checked below; a greenbus node never
 # publishes a non-finite number (the hub refuses them at its door).
-_loads = json.JSONDecoder(parse_constant=_no_constant).decode
+_decoder = json.JSONDecoder(parse_constant=_no_constant)
+_loads = _decoder.decode
+# The decoder's own scanner (an instance attribute typeshed does not know):
+# ``_scan(text, 0)`` is ``(value, end)``, or StopIteration if no value starts there.
+_scan: Callable[[str, int], tuple[Any, int]] = vars(_decoder)["scan_once"]
+_isfinite = math.isfinite
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,24 +95,41 @@ def encode_envelope(env: Envelope) -> bytes:
     Raises:
         LocalProtocolError: data or headers are not JSON-serialisable.
     """
-    out: dict[str, Any] = {
-        "v": ENVELOPE_VERSION,
-        "o": env.origin,
-        "q": env.seq,
-        "ts": env.ts,
-        "t": env.topic,
-        "d": env.data,
-    }
-    if env.headers:
-        out["h"] = env.headers
-    if env.reply_to is not None:
-        out["r"] = env.reply_to
-    if env.local:
+    return pack_envelope(
+        env.origin, env.seq, env.ts, env.topic, env.data, env.headers, env.reply_to, env.local
+    )
+
+
+def pack_envelope(
+    origin: str,
+    seq: int,
+    ts: float,
+    topic: str,
+    data: Any,
+    headers: dict[str, Any] | None,
+    reply_to: str | None,
+    local: bool,
+) -> bytes:
+    """:func:`encode_envelope` from the fields, without making an :class:`Envelope`
+    (the federation's writer, per message).  Raises as :func:`encode_envelope`."""
+    out: dict[str, Any] = {"v": ENVELOPE_VERSION, "o": origin, "q": seq, "ts": ts, "t": topic}
+    out["d"] = data
+    if headers:
+        out["h"] = headers
+    if reply_to is not None:
+        out["r"] = reply_to
+    if local:
         out["l"] = 1
     try:
         return _dumps(out).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
-        raise LocalProtocolError(f"cannot federate a message on {env.topic!r}: {exc}") from None
+        raise LocalProtocolError(f"cannot federate a message on {topic!r}: {exc}") from None
+
+
+#: :func:`parse_envelope`'s result: the fields of :class:`Envelope`, in order.
+EnvelopeFields = tuple[
+    str, int, float, str, Any, "dict[str, Any] | None", "str | None", bool, "str | None", int
+]
 
 
 def decode_envelope(raw: bytes | str) -> Envelope:
@@ -107,36 +138,58 @@ def decode_envelope(raw: bytes | str) -> Envelope:
     Raises:
         RemoteProtocolError: not an envelope of this version (code ``bad_frame``).
     """
+    return Envelope(*parse_envelope(raw))
+
+
+def parse_envelope(raw: bytes | str) -> EnvelopeFields:
+    """:func:`decode_envelope`'s fields as a tuple, without making an
+    :class:`Envelope` (the federation's reader, per message).  Raises as
+    :func:`decode_envelope`; accepts and refuses exactly the same input."""
     try:
-        obj = _loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-        if (
-            not isinstance(obj, dict)
-            or type(obj.get("v")) is not int
-            or obj["v"] != ENVELOPE_VERSION
-        ):
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        try:
+            # What every node writes (compact, no surrounding whitespace):
+            # one scan, without the decoder's two whitespace matches.
+            obj, end = _scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            obj = _loads(text)  # the exact error, or surrounding whitespace
+        if type(obj) is not dict or type(obj.get("v")) is not int or obj["v"] != ENVELOPE_VERSION:
             raise ValueError(f"not a version {ENVELOPE_VERSION} envelope")
         origin, seq, ts, topic = obj["o"], obj["q"], obj["ts"], obj["t"]
-        if not isinstance(origin, str) or isinstance(seq, bool) or not isinstance(seq, int):
+        if type(origin) is not str or type(seq) is not int:
             raise ValueError("bad origin or sequence number")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise ValueError("bad timestamp")
-        ts = float(ts)  # OverflowError for an integer too big: caught below
-        if not math.isfinite(ts):
+        if type(ts) is not float:
+            if type(ts) is not int:
+                raise ValueError("bad timestamp")
+            ts = float(ts)  # OverflowError for an integer too big: caught below
+        if not _isfinite(ts):
             raise ValueError("timestamp out of range")
         validate_cached(topic)
         headers = obj.get("h")
         reply_to = obj.get("r")
-        if headers is not None and not isinstance(headers, dict):
+        if headers is not None and type(headers) is not dict:
             raise ValueError("headers must be an object")
         if reply_to is not None:
             validate_cached(reply_to)
-        pos, prev = obj.get("p"), obj.get("b", 0)
-        if pos is not None and (not isinstance(pos, str) or not is_position(pos)):
+        pos = obj.get("p")
+        prev = obj.get("b", 0)
+        if pos is not None and (type(pos) is not str or not is_position(pos)):
             raise ValueError("bad position")
-        if isinstance(prev, bool) or not isinstance(prev, int):
+        if type(prev) is not int:
             raise ValueError("bad previous position")
-        return Envelope(
-            origin, seq, ts, topic, obj.get("d"), headers, reply_to, obj.get("l") == 1, pos, prev
+        return (
+            origin,
+            seq,
+            ts,
+            topic,
+            obj.get("d"),
+            headers,
+            reply_to,
+            obj.get("l") == 1,
+            pos,
+            prev,
         )
     except (ValueError, KeyError, UnicodeDecodeError, OverflowError, InvalidTopic) as exc:
         raise RemoteProtocolError("bad_frame", f"bad federation envelope: {exc}") from None

@@ -35,12 +35,14 @@ is a later step (see docs/scaling.md).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from typing import Any
 
 from ..history import Position, is_kept
 from ..topics import is_wildcard, pattern_matches
+from ._redis import pack_command
 from .envelope import decode_envelope
 
 __all__ = ["PUBLISH_SCRIPT", "SNAPSHOT_SCRIPT", "RedisHistory"]
@@ -135,40 +137,49 @@ class RedisHistory:
         self.topics_key = f"{prefix}:topics"
         self.stream_prefix = f"{prefix}:stream:"
         self._client = client
-        self._publish = client.register_script(PUBLISH_SCRIPT)
         self._snapshot = client.register_script(SNAPSHOT_SCRIPT)
         self._candidate = secrets.token_hex(8)
 
-    def publish(
+    #: The SHA1 of :data:`PUBLISH_SCRIPT`, for EVALSHA.
+    publish_sha = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
+
+    def load_command(self) -> bytes:
+        """``SCRIPT LOAD`` of the publish script, packed: send it on a connection
+        before the first :meth:`publish_command` (Redis may have restarted)."""
+        return pack_command("SCRIPT", "LOAD", PUBLISH_SCRIPT)
+
+    def publish_command(
         self,
-        pipe: Any,
         topic: str,
         envelope: bytes,
         channel: str,
         session: str,
         number: int,
-    ) -> None:
-        """Queue the publish script for one message on ``pipe`` (a pipeline)."""
-        self._publish(
-            keys=[
-                self.hash_key,
-                self.stream_prefix + topic,
-                self.topics_key,
-                f"{self.prefix}:session:{session}",
-            ],
-            args=[
-                topic,
-                envelope,
-                self._candidate,
-                int(self.ttl * 1000),
-                self.size,
-                self.max_topics,
-                number,
-                channel,
-                "1" if is_kept(topic) else "0",
-                self.stream_prefix,
-            ],
-            client=pipe,
+    ) -> bytes:
+        """The packed ``EVALSHA`` of the publish script for one message.
+
+        Its reply: ``[0]`` (applied already), ``[1]`` or ``[1, pos]``
+        (published), or a ``NOSCRIPT`` error if Redis lost the script (send
+        :meth:`load_command`, then this again: the script did not run).
+        """
+        return pack_command(
+            "EVALSHA",
+            self.publish_sha,
+            4,
+            self.hash_key,
+            self.stream_prefix + topic,
+            self.topics_key,
+            f"{self.prefix}:session:{session}",
+            topic,
+            envelope,
+            self._candidate,
+            int(self.ttl * 1000),
+            self.size,
+            self.max_topics,
+            number,
+            channel,
+            "1" if is_kept(topic) else "0",
+            self.stream_prefix,
         )
 
     def snapshot(

@@ -1,23 +1,31 @@
 """Federate a bus through Redis pub/sub, on gevent sockets.
 
-One :class:`Federation` per bus.  It owns two Redis connections (redis-py,
-with a connection class that uses gevent's cooperative sockets, so no
-monkey-patching is needed):
+One :class:`Federation` per bus.  It owns two Redis connections, each a
+:class:`~greenbus.federation._redis.Link` on a gevent socket (no
+monkey-patching needed): redis-py opens it, then the federation writes
+packed commands and parses the replies itself, with no redis-py machinery
+per message:
 
 * **out**: every message emitted on this node (by local code or its remote
   peers; never one that came from Redis) is queued by a forward on ``>``
   into a bounded outbound channel, from which a writer greenlet publishes
-  batches with one pipelined round trip each.  The emitter never waits for
-  Redis.  One publishing connection per node keeps Redis's per-connection
-  order: a node's messages reach every other node in emit order.
+  what has accumulated, one round trip per batch (see
+  :mod:`greenbus.federation.publisher`; a message emitted while the writer
+  is idle is written at once, from the emit).  The emitter never waits for
+  Redis.  One publishing connection per node keeps Redis's
+  per-connection order: a node's messages reach every other node in emit
+  order.
 * **in**: a reader greenlet SUBSCRIBEs (exact topics) or PSUBSCRIBEs
   (patterns, translated by :func:`redis_glob`) to exactly what this node's
-  subscribers want (the bus's interest listener), and emits what arrives
-  into the local bus, dropping this node's own messages and duplicates.
+  subscribers want (the bus's interest listener), parses everything that
+  has arrived at once and emits it into the local bus, dropping this node's
+  own messages and duplicates; the subscribers' greenlets run when it waits
+  for more.
 
 Faults: either connection reconnects with capped exponential backoff; the
 reader re-subscribes everything; the writer re-sends the batch it was
-sending (receivers drop the duplicates by sequence number).  Messages
+sending (receivers drop the duplicates by sequence number; with history,
+the script does).  Messages
 published while a receiver was cut off are lost (pub/sub is at-most-once)
 and counted as a gap.  The local bus keeps working throughout.
 
@@ -43,12 +51,10 @@ still safe to call afterwards.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,16 +68,23 @@ from ..exceptions import (
     BusClosed,
     ChannelClosed,
     ChannelFull,
-    EndOfChannel,
-    LocalProtocolError,
     RemoteProtocolError,
 )
 from ..history import Position
 from ..subscription import Forward
-from ._redis import GeventConnection, close_quietly, redis_glob, text
-from .arrivals import MAX_TRACKED, Arrivals
-from .envelope import Envelope, decode_envelope, encode_envelope
+from ._redis import (
+    GeventConnection,
+    Link,
+    ReplyError,
+    pack_command,
+    redis_glob,
+    text,
+)
+from .arrivals import Arrivals
+from .envelope import parse_envelope
 from .history import Done, RedisHistory
+from .outbound import Durable, Packer
+from .publisher import Publisher
 
 try:
     import redis
@@ -83,39 +96,6 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 __all__ = ["Federation", "FederationStatistics", "federate", "redis_glob"]
 
 logger = logging.getLogger("greenbus.federation")
-
-
-class _Durable:
-    """A hub peer's pub on its way to Redis: ``done`` is told once the script ran."""
-
-    __slots__ = ("done", "item", "number", "session")
-
-    def __init__(
-        self, item: tuple[Any, ...], session: str | None, number: int | None, done: Done
-    ) -> None:
-        self.item = item
-        self.session = session
-        self.number = number
-        self.done = done
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """One message encoded for Redis: a PUBLISH, or the history's script."""
-
-    topic: str
-    channel: str
-    payload: bytes
-    session: str | None
-    number: int
-    done: Done | None
-
-    def queue(self, pipe: Any, history: RedisHistory | None) -> None:
-        if history is None:
-            pipe.publish(self.channel, self.payload)
-        else:
-            assert self.session is not None
-            history.publish(pipe, self.topic, self.payload, self.channel, self.session, self.number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +138,7 @@ class Federation:
         overflow: its policy when full: ``"drop_oldest"`` (default; counted,
             and reported once per episode) or ``"drop_newest"``.  The
             emitter never blocks on Redis, so ``block`` is not offered.
-        batch: messages per pipelined publish, at most.
+        batch: messages per write (and round trip) to Redis, at most.
         max_backoff: reconnect delay cap, seconds.
         node: this node's id (default: random).
         history: messages kept per topic in Redis for recovery (0: none);
@@ -192,7 +172,6 @@ class Federation:
         self.url = url
         self.prefix = prefix
         self.node = node or uuid.uuid4().hex[:12]
-        self._batch = batch
         self._max_backoff = max_backoff
         self._max_pending = max_pending
         self._overflow = overflow
@@ -205,10 +184,10 @@ class Federation:
         if history:
             self.history = RedisHistory(self._client, prefix, history, history_ttl, history_topics)
             self._overflow = Overflow.DROP_NEWEST.value
-        # This node's own publisher session: its scripts are numbered in it,
-        # so a batch sent again after a reconnect is applied once.
-        self._session = f"{self.node}-{secrets.token_hex(4)}"
-        self._numbers = itertools.count(1)
+        # The writer's side: its connection, numbering and counters.
+        self._publisher = Publisher(
+            self._pool, Packer(self.node, prefix, self.history), batch, max_backoff
+        )
         # What arrived already: repeats are dropped, gaps counted.
         self._arrivals = Arrivals(self.node)
         # Redis (p)subscriptions the reader has seen confirmed, and waiters.
@@ -216,15 +195,13 @@ class Federation:
         self._confirm_waiters: dict[tuple[str, bool], gevent.event.Event] = {}
         self._feed_listeners: list[Callable[[tuple[Any, ...], str | None], object]] = []
         self._lost_listeners: list[Callable[[], object]] = []
-        self._out: Channel[tuple[Any, ...] | _Durable] | None = None
+        self._out: Channel[tuple[Any, ...] | Durable] | None = None
         self._forward: Forward | None = None
         self._writer: gevent.Greenlet | None = None
         self._reader: gevent.Greenlet | None = None
-        self._pubsub: Any = None
+        # The reader's subscribed connection.
+        self._subscriber: Link | None = None
         self._globs: dict[tuple[str, bool], int] = {}
-        self._seq: dict[str, int] = {}
-        self._epoch = 0
-        self._in_hand = 0
         self._connected = gevent.event.Event()
         # _stopping: the loops should end (stop() called, or the bus closed);
         # _bus_closed: the bus's close listener ran (the federation stops by itself);
@@ -232,14 +209,10 @@ class Federation:
         self._stopping = False
         self._bus_closed = False
         self._stopped = False
-        self._published = 0
         self._dropped = 0
-        self._unencodable = 0
         self._received = 0
         self._bad = 0
         self._reconnects = 0
-        self._duplicates_dropped = 0
-        self._script_errors = 0
         self._lag = 0.0
         self._max_lag = 0.0
 
@@ -285,8 +258,8 @@ class Federation:
         self._out.close()
         self._writer.join(timeout)
         if not self._writer.dead:
-            lost = len(self._out) + self._in_hand
-            self._in_hand = 0
+            lost = len(self._out) + self._publisher.in_hand
+            self._publisher.in_hand = 0
             self._writer.kill(block=True)
             if lost:
                 self._dropped += lost
@@ -294,11 +267,13 @@ class Federation:
                     "federation %s: stopped with %d unpublished message(s)", self.node, lost
                 )
         if self._reader is not None:
-            # Its finally clause closes its pubsub connection.
+            # Its finally clause closes its subscribed connection.
             self._reader.kill(block=True, timeout=timeout)
-        if self._pubsub is not None:  # the reader did not get to (killed too late)
-            close_quietly(self._pubsub)
-            self._pubsub = None
+        # In case their greenlets did not get to (killed too late):
+        self._publisher.close()
+        if self._subscriber is not None:
+            self._subscriber.close()
+            self._subscriber = None
         self._pool.disconnect()
         self._connected.clear()
 
@@ -310,14 +285,14 @@ class Federation:
         self._stopping = True
         self._bus_closed = True
         assert self._out is not None
-        queued = len(self._out) + self._in_hand
+        queued = len(self._out) + self._publisher.in_hand
         # The writer publishes what the bus had accepted before it closed,
         # then sees the end of the channel and ends.
         self._out.close()
         reader = self._reader
         if reader is not None and reader is not getcurrent():
             # Throws GreenletExit into its wait on Redis; its finally clause
-            # closes the pubsub connection.  (If the bus was closed from the
+            # closes the subscribed connection.  (If the bus was closed from the
             # reader itself, it sees _stopping when _deliver returns.)
             reader.kill(block=False)
         logger.info(
@@ -338,18 +313,20 @@ class Federation:
         return FederationStatistics(
             node=self.node,
             connected=self._connected.is_set(),
-            published=self._published,
+            published=self._publisher.published,
             outbound_pending=len(self._out) if self._out is not None else 0,
-            dropped=self._dropped + (self._out.dropped if self._out is not None else 0),
-            unencodable=self._unencodable,
+            dropped=self._dropped
+            + self._publisher.dropped
+            + (self._out.dropped if self._out is not None else 0),
+            unencodable=self._publisher.packer.unencodable,
             received=self._received,
             duplicates=self._arrivals.duplicates,
             gaps=self._arrivals.gaps,
             bad_envelopes=self._bad,
-            reconnects=self._reconnects,
+            reconnects=self._reconnects + self._publisher.reconnects,
             subscriptions=len(self._globs),
-            duplicates_dropped=self._duplicates_dropped,
-            script_errors=self._script_errors,
+            duplicates_dropped=self._publisher.duplicates_dropped,
+            script_errors=self._publisher.script_errors,
             lag_ms=self._lag * 1000,
             max_lag_ms=self._max_lag * 1000,
         )
@@ -364,10 +341,14 @@ class Federation:
             # From Redis already (no echo), or a node-local system topic
             # such as a hub's $greenbus.stats (each hub has its own).
             return False
+        assert self._out is not None
         try:
-            return self._out.put(msg)  # type: ignore[union-attr]
+            return self._publisher.put(self._out, msg)
         except ChannelClosed:
             return False
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
     def _on_overflow(self, channel: Channel[Any]) -> None:
         logger.warning(
@@ -378,112 +359,14 @@ class Federation:
         )
 
     def _write_loop(self) -> None:
+        assert self._out is not None
         try:
-            self._write_batches()
+            self._publisher.run(self._out, self._is_stopping)
         finally:
             if self._bus_closed:
                 # Nothing more to publish, and stop() may never come: close
-                # the idle publishing connection.  (in-use ones, the reader's
-                # pubsub among them, are closed by their users.)
+                # the pool's idle connections (a history's snapshots).
                 self._pool.disconnect(inuse_connections=False)
-
-    def _write_batches(self) -> None:
-        out = self._out
-        assert out is not None
-        backoff = 0.05
-        while True:
-            try:
-                batch = out.get_batch(self._batch)
-            except EndOfChannel:
-                return
-            jobs = self._jobs(batch)
-            self._in_hand = len(jobs)
-            while jobs:
-                try:
-                    pipe = self._client.pipeline(transaction=False)
-                    for job in jobs:
-                        job.queue(pipe, self.history)
-                    results = pipe.execute(raise_on_error=False)
-                    self._published += len(jobs)
-                    self._in_hand = 0
-                    backoff = 0.05
-                    self._applied(jobs, results)
-                    break
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    # Re-send the whole batch after reconnecting: receivers
-                    # drop what they already had by sequence number, and the
-                    # history's script drops what it applied already.
-                    self._reconnects += 1
-                    logger.warning(
-                        "federation %s: publishing failed (%s); retrying in %.2f s",
-                        self.node,
-                        exc,
-                        backoff,
-                    )
-                    gevent.sleep(backoff)
-                    backoff = min(backoff * 2, self._max_backoff)
-                    if self._stopping and out.closed and backoff >= self._max_backoff:
-                        self._dropped += len(jobs)
-                        self._in_hand = 0
-                        return
-
-    def _jobs(self, batch: list[Any]) -> list[_Job]:
-        seqs = self._seq
-        if len(seqs) > MAX_TRACKED:
-            # A new epoch makes a new origin: receivers start fresh tables
-            # for it instead of taking restarted numbers for duplicates.
-            seqs.clear()
-            self._epoch += 1
-        origin = f"{self.node}/{self._epoch}"
-        now = time.time()
-        jobs = []
-        for entry in batch:
-            durable = entry if isinstance(entry, _Durable) else None
-            msg = entry.item if durable is not None else entry
-            topic = msg[0]
-            seq = seqs.get(topic, 0) + 1
-            headers = msg[2]
-            env = Envelope(
-                origin,
-                seq,
-                now,
-                topic,
-                msg[1],
-                dict(headers) if headers else None,
-                msg[3],
-                local=durable is None,
-            )
-            try:
-                payload = encode_envelope(env)
-            except LocalProtocolError as exc:
-                self._unencodable += 1
-                logger.error("federation %s: %s (not published)", self.node, exc)
-                if durable is not None:
-                    durable.done(str(exc))
-                continue
-            # Numbered only once encoded: a message that cannot be sent must
-            # not look like a gap to the receivers.
-            seqs[topic] = seq
-            if durable is not None and durable.number is not None:
-                session, number = durable.session, durable.number
-            else:
-                session, number = self._session, next(self._numbers)
-            done = durable.done if durable is not None else None
-            jobs.append(_Job(topic, f"{self.prefix}:{topic}", payload, session, number, done))
-        return jobs
-
-    def _applied(self, jobs: list[_Job], results: list[Any]) -> None:
-        # What Redis answered for each job: a durable publish learns it now.
-        for job, result in zip(jobs, results, strict=True):
-            error: str | None = None
-            if isinstance(result, Exception):
-                self._script_errors += 1
-                error = f"Redis refused the message: {result}"
-                logger.error("federation %s: %s (on %r)", self.node, error, job.topic)
-            elif self.history is not None and not result[0]:
-                self._duplicates_dropped += 1  # applied already: acknowledge again
-            if job.done is not None:
-                job.done(error)
 
     # -- a hub's peers: durable publishes, replays, positioned messages --------------
 
@@ -503,7 +386,7 @@ class Federation:
         if out is None or out.closed:
             done("the federation is stopped")
             return
-        if not out.put(_Durable(item, session, number, done)):
+        if not out.put(Durable(item, session, number, done)):
             done(f"the hub's queue to Redis is full ({self._max_pending}); try again")
 
     def snapshot(
@@ -584,15 +467,13 @@ class Federation:
         self._command(key, subscribe=False)
 
     def _command(self, key: tuple[str, bool], subscribe: bool) -> None:
-        pubsub = self._pubsub
-        if pubsub is None or not self._connected.is_set():
+        link = self._subscriber
+        if link is None or not self._connected.is_set():
             return  # the reader subscribes to everything wanted when it connects
         name, is_pattern = key
+        verb = "SUBSCRIBE" if subscribe else "UNSUBSCRIBE"
         try:
-            if subscribe:
-                (pubsub.psubscribe if is_pattern else pubsub.subscribe)(name)
-            else:
-                (pubsub.punsubscribe if is_pattern else pubsub.unsubscribe)(name)
+            link.send(pack_command(f"P{verb}" if is_pattern else verb, name))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             logger.info("federation %s: (un)subscribe %s deferred: %s", self.node, name, exc)
 
@@ -603,29 +484,31 @@ class Federation:
             self._read_until_stopping()
         finally:
             self._connected.clear()
-            pubsub, self._pubsub = self._pubsub, None
-            if pubsub is not None:
-                close_quietly(pubsub)
+            link, self._subscriber = self._subscriber, None
+            if link is not None:
+                link.close()
 
     def _read_until_stopping(self) -> None:
         backoff = 0.05
         outage: float | None = None
         while not self._stopping:
             try:
-                # Held in self._pubsub from the start, so that it is closed
-                # even if the reader is killed while connecting.  _command
-                # uses it only once _connected is set.
-                pubsub = self._pubsub = self._client.pubsub()
+                # Held in self._subscriber from the start, so that it is
+                # closed even if the reader is killed while connecting.
+                # _command uses it only once _connected is set.
+                link = self._subscriber = Link(self._pool, subscriber=True)
+                link.open()
                 self._confirmed.clear()
                 # A private channel keeps the connection subscribed when
-                # nobody here wants anything yet.
-                pubsub.subscribe(f"{self.prefix}:_node.{self.node}")
+                # nobody here wants anything yet.  Sent in one write, with no
+                # wait between reading _globs and _connected: a want that
+                # comes after is sent by _command.
                 channels = [name for (name, pat) in self._globs if not pat]
                 patterns = [name for (name, pat) in self._globs if pat]
-                if channels:
-                    pubsub.subscribe(*channels)
+                command = pack_command("SUBSCRIBE", f"{self.prefix}:_node.{self.node}", *channels)
                 if patterns:
-                    pubsub.psubscribe(*patterns)
+                    command += pack_command("PSUBSCRIBE", *patterns)
+                link.send(command)
                 self._connected.set()
                 if outage is not None:
                     logger.warning(
@@ -639,22 +522,12 @@ class Federation:
                     for lost in list(self._lost_listeners):
                         lost()
                 backoff = 0.05
-                listen: Callable[[], Iterator[dict[str, Any]]] = pubsub.listen
-                for item in listen():
-                    kind = item["type"]
-                    if kind in ("message", "pmessage"):
-                        self._deliver(item["data"])
-                        if self._stopping:
-                            # The bus is closing (the emit raised BusClosed):
-                            # nobody here can receive; leave Redis now.
-                            return
-                    elif kind in ("subscribe", "psubscribe"):
-                        self._confirm((text(item["channel"]), kind == "psubscribe"))
+                self._receive(link)  # returns once the federation is stopping
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._connected.clear()
-                broken, self._pubsub = self._pubsub, None
+                broken, self._subscriber = self._subscriber, None
                 if broken is not None:
-                    close_quietly(broken)  # back to the pool; a new one reconnects
+                    broken.close()
                 if self._stopping:
                     return
                 if outage is None:
@@ -664,37 +537,60 @@ class Federation:
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
 
+    def _receive(self, link: Link) -> None:
+        # Everything Redis sent so far, parsed at once and delivered in
+        # order; the subscribers' greenlets run when the reader waits for
+        # more.  Returns once the federation is stopping.
+        deliver, confirm = self._deliver, self._confirm
+        while True:
+            for reply in link.replies():
+                kind = reply[0] if isinstance(reply, list) and reply else None
+                if kind == b"message":
+                    deliver(reply[2])
+                elif kind == b"pmessage":
+                    deliver(reply[3])
+                elif kind == b"subscribe" or kind == b"psubscribe":
+                    confirm((text(reply[1]), kind == b"psubscribe"))
+                elif isinstance(reply, ReplyError):
+                    logger.error(
+                        "federation %s: Redis refused a subscription: %s", self.node, reply
+                    )
+                if self._stopping:
+                    # The bus is closing (the emit raised BusClosed):
+                    # nobody here can receive; leave Redis now.
+                    return
+
     def _deliver(self, raw: bytes) -> None:
+        # Per message: the envelope's fields as a tuple (no Envelope made).
         try:
-            env = decode_envelope(raw)
+            origin, seq, ts, topic, data, headers, reply_to, local, pos, prev = parse_envelope(raw)
         except RemoteProtocolError as exc:
             self._bad += 1
             if self._bad == 1 or self._bad % 1000 == 0:
                 logger.error("federation %s: %s (%d so far)", self.node, exc, self._bad)
             return
-        if env.topic.startswith("$"):
+        if topic.startswith("$"):
             return  # node-local system topics are never federated (e.g. an old node's)
-        own = env.origin.rpartition("/")[0] == self.node
+        own = origin.rpartition("/")[0] == self.node
         if own and self.history is None:
             return  # our own message, back from Redis
-        if not self._arrivals.is_new(env):
+        if not self._arrivals.admit(origin, topic, seq, pos, prev):
             return
-        lag = time.time() - env.ts
+        lag = time.time() - ts
         self._lag = lag
         if lag > self._max_lag:
             self._max_lag = lag
         self._received += 1
-        item = (env.topic, env.data, env.headers, env.reply_to)
-        for deliver in self._feed_listeners:
-            deliver(item, env.pos)
-        if own and env.local:
+        if self._feed_listeners:
+            item = (topic, data, headers, reply_to)
+            for deliver in self._feed_listeners:
+                deliver(item, pos)
+        if own and local:
             return  # this node's bus delivered it when it was emitted
         try:
-            self.bus.emit(env.topic, env.data, headers=env.headers, reply_to=env.reply_to)
+            self.bus.emit(topic, data, headers=headers, reply_to=reply_to)
         except ChannelFull as exc:
-            logger.info(
-                "federation %s: a local subscriber refused %r: %s", self.node, env.topic, exc
-            )
+            logger.info("federation %s: a local subscriber refused %r: %s", self.node, topic, exc)
         except BusClosed:
             # The bus is closing: the reader leaves when this returns, and
             # the bus's close listener (_on_bus_closed) ends the writer.
