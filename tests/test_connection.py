@@ -1,4 +1,4 @@
-"""One Connection over a socket pair: the reader, the writer, the outbox, the end.
+"""One Connection over a socket pair: the reader, the writers, the outbox, the end.
 
 No hub and no routing: a gevent ``socketpair``, the ``websockets`` sans-I/O
 protocol in state OPEN on both ends, and a test-side peer that frames and
@@ -7,17 +7,21 @@ reads by hand.
 
 from __future__ import annotations
 
+import gc
+import random
 from collections.abc import Iterator
 from typing import Any
 
 import gevent
 import pytest
 from gevent import socket as gsocket
+from greenlet import greenlet
 from waiting import wait_until
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLIENT, SERVER, Protocol, State
 
 from greenbus.bridge.connection import Connection
+from greenbus.bridge.deadlines import call_later, deadlines
 from greenbus.bridge.outbox import Outbox, OutboxLimits, OutboxState
 
 
@@ -69,8 +73,7 @@ def make(
         on_close=closed.append,
         outbox=outbox,
         name="test",
-        ping_interval=None,
-        **options,
+        **{"ping_interval": None, **options},
     )
     return conn, closed
 
@@ -156,3 +159,117 @@ def test_a_flood_of_websocket_pings_that_are_never_read_turns_the_outbox_slow(
         gevent.sleep(0)
     assert reasons == ["more than 100 frames pending"]
     assert outbox.pending_frames <= 100 + 100  # the limit, plus one read's worth
+
+
+def live_greenlets() -> int:
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+
+
+def test_writers_come_and_go_with_the_work_and_never_lose_or_reorder_a_frame(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    # No writer waits on an idle connection: one starts when a frame is
+    # queued and ends when the outbox is empty.  Frames queued while a
+    # writer runs, is ending, or has just ended all go out, in order.
+    conn, _ = make(pair[0])
+    peer = Peer(pair[1])
+    baseline = live_greenlets()
+    conn.start()
+    rng = random.Random(7)
+    expected = []
+    for burst in range(200):
+        for n in range(rng.randrange(1, 5)):
+            expected.append(f"{burst}.{n}")
+            assert conn.send(expected[-1])
+        for _ in range(rng.randrange(3)):
+            gevent.sleep(0)
+    frames = peer.frames(len(expected))
+    assert [f.data.decode() for f in frames] == expected
+    wait_until(lambda: conn.sent == len(expected), 5, "the writer to count what it wrote")
+    # Idle: the reader is the connection's only greenlet.
+    wait_until(lambda: live_greenlets() <= baseline + 1, 5, "the writer to end")
+
+
+def test_run_reads_in_the_calling_greenlet(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    # The hub's handler greenlet is the reader: no reader greenlet of its own.
+    readers: list[Any] = []
+    conn, closed = make(pair[0], on_text=lambda text: readers.append(gevent.getcurrent()))
+    peer = Peer(pair[1])
+    runner = gevent.spawn(conn.run)
+    peer.send_text("hello")
+    wait_until(lambda: readers, 5, "the message to be read")
+    assert readers == [runner]
+    pair[1].close()
+    runner.join(5)
+    assert runner.dead
+    assert closed == [1006]
+
+
+def test_a_close_whose_reply_never_comes_ends_the_connection_after_close_timeout(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    # The close frame is written, but the peer neither answers nor closes
+    # the TCP connection: the hub gives up after close_timeout more (it
+    # used to wait for the keepalive, or forever without one).
+    conn, closed = make(pair[0], close_timeout=0.2)
+    peer = Peer(pair[1])
+    conn.start()
+    conn.close(1000, "bye")
+    (frame,) = peer.frames(1)
+    assert frame.opcode is Opcode.CLOSE
+    assert conn.wait(5)
+    assert conn.timed_out == "close"
+    assert closed == [1000]
+
+
+def test_an_idle_connection_is_pinged_and_one_that_answers_nothing_is_closed_with_1011(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    conn, closed = make(pair[0], close_timeout=0.2, ping_interval=0.05, ping_timeout=0.1)
+    peer = Peer(pair[1])
+    conn.start()
+    frames = peer.frames(2)  # the peer's protocol queues pongs; none is sent
+    assert [f.opcode for f in frames] == [Opcode.PING, Opcode.CLOSE]
+    assert conn.wait(5)
+    assert conn.timed_out == "keepalive"
+    assert closed == [1011]
+
+
+# -- the hub's deadlines ------------------------------------------------------------
+
+
+def test_deadlines_run_in_time_order_and_a_cancelled_one_never_runs() -> None:
+    ran: list[str] = []
+    timers = deadlines()
+    timers.call_later(0.03, lambda: ran.append("third"))
+    timers.call_later(0.01, lambda: ran.append("first"))
+    timers.call_later(0.02, lambda: ran.append("cancelled")).cancel()
+    timers.call_later(0.02, lambda: ran.append("second"))
+    wait_until(lambda: len(ran) == 3, 5, "the deadlines to run")
+    assert ran == ["first", "second", "third"]
+
+
+def test_a_failing_deadline_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise RuntimeError("a bug in a callback")
+
+    call_later(0.01, fail)
+    call_later(0.01, lambda: ran.append("after"))
+    wait_until(lambda: ran, 5, "the second deadline")
+    assert "a bug in a callback" in caplog.text
+
+
+def test_cancelled_deadlines_do_not_pile_up() -> None:
+    timers = deadlines()
+    before = len(timers._heap)
+    entries = [timers.call_later(3600, lambda: None) for _ in range(1000)]
+    for entry in entries:
+        entry.cancel()
+    assert len(timers._heap) - before < 100

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gevent
 import pytest
+from waiting import wait_until
 
 from greenbus import EndOfChannel, InvalidOption
 from greenbus.bridge.metrics import HubCounters
-from greenbus.bridge.outbox import Outbox, OutboxLimits, OutboxState, SlowPolicy
+from greenbus.bridge.outbox import Entry, Outbox, OutboxLimits, OutboxState, SlowPolicy
 
 
 def bounded(
@@ -36,6 +37,7 @@ def drain(outbox: Outbox) -> list[bytes]:
     out = []
     while outbox.pending_frames:
         batch = outbox.take(1000, 1 << 30)
+        assert batch is not None
         out.extend(head if body is None else head + body for head, body in batch)
         outbox.done(True)
     return out
@@ -210,27 +212,80 @@ def test_close_returns_what_the_writer_never_took_and_refuses_the_rest() -> None
         outbox.take(10, 1 << 20)
 
 
-def test_take_waits_for_a_frame_and_a_close_wakes_it_with_end_of_channel() -> None:
+def run_writer(outbox: Outbox) -> tuple[gevent.Greenlet, list[list[Entry]]]:
+    """A writer greenlet: takes batches (and 'writes' them) until take() says to end."""
+    batches: list[list[Entry]] = []
+
+    def write() -> None:
+        while (batch := outbox.take(10, 1 << 20)) is not None:
+            batches.append(batch)
+            outbox.done(True)
+
+    return gevent.spawn(write), batches
+
+
+def test_a_writer_is_started_when_work_arrives_and_parks_between_bursts() -> None:
+    # The hook starts a writer when there is none; between bursts it parks
+    # in take() and the next frame wakes it (no new greenlet per burst).
     outbox, _ = bounded()
-    writer = gevent.spawn(outbox.take, 10, 1 << 20)
-    gevent.sleep(0)
-    assert not writer.ready()
+    starts: list[str] = []
+    outbox.put_control(b"early")  # before a writer is bound: only queued
+    assert starts == []
+    outbox.bind_writer(lambda: starts.append("writer"))
+    assert starts == ["writer"]  # bound with work waiting: started at once
+    outbox.put_message(*message(1))
+    assert starts == ["writer"]  # one is due: the burst shares it
+    writer, batches = run_writer(outbox)
+    wait_until(lambda: batches == [[(b"early", None), message(1)]], 5, "the first burst")
+    outbox.put_message(*message(2))
+    wait_until(lambda: len(batches) == 2, 5, "the parked writer to take the next one")
+    assert batches[1] == [message(2)]
+    assert starts == ["writer"]
+    assert not writer.dead
+
+
+def test_a_parked_writer_let_go_ends_and_the_next_frame_starts_another() -> None:
+    outbox, _ = bounded()
+    starts: list[str] = []
+    outbox.bind_writer(lambda: starts.append("writer"))
     outbox.put_control(b"hello")
-    assert writer.get(timeout=5) == [(b"hello", None)]
+    writer, batches = run_writer(outbox)
+    wait_until(lambda: batches, 5, "the writer to take the frame")
+    gevent.get_hub().loop.run_callback(outbox.release_writer)  # as the hub's sweep does
+    writer.join(5)
+    assert writer.dead
+    assert outbox.take(10, 1 << 20) is None  # no writer: take() never parks
+    outbox.put_message(*message(1))
+    assert starts == ["writer"] * 2
+
+
+def test_a_flush_or_a_close_request_starts_a_writer_with_an_empty_batch() -> None:
+    outbox, _ = bounded()
+    starts: list[str] = []
+    outbox.bind_writer(lambda: starts.append("writer"))
+    assert outbox.take(10, 1 << 20) is None
+    outbox.request_flush()
+    assert starts == ["writer"]
+    assert outbox.take(10, 1 << 20) == []
     outbox.done(True)
-    writer = gevent.spawn(outbox.take, 10, 1 << 20)
-    gevent.sleep(0)
+    outbox.request_close(1000, "bye")
+    assert outbox.take(10, 1 << 20) == []
+    assert outbox.close_due() == (1000, "bye")
+
+
+def test_closing_wakes_a_parked_writer_with_end_of_channel_and_starts_none() -> None:
+    outbox, _ = bounded()
+    starts: list[str] = []
+    outbox.bind_writer(lambda: starts.append("writer"))
+    outbox.put_control(b"hello")
+    writer, batches = run_writer(outbox)
+    wait_until(lambda: batches, 5, "the writer to take the frame")
     outbox.close()
     with pytest.raises(EndOfChannel):
         writer.get(timeout=5)
-
-
-def test_a_flush_request_wakes_the_writer_with_an_empty_batch() -> None:
-    outbox, _ = bounded()
-    writer = gevent.spawn(outbox.take, 10, 1 << 20)
-    gevent.sleep(0)
     outbox.request_flush()
-    assert writer.get(timeout=5) == []
+    assert not outbox.put_control(b"late")
+    assert starts == ["writer"]
 
 
 def test_without_an_on_slow_hook_a_slow_outbox_requests_a_1013_close_itself() -> None:

@@ -1,13 +1,20 @@
-"""greenbus.bridge.server in process: the hub's configuration and plain HTTP."""
+"""greenbus.bridge.server in process: the hub's configuration, plain HTTP, and its cost per peer."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from greenlet import greenlet
+from hubclient import RawClient
+from waiting import wait_until
+from websockets.http11 import Request
 
 import greenbus
-from greenbus.bridge.server import HubConfig
+from greenbus.bridge.server import HubConfig, HubServer
 
 
 @pytest.mark.parametrize(
@@ -47,3 +54,30 @@ def test_bad_serve_options_raise_invalid_option_naming_the_option(
 def test_the_defaults_are_a_valid_config() -> None:
     config = HubConfig()
     assert (config.host, config.port, config.max_message_size) == ("127.0.0.1", 8765, 1 << 20)
+
+
+def live(kind: type) -> int:
+    gc.collect()
+    return sum(
+        1
+        for obj in gc.get_objects()
+        if isinstance(obj, kind) and not (isinstance(obj, greenlet) and obj.dead)
+    )
+
+
+def test_an_idle_subscribed_peer_costs_the_hub_one_greenlet_and_keeps_no_handshake(
+    local_hub: Callable[..., HubServer],
+) -> None:
+    # The handler greenlet reads; a writer exists only while there is
+    # something to write; timers are the hub's, not the connection's; and
+    # the HTTP request of the upgrade is not kept (it held over 2 KiB).
+    hub = local_hub(ping_interval=20.0, ping_timeout=20.0)
+    greenlets, requests = live(greenlet), live(Request)
+    with contextlib.ExitStack() as stack:
+        raws = [stack.enter_context(RawClient(hub.url)) for _ in range(3)]
+        for n, raw in enumerate(raws):
+            assert raw.ask_json(op="sub", sid=1, topic=f"t.{n}", id=1) == {"op": "ack", "id": 1}
+        hub.bus.emit("t.0", "one message, written by a writer that then ends")
+        assert raws[0].recv_json()["data"].startswith("one message")
+        wait_until(lambda: live(greenlet) <= greenlets + 3, 5, "one greenlet per peer")
+        assert live(Request) == requests

@@ -1,12 +1,24 @@
-"""One WebSocket connection driven by gevent: a reader and a writer greenlet.
+"""One WebSocket connection driven by gevent: a reader, and a writer while there is work.
 
 A thin driver around the ``websockets`` library's sans-I/O protocol objects
-(``ServerProtocol``/``ClientProtocol``): the reader greenlet feeds socket
-bytes in and hands complete text messages to a callback; the writer greenlet
-is the only one that writes to the socket, so two senders can never
-interleave frames.  It drains the connection's
-:class:`~greenbus.bridge.outbox.Outbox` in batches: everything queued when it
-wakes (up to a bound) is framed and written with one ``sendall``.
+(``ServerProtocol``/``ClientProtocol``): the reader feeds socket bytes in and
+hands complete text messages to a callback.  It runs in the greenlet that
+calls :meth:`Connection.run` (the server's handler greenlet), or in one of
+its own (:meth:`Connection.start`).
+
+One writer at a time drains the connection's
+:class:`~greenbus.bridge.outbox.Outbox` in batches (everything queued, up to
+a bound, framed and written at once), so two senders can never interleave
+frames; it exists only while there is something to write.  When work
+arrives the outbox starts it: on a plain TCP socket, a hub callback that
+writes without blocking (most bursts fit in the socket buffer: no greenlet,
+no switch); on TLS, or for what did not fit, a writer greenlet, which parks
+between bursts and ends after ``WRITER_LINGER`` idle seconds.  An idle
+connection therefore holds one parked greenlet (the reader), not three.
+
+Timers are per gevent hub, not per connection: the keepalive, and the
+deadline of a close the hub started, are entries in one heap served by one
+libev timer (:mod:`~greenbus.bridge.deadlines`); a read only notes the time.
 
 It knows no routing and no JSON: what it writes was encoded by whoever
 queued it in the outbox, which also holds the limits.
@@ -17,7 +29,9 @@ message 1003, a message over ``max_size`` 1009 (enforced by ``websockets``).
 
 from __future__ import annotations
 
+import enum
 import logging
+import os
 import socket
 import weakref
 from collections.abc import Callable, Sequence
@@ -25,13 +39,15 @@ from typing import Any, cast
 
 import gevent
 import gevent.event
-from gevent import Timeout
+import gevent.socket
+from gevent import Timeout, getcurrent
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
 from websockets.typing import BytesLike
 
 from .._attrs import readonly
 from ..exceptions import EndOfChannel
+from .deadlines import Deadline, deadlines
 from .outbox import Outbox, OutboxState
 
 __all__ = ["Connection"]
@@ -61,24 +77,47 @@ def wire_logger(name: str) -> logging.LoggerAdapter:  # type: ignore[type-arg]
     return _NoFrameLogging(logging.getLogger(name), {})
 
 
+class _Phase(enum.IntEnum):
+    """What a connection's one deadline is for.  Transitions in :class:`Connection` only.
+
+    NONE -> IDLE <-> PING -> FAILED; IDLE/PING -> CLOSING -> CLOSE_SENT;
+    any -> NONE (the connection is over, or its reader awaits the end).
+    """
+
+    #: Nothing due.
+    NONE = 0
+    #: Keepalive: a ping is due ``ping_interval`` after the last read.
+    IDLE = 1
+    #: A ping is out: data is due ``ping_timeout`` after it (or close 1011).
+    PING = 2
+    #: No pong: closed with 1011; the TCP connection ends ``close_timeout`` later.
+    FAILED = 3
+    #: The hub asked to close: its close frame is due out within ``close_timeout``.
+    CLOSING = 4
+    #: The close frame is out: the end of the handshake is due within ``close_timeout``.
+    CLOSE_SENT = 5
+
+
 class Connection:
-    """Drive ``protocol`` over ``sock`` with one reader and one writer greenlet.
+    """Drive ``protocol`` over ``sock``: a reader, and a writer while there is work.
 
     Args:
         sock: a connected gevent socket, past the opening handshake.
         protocol: the ``websockets`` protocol object, in state OPEN.
-        on_text: called in the reader greenlet with each complete text message.
-        on_close: called once, in the reader greenlet, when the connection is
+        on_text: called in the reader's greenlet with each complete text message.
+        on_close: called once, in the reader's greenlet, when the connection is
             over (with the close code the peer saw or sent, or 1006).
         outbox: what the writer drains; its limits are the owner's (the
             hub's peers are bounded).  Default: a new unbounded one.
         name: for logs and repr.
         ping_interval: send a ping after this many idle seconds (None: never).
-        ping_timeout: close with 1011 if no data arrives this long after a ping.
+        ping_timeout: close with 1011 if no data arrives this long after a ping
+            (None: wait for it forever).
         close_timeout: how long to wait for the peer's close frame / EOF;
             also how long :meth:`close` waits for its close frame to be
             written before it aborts the TCP connection (a peer that stopped
-            reading never frees room in the socket buffer).
+            reading never frees room in the socket buffer), and then for
+            the end of the closing handshake.
         recv: reads up to n bytes (default ``sock.recv``); e.g. a buffered
             reader's ``read1`` when a server read ahead during the handshake.
     """
@@ -111,16 +150,25 @@ class Connection:
         #: connection's: it closes when the reader ends, so nothing is
         #: queued for a connection that can no longer write.
         self.outbox = outbox if outbox is not None else Outbox(name=name)
-        self._fragments: list[BytesLike] = []
-        self._idle_timer: Timeout | None = None
+        self._fragments: list[BytesLike] | None = None
+        # A plain gevent socket (not TLS) is written from the hub first,
+        # without blocking (see _write_now).
+        self._direct = type(sock) is gevent.socket.socket
         self._reader: gevent.Greenlet | None = None
+        #: The writer, while there is something to write (see _start_writer).
         self._writer: gevent.Greenlet | None = None
-        self._closed_event = gevent.event.Event()
-        self._close_timer: gevent.Greenlet | None = None
+        self._closed_event: gevent.event.Event | None = None
+        self._over = False
+        # The one deadline (keepalive or close), on the hub's shared timer.
+        self._deadlines = deadlines()
+        self._deadline: Deadline | None = None
+        self._phase = _Phase.NONE
+        self._last_read = 0.0
+        self._ping_at = 0.0
         self._close_framed = False
         self._close_written = False
         #: Why the connection was given up on, if it timed out: "keepalive"
-        #: (no pong) or "close" (the close frame could not be written).
+        #: (no pong) or "close" (the closing handshake did not end in time).
         self.timed_out: str | None = None
         self.received = 0
         self.bytes_out = 0
@@ -159,23 +207,39 @@ class Connection:
     )
 
     def start(self, initial_events: Sequence[Any] = ()) -> None:
-        """Start the reader and writer greenlets.
+        """Start reading in a greenlet of its own (writers start as frames are queued).
 
         Args:
             initial_events: frames the protocol already parsed (data that
                 arrived with the handshake), handled first.
         """
-        self._writer = gevent.spawn(self._write_loop)
+        self._begin()
         self._reader = gevent.spawn(self._read_loop, list(initial_events))
 
     def run(self) -> None:
-        """Start, then wait until the connection is over (for a server handler)."""
-        self.start()
-        self.wait()
+        """Read in the calling greenlet until the connection is over (for a server handler).
+
+        The handler's greenlet is the reader: a connection costs no greenlet
+        of its own while it is idle.
+        """
+        self._begin()
+        self._read_loop([])
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the connection is over; True if it is."""
-        return bool(self._closed_event.wait(timeout))
+        if self._over:
+            return True
+        event = self._closed_event
+        if event is None:
+            event = self._closed_event = gevent.event.Event()
+        return bool(event.wait(timeout))
+
+    def _begin(self) -> None:
+        # Frames queued so far (a welcome, a hello) go out now.
+        self.outbox.bind_writer(self._start_writer)
+        if self._ping_interval is not None and self._phase is _Phase.NONE:
+            self._last_read = self._deadlines.now()
+            self._schedule(_Phase.IDLE, self._last_read + self._ping_interval)
 
     # -- sending ---------------------------------------------------------------
 
@@ -195,22 +259,13 @@ class Connection:
         If the close frame is not written within ``close_timeout`` (the
         peer stopped reading and the socket buffer is full), the TCP
         connection is aborted: the peer then sees no close frame (1006).
-        A no-op once the connection is over.
+        If it is, but the handshake does not end within ``close_timeout``
+        more (no close reply, no EOF), the TCP connection is aborted too.
+        Either counts as ``timed_out == "close"``.  A no-op once the
+        connection is over.
         """
         if self.protocol.state is State.OPEN and self.outbox.request_close(code, reason):
-            self._close_timer = gevent.spawn_later(self._close_timeout, self._close_overdue, code)
-
-    def _close_overdue(self, code: int) -> None:
-        if self._close_written or self._closed_event.is_set():
-            return
-        self.timed_out = "close"
-        logger.warning(
-            "%s: close frame (%d) not written within %s s (the peer is not reading); aborting",
-            self.name,
-            code,
-            self._close_timeout,
-        )
-        self.abort()
+            self._schedule(_Phase.CLOSING, self._deadlines.now() + self._close_timeout)
 
     def abort(self) -> None:
         """Close the TCP connection at once."""
@@ -219,51 +274,187 @@ class Connection:
         except OSError:
             pass
 
+    # -- deadlines (run in the hub greenlet: never block) ------------------------
+
+    def _schedule(self, phase: _Phase, when: float) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._phase = phase
+        self._deadline = self._deadlines.call_at(when, self._deadline_due)
+
+    def _unschedule(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = _Phase.NONE
+
+    def _deadline_due(self) -> None:
+        self._deadline = None
+        if self._over:
+            return
+        phase = self._phase
+        now = self._deadlines.now()
+        protocol = self.protocol
+        interval = self._ping_interval
+        if phase is _Phase.IDLE:
+            # Idle keepalive: ping_interval seconds without data, then ping;
+            # a read only noted its time, so look at it now.
+            assert interval is not None
+            due = self._last_read + interval
+            if due > now:
+                self._schedule(_Phase.IDLE, due)
+            elif protocol.state is State.OPEN:
+                protocol.send_ping(b"greenbus")
+                self.outbox.request_flush()
+                self._ping_at = now
+                wait = self._ping_timeout
+                self._schedule(_Phase.PING, now + (wait if wait is not None else interval))
+        elif phase is _Phase.PING:
+            assert interval is not None
+            if self._last_read > self._ping_at:  # data came: idle again
+                self._schedule(_Phase.IDLE, self._last_read + interval)
+            elif self._ping_timeout is None:
+                self._schedule(_Phase.PING, now + interval)  # one ping, no timeout
+            else:
+                # Give up, as websockets does: close 1011, and end the TCP
+                # connection if the peer does not within close_timeout.
+                logger.info("%s: no pong within %s s; closing", self.name, self._ping_timeout)
+                self.timed_out = "keepalive"
+                if protocol.state is State.OPEN:
+                    protocol.fail(1011, "keepalive ping timeout")
+                    self.outbox.request_flush()
+                self._schedule(_Phase.FAILED, now + self._close_timeout)
+        elif phase is _Phase.FAILED:
+            self.abort()
+        elif phase is _Phase.CLOSING:
+            if self._close_written:
+                self._schedule(_Phase.CLOSE_SENT, now + self._close_timeout)
+                return
+            self.timed_out = "close"
+            logger.warning(
+                "%s: close frame not written within %s s (the peer is not reading); aborting",
+                self.name,
+                self._close_timeout,
+            )
+            self.abort()
+        elif phase is _Phase.CLOSE_SENT:
+            self.timed_out = "close"
+            logger.info(
+                "%s: no end to the closing handshake within %s s; closing the TCP connection",
+                self.name,
+                self._close_timeout,
+            )
+            self.abort()
+
     # -- the writer ------------------------------------------------------------
 
-    def _write_loop(self) -> None:
+    def _start_writer(self) -> None:
+        # The outbox's hook: work arrived and there is no writer.  Only
+        # scheduled here; the producer never switches.
+        if self._direct:
+            gevent.get_hub().loop.run_callback(self._write_now)
+        else:
+            self._writer = gevent.spawn(self._write_loop)
+
+    def _write_now(self) -> None:
+        # In the hub: frame what is queued and write it with a non-blocking
+        # write(2), batch after batch.  Most bursts fit in the socket
+        # buffer: no greenlet, no switch.  What does not fit goes to a
+        # writer greenlet, which waits for room and then goes on as the
+        # writer (parking between bursts).  Only one of the two runs at a
+        # time: the outbox starts this only when there is no writer.
         outbox = self.outbox
-        protocol = self.protocol
         try:
+            while True:
+                try:
+                    batch = outbox.take(MAX_BATCH, MAX_BATCH_BYTES, wait=False)
+                except EndOfChannel:
+                    return
+                if batch is None:
+                    return
+                data, eof, ok = self._frame(batch)
+                sent = 0
+                if data:
+                    try:
+                        sent = os.write(self.sock.fileno(), data)
+                    except BlockingIOError:
+                        pass
+                if sent < len(data):
+                    self.bytes_out += sent
+                    self._writer = gevent.spawn(self._write_loop, data[sent:], eof, ok)
+                    return
+                if data:
+                    self._wrote(len(data))
+                if eof:
+                    self.sock.shutdown(socket.SHUT_WR)
+                    outbox.done(False)
+                    return
+                outbox.done(ok)
+        except OSError as exc:
+            logger.debug("%s: write failed: %s", self.name, exc)
+            outbox.done(False)
+            self.abort()
+        except Exception:
+            logger.exception("%s: writer failed", self.name)
+            outbox.done(False)
+            self.abort()
+
+    def _write_loop(self, data: bytes = b"", eof: bool = False, ok: bool = True) -> None:
+        # The writer greenlet: first the rest of a batch the hub could not
+        # write at once (if any), then batch after batch, parked in take()
+        # between bursts until the outbox lets it go (take() returns None).
+        outbox = self.outbox
+        try:
+            if data or eof:
+                written = self._send(data, eof)
+                outbox.done(written and ok)
+                if not written:
+                    return
             while True:
                 try:
                     batch = outbox.take(MAX_BATCH, MAX_BATCH_BYTES)
                 except EndOfChannel:
                     return
-                # Frame the batch and write it with one sendall.  Once the
-                # protocol is closing (the peer sent a close frame) no data
-                # frame may follow: the batch is lost, and counted so.
-                framed = protocol.state is State.OPEN
-                if framed:
-                    for head, body in batch:
-                        protocol.send_text(head if body is None else head + body)
-                    close = outbox.close_due()
-                    if close is not None:
-                        protocol.send_close(*close)
-                        self._close_framed = True
-                written = self._flush()
-                outbox.done(written and (framed or not batch))
+                if batch is None:
+                    return
+                data, eof, ok = self._frame(batch)
+                written = self._send(data, eof)
+                outbox.done(written and ok)
                 if not written:
                     return
         except Exception:
             logger.exception("%s: writer failed", self.name)
             outbox.done(False)
             self.abort()
+        finally:
+            if self._writer is getcurrent():
+                self._writer = None
 
-    def _flush(self) -> bool:
-        # Write what the protocol has queued, in one sendall.  Returns False
-        # once the write side is finished (EOF sent or socket broken).
-        chunks = self.protocol.data_to_send()
-        if not chunks:
-            return True
-        data = b"".join(chunks)
-        eof = chunks[-1] == b""
+    def _frame(self, batch: list[tuple[bytes, bytes | None]]) -> tuple[bytes, bool, bool]:
+        # Frame a batch: (the bytes to write, then EOF?, counts as written?).
+        # Once the protocol is closing (the peer sent a close frame) no data
+        # frame may follow: the batch is lost, and counted so.
+        protocol = self.protocol
+        framed = protocol.state is State.OPEN
+        if framed:
+            for head, body in batch:
+                protocol.send_text(head if body is None else head + body)
+            close = self.outbox.close_due()
+            if close is not None:
+                protocol.send_close(*close)
+                self._close_framed = True
+        chunks = protocol.data_to_send()
+        eof = bool(chunks) and chunks[-1] == b""
+        return b"".join(chunks), eof, framed or not batch
+
+    def _send(self, data: bytes, eof: bool) -> bool:
+        # Write with one sendall (blocking: the writer greenlet only).
+        # Returns False once the write side is finished (EOF sent or
+        # socket broken).
         try:
             if data:
                 self.sock.sendall(data)
-                self.bytes_out += len(data)
-                if self._close_framed:
-                    self._close_written = True
+                self._wrote(len(data))
             if eof:
                 self.sock.shutdown(socket.SHUT_WR)
                 return False
@@ -272,6 +463,11 @@ class Connection:
             self.abort()
             return False
         return True
+
+    def _wrote(self, n: int) -> None:
+        self.bytes_out += n
+        if self._close_framed:
+            self._close_written = True
 
     # -- the reader ------------------------------------------------------------
 
@@ -294,6 +490,7 @@ class Connection:
                 if not data or protocol.state is State.CLOSED:
                     break
                 if protocol.close_expected():
+                    self._unschedule()  # _wait_for_eof bounds the rest
                     self._wait_for_eof()
                     break
                 # A publisher that keeps the socket full never makes recv()
@@ -317,45 +514,15 @@ class Connection:
         self.outbox.request_flush()
 
     def _recv(self) -> bytes:
-        # Idle keepalive: after ping_interval seconds without data, ping, and
-        # give up after ping_timeout more (close 1011, as websockets does).
-        interval = self._ping_interval
-        if interval is None:
-            return self._recv_raw(None)
-        # One timer, re-armed per read, instead of a new Timeout per read.
-        timer = self._idle_timer
-        if timer is None:
-            timer = self._idle_timer = Timeout(interval)
-        timer.start()
-        try:
-            return self._recv_raw(None)
-        except Timeout as exc:
-            if exc is not timer:
-                raise
-            # The timer is reused: its traceback would keep this frame, and
-            # so this connection, alive in a cycle.
-            exc.__traceback__ = None
-        finally:
-            timer.cancel()
-        if self.protocol.state is State.OPEN:
-            self.protocol.send_ping(b"greenbus")
-            self.outbox.request_flush()
-        with Timeout(self._ping_timeout, False):
-            return self._recv_raw(None)
-        logger.info("%s: no pong within %s s; closing", self.name, self._ping_timeout)
-        self.timed_out = "keepalive"
-        if self.protocol.state is State.OPEN:
-            self.protocol.fail(1011, "keepalive ping timeout")
-            self.outbox.request_flush()
-        return self._recv_raw(self._close_timeout)
+        # The keepalive (a deadline on the hub's timer) reads the time of
+        # the last read: noting it is all a read costs.
+        data = self._recv_raw()
+        self._last_read = self._deadlines.now()
+        return data
 
-    def _recv_raw(self, timeout: float | None) -> bytes:
+    def _recv_raw(self) -> bytes:
         try:
-            if timeout is None:
-                return self._recv_bytes(READ_SIZE)
-            with Timeout(timeout, False):
-                return self._recv_bytes(READ_SIZE)
-            return b""
+            return self._recv_bytes(READ_SIZE)
         except OSError:
             return b""
 
@@ -395,7 +562,7 @@ class Connection:
     def _read_until_closed(self) -> None:
         protocol = self.protocol
         while protocol.state is not State.CLOSED:
-            data = self._recv_raw(None)
+            data = self._recv_raw()
             if data:
                 protocol.receive_data(data)
             else:
@@ -415,16 +582,19 @@ class Connection:
         protocol = self.protocol
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.CONT:
-            if opcode is Opcode.TEXT and self._fragments:
+            fragments = self._fragments
+            if opcode is Opcode.TEXT and fragments:
                 return  # websockets already failed the connection
             if not frame.fin:
-                self._fragments.append(frame.data)
+                if fragments is None:
+                    fragments = self._fragments = []
+                fragments.append(frame.data)
                 return
             data: BytesLike
-            if self._fragments:
-                self._fragments.append(frame.data)
-                data = b"".join(self._fragments)
-                self._fragments.clear()
+            if fragments:
+                fragments.append(frame.data)
+                data = b"".join(fragments)
+                self._fragments = None
             else:
                 data = frame.data
             try:
@@ -441,6 +611,7 @@ class Connection:
 
     def _finish(self) -> None:
         protocol = self.protocol
+        self._unschedule()
         self.close_code = (
             protocol.close_rcvd.code
             if protocol.close_rcvd is not None
@@ -449,22 +620,26 @@ class Connection:
             else 1006
         )
         # The outbox closes with the connection: from now on nothing can be
-        # queued, and what the writer never took goes back to the owner.
+        # queued, no writer starts, and what the writer never took goes
+        # back to the owner.
         self.unsent = self.outbox.close()
-        if self._close_timer is not None:
-            self._close_timer.kill(block=False)
-        if self._writer is not None:
-            self._writer.join(timeout=self._close_timeout)
-            if not self._writer.dead:
-                self._writer.kill(block=True)
-                self.outbox.done(False)  # the batch it was writing is lost
-        self.abort()
         try:
-            self._on_close(self.close_code)
-        except Exception:
-            logger.exception("%s: on_close callback failed", self.name)
-        self._closed_event.set()
-        self._release()
+            writer = self._writer
+            if writer is not None:
+                writer.join(timeout=self._close_timeout)
+                if not writer.dead:
+                    writer.kill(block=True)
+                    self.outbox.done(False)  # the batch it was writing is lost
+        finally:
+            self.abort()
+            self._over = True
+            try:
+                self._on_close(self.close_code)
+            except Exception:
+                logger.exception("%s: on_close callback failed", self.name)
+            if self._closed_event is not None:
+                self._closed_event.set()
+            self._release()
 
     def _release(self) -> None:
         # Break the reference cycles of a finished connection (its greenlets
@@ -472,11 +647,10 @@ class Connection:
         # parser generator at the protocol), so its buffers are freed now
         # rather than at the next full garbage collection: a hub that sees
         # thousands of connections come and go keeps a flat memory profile.
-        self._reader = self._writer = self._close_timer = None
+        self._reader = self._writer = None
         self._on_text = _ignore
         self._on_close = _ignore
         self._recv_bytes = _read_nothing
-        self._idle_timer = None
         protocol = self.protocol
         parser = getattr(protocol, "parser", None)
         if parser is not None and hasattr(parser, "close"):

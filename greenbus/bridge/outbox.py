@@ -4,8 +4,18 @@ Everything a connection will write goes through its :class:`Outbox`, in FIFO
 order: the hub's ``msg`` frames and its answers (``ack``, ``error``,
 ``pong``, ``welcome``) alike, so a client sees an ack after every message
 routed before it.  The outbox owns the queue, both limits (frames and bytes),
-the overflow policy and its reporting; the connection's writer greenlet only
-drains it (:meth:`Outbox.take`, then :meth:`Outbox.done`).
+the overflow policy and its reporting; the connection's writer only drains
+it (:meth:`Outbox.take`, then :meth:`Outbox.done`).
+
+No writer waits long on an idle outbox: the connection binds a hook
+(:meth:`Outbox.bind_writer`) that the outbox calls, from the producer and
+without switching, when work arrives and there is no writer.  A writer in
+the hub drains the queue without waiting (``take(wait=False)`` returns None
+once it is empty); a writer greenlet parks in :meth:`Outbox.take` for the
+next frame, so a busy connection pays a wake-up per burst, not a new
+greenlet (a spawn costs about ten times as much).  A writer parked for
+``WRITER_LINGER`` seconds is let go (one sweep per gevent hub): ``take``
+returns None and it ends, so an idle connection holds no writer greenlet.
 
 Two kinds of entry, both already encoded as UTF-8:
 
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +57,7 @@ from gevent.hub import Waiter
 from .._attrs import readonly
 from .._options import check_int
 from ..exceptions import EndOfChannel, InvalidOption
+from .deadlines import Lingering
 from .metrics import HubCounters
 
 __all__ = ["Entry", "Outbox", "OutboxLimits", "OutboxState", "OutboxStatistics", "SlowPolicy"]
@@ -54,6 +66,9 @@ logger = logging.getLogger("greenbus.bridge.outbox")
 
 #: ``(head, body)`` for a message, ``(data, None)`` for a control frame.
 Entry = tuple[bytes, "bytes | None"]
+
+#: Seconds a writer stays parked with nothing to write before it ends.
+WRITER_LINGER = 0.5
 
 
 class SlowPolicy(str, enum.Enum):
@@ -172,11 +187,14 @@ class Outbox:
         "_on_slow",
         "_overflowing",
         "_queue",
+        "_start_writer",
         "_state",
         "_unqueued",
         "_unqueued_bytes",
         "_waiter",
         "_wake_scheduled",
+        "_writers",
+        "_writing",
         "dropped",
         "high_water",
         "name",
@@ -201,9 +219,12 @@ class Outbox:
         self._state = OutboxState.OPEN
         # Control frames that precede everything in _queue: drop_oldest
         # moves leading control frames here to reach the oldest message in
-        # O(1), without reordering anything.
-        self._front: deque[Entry] = deque()
-        self._queue: deque[Entry] = deque()
+        # O(1), without reordering anything.  Made by drop_oldest only (an
+        # empty deque holds half a KiB, per connection).
+        self._front: deque[Entry] | None = None
+        # The FIFO, made by the first put after an idle spell and let go
+        # when the writer finds it empty: an idle peer holds no deque.
+        self._queue: deque[Entry] | None = None
         # Frames and bytes pending: queued, plus taken by the writer and not
         # yet written (in flight), plus the protocol's own (unqueued).
         self._frames = 0
@@ -216,7 +237,12 @@ class Outbox:
         self._flush = False
         self._close_request: tuple[int, str] | None = None
         self._overflowing = False
+        # Starts a writer (see bind_writer); True while one runs, is due,
+        # or is parked in take() (then _waiter is set).
+        self._start_writer: Callable[[], object] | None = None
+        self._writing = False
         self._hub = get_hub()
+        self._writers = _parked_writers(self._hub)
         self._waiter: Waiter | None = None
         self._wake_scheduled = False
         # Set when the writer finished a batch (or the outbox stopped
@@ -292,7 +318,10 @@ class Outbox:
             if not self._make_room(1, size):
                 self._drop(1)
                 return False
-        self._queue.append((head, body))
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append((head, body))
         self._added(size)
         return True
 
@@ -315,7 +344,10 @@ class Outbox:
                 return False
         elif state is not OutboxState.SLOW:
             return False
-        self._queue.append((data, None))
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append((data, None))
         self._added(len(data))
         return True
 
@@ -336,8 +368,21 @@ class Outbox:
             return True
         return not self._over(0, 0) or self._make_room(0, 0)
 
+    def bind_writer(self, start: Callable[[], object]) -> None:
+        """Have ``start()`` called whenever work arrives and no writer is running.
+
+        ``start`` must not block or switch (it runs inside ``put_*``, maybe
+        within ``bus.emit``): it schedules a writer (``gevent.spawn``),
+        which calls :meth:`take` until it returns None, then ends.  Called
+        at once if work is already waiting.  Until it is bound, frames only
+        queue up.
+        """
+        self._start_writer = start
+        if self._front or self._queue or self._flush or self._close_request is not None:
+            self._notify()
+
     def request_flush(self) -> None:
-        """Wake the writer to flush the protocol's own frames (pong, close reply)."""
+        """Have the writer flush the protocol's own frames (pong, close reply, ping)."""
         if self._state is not OutboxState.CLOSED:
             self._flush = True
             self._notify()
@@ -368,15 +413,17 @@ class Outbox:
         if self._state is OutboxState.CLOSED:
             return []
         self._state = OutboxState.CLOSED
-        # No more reports: also breaks the owner <-> outbox reference cycle,
-        # so a finished connection is freed without the garbage collector.
+        # No more reports and no more writers: also breaks the owner <->
+        # outbox reference cycles, so a finished connection is freed
+        # without the garbage collector.  A writer still running sees
+        # EndOfChannel at its next take().
         self._on_slow = None
-        left = [*self._front, *self._queue]
-        self._front.clear()
-        self._queue.clear()
+        self._start_writer = None
+        left = [*(self._front or ()), *(self._queue or ())]
+        self._front = self._queue = None
         self._frames = self._in_flight
         self._bytes = self._in_flight_bytes
-        self._notify()
+        self._notify()  # a parked writer wakes to EndOfChannel
         self._wake_pacers()
         return left
 
@@ -388,6 +435,8 @@ class Outbox:
         still queued.
         """
         for queue in (self._front, self._queue):
+            if queue is None:
+                continue
             for i, entry in enumerate(queue):
                 if entry[0] is head and entry[1] is not None:
                     del queue[i]
@@ -402,13 +451,19 @@ class Outbox:
 
     # -- the writer ------------------------------------------------------------
 
-    def take(self, max_frames: int, max_bytes: int) -> list[Entry]:
+    def take(self, max_frames: int, max_bytes: int, wait: bool = True) -> list[Entry] | None:
         """Wait for work; take up to ``max_frames`` entries (or about ``max_bytes``).
 
         The batch stays counted as pending (in flight) until :meth:`done`.
         Returns an empty list when only a flush or the close is due (see
         :meth:`close_due`, which the writer asks after every batch).  Only
         the writer greenlet may call it.
+
+        Returns None when the writer must end: it was let go after
+        ``WRITER_LINGER`` seconds parked (:meth:`release_writer`), or none
+        was started by the hook (an outbox without one never blocks), or
+        nothing is due and ``wait`` is false (a writer in the hub, which
+        must not block).  The next frame then starts a new writer.
 
         Raises:
             EndOfChannel: the outbox is closed.
@@ -418,18 +473,26 @@ class Outbox:
                 raise EndOfChannel()
             if self._front or self._queue or self._flush or self._close_request is not None:
                 break
+            if not wait:
+                self._writing = False
+                self._queue = None  # an idle outbox holds no deque either
+            if not self._writing:
+                return None
             waiter: Waiter = Waiter()
             self._waiter = waiter
+            writers = self._writers
+            writers.park(self)
             try:
                 waiter.get()
             finally:
                 self._waiter = None
+                writers.unpark(self)
+        front = self._front
+        queue = self._queue
         self._flush = False
         batch: list[Entry] = []
         nbytes = 0
         messages = 0
-        front = self._front
-        queue = self._queue
         while len(batch) < max_frames and nbytes < max_bytes:
             if front:
                 entry = front.popleft()
@@ -518,15 +581,35 @@ class Outbox:
         self._bytes += size
         if self._frames > self.high_water:
             self.high_water = self._frames
-        if self._waiter is not None:
+        if self._waiter is not None or not self._writing:
             self._notify()
 
+    def release_writer(self) -> None:
+        """Let the parked writer go if nothing is due: its :meth:`take` returns None.
+
+        For the hub's sweep of idle writers (the writer ends at once; the
+        next frame starts another).  Must run in the hub greenlet.
+        """
+        waiter = self._waiter
+        if waiter is None or self._front or self._queue or self._flush:
+            return
+        if self._close_request is not None or self._state is OutboxState.CLOSED:
+            return
+        self._writing = False
+        self._queue = None  # an idle outbox holds no deque either
+        waiter.switch(None)
+
     def _notify(self) -> None:
-        # Wake the parked writer from the hub, once per batch of puts: the
+        # Wake the parked writer from the hub, or start one if there is
+        # none: once per burst of puts.  Either is only scheduled, so the
         # producer never switches (it may be inside bus.emit).
-        if self._waiter is not None and not self._wake_scheduled:
-            self._wake_scheduled = True
-            self._hub.loop.run_callback(self._wake)
+        if self._waiter is not None:
+            if not self._wake_scheduled:
+                self._wake_scheduled = True
+                self._hub.loop.run_callback(self._wake)
+        elif not self._writing and self._start_writer is not None:
+            self._writing = True
+            self._start_writer()
 
     def _wake(self) -> None:
         self._wake_scheduled = False
@@ -550,11 +633,12 @@ class Outbox:
         # enough) turn SLOW.  Returns True if there is room now.
         if self._limits.policy is SlowPolicy.DROP_OLDEST:
             dropped = 0
-            front = self._front
             queue = self._queue
             while queue and self._over(frames, size):
                 while queue and queue[0][1] is None:
-                    front.append(queue.popleft())  # control frames: kept, in order
+                    if self._front is None:
+                        self._front = deque()
+                    self._front.append(queue.popleft())  # control frames: kept, in order
                 if not queue:
                     break
                 head, body = queue.popleft()
@@ -590,7 +674,7 @@ class Outbox:
         # control frames stay, and go out before the close).
         kept: deque[Entry] = deque()
         lost = 0
-        for entry in self._queue:
+        for entry in self._queue or ():
             head, body = entry
             if body is None:
                 kept.append(entry)
@@ -616,3 +700,14 @@ class Outbox:
             self.dropped += n
             if self._counters is not None:
                 self._counters.dropped += n
+
+
+_writers_by_hub: weakref.WeakKeyDictionary[object, Lingering] = weakref.WeakKeyDictionary()
+
+
+def _parked_writers(hub: object) -> Lingering:
+    # The outboxes of one gevent hub whose writer is parked (see WRITER_LINGER).
+    found = _writers_by_hub.get(hub)
+    if found is None:
+        found = _writers_by_hub[hub] = Lingering(WRITER_LINGER, Outbox.release_writer)
+    return found

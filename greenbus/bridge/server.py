@@ -2,10 +2,11 @@
 
 ``gevent.server.StreamServer`` accepts connections; each gets one greenlet
 for the opening handshake (``websockets``' sans-I/O ``ServerProtocol``),
-then a :class:`~greenbus.bridge.connection.Connection` (a reader and a
-writer greenlet) and a :class:`~greenbus.bridge.peer.Peer` binding it to the
-bus.  Plain HTTP on the same port serves ``GET /health`` (JSON) and
-``GET /metrics`` (Prometheus text format).
+which then reads for its :class:`~greenbus.bridge.connection.Connection`
+(a writer exists only while there is something to write), and a
+:class:`~greenbus.bridge.peer.Peer` binding it to the bus.  Plain HTTP on
+the same port serves ``GET /health`` (JSON) and ``GET /metrics``
+(Prometheus text format).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gevent import Timeout
 from gevent import ssl as gssl
 from gevent.server import StreamServer
 from websockets.http11 import Request, Response
-from websockets.protocol import Protocol
+from websockets.protocol import SERVER, Protocol, State
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
 
@@ -394,11 +395,21 @@ class HubServer:
     # -- per connection ---------------------------------------------------------
 
     def _handle(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+        # The handler greenlet: the handshake, then it reads for the peer.
+        where = f"{address[0]}:{address[1]}"
+        protocol = self._upgrade(sock, where)
+        if protocol is not None:
+            self.run_peer(sock, protocol, where)
+
+    def _upgrade(self, sock: socket.socket, where: str) -> Protocol | None:
+        # The TLS and HTTP handshakes: a protocol in state OPEN, or None
+        # (answered, refused or failed; the socket is closed).  Its own
+        # frame, so the request and the response are not kept for the
+        # connection's life by the greenlet that goes on reading.
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        where = f"{address[0]}:{address[1]}"
         cfg = self.config
         if cfg.certfile is not None:
             try:
@@ -409,7 +420,7 @@ class HubServer:
                     self.counters.timed_out("handshake")
                 logger.info("%s: TLS handshake failed or timed out: %s", where, exc)
                 sock.close()
-                return
+                return None
         origins: list[Origin | None] | None = None
         if cfg.allow_origins is not None:
             # The hub's own pages (the dashboard) always may; so may clients
@@ -424,24 +435,31 @@ class HubServer:
         protocol = ServerProtocol(
             max_size=cfg.max_message_size, origins=origins, logger=_WIRE_LOGGER
         )
-        request = self._read_request(sock, protocol, where)
-        if request is None:
+        read = self._read_request(sock, protocol, where)
+        if read is None:
             sock.close()
-            return
+            return None
+        request, extra = read
         if request.headers.get("Upgrade", "").lower() != "websocket":
             self._send(sock, protocol, self._http(request))
             sock.close()
-            return
+            return None
         if self.refuse_if_full(where):
             self._send(sock, protocol, protocol.reject(503, "too many connections\n"))
             sock.close()
-            return
+            return None
         response = protocol.accept(request)
         self._send(sock, protocol, response)
         if response.status_code != 101:
             sock.close()
-            return
-        self.run_peer(sock, protocol, where)
+            return None
+        if extra or protocol.state is not State.OPEN:
+            return protocol  # bytes came after the request: the protocol has them
+        # A fresh protocol: the ServerProtocol's parser keeps the request
+        # (headers and all, over 2 KiB) for as long as it parses frames.
+        return Protocol(
+            SERVER, state=State.OPEN, max_size=cfg.max_message_size, logger=_WIRE_LOGGER
+        )
 
     def run_peer(
         self,
@@ -513,7 +531,10 @@ class HubServer:
 
     def _read_request(
         self, sock: socket.socket, protocol: ServerProtocol, where: str
-    ) -> Request | None:
+    ) -> tuple[Request, int] | None:
+        # The request, and how many bytes came after it (a client must wait
+        # for the 101 before it sends a frame: RFC 6455 section 4.1).
+        received = b""
         with Timeout(self.config.handshake_timeout, False):
             while True:
                 try:
@@ -522,10 +543,12 @@ class HubServer:
                     return None
                 if not data:
                     return None
+                received += data
                 protocol.receive_data(data)
                 for event in protocol.events_received():
                     if isinstance(event, Request):
-                        return event
+                        # websockets ends the request at its first empty line (CRLF only).
+                        return event, len(received) - received.find(b"\r\n\r\n") - 4
                 if protocol.handshake_exc is not None:
                     logger.info("%s: bad HTTP request: %s", where, protocol.handshake_exc)
                     self._send(sock, protocol, protocol.reject(400, "bad request\n"))

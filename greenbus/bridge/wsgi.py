@@ -17,7 +17,7 @@ listener, so it keeps their guarantees where gevent-websocket 0.10.1 is weak
 (measured here): close frames keep their status code, messages over
 ``max_message_size`` are refused with 1009 before being read, invalid UTF-8
 gets 1007, pings are answered while the app is busy, and a single writer
-greenlet owns the socket (no ``ConcurrentObjectUseError``).  See
+at a time owns the socket (no ``ConcurrentObjectUseError``).  See
 ``docs/transports.md``.
 """
 
