@@ -48,6 +48,7 @@ from websockets.typing import BytesLike
 from .._attrs import readonly
 from ..exceptions import EndOfChannel
 from .deadlines import Deadline, deadlines
+from .framing import TextFrameReader
 from .outbox import Outbox, OutboxState
 
 __all__ = ["Connection"]
@@ -140,6 +141,8 @@ class Connection:
         self._read_buffer = _read_buffer()
         self._recv_bytes = recv if recv is not None else self._recv_copy
         self.protocol = protocol
+        #: Reads the peer's whole text frames ahead of the protocol's parser.
+        self._frames = TextFrameReader(protocol)
         self.name = name
         self._on_text = on_text
         self._on_close = on_close
@@ -480,11 +483,7 @@ class Connection:
                 data = self._recv()
                 if data:
                     self.bytes_in += len(data)
-                    protocol.receive_data(data)
-                else:
-                    protocol.receive_eof()
-                for event in cast("list[Frame]", protocol.events_received()):
-                    self._handle(event)
+                self._receive(data)
                 if protocol.writes:  # pong, close: the writer must flush them
                     self._protocol_frames_pending()
                 if not data or protocol.state is State.CLOSED:
@@ -563,12 +562,7 @@ class Connection:
         protocol = self.protocol
         while protocol.state is not State.CLOSED:
             data = self._recv_raw()
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            for event in cast("list[Frame]", protocol.events_received()):
-                self._handle(event)
+            self._receive(data)
             if protocol.writes:
                 self._protocol_frames_pending()
             if not data:
@@ -577,6 +571,18 @@ class Connection:
             # the close timeout (a hub timer) could never fire.
             if len(data) >= YIELD_AFTER:
                 gevent.sleep(0)
+
+    def _receive(self, data: bytes) -> None:
+        # Feed what was read (b"": EOF) and handle what it completes, in
+        # stream order: whole texts read ahead of the protocol's parser
+        # (framing.py), and the protocol's own frames.
+        frames = self._frames
+        for item in frames.receive_data(data) if data else frames.receive_eof():
+            if type(item) is str:
+                self.received += 1
+                self._on_text(item)
+            else:
+                self._handle(cast("Frame", item))
 
     def _handle(self, frame: Frame) -> None:
         protocol = self.protocol

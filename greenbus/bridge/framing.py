@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol, State
+from websockets.protocol import Protocol, Side, State
 from websockets.streams import StreamReader
 
 try:
@@ -41,6 +41,8 @@ _WHOLE_TEXT = 0x80 | Opcode.TEXT.value
 _OPCODES = frozenset(opcode.value for opcode in Opcode)
 _AT_EOF = StreamReader.at_eof.__code__
 _PARSE = Protocol.parse.__code__
+#: The protocol's attributes the fast path reads.
+_STATE = ("current_size", "max_message_size", "max_fragment_size", "reader", "parser")
 
 
 class TextFrameReader:
@@ -51,10 +53,16 @@ class TextFrameReader:
             frames) with no extension.  Created once per connection.
     """
 
-    __slots__ = ("_protocol", "_tail")
+    __slots__ = ("_enabled", "_protocol", "_tail")
 
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
+        #: The fast path reads websockets' parser state (websockets 14 and
+        #: newer have these); with any of it missing, or on a client's
+        #: connection (unmasked frames), every byte goes to the protocol.
+        self._enabled = protocol.side is Side.SERVER and all(
+            hasattr(protocol, name) for name in _STATE
+        )
         #: The start of a frame whose end has not arrived (bytes received
         #: here and not yet handed to the protocol).
         self._tail = b""
@@ -151,7 +159,12 @@ class TextFrameReader:
         # buffered (it may start mid-frame: bytes that came with the
         # handshake) and would read it as this reader does.
         protocol = self._protocol
-        if protocol.state is not State.OPEN or protocol.reader.buffer or protocol.extensions:
+        if (
+            not self._enabled
+            or protocol.state is not State.OPEN
+            or protocol.reader.buffer
+            or protocol.extensions
+        ):
             return False
         # Its innermost generators: parse() waiting in at_eof() (not discard()).
         outer, parser = None, protocol.parser
