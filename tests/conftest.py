@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 import greenbus
 from greenbus import HubServer, RemoteBus
+from greenbus.federation._redis import GeventConnection
 
 # -- buses (tests/test_bus.py, tests/test_ordering.py) ------------------------
 
@@ -291,7 +293,7 @@ def remote_bus() -> Iterator[Callable[..., RemoteBus]]:
         remote.close(timeout=2)
 
 
-# -- Redis (tests/test_federation.py) ------------------------------------------
+# -- Redis (test_federation, test_publisher, test_redis_link) ---------------------------
 
 #: Debian's redis-server (CI installs it in .ci/run): the federation tests
 #: need a real server, never a fake, and fail without one.
@@ -418,6 +420,35 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_cli(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A redis-py client of the test's server (it reconnects by itself after a restart)."""
+    client = redis.Redis(
+        host="127.0.0.1", port=redis_server.port, socket_timeout=5, decode_responses=True
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_pools(redis_server: RedisServer) -> Iterator[Callable[..., redis.ConnectionPool]]:
+    """``make(url=None)``: a pool as a federation makes one (gevent sockets, the URL's
+    options; the test's server by default), for ``greenbus.federation._redis.Link``;
+    all disconnected afterwards."""
+    pools: list[redis.ConnectionPool] = []
+
+    def make(url: str | None = None) -> redis.ConnectionPool:
+        pool = redis.ConnectionPool.from_url(
+            url or redis_server.url, connection_class=GeventConnection, socket_connect_timeout=5
+        )
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.disconnect()
 
 
 # -- subscriptions, as the bus tests read them (test_bus, test_subscription, test_message) --

@@ -43,15 +43,6 @@ from waiting import wait_until
 import greenbus
 from greenbus import Bus, Federation, RemoteBus
 from greenbus.federation import Envelope, encode_envelope, redis_glob
-from greenbus.federation._redis import (
-    ReplyError,
-    RespProtocolError,
-    RespReader,
-    hiredis,
-    new_reader,
-    pack_command,
-    pack_publish,
-)
 
 PREFIX = "greenbus"
 NODE_SCRIPT = Path(__file__).with_name("fed_node.py")
@@ -62,16 +53,6 @@ Federated = Callable[..., tuple[Bus, Federation]]
 StartNodes = Callable[..., Any]
 
 # -- looking into Redis ----------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_cli(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A redis-py client of the test's server (it reconnects by itself after a restart)."""
-    client = redis.Redis(
-        host="127.0.0.1", port=redis_server.port, socket_timeout=5, decode_responses=True
-    )
-    yield client
-    client.close()
 
 
 def channels(r: redis.Redis) -> set[str]:
@@ -457,73 +438,6 @@ def test_glob_characters_in_the_literal_tokens_of_a_pattern_are_escaped(
 
 def test_glob_characters_in_the_prefix_of_a_pattern_are_escaped_too() -> None:
     assert redis_glob("tenant[1]", "sensors.*") == (r"tenant\[1\]:sensors.*", True)
-
-
-# -- RESP: what the federation sends Redis and parses back (pure) --------------------------
-
-#: Replies as Redis writes them, and what a parser gives back for each.
-REPLIES = [
-    (b"*3\r\n$7\r\nmessage\r\n$3\r\nx.y\r\n$2\r\nhi\r\n", [b"message", b"x.y", b"hi"]),
-    (
-        b"*4\r\n$8\r\npmessage\r\n$3\r\nx.*\r\n$3\r\nx.y\r\n$0\r\n\r\n",
-        [b"pmessage", b"x.*", b"x.y", b""],
-    ),
-    (b":42\r\n", 42),
-    (b"+OK\r\n", b"OK"),
-    (b"$-1\r\n", None),
-    (b"*2\r\n:1\r\n$7\r\nab:12:3\r\n", [1, b"ab:12:3"]),
-    (b"$4\r\na\r\nb\r\n", b"a\r\nb"),
-]
-
-
-def resp_readers() -> list[Any]:
-    readers: list[Any] = [pytest.param(RespReader, id="python")]
-    if hiredis is not None:
-        readers.append(pytest.param(new_reader, id="hiredis"))
-    return readers
-
-
-@pytest.mark.parametrize("make_reader", resp_readers())
-def test_replies_fed_one_byte_at_a_time_come_out_whole_and_in_order(
-    make_reader: Callable[[], Any],
-) -> None:
-    reader = make_reader()
-    got = []
-    for byte in b"".join(wire for wire, _ in REPLIES):
-        reader.feed(bytes([byte]))
-        while (reply := reader.gets()) is not False:
-            got.append(reply)
-    assert got == [value for _, value in REPLIES]
-
-
-@pytest.mark.parametrize("make_reader", resp_readers())
-def test_an_error_reply_is_returned_as_a_reply_error_not_raised(
-    make_reader: Callable[[], Any],
-) -> None:
-    reader = make_reader()
-    line = b"-NOSCRIPT No matching script\r\n"
-    reader.feed(bytearray(b"xx" + line + b":1\r\n"), 2, len(line))  # a slice of a buffer
-    error = reader.gets()
-    assert isinstance(error, ReplyError) and str(error) == "NOSCRIPT No matching script"
-    assert reader.gets() is False  # the rest was not fed
-    reader.feed(b":1\r\n")
-    assert reader.gets() == 1
-
-
-@pytest.mark.parametrize("make_reader", resp_readers())
-def test_bytes_that_are_not_resp_are_a_protocol_error(make_reader: Callable[[], Any]) -> None:
-    reader = make_reader()
-    reader.feed(b"?what\r\n")
-    with pytest.raises(RespProtocolError):
-        reader.gets()
-
-
-def test_packed_commands_are_what_redis_py_sends() -> None:
-    packer = redis.Connection().pack_command
-    args: tuple[str | bytes | int, ...] = ("EVALSHA", "ab", 4, b"\xff\x00 \r\n", "caf\u00e9")
-    assert pack_command(*args) == b"".join(packer(*args))
-    payload = encode_envelope(Envelope("n/0", 1, 1.5, "x.y", "d\u00e9"))
-    assert pack_publish("p:x.y", payload) == pack_command("PUBLISH", "p:x.y", payload)
 
 
 # -- what a node asks Redis for -------------------------------------------------------------
@@ -994,64 +908,6 @@ def test_a_subscribed_node_quiet_for_longer_than_the_urls_socket_timeout_stays_c
     a_bus.emit("calm.a", "still here")
     assert sub.get(timeout=5).data == "still here"
     assert b.stats().reconnects == 0
-
-
-def test_with_history_a_node_reloads_the_script_redis_forgot_and_publishes_once(
-    federated: Federated, redis_cli: redis.Redis
-) -> None:
-    b_bus, _ = federated("b", history=10)
-    sub = b_bus.subscribe("kept.a", maxsize=None)
-    wait_subscribed(redis_cli, "kept.a")
-    a_bus, a = federated("a", history=10)
-    a_bus.emit("kept.a", 1)
-    assert sub.get(timeout=5).data == 1
-    redis_cli.script_flush()  # its EVALSHA now gets NOSCRIPT: load, send again
-    a_bus.emit("kept.a", 2)
-    a_bus.emit("kept.a", 3)
-    assert [sub.get(timeout=5).data for _ in range(2)] == [2, 3]
-    wait_published(a, 3)
-    stats = a.stats()
-    assert (stats.script_errors, stats.duplicates_dropped, stats.reconnects) == (0, 0, 0)
-    assert redis_cli.xlen(f"{PREFIX}:stream:kept.a") == 3
-
-
-def test_a_message_sent_at_once_then_pushed_out_of_a_full_queue_is_published_not_dropped(
-    federated: Federated, redis_cli: redis.Redis
-) -> None:
-    b_bus, _ = federated("b")
-    sub = b_bus.subscribe("burst.a", maxsize=None)
-    wait_subscribed(redis_cli, "burst.a")
-    a_bus, a = federated("a", max_pending=2)
-    a_bus.emit("burst.a", "warm")
-    assert sub.get(timeout=5).data == "warm"
-    wait_published(a, 1)  # the writer waits for more, its connection open
-    # Without a yield: 0, alone in the queue, goes out from emit at once;
-    # 2 pushes it out of the full queue, though it is on its way.
-    for n in range(3):
-        a_bus.emit("burst.a", n)
-    assert [sub.get(timeout=5).data for _ in range(3)] == [0, 1, 2]
-    wait_published(a, 4)
-    stats = a.stats()
-    assert (stats.dropped, stats.outbound_pending, stats.reconnects) == (0, 0, 0)
-
-
-def test_a_message_bigger_than_the_socket_takes_at_once_arrives_whole_in_order(
-    federated: Federated, redis_cli: redis.Redis
-) -> None:
-    b_bus, _ = federated("b")
-    sub = b_bus.subscribe("big.a", maxsize=None)
-    wait_subscribed(redis_cli, "big.a")
-    a_bus, a = federated("a")
-    a_bus.emit("big.a", "warm")
-    assert sub.get(timeout=5).data == "warm"
-    wait_published(a, 1)
-    big = "x" * 6_000_000  # more than a loopback socket's largest send buffer
-    a_bus.emit("big.a", big)  # emit writes what the socket takes, the writer the rest
-    a_bus.emit("big.a", "after")
-    assert sub.get(timeout=10).data == big
-    assert sub.get(timeout=5).data == "after"
-    wait_published(a, 3)
-    assert a.stats().reconnects == 0
 
 
 # -- statistics -----------------------------------------------------------------------
