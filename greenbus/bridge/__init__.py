@@ -3,7 +3,7 @@
 Each transport is a thin driver around the sans-I/O :mod:`greenbus.protocol`
 and the ``websockets`` library's sans-I/O protocol objects:
 
-* :mod:`.connection`: one WebSocket connection, one reader and one writer greenlet;
+* :mod:`.connection`: one WebSocket connection: a reader, and a writer while there is work;
 * :mod:`.peer`: one remote peer attached to a bus (protocol events -> bus calls);
 * :mod:`.server`: the hub (``greenbus.serve``), with ``/health`` and ``/metrics``;
 * :mod:`.client`: ``greenbus.connect``, a :class:`RemoteBus`.
