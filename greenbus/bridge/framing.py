@@ -1,19 +1,22 @@
-"""A server's text frames read ahead of ``websockets``' parser, sans-I/O.
+"""Whole text frames read ahead of ``websockets``' parser, sans-I/O.
 
 A client floods the hub with small, complete, unfragmented, masked text
-frames (RFC 6455, section 5.2).  ``websockets``' ``ServerProtocol`` parses
-each through a chain of generators and builds a ``Frame`` for it; for those
-frames, :class:`TextFrameReader` reads the header, unmasks the payload with
-``websockets``' own ``apply_mask`` (its C speedup) and decodes it as UTF-8,
-straight from the bytes received.  Everything else goes to the protocol
-object, which stays the one authority on the connection:
+frames, and the hub floods each client with unmasked ones (RFC 6455,
+section 5.2; 5.1: a client masks every frame, a server none).
+``websockets``' protocol object parses each through a chain of generators
+and builds a ``Frame`` for it; for those frames, :class:`TextFrameReader`
+reads the header, unmasks the payload on a server with ``websockets``' own
+``apply_mask`` (its C speedup) and decodes it as UTF-8, straight from the
+bytes received.  Everything else goes to the protocol object, which stays
+the one authority on the connection:
 
 - a control frame, a fragment, a continuation, a frame with a reserved bit,
   a text that is not valid UTF-8: handed to it whole, exactly one frame at
   a time, so its parser is at a frame boundary again when it returns;
-- a header it would refuse (unknown opcode, no mask, over the size limit),
-  or anything once the connection is no longer OPEN: handed to it with all
-  that follows, as it would have been without this reader.
+- a header it would refuse (unknown opcode, masked the wrong way for its
+  side, over the size limit), or anything once the connection is no longer
+  OPEN: handed to it with all that follows, as it would have been without
+  this reader.
 
 The protocol object therefore sees every frame it would have seen, whole or
 as a prefix of the stream, and its events come back in stream order, among
@@ -46,23 +49,29 @@ _STATE = ("current_size", "max_message_size", "max_fragment_size", "reader", "pa
 
 
 class TextFrameReader:
-    """Reads the client's whole text frames itself, and the rest through ``protocol``.
+    """Reads the peer's whole text frames itself, and the rest through ``protocol``.
 
     Args:
-        protocol: a server's ``websockets`` protocol object (it expects masked
-            frames) with no extension.  Created once per connection.
+        protocol: a ``websockets`` protocol object with no extension: a
+            server's (it reads masked frames) or a client's (unmasked ones).
+            Created once per connection.
     """
 
-    __slots__ = ("_enabled", "_protocol", "_tail")
+    __slots__ = ("_enabled", "_head_size", "_mask_bit", "_protocol", "_tail")
 
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
         #: The fast path reads websockets' parser state (websockets 14 and
-        #: newer have these); with any of it missing, or on a client's
-        #: connection (unmasked frames), every byte goes to the protocol.
-        self._enabled = protocol.side is Side.SERVER and all(
-            hasattr(protocol, name) for name in _STATE
-        )
+        #: newer have these); with any of it missing, every byte goes to
+        #: the protocol.
+        self._enabled = all(hasattr(protocol, name) for name in _STATE)
+        #: The frames' MASK bit as this side's parser requires it (RFC 6455,
+        #: 5.1): a server reads only masked frames, a client only unmasked
+        #: ones; and the bytes before a payload with a 7-bit length (the
+        #: header, and a server's 4-byte masking key).
+        masked = protocol.side is Side.SERVER
+        self._mask_bit = 0x80 if masked else 0
+        self._head_size = 6 if masked else 2
         #: The start of a frame whose end has not arrived (bytes received
         #: here and not yet handed to the protocol).
         self._tail = b""
@@ -83,13 +92,15 @@ class TextFrameReader:
             return protocol.events_received()  # type: ignore[return-value]
         out: list[Any] = []
         limit = _size_limit(protocol)
+        mask_bit = self._mask_bit
+        head_size = self._head_size
         end = len(data)
         pos = 0
         while end - pos >= 2:
             first = data[pos]
             second = data[pos + 1]
             length = second & 0x7F
-            start = pos + 6  # 2 bytes of header, 4 of mask
+            start = pos + head_size
             if length >= 126:
                 if length == 126:
                     start += 2
@@ -97,15 +108,15 @@ class TextFrameReader:
                 else:
                     start += 8
                     length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                if end - pos < start - pos - 4:  # the length is not all here yet
-                    if _refused_early(first, second):
+                if end < start - head_size + 2:  # the length is not all here yet
+                    if _refused_early(first, second, mask_bit):
                         break
                     self._tail = data[pos:]
                     return out
             stop = start + length
             if (
                 first == _WHOLE_TEXT
-                and second & 0x80
+                and second & 0x80 == mask_bit
                 and length <= limit
                 and protocol.state is State.OPEN
                 and protocol.current_size is None
@@ -113,7 +124,9 @@ class TextFrameReader:
                 if stop > end:
                     self._tail = data[pos:]
                     return out
-                payload = apply_mask(data[start:stop], data[start - 4 : start])
+                payload = data[start:stop]
+                if mask_bit:
+                    payload = apply_mask(payload, data[start - 4 : start])
                 try:
                     out.append(payload.decode())
                 except UnicodeDecodeError:
@@ -123,7 +136,7 @@ class TextFrameReader:
                     continue
             elif (
                 protocol.state is not State.OPEN
-                or _refused_early(first, second)
+                or _refused_early(first, second, mask_bit)
                 or length > _size_limit(protocol)
             ):
                 break  # the protocol refuses it (or discards): all of it, as it would
@@ -176,10 +189,11 @@ class TextFrameReader:
         )
 
 
-def _refused_early(first: int, second: int) -> bool:
+def _refused_early(first: int, second: int, mask_bit: int) -> bool:
     # What websockets refuses from the first two bytes: an unknown opcode or
-    # a frame that is not masked (RFC 6455, 5.1: a client masks every frame).
-    return (first & 0x0F) not in _OPCODES or not second & 0x80
+    # a frame masked the wrong way for this side (RFC 6455, 5.1: a client
+    # masks every frame, a server none).
+    return (first & 0x0F) not in _OPCODES or second & 0x80 != mask_bit
 
 
 def _size_limit(protocol: Protocol) -> int:
