@@ -1,7 +1,7 @@
-"""The two hot frames decoded in C (msgspec); the pure parser stays the reference.
+"""The hot frames decoded and written in C (msgspec); the pure codec stays the reference.
 
-A client's ``pub`` (what the hub reads most) and a hub's ``msg`` (what a
-client reads most) are decoded and validated in one C call, against
+A client's ``pub`` (what the hub reads most) and a hub's ``msg`` and
+``ack`` (what a client reads most) are decoded and validated in one C call, against
 :class:`msgspec.Struct` types that mirror docs/protocol.schema.json.  This
 path may only *accept*: it returns the very event the pure parser in
 :mod:`greenbus.protocol` would, or None whenever it is not sure, and the
@@ -17,9 +17,16 @@ parser:
   be UTF-8 (msgspec reads the text as UTF-8);
 - any ``\\uD800``-``\\uDFFF`` escape, even a valid pair (the pure parser
   refuses a lone one);
-- more brackets than ``max_depth`` (so nesting can never be too deep here);
+- more brackets than ``max_depth`` (strings' included) in a frame whose
+  data or headers hold a container (so nesting can never be too deep here:
+  a frame whose data and headers hold none is one level deep);
 - a topic or ``reply_to`` that :func:`~greenbus.topics.validate_cached`
   refuses; a text that is not exactly a ``str``.
+
+The other way, a ``msg`` body (the hub's, once per message) and a client's
+``pub`` frame are written in C when their values are plain JSON, as the
+very bytes json.dumps writes (:func:`msg_body`, :func:`pub_frame`), or not
+at all.
 
 ``GREENBUS_PURE_PYTHON=1`` in the environment (read once, at import) turns
 this path off: every frame then goes through the pure parser.
@@ -38,9 +45,17 @@ from msgspec import UNSET, UnsetType
 from .topics import validate_cached
 
 if TYPE_CHECKING:
-    from .protocol import Msg, Pub
+    from .protocol import Ack, Msg, Pub
 
-__all__ = ["PURE_PYTHON", "msg_body", "msg_decoder", "pub_decoder"]
+__all__ = [
+    "PURE_PYTHON",
+    "MsgFrame",
+    "client_decoder",
+    "msg_body",
+    "msg_decoder",
+    "pub_decoder",
+    "pub_frame",
+]
 
 #: Set from ``GREENBUS_PURE_PYTHON`` at import: True turns the C path off.
 PURE_PYTHON = os.environ.get("GREENBUS_PURE_PYTHON", "") not in ("", "0")
@@ -65,6 +80,18 @@ class _MsgFrame(msgspec.Struct, tag="msg", tag_field="op", forbid_unknown_fields
     reply_to: str | None = None
     pos: str | None = None
     id: str | int | float | UnsetType = UNSET  # allowed, not kept
+
+
+class _AckFrame(msgspec.Struct, tag="ack", tag_field="op", forbid_unknown_fields=True):
+    id: str | int | float
+    pos: str | None = None
+    recovered: bool | None = None
+
+
+#: What :func:`client_decoder` returns for a ``msg``: its fields, as a
+#: :class:`~greenbus.protocol.Msg` has them (``sid``, ``topic``, ``data``,
+#: ``headers``, ``reply_to``, ``pos``).
+MsgFrame = _MsgFrame
 
 
 class _Other(msgspec.Struct, tag="\x00", tag_field="op"):
@@ -93,16 +120,20 @@ def pub_decoder(pub: type[Pub]) -> Callable[[str, int], Pub | None]:
     surrogate = _SURROGATE_ESCAPE.search
 
     def decode_pub(text: str, max_depth: int) -> Pub | None:
-        if (
-            type(text) is not str
-            or text.count("{") + text.count("[") > max_depth
-            or ("\\u" in text and surrogate(text) is not None)
-        ):
+        if type(text) is not str or ("\\u" in text and surrogate(text) is not None):
             return None
         try:
             frame = decode(text)
             if type(frame) is not _PubFrame:
                 return None
+            data = frame.data
+            if (
+                frame.headers is not None
+                or type(data) is dict
+                or type(data) is list
+                or max_depth < 1
+            ) and text.count("{") + text.count("[") > max_depth:
+                return None  # perhaps too deep (see the module doc)
             topic = validate_cached(frame.topic)
             reply_to = frame.reply_to
             if reply_to is not None:
@@ -135,11 +166,7 @@ def msg_decoder(msg: type[Msg]) -> Callable[[str, int], Msg | None]:
     surrogate = _SURROGATE_ESCAPE.search
 
     def decode_msg(text: str, max_depth: int) -> Msg | None:
-        if (
-            type(text) is not str
-            or text.count("{") + text.count("[") > max_depth
-            or ("\\u" in text and surrogate(text) is not None)
-        ):
+        if type(text) is not str or ("\\u" in text and surrogate(text) is not None):
             return None
         try:
             frame = decode(text)
@@ -147,6 +174,11 @@ def msg_decoder(msg: type[Msg]) -> Callable[[str, int], Msg | None]:
             return None
         if type(frame) is not _MsgFrame:
             return None
+        data = frame.data
+        if (
+            frame.headers is not None or type(data) is dict or type(data) is list or max_depth < 1
+        ) and text.count("{") + text.count("[") > max_depth:
+            return None  # perhaps too deep (see the module doc)
         event = new(msg)
         set_sid(event, frame.sid)
         set_topic(event, frame.topic)
@@ -157,6 +189,48 @@ def msg_decoder(msg: type[Msg]) -> Callable[[str, int], Msg | None]:
         return event
 
     return decode_msg
+
+
+def client_decoder(ack: type[Ack]) -> Callable[[str, int], MsgFrame | Ack | None]:
+    """A client's decoder of what a hub sends most: a ``msg`` or an ``ack``.
+
+    A ``msg`` comes back as its :class:`MsgFrame` (the fields of the
+    :class:`~greenbus.protocol.Msg` that ``parse_server(text, max_depth=...)``
+    returns, unbuilt: a client only reads them), an ``ack`` as the very
+    :class:`~greenbus.protocol.Ack` it returns; None for every other text
+    and whenever unsure (see the module doc), to go to ``parse_server``.
+    """
+    decode = msgspec.json.Decoder(_MsgFrame | _AckFrame | _Other).decode
+    new = object.__new__
+    set_id, set_pos, set_recovered = _setters(ack, ("id", "pos", "recovered"))
+    surrogate = _SURROGATE_ESCAPE.search
+
+    def decode_server(text: str, max_depth: int) -> MsgFrame | Ack | None:
+        if type(text) is not str or ("\\u" in text and surrogate(text) is not None):
+            return None
+        try:
+            frame: _MsgFrame | _AckFrame | _Other = decode(text)
+        except Exception:  # unsure: the pure parser names the problem
+            return None
+        if type(frame) is _MsgFrame:
+            data = frame.data
+            if (
+                frame.headers is not None
+                or type(data) is dict
+                or type(data) is list
+                or max_depth < 1
+            ) and text.count("{") + text.count("[") > max_depth:
+                return None  # perhaps too deep (see the module doc)
+            return frame
+        if type(frame) is not _AckFrame or max_depth < 1:
+            return None
+        event = new(ack)
+        set_id(event, frame.id)
+        set_pos(event, frame.pos)
+        set_recovered(event, frame.recovered)
+        return event
+
+    return decode_server
 
 
 # -- encoding -----------------------------------------------------------------------------------
@@ -240,3 +314,31 @@ def msg_body(
     except Exception:  # unsure (a lone surrogate: no UTF-8): json.dumps decides
         return None
     return body + b"}"
+
+
+def pub_frame(
+    topic: str, data: Any, headers: Mapping[str, Any] | None, reply_to: str | None, id: int
+) -> bytes | None:
+    """The UTF-8 of ``encode(Pub(topic, data, headers, reply_to, id))``, written in C.
+
+    The same text as json.dumps writes (``headers`` left out only when None,
+    as :func:`~greenbus.protocol.encode` does).  None when unsure, as
+    :func:`msg_body`; and for an ``id`` that is not exactly an ``int``.
+    """
+    if (
+        type(topic) is not str
+        or type(id) is not int
+        or not _plain(data)
+        or (headers is not None and (type(headers) is not dict or not _plain(headers)))
+        or (reply_to is not None and type(reply_to) is not str)
+    ):
+        return None
+    try:
+        frame = b'{"op":"pub","topic":' + _encode(topic) + b',"data":' + _encode(data)
+        if headers is not None:
+            frame += b',"headers":' + _encode(headers)
+        if reply_to is not None:
+            frame += b',"reply_to":' + _encode(reply_to)
+        return frame + b',"id":' + _encode(id) + b"}"
+    except Exception:  # unsure (a lone surrogate: no UTF-8): json.dumps decides
+        return None

@@ -60,6 +60,7 @@ __all__ = [
     "encode",
     "encode_msg",
     "encode_msg_body",
+    "encode_msg_body_utf8",
     "is_position",
     "msg_prefix",
     "msg_with_pos",
@@ -646,6 +647,28 @@ def encode_msg_body(
         body = _fast_body(topic, data, headers, reply_to)
         if body is not None:
             return body.decode()
+    return _msg_body_text(topic, data, headers, reply_to)
+
+
+def encode_msg_body_utf8(
+    topic: str, data: Any, headers: Mapping[str, Any] | None, reply_to: str | None
+) -> bytes:
+    """The UTF-8 of :func:`encode_msg_body` (the hub's, written once, as bytes).
+
+    Raises:
+        LocalProtocolError: not JSON-serialisable, or a lone surrogate (no UTF-8).
+    """
+    if _fast_body is not None:
+        body = _fast_body(topic, data, headers, reply_to)
+        if body is not None:
+            return body
+    try:
+        return _msg_body_text(topic, data, headers, reply_to).encode()
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"cannot encode msg on {topic!r}: {exc}") from None
+
+
+def _msg_body_text(topic: str, data: Any, headers: Any, reply_to: str | None) -> str:
     out: dict[str, Any] = {"topic": topic, "data": data}
     if headers:
         out["headers"] = headers

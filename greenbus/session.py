@@ -247,10 +247,14 @@ class HubSession:
             recovered: for a ``sub`` with ``since``: whether the gap was
                 replayed (the replay follows the ack).
         """
-        if event.id is not None:
+        id_ = event.id
+        if type(id_) is int and pos is None and recovered is None:
+            # A pub's ack (one per pub of a v2 client), as encode() writes it.
+            self.outbox.append(f'{{"op":"ack","id":{id_}}}')
+        elif id_ is not None:
             if self.version < 2:
                 pos = recovered = None
-            self.outbox.append(encode(Ack(event.id, pos, recovered)))
+            self.outbox.append(encode(Ack(id_, pos, recovered)))
 
     def reject(self, code: ErrorCode, reason: str, id: Id | None = None) -> None:
         """Queue an ``error``; close with 1008 once the peer exceeds max_errors."""

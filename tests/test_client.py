@@ -434,3 +434,45 @@ def test_close_from_another_thread_raises_wrong_thread_and_leaves_the_client_wor
     assert remote.connected
     remote.close(timeout=5)
     wait_until(lambda: not hub.peers and hub.bus.interest() == [], 5, "the hub to forget it")
+
+
+# -- the codec: C or pure, the same messages -------------------------------------------------
+
+SHAPES = [
+    (None, None, None),
+    (0, {"k": "v"}, None),
+    (-(2**70), None, "_INBOX.shape"),
+    (1.5, {}, None),
+    (1e16, None, None),  # json.dumps writes 1e+16: the pure codec writes it
+    ('é\u2028\x00"\\', None, None),
+    ({"a": [1, {"b": None}], "c": True, "[": "{"}, {"h": [1.0]}, "r.x"),
+    (list(range(300)), None, None),  # past the C path's budget
+    ([[[[[[[[1]]]]]]]], None, None),
+]
+
+
+@pytest.mark.parametrize("c", [True, False], ids=["c", "pure"])
+def test_every_shape_of_message_goes_through_the_hub_alike_with_either_codec(
+    hub: greenbus.HubServer,
+    clients: Callable[..., RemoteBus],
+    monkeypatch: pytest.MonkeyPatch,
+    c: bool,
+) -> None:
+    if not c:
+        monkeypatch.setattr(greenbus.bridge.client, "_fast_frame", None)
+        monkeypatch.setattr(greenbus.bridge.client, "_fast_pub", None)
+    remote = clients(hub.url)
+    local = hub.bus.subscribe("shape.>", maxsize=None)
+    back = remote.subscribe("shape.>", maxsize=None)
+    wait_until(lambda: len(hub.bus.interest()) == 1, 5, "the remote subscription")
+    for n, (data, headers, reply_to) in enumerate(SHAPES):
+        remote.publish(f"shape.{n}", data, headers=headers, reply_to=reply_to, timeout=5)
+    for n, (data, headers, reply_to) in enumerate(SHAPES):
+        for msg in (local.get(timeout=5), back.get(timeout=5)):
+            assert (msg.topic, repr(msg.data), msg.headers or None, msg.reply_to) == (
+                f"shape.{n}",
+                repr(data),
+                headers or None,
+                reply_to,
+            )
+    assert remote.statistics().unconfirmed == 0

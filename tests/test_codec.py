@@ -31,6 +31,7 @@ from greenbus import _codec
 from greenbus.exceptions import LocalProtocolError, RemoteProtocolError
 from greenbus.protocol import (
     DEFAULT_MAX_DEPTH,
+    Ack,
     ErrorCode,
     Msg,
     Pub,
@@ -445,6 +446,130 @@ def test_greenbus_pure_python_turns_the_c_decoders_off_at_import(value, pure):
     if value is not None:
         env["GREENBUS_PURE_PYTHON"] = value
     code = "import greenbus.protocol as p; print(p._fast_pub is None, p._fast_msg is None)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, check=True
+    )
+    assert out.stdout.split() == [str(pure).encode()] * 2
+
+
+# -- a client's decoder: msg and ack -----------------------------------------------------------
+
+fast_server = _codec.client_decoder(Ack)
+
+
+def msg_of(frame: Any) -> Msg:
+    """The Msg with a MsgFrame's fields."""
+    return Msg(frame.sid, frame.topic, frame.data, frame.headers, frame.reply_to, frame.pos)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(frame_texts("msg"), depths)
+def test_the_client_decoder_gives_a_msgs_fields_only_where_the_pure_parser_accepts_it(text, depth):
+    expected = pure_outcome(parse_server, text, max_depth=depth)
+    frame = fast_server(text, depth)
+    if frame is not None:
+        assert type(frame) is _codec.MsgFrame
+        assert ("event", repr(msg_of(frame))) == expected
+
+
+@st.composite
+def ack_texts(draw: Any) -> str:
+    """An ack's text: its fields (id first or not), sometimes wrong ones, repeated, or none."""
+    values = {
+        "id": VALUES["id"] | st.sampled_from(["true", "null", "{}", "1e999", '"\\ud800"', "-0"]),
+        "pos": VALUES["pos"] | st.sampled_from(['"x"', "[]"]),
+        "recovered": st.sampled_from(["true", "false", "null", "1", '"true"']),
+        "extra": st.just("1"),
+        "op": st.sampled_from(['"ack"', '"msg"', '"ping"', "1"]),
+    }
+    keys = draw(st.lists(st.sampled_from(list(values)), max_size=5))
+    fields = draw(st.permutations(['"op":"ack"', *(f'"{k}":{draw(values[k])}' for k in keys)]))
+    return "{" + draw(st.sampled_from([",", ", "])).join(fields) + "}"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ack_texts(), depths | st.just(0))
+@example('{"op":"ack","id":7}', DEFAULT_MAX_DEPTH)
+@example('{"op":"ack","id":"s1","pos":"ab:1:2","recovered":false}', DEFAULT_MAX_DEPTH)
+@example('{"op":"ack","id":7}', 0)
+def test_the_client_decoder_gives_an_ack_only_where_the_pure_parser_gives_the_same(text, depth):
+    expected = pure_outcome(parse_server, text, max_depth=depth)
+    event = fast_server(text, depth)
+    if event is not None:
+        assert type(event) is Ack
+        assert ("event", repr(event)) == expected
+    if text in ('{"op":"ack","id":7}', '{"op":"ack","id":"s1","pos":"ab:1:2","recovered":false}'):
+        assert (event is None) == (depth == 0)  # the C path took it (depth 0 refuses all)
+
+
+def test_the_client_decoder_leaves_every_other_frame_to_parse_server():
+    for text in (
+        '{"op":"welcome","protocol":2,"server":"s","peer":"p"}',
+        '{"op":"error","code":"forbidden","reason":"no","id":1}',
+        '{"op":"pong"}',
+        '{"op":"pub","topic":"a"}',
+        '{"op":"ack","id":1,"pos":"\\ud83d\\ude00"}',
+        b'{"op":"ack","id":1}',
+    ):
+        assert fast_server(text, DEFAULT_MAX_DEPTH) is None  # type: ignore[arg-type]
+
+
+def test_brackets_in_strings_no_longer_send_a_flat_frame_to_the_pure_parser():
+    # A frame whose data and headers hold no container is one level deep.
+    text = '{"op":"pub","topic":"a","data":"[[[[{{{{"}'
+    assert fast_pub(text, 2) == Pub("a", "[[[[{{{{")
+    assert fast_pub(text, 0) is None
+    msg = '{"op":"msg","sid":1,"topic":"a","data":"[[[[","reply_to":"r"}'
+    assert fast_msg(msg, 1) == Msg(1, "a", "[[[[", reply_to="r")
+    assert fast_msg('{"op":"msg","sid":1,"topic":"a","headers":{}}', 1) is None
+    assert parse_server(msg, max_depth=1) == Msg(1, "a", "[[[[", reply_to="r")
+
+
+# -- encoding: a client's pub frame -------------------------------------------------------------
+
+
+def pure_pub_frame(*args: Any) -> tuple[Any, ...]:
+    """What the pure codec makes of a pub: its UTF-8 frame, or that it refused."""
+    try:
+        return ("frame", protocol.encode(Pub(*args)).encode())
+    except LocalProtocolError:
+        return ("refused",)
+    except UnicodeEncodeError:
+        return ("no utf-8",)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    python_values,
+    st.none() | st.dictionaries(st.text(max_size=3), python_values, max_size=3),
+    st.none() | st.just("_INBOX.r"),
+    st.integers() | st.booleans() | st.none() | st.just("s"),
+)
+@example(None, {}, None, 1)
+@example('é\u2028\x7f\x00"\\', None, "r", 2**70)
+def test_the_c_pub_frame_is_the_text_json_dumps_writes_or_none(data, headers, reply_to, id_):
+    frame = _codec.pub_frame("a.b", data, headers, reply_to, id_)
+    expected = pure_pub_frame("a.b", data, headers, reply_to, id_)
+    if frame is not None:
+        assert ("frame", frame) == expected
+    elif type(id_) is int and expected[0] == "frame":
+        # The C path declines plain JSON only for the values the module doc names.
+        assert not _codec._plain(data) or not _codec._plain(headers or {})
+
+
+@pytest.mark.parametrize("data", MSGSPEC_WRITES.values(), ids=MSGSPEC_WRITES.keys())
+def test_a_pub_of_what_json_dumps_would_refuse_or_write_otherwise_is_left_to_it(data):
+    assert _codec.pub_frame("a", data, None, None, 1) is None
+    assert _codec.pub_frame("a", 1, {"h": data}, None, 1) is None
+
+
+@pytest.mark.parametrize(("value", "pure"), [(None, False), ("1", True)])
+def test_greenbus_pure_python_turns_the_clients_c_paths_off_at_import(value, pure):
+    env = child_env()
+    env.pop("GREENBUS_PURE_PYTHON", None)
+    if value is not None:
+        env["GREENBUS_PURE_PYTHON"] = value
+    code = "import greenbus.bridge.client as c; print(c._fast_frame is None, c._fast_pub is None)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, check=True
     )

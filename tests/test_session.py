@@ -282,6 +282,16 @@ def test_ack_is_sent_only_for_an_event_with_an_id(text):
     assert sent(session) == []
 
 
+@pytest.mark.parametrize("id_", [0, 7, -3, 2**70, "7", 1.5])
+@pytest.mark.parametrize(("pos", "recovered"), [(None, None), ("ab:1:2", None), ("ab:1:2", True)])
+def test_an_ack_is_the_text_encode_writes_whatever_its_id_and_fields(id_, pos, recovered):
+    session = anonymous()
+    session.receive('{"op":"hello","protocol":2}')
+    session.take_outbox()
+    session.ack(Sub(1, "a", id_), pos=pos, recovered=recovered)
+    assert session.take_outbox() == [protocol.encode(protocol.Ack(id_, pos, recovered))]
+
+
 def test_frames_leave_the_outbox_in_the_order_they_were_queued():
     session = anonymous()
     session.receive('{"op":"ping","id":1}')

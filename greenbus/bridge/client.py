@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _codec
+from .._codec import MsgFrame
 from .._options import check_int, check_timeout, check_type
 from .._portal import get_ident
 from ..bus import check_extras
@@ -51,11 +53,13 @@ from ..exceptions import (
 from ..history import Position
 from ..message import Message, message_class
 from ..protocol import (
+    DEFAULT_MAX_DEPTH,
     Ack,
     Error,
     Hello,
     Msg,
     Pub,
+    ServerEvent,
     Sub,
     Unsub,
     Welcome,
@@ -63,7 +67,7 @@ from ..protocol import (
     parse_server,
 )
 from ..subscription import Subscription
-from ..topics import validate_pattern, validate_topic
+from ..topics import validate_cached, validate_pattern
 from .connection import Connection
 from .reconnect import ClientState, Reconnecting
 from .resume import Positions, Unconfirmed
@@ -71,6 +75,12 @@ from .resume import Positions, Unconfirmed
 __all__ = ["ClientState", "ClientStatistics", "RemoteBus", "RemoteError", "connect"]
 
 logger = logging.getLogger("greenbus.bridge.client")
+
+#: What the hub sends most (``msg``, ``ack``) decoded in C, and a ``pub``
+#: frame written in C (:mod:`greenbus._codec`); None with
+#: ``GREENBUS_PURE_PYTHON=1``: the pure codec alone.  Tests swap them.
+_fast_frame = None if _codec.PURE_PYTHON else _codec.client_decoder(Ack)
+_fast_pub = None if _codec.PURE_PYTHON else _codec.pub_frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,17 +318,19 @@ class RemoteBus(Reconnecting):
         # bus checks it: the same exceptions for the same mistakes.  Each pub
         # carries its number in the session as its id.
         self._check_open("emit()")
-        validate_topic(topic)
+        validate_cached(topic)  # the same refusals as validate_topic's; successes remembered
         extras, reply_to = check_extras(headers, reply_to)
         number = self._unconfirmed.number()
-        text = encode(Pub(topic, data, extras, reply_to, number))
-        try:
-            frame = text.encode()
-        except UnicodeEncodeError as exc:
-            raise LocalProtocolError(
-                f"cannot encode pub on {topic!r}: a lone surrogate "
-                f"{exc.object[exc.start : exc.end]!r} is not text UTF-8 can carry"
-            ) from None
+        frame = None if _fast_pub is None else _fast_pub(topic, data, extras, reply_to, number)
+        if frame is None:
+            text = encode(Pub(topic, data, extras, reply_to, number))
+            try:
+                frame = text.encode()
+            except UnicodeEncodeError as exc:
+                raise LocalProtocolError(
+                    f"cannot encode pub on {topic!r}: a lone surrogate "
+                    f"{exc.object[exc.start : exc.end]!r} is not text UTF-8 can carry"
+                ) from None
         if len(frame) > self._max_message_size:
             raise MessageTooBig(len(frame), self._max_message_size)
         return number, frame
@@ -491,23 +503,27 @@ class RemoteBus(Reconnecting):
 
     def _on_text(self, text: str) -> None:
         # The reader greenlet: route each msg to its subscription's channel.
-        try:
-            event = parse_server(text)
-        except RemoteProtocolError as exc:
-            logger.error("%s: the hub sent an invalid frame: %s", self.name, exc)
-            self._call_hook(exc, None, None)
-            return
-        if isinstance(event, Msg):
+        event: ServerEvent | MsgFrame | None = None
+        if _fast_frame is not None:
+            event = _fast_frame(text, DEFAULT_MAX_DEPTH)
+        if event is None:
+            try:
+                event = parse_server(text)
+            except RemoteProtocolError as exc:
+                logger.error("%s: the hub sent an invalid frame: %s", self.name, exc)
+                self._call_hook(exc, None, None)
+                return
+        if isinstance(event, (MsgFrame, Msg)):
             self._received += 1
             sid: Any = event.sid
             sub = self._subs.get(sid)
             if sub is None:
                 return  # unsubscribed while it was in flight
-            if event.pos is not None:
-                self._positions.received(sid, event.pos)
-            item = (event.topic, event.data, event.headers, event.reply_to)
+            pos = event.pos
+            if pos is not None:
+                self._positions.received(sid, pos)
             try:
-                sub.put(item)
+                sub.put((event.topic, event.data, event.headers, event.reply_to))
             except ChannelFull:
                 self._dropped_receive += 1
             except ChannelClosed:

@@ -44,7 +44,7 @@ from ..acl import INBOX_PREFIX
 from ..bus import Bus
 from ..exceptions import BusClosed, LocalProtocolError
 from ..history import History, Position, is_kept
-from ..protocol import encode_msg_body, msg_with_pos
+from ..protocol import encode_msg_body_utf8, msg_with_pos
 from ..subscription import Forward
 from ..topics import TopicIndex
 from .metrics import HubCounters
@@ -367,10 +367,10 @@ class Feed:
         return queued
 
     def _encode(self, item: tuple[Any, ...]) -> bytes | None:
-        # The msg body of ``item``; None (counted, logged) if it is not JSON.
+        # The msg body of ``item``, as bytes; None (counted, logged) if it is not JSON.
         try:
-            return encode_msg_body(item[0], item[1], item[2] or None, item[3]).encode()
-        except (LocalProtocolError, UnicodeEncodeError) as exc:
+            return encode_msg_body_utf8(item[0], item[1], item[2] or None, item[3])
+        except LocalProtocolError as exc:
             self._counters.encode_errors += 1
             self._log.log(logging.ERROR, "message on %r not sent to peers: %s", item[0], exc)
             return None

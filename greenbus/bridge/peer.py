@@ -146,7 +146,11 @@ class PeerSub:
             body = posbody
         held = self.held
         if held is None:
-            return self.peer.deliver(self.prefix, topic, body)
+            peer = self.peer
+            prefix = self.prefix
+            if len(prefix) + len(body) <= peer.max_frame:  # Peer.deliver, inlined
+                return peer.outbox.put_message(prefix, body)
+            return peer.deliver(prefix, topic, body)
         if len(held) >= self.peer.limits.max_pending:
             self.peer.held_overflow(self)
             return False
@@ -227,7 +231,8 @@ class Peer:
         self._gone = False
         self._on_gone = on_gone
         self._counters = counters
-        self._max_frame = max_message_size + MSG_SLACK
+        #: The largest ``msg`` frame sent: ``max_message_size`` + :data:`MSG_SLACK`.
+        self.max_frame = max_message_size + MSG_SLACK
         self._log = log if log is not None else LogLimiter(logger)
         self._hello_timer: gevent.Greenlet | None = None
 
@@ -440,7 +445,7 @@ class Peer:
         A frame over ``max_message_size`` (and its slack) is not sent:
         counted and logged.  Returns True if it was queued.
         """
-        if len(prefix) + len(body) <= self._max_frame:
+        if len(prefix) + len(body) <= self.max_frame:
             return self.outbox.put_message(prefix, body)
         return self._too_big(topic, len(prefix) + len(body))
 
@@ -462,7 +467,7 @@ class Peer:
             self.id,
             topic,
             size,
-            self._max_frame - MSG_SLACK,
+            self.max_frame - MSG_SLACK,
         )
         return False
 

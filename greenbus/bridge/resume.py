@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._logging import LogLimiter
@@ -147,10 +148,13 @@ class Resubscribed:
 class Positions:
     """Where each subscription stands: the last ``pos`` it received, by sid."""
 
-    __slots__ = ("_asked", "_lost", "_pos", "_subscribed")
+    __slots__ = ("_asked", "_lost", "_pos", "_subscribed", "received")
 
     def __init__(self) -> None:
         self._pos: dict[int, str] = {}
+        #: ``received(sid, pos)``: a message with ``pos`` arrived on ``sid``
+        #: (once per message: the dict's own setter, no Python call).
+        self.received: Callable[[int, str], None] = self._pos.__setitem__
         # Why the positions were dropped, by sid, until each resumes.
         self._lost: dict[int, str] = {}
         # Subscriptions a hub has answered before: the next sub is a resume.
@@ -179,10 +183,6 @@ class Positions:
         since = self._pos.get(sid) if is_kept(pattern) else None
         self._asked[sid] = since
         return since
-
-    def received(self, sid: int, pos: str) -> None:
-        """A message with ``pos`` arrived on ``sid``."""
-        self._pos[sid] = pos
 
     def acked(
         self, sid: int, pattern: str, pos: str | None, recovered: bool | None
