@@ -46,6 +46,7 @@ from ..protocol import (
 from ..session import HubSession, SessionLimits, SessionState
 from ..topics import is_wildcard
 from .connection import Connection
+from .deadlines import Deadline, call_later
 from .feed import Feed, FeedUnavailable, Route
 from .metrics import HubCounters
 from .outbox import Outbox, OutboxLimits, SlowPolicy
@@ -226,7 +227,8 @@ class Peer:
         self.connection: Connection | None = None
         self.feed = feed
         self.subs: dict[Id, PeerSub] = {}
-        self._replays: set[gevent.Greenlet] = set()
+        #: Paced replays running (made on the first: most peers have none).
+        self._replays: set[gevent.Greenlet] | None = None
         self._closing = False
         self._gone = False
         self._on_gone = on_gone
@@ -234,7 +236,7 @@ class Peer:
         #: The largest ``msg`` frame sent: ``max_message_size`` + :data:`MSG_SLACK`.
         self.max_frame = max_message_size + MSG_SLACK
         self._log = log if log is not None else LogLimiter(logger)
-        self._hello_timer: gevent.Greenlet | None = None
+        self._hello_timer: Deadline | None = None
 
     def __repr__(self) -> str:
         return f"<Peer {self.id} {self.session.name or ''} {self.address} subs={len(self.subs)}>"
@@ -251,7 +253,7 @@ class Peer:
         """Bind the connection (made with this peer's callbacks and outbox)."""
         self.connection = connection
         if self.session.state is SessionState.AWAITING_HELLO:
-            self._hello_timer = gevent.spawn_later(self.limits.hello_timeout, self._hello_deadline)
+            self._hello_timer = call_later(self.limits.hello_timeout, self._hello_deadline)
 
     def statistics(self) -> PeerStatistics:
         conn = self.connection
@@ -394,6 +396,8 @@ class Peer:
             return
         sub.held = []
         runner = gevent.spawn(self._paced_replay, sub, replay)
+        if self._replays is None:
+            self._replays = set()
         self._replays.add(runner)
         runner.link(self._replays.discard)
 
@@ -510,8 +514,8 @@ class Peer:
             return
         self._gone = True
         if self._hello_timer is not None:
-            self._hello_timer.kill(block=False)
-        for runner in list(self._replays):
+            self._hello_timer.cancel()
+        for runner in list(self._replays or ()):
             runner.kill(block=False)
         for sub in self.subs.values():
             try:
