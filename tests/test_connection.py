@@ -273,3 +273,50 @@ def test_cancelled_deadlines_do_not_pile_up() -> None:
     for entry in entries:
         entry.cancel()
     assert len(timers._heap) - before < 100
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 65537])
+@pytest.mark.parametrize("split", [False, True])
+def test_the_server_frames_texts_byte_for_byte_as_websockets_does(
+    pair: tuple[gsocket.socket, gsocket.socket], size: int, split: bool
+) -> None:
+    # _frame writes server text frames itself; the bytes must be exactly
+    # those of websockets' Frame.serialize (RFC 6455 5.2, unmasked).
+    conn, _ = make(pair[0])
+    data = bytes(random.choices(b"abc{}", k=size))
+    entry = (data[: size // 2], data[size // 2 :]) if split else (data, None)
+    framed, eof, ok = conn._frame([entry, (b"after", None)])
+    expected = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+    after = Frame(Opcode.TEXT, b"after").serialize(mask=False, extensions=[])
+    assert framed == expected + after
+    assert (eof, ok) == (False, True)
+
+
+def test_a_pong_the_protocol_queued_goes_out_before_later_frames(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    conn, _ = make(pair[0])
+    conn.protocol.send_pong(b"p")  # as the reader does when a ping arrives
+    framed, eof, _ = conn._frame([(b"later", None), (b"", None)])
+    pong = Frame(Opcode.PONG, b"p").serialize(mask=False, extensions=[])
+    later = Frame(Opcode.TEXT, b"later").serialize(mask=False, extensions=[])
+    empty = Frame(Opcode.TEXT, b"").serialize(mask=False, extensions=[])
+    assert framed == pong + later + empty
+    assert not eof  # an empty last text is not the end of the stream
+
+
+def test_a_close_due_after_the_batch_is_framed_after_it(
+    pair: tuple[gsocket.socket, gsocket.socket],
+) -> None:
+    conn, _ = make(pair[0])
+    assert conn.outbox.put_control(b"last")
+    conn.close(1001, "bye")
+    batch = conn.outbox.take(10, 1 << 20, wait=False)
+    assert batch is not None
+    framed, eof, ok = conn._frame(batch)
+    last = Frame(Opcode.TEXT, b"last").serialize(mask=False, extensions=[])
+    assert framed.startswith(last)
+    assert framed[len(last) :] == Frame(Opcode.CLOSE, b"\x03\xe9bye").serialize(
+        mask=False, extensions=[]
+    )
+    assert (eof, ok) == (False, True)

@@ -330,3 +330,35 @@ def test_bad_limits_are_refused_up_front_with_invalid_option(
     with pytest.raises(InvalidOption) as caught:
         OutboxLimits(**options)  # type: ignore[arg-type]
     assert caught.value.name == name
+
+
+def test_every_put_counts_its_frame_bytes_and_the_high_water_mark() -> None:
+    # put_message does its own accounting and writer wake-up (inlined for
+    # speed): it must count exactly as put_control does.
+    outbox, _ = bounded()
+    starts: list[str] = []
+    outbox.bind_writer(lambda: starts.append("writer"))
+    assert outbox.put_message(b"ab", b"cde")
+    assert outbox.put_control(b"xyz")
+    assert outbox.put_message(b"a", b"b")
+    assert starts == ["writer"]  # one writer for the whole burst
+    assert (outbox.pending_frames, outbox.pending_bytes, outbox.high_water) == (3, 10, 3)
+    assert drain(outbox) == [b"abcde", b"xyz", b"ab"]
+    assert outbox.put_message(b"a", b"b")
+    assert (outbox.pending_frames, outbox.pending_bytes, outbox.high_water) == (1, 2, 3)
+    assert (outbox.written_frames, outbox.written_messages) == (3, 2)
+
+
+def test_a_message_put_while_the_writer_is_parked_wakes_it_once_per_burst() -> None:
+    outbox, _ = bounded()
+    outbox.bind_writer(lambda: None)
+    outbox.put_control(b"hello")
+    writer, batches = run_writer(outbox)
+    wait_until(lambda: outbox._waiter is not None, 5, "the writer to park")
+    for n in range(3):
+        assert outbox.put_message(*message(n))
+    wait_until(lambda: len(batches) == 2, 5, "the writer to take the burst")
+    assert batches[1] == [message(0), message(1), message(2)]  # one wake, one batch
+    gevent.get_hub().loop.run_callback(outbox.release_writer)
+    writer.join(5)
+    assert writer.dead

@@ -42,13 +42,13 @@ import gevent.event
 import gevent.socket
 from gevent import Timeout, getcurrent
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol, State
+from websockets.protocol import SERVER, Protocol, State
 from websockets.typing import BytesLike
 
 from .._attrs import readonly
 from ..exceptions import EndOfChannel
 from .deadlines import Deadline, deadlines
-from .framing import TextFrameReader
+from .framing import SHORT_TEXT, TextFrameReader, text_header
 from .outbox import Outbox, OutboxState
 
 __all__ = ["Connection"]
@@ -154,6 +154,8 @@ class Connection:
         #: queued for a connection that can no longer write.
         self.outbox = outbox if outbox is not None else Outbox(name=name)
         self._fragments: list[BytesLike] | None = None
+        # A server without extensions writes its text frames itself (_frame).
+        self._raw_text = protocol.side is SERVER and not protocol.extensions
         # A plain gevent socket (not TLS) is written from the hub first,
         # without blocking (see _write_now).
         self._direct = type(sock) is gevent.socket.socket
@@ -439,15 +441,29 @@ class Connection:
         # frame may follow: the batch is lost, and counted so.
         protocol = self.protocol
         framed = protocol.state is State.OPEN
+        chunks: list[bytes] = []
         if framed:
-            for head, body in batch:
-                protocol.send_text(head if body is None else head + body)
+            if self._raw_text:
+                # RFC 6455 5.2, without send_text's Frame per message; after
+                # what the protocol framed by itself (a pong): it is older.
+                chunks = protocol.data_to_send()
+                append = chunks.append
+                for head, body in batch:
+                    n = len(head) if body is None else len(head) + len(body)
+                    append(SHORT_TEXT[n] if n < 126 else text_header(n))
+                    append(head)
+                    if body is not None:
+                        append(body)
+            else:
+                for head, body in batch:
+                    protocol.send_text(head if body is None else head + body)
             close = self.outbox.close_due()
             if close is not None:
                 protocol.send_close(*close)
                 self._close_framed = True
-        chunks = protocol.data_to_send()
-        eof = bool(chunks) and chunks[-1] == b""
+        tail = protocol.data_to_send()  # the close frame, then EOF (b"")?
+        eof = bool(tail) and tail[-1] == b""
+        chunks += tail
         return b"".join(chunks), eof, framed or not batch
 
     def _send(self, data: bytes, eof: bool) -> bool:

@@ -37,7 +37,7 @@ try:
 except ImportError:  # pragma: no cover (no C compiler where websockets was built)
     from websockets.utils import apply_mask
 
-__all__ = ["TextFrameReader"]
+__all__ = ["SHORT_TEXT", "TextFrameReader", "text_header"]
 
 #: FIN set, no reserved bit, opcode 1 (text): the first byte of a whole text frame.
 _WHOLE_TEXT = 0x80 | Opcode.TEXT.value
@@ -204,3 +204,15 @@ def _size_limit(protocol: Protocol) -> int:
     if protocol.max_fragment_size is not None:
         limit = min(limit, protocol.max_fragment_size)
     return limit
+
+
+#: Headers of unmasked final text frames of 0-125 bytes (RFC 6455 5.2): what
+#: a server writes before each text it sends.
+SHORT_TEXT = [bytes((0x81, n)) for n in range(126)]
+
+
+def text_header(n: int) -> bytes:
+    """The header of an unmasked final text frame of ``n`` bytes, ``n`` over 125."""
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big")
+    return b"\x81\x7f" + n.to_bytes(8, "big")

@@ -322,7 +322,18 @@ class Outbox:
         if queue is None:
             queue = self._queue = deque()
         queue.append((head, body))
-        self._added(size)
+        # Count it and notify the writer (_notify, inlined: once per peer per emit).
+        frames = self._frames = self._frames + 1
+        self._bytes += size
+        if frames > self.high_water:
+            self.high_water = frames
+        if self._waiter is not None:
+            if not self._wake_scheduled:
+                self._wake_scheduled = True
+                self._hub.loop.run_callback(self._wake)
+        elif not self._writing and self._start_writer is not None:
+            self._writing = True
+            self._start_writer()
         return True
 
     def put_control(self, data: bytes) -> bool:
@@ -344,11 +355,13 @@ class Outbox:
                 return False
         elif state is not OutboxState.SLOW:
             return False
-        queue = self._queue
-        if queue is None:
-            queue = self._queue = deque()
-        queue.append((data, None))
-        self._added(len(data))
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append((data, None))
+        self._frames += 1
+        self._bytes += len(data)
+        self.high_water = max(self.high_water, self._frames)
+        self._notify()
         return True
 
     def note_unqueued(self, frames: int, nbytes: int) -> bool:
@@ -434,9 +447,7 @@ class Outbox:
         not written, and not counted as dropped.  Returns True if it was
         still queued.
         """
-        for queue in (self._front, self._queue):
-            if queue is None:
-                continue
+        for queue in filter(None, (self._front, self._queue)):
             for i, entry in enumerate(queue):
                 if entry[0] is head and entry[1] is not None:
                     del queue[i]
@@ -487,8 +498,7 @@ class Outbox:
             finally:
                 self._waiter = None
                 writers.unpark(self)
-        front = self._front
-        queue = self._queue
+        front, queue = self._front, self._queue
         self._flush = False
         batch: list[Entry] = []
         nbytes = 0
@@ -575,14 +585,6 @@ class Outbox:
         if event is not None:
             self._drained = None
             event.set()
-
-    def _added(self, size: int) -> None:
-        self._frames += 1
-        self._bytes += size
-        if self._frames > self.high_water:
-            self.high_water = self._frames
-        if self._waiter is not None or not self._writing:
-            self._notify()
 
     def release_writer(self) -> None:
         """Let the parked writer go if nothing is due: its :meth:`take` returns None.
