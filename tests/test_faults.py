@@ -79,10 +79,14 @@ print("ready", flush=True)
 n = 0
 while True:
     if role == "publisher":
-        for _ in range(100):
+        for _ in range(99):
             remote.emit("doomed.%d.x" % (n % 20), n)
             n += 1
-        gevent.sleep(0)  # let the writer write
+        # Paced by the hub's ack of each 100th: a publisher that also
+        # receives its own messages must not outrun its reading (the hub
+        # would rightly close it as a slow consumer before it is killed).
+        remote.publish("doomed.%d.x" % (n % 20), n, timeout=30)
+        n += 1
     else:
         flood.get(timeout=60)
 """
