@@ -489,7 +489,9 @@ def chart_panels(doc: Doc, path: Path, spec: Doc) -> bool:
             line, right = target["limit"] * target["baseline"], 0.5 if unit == "µs" else 1
         else:
             continue
-        ax.set_ylim(top=max(ax.get_ylim()[1], line * 2))  # room for the line's label
+        # The line in view (a limit far below every bar included), and room for its label.
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom=min(bottom, line / 2), top=max(top * 1.4, line * 2))
         ax.axhline(line, xmax=right, color="black", linestyle="--", linewidth=1)
         ax.annotate(
             textwrap.fill(target["text"], 45),
