@@ -275,7 +275,7 @@ def frame_texts(draw: Any, op: str) -> str:
 depths = st.sampled_from([DEFAULT_MAX_DEPTH, 1, 2, 3, 8, 100])
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(frame_texts("pub"), depths, st.sampled_from([1, 2]))
 @example('{"op":"pub","topic":"a","data":1.0}', DEFAULT_MAX_DEPTH, 1)
 @example('{"op":"pub","topic":"a","data":true,"id":1}', DEFAULT_MAX_DEPTH, 1)
@@ -289,7 +289,7 @@ def test_the_fast_pub_decoder_accepts_only_what_the_pure_parser_accepts_as_the_s
     assert outcome(parse_client, text, max_depth=depth, version=version) == expected
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(frame_texts("msg"), depths)
 def test_the_fast_msg_decoder_accepts_only_what_the_pure_parser_accepts_as_the_same_event(
     text, depth
@@ -399,7 +399,7 @@ python_values = st.recursive(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     python_values,
     st.none() | st.dictionaries(st.text(max_size=3), python_values, max_size=3),
@@ -462,7 +462,7 @@ def msg_of(frame: Any) -> Msg:
     return Msg(frame.sid, frame.topic, frame.data, frame.headers, frame.reply_to, frame.pos)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(frame_texts("msg"), depths)
 def test_the_client_decoder_gives_a_msgs_fields_only_where_the_pure_parser_accepts_it(text, depth):
     expected = pure_outcome(parse_server, text, max_depth=depth)
@@ -487,7 +487,7 @@ def ack_texts(draw: Any) -> str:
     return "{" + draw(st.sampled_from([",", ", "])).join(fields) + "}"
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(ack_texts(), depths | st.just(0))
 @example('{"op":"ack","id":7}', DEFAULT_MAX_DEPTH)
 @example('{"op":"ack","id":"s1","pos":"ab:1:2","recovered":false}', DEFAULT_MAX_DEPTH)
@@ -538,7 +538,7 @@ def pure_pub_frame(*args: Any) -> tuple[Any, ...]:
         return ("no utf-8",)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     python_values,
     st.none() | st.dictionaries(st.text(max_size=3), python_values, max_size=3),

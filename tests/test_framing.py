@@ -233,7 +233,7 @@ def as_frames(items: list[Any]) -> list[tuple[Any, ...]]:
     return [as_frame(item) for item in items]
 
 
-EXAMPLES = int(os.environ.get("GREENBUS_FRAMING_EXAMPLES", "3000"))
+EXAMPLES = int(os.environ.get("GREENBUS_FRAMING_EXAMPLES", "1000"))
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
