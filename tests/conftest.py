@@ -23,7 +23,7 @@ import pytest
 import redis
 
 import greenbus
-from greenbus import HubServer, RemoteBus
+from greenbus import HubServer, RemoteBus, _codec, protocol
 from greenbus.federation._redis import GeventConnection
 
 # -- buses (tests/test_bus.py, tests/test_ordering.py) ------------------------
@@ -467,3 +467,16 @@ def drain(sub: greenbus.Subscription) -> list[object]:
 def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
     """What the bus logged at ``level`` (on ``greenbus.bus``)."""
     return [r for r in caplog.records if r.name == "greenbus.bus" and r.levelno == level]
+
+
+@pytest.fixture(scope="module", params=["c", "pure"])
+def codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the tests that use it with both codecs: the hot frames in C, then the pure
+    parser alone (a hub process a test starts takes ``GREENBUS_PURE_PYTHON`` for it)."""
+    saved = protocol._fast_pub, protocol._fast_msg, protocol._fast_body
+    c = request.param == "c"
+    protocol._fast_pub = _codec.pub_decoder(protocol.Pub) if c else None
+    protocol._fast_msg = _codec.msg_decoder(protocol.Msg) if c else None
+    protocol._fast_body = _codec.msg_body if c else None
+    yield request.param
+    protocol._fast_pub, protocol._fast_msg, protocol._fast_body = saved

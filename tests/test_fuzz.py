@@ -51,18 +51,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from websockets.frames import Frame, Opcode
 
-import greenbus.protocol as protocol
-from greenbus import _codec
 from greenbus.acl import Acl, InboxOwners, is_inbox
 from greenbus.exceptions import InvalidTopic, RemoteProtocolError
 from greenbus.protocol import (
     Ack,
     Error,
     ErrorCode,
-    Msg,
     Ping,
     Pong,
-    Pub,
     Welcome,
     encode,
     parse_server,
@@ -98,19 +94,6 @@ def documented_close_codes() -> set[int]:
 
 ERROR_CODES = documented_error_codes()
 CLOSE_CODES = documented_close_codes()
-
-
-@pytest.fixture(scope="module", params=["c", "pure"])
-def codec(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The codec-dependent tests here run with both codecs: the hot frames in C, then the
-    pure parser alone (in this process, and in the hubs it starts: ``GREENBUS_PURE_PYTHON``)."""
-    saved = protocol._fast_pub, protocol._fast_msg, protocol._fast_body
-    c = request.param == "c"
-    protocol._fast_pub = _codec.pub_decoder(Pub) if c else None
-    protocol._fast_msg = _codec.msg_decoder(Msg) if c else None
-    protocol._fast_body = _codec.msg_body if c else None
-    yield request.param
-    protocol._fast_pub, protocol._fast_msg, protocol._fast_body = saved
 
 
 def test_the_documented_codes_are_read_from_the_protocol_page() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from frames import TOKEN, anonymous, nested, with_token
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import greenbus.protocol as protocol
-from greenbus import _codec
 from greenbus.exceptions import LocalProtocolError, ProtocolError, RemoteProtocolError
 from greenbus.protocol import (
     DEFAULT_MAX_DEPTH,
@@ -51,16 +48,8 @@ from greenbus.session import SessionState
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.schema.json"
 
 
-@pytest.fixture(scope="module", params=["c", "pure"], autouse=True)
-def codec(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test here runs with both codecs: the hot frames in C, then the pure parser alone."""
-    saved = protocol._fast_pub, protocol._fast_msg, protocol._fast_body
-    c = request.param == "c"
-    protocol._fast_pub = _codec.pub_decoder(Pub) if c else None
-    protocol._fast_msg = _codec.msg_decoder(Msg) if c else None
-    protocol._fast_body = _codec.msg_body if c else None
-    yield request.param
-    protocol._fast_pub, protocol._fast_msg, protocol._fast_body = saved
+#: Every test here runs with both codecs (conftest's ``codec``).
+pytestmark = pytest.mark.usefixtures("codec")
 
 
 def rejection(text: Any, parse: Any = parse_client, **options: Any) -> RemoteProtocolError:

@@ -7,18 +7,15 @@ every refusal and the decision to close, each fed the text a peer sends.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from frames import TOKEN, anonymous, nested, sent, with_token
 
 import greenbus.protocol as protocol
-from greenbus import _codec
 from greenbus.acl import InboxOwners
 from greenbus.protocol import (
     CloseCode,
     ErrorCode,
-    Msg,
     Pub,
     Sub,
     Unsub,
@@ -26,17 +23,8 @@ from greenbus.protocol import (
 )
 from greenbus.session import HubSession, SessionLimits, SessionState
 
-
-@pytest.fixture(scope="module", params=["c", "pure"], autouse=True)
-def codec(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test here runs with both codecs: the hot frames in C, then the pure parser alone."""
-    saved = protocol._fast_pub, protocol._fast_msg, protocol._fast_body
-    c = request.param == "c"
-    protocol._fast_pub = _codec.pub_decoder(Pub) if c else None
-    protocol._fast_msg = _codec.msg_decoder(Msg) if c else None
-    protocol._fast_body = _codec.msg_body if c else None
-    yield request.param
-    protocol._fast_pub, protocol._fast_msg, protocol._fast_body = saved
+#: Every test here runs with both codecs (conftest's ``codec``).
+pytestmark = pytest.mark.usefixtures("codec")
 
 
 # -- HubSession: auth -----------------------------------------------------------------
