@@ -17,7 +17,8 @@ JSON command per line on stdin and prints JSON lines on stdout:
 * ``{"op": "request", "topic": T, "data": D, "timeout": s}``: print the
   reply's data as ``{"ev": "reply", "data": ...}``, or the error's class
   name as ``{"ev": "error", "error": ...}``.
-* ``{"op": "stats"}``: the federation's statistics, as ``{"ev": "stats", ...}``.
+* ``{"op": "stats"}``: the federation's statistics, as ``{"ev": "stats", ...}``,
+  and whether its interest is settled (``Federation.interest_settled``).
 * ``{"op": "quit"}`` (or end of input): stop the federation, close the bus,
   print ``{"ev": "bye"}`` and exit 0.
 
@@ -98,7 +99,12 @@ def main(url: str, name: str) -> int:
         elif op == "request":
             gevent.spawn(request, cmd)
         elif op == "stats":
-            say(ev="stats", id=cmd["id"], **dataclasses.asdict(federation.stats()))
+            say(
+                ev="stats",
+                id=cmd["id"],
+                settled=federation.interest_settled(),
+                **dataclasses.asdict(federation.stats()),
+            )
         else:
             say(ev="error", id=cmd["id"], error=f"unknown op {op!r}")
     federation.stop()

@@ -56,9 +56,14 @@ StartNodes = Callable[..., Any]
 
 
 def channels(r: redis.Redis) -> set[str]:
-    """The topics some node SUBSCRIBEs to (each node's private channel left out)."""
+    """The topics some node SUBSCRIBEs to (each node's private channel and the
+    interest registry's left out)."""
     names = r.pubsub_channels(f"{PREFIX}:*")
-    return {n.removeprefix(f"{PREFIX}:") for n in names if not n.startswith(f"{PREFIX}:_node.")}
+    return {
+        n.removeprefix(f"{PREFIX}:")
+        for n in names
+        if not n.startswith(f"{PREFIX}:_node.") and n != f"{PREFIX}:$interest"
+    }
 
 
 def subscribers(r: redis.Redis, topic: str) -> int:
@@ -90,23 +95,59 @@ def wait_frozen(predicate: Callable[[], object], timeout: float = 10.0, what: st
         time.sleep(0.005)
 
 
+#: The test's nodes (in this process, and child processes), for :func:`settle`.
+NODES: list[Federation | NodeProcess] = []
+
+
+def settle(r: redis.Redis) -> None:
+    """Wait until every running node of the test has its interest in Redis and
+    has heard everybody's: each node's view is at Redis's registry version.
+
+    A node publishes a topic only while another node wants it
+    (docs/scaling.md), so a test that subscribes on one node and emits on
+    another waits for this first.
+    """
+
+    def settled() -> bool:
+        version = int(r.hget(f"{{{PREFIX}}}:registry", "v") or 0)
+        for node in NODES:
+            if isinstance(node, Federation):
+                if node._writer is None or node._stopped:
+                    continue
+                if not (node.interest_settled() and node.stats().interest_version == version):
+                    return False
+            elif node.proc.poll() is None:
+                stats = node.stats()
+                if not (stats["settled"] and stats["interest_version"] == version):
+                    return False
+        return True
+
+    wait_until(settled, 10, "every node's interest settled")
+
+
 def wait_subscribed(r: redis.Redis, topic: str, count: int = 1) -> None:
-    """Wait until ``count`` connections SUBSCRIBE to ``topic`` (0: until none does)."""
+    """Wait until ``count`` connections SUBSCRIBE to ``topic`` (0: until none does),
+    and the nodes' interest has :func:`settle`\\ d."""
     wait_until(lambda: subscribers(r, topic) == count, 5, f"{count} SUBSCRIBE {topic}")
+    settle(r)
 
 
 def wait_patterns(r: redis.Redis, count: int, what: str) -> None:
-    """Wait until the connections hold ``count`` PSUBSCRIBEs between them."""
+    """Wait until the connections hold ``count`` PSUBSCRIBEs between them, and the
+    nodes' interest has :func:`settle`\\ d."""
     wait_until(lambda: pattern_subscriptions(r) == count, 5, what)
+    settle(r)
 
 
 def wait_asked_for(r: redis.Redis, topics: set[str], patterns: int) -> None:
-    """Wait until the nodes SUBSCRIBE to exactly ``topics`` and hold ``patterns`` PSUBSCRIBEs."""
+    """Wait until the nodes SUBSCRIBE to exactly ``topics`` and hold ``patterns``
+    PSUBSCRIBEs, and their interest has :func:`settle`\\ d."""
     wait_until(
         lambda: channels(r) == topics and pattern_subscriptions(r) == patterns,
         5,
         f"SUBSCRIBE to {sorted(topics)} and {patterns} PSUBSCRIBEs",
     )
+    settle(r)
 
 
 def subscribed(bus: Bus, r: redis.Redis, *topics: str) -> list[greenbus.Subscription]:
@@ -193,6 +234,7 @@ def federated(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iter
         bus = Bus(f"{request.node.name}:{name}")
         federation = Federation(bus, url or redis_server.url, **options)
         made.append((bus, federation))
+        NODES.append(federation)
         if start:
             federation.start()
             assert federation.wait_connected(5), f"{federation!r} did not connect"
@@ -200,6 +242,7 @@ def federated(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iter
 
     yield make
     for bus, federation in made:
+        NODES.remove(federation)
         federation.stop(timeout=2)
         bus.close(timeout=2)
 
@@ -223,6 +266,7 @@ def link(federated: Federated, redis_cli: redis.Redis) -> Callable[[str], Link]:
         b_bus, b = federated("b")
         [sub] = subscribed(b_bus, redis_cli, topic)
         a_bus, a = federated("a")
+        settle(redis_cli)
         return Link(a_bus, a, b, sub)
 
     return make
@@ -370,12 +414,14 @@ def fed_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
     def start(*names: str) -> Any:
         started = [NodeProcess(n, redis_server.url, tmp_path / f"{n}.log") for n in names]
         nodes.extend(started)
+        NODES.extend(started)
         for node in started:
             node.wait_ready()
         return started[0] if len(started) == 1 else started
 
     yield start
     for node in nodes:
+        NODES.remove(node)
         node.quit_and_show_log()
 
 
@@ -443,12 +489,13 @@ def test_glob_characters_in_the_prefix_of_a_pattern_are_escaped_too() -> None:
 # -- what a node asks Redis for -------------------------------------------------------------
 
 
-def test_a_node_without_subscribers_asks_redis_for_nothing_though_it_forwards_everything(
+def test_a_node_without_subscribers_asks_redis_for_nothing_and_publishes_nothing_unwanted(
     federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, federation = federated("quiet")
+    settle(redis_cli)
     bus.emit("anything.at.all", 1)
-    wait_published(federation, 1)
+    assert (federation.stats().unwanted, federation.stats().published) == (1, 0)
 
     assert channels(redis_cli) == set()
     assert pattern_subscriptions(redis_cli) == 0
@@ -520,10 +567,10 @@ def test_a_node_receives_from_redis_only_the_topics_its_subscribers_want(
 
     emit_all(nodes.a_bus, "x.b", range(100))
     nodes.a_bus.emit("x.a", "last")
-    # A publishes in order on one connection: when x.a arrives, the x.b
-    # messages went through Redis before it, to nobody.
+    # Nobody wants x.b: a publishes only x.a.
     assert nodes.sub.get(timeout=5).data == "last"
-    wait_published(nodes.a, 101)
+    wait_published(nodes.a, 1)
+    assert nodes.a.stats().unwanted == 100
     assert nodes.b.stats().received == 1
 
 
@@ -921,8 +968,10 @@ def test_statistics_count_published_received_and_duplicate_messages(
     wild = b_bus.subscribe("s.*", maxsize=None)
     wait_asked_for(redis_cli, {"s.a"}, 1)
     a_bus, a = federated("a")
+    settle(redis_cli)
     emit_all(a_bus, "s.a", range(10))
     emit_all(a_bus, "s.b", range(5))
+    emit_all(a_bus, "nobody.wants", range(7))  # a knows: not published
 
     assert take(exact, 10) == list(range(10))
     assert take(wild, 15) == [*range(10), *range(5)]
@@ -945,8 +994,13 @@ def test_statistics_count_published_received_and_duplicate_messages(
         "script_errors": 0,
         "lag_ms": 0,
         "max_lag_ms": 0,
+        "unwanted": 7,
+        "remote_nodes": 1,
+        "remote_patterns": 2,
+        "interest_version": got.interest_version,
     }
     assert (got.received, got.duplicates, got.gaps, got.subscriptions) == (15, 10, 0, 2)
+    assert (got.remote_nodes, got.remote_patterns, got.unwanted) == (0, 0, 0)
     assert (got.published, got.reconnects, got.bad_envelopes) == (0, 0, 0)
     assert 0 <= got.lag_ms <= got.max_lag_ms < 5000
 
@@ -990,10 +1044,14 @@ def test_stop_is_idempotent_closes_its_connections_and_leaves_no_greenlet_runnin
     unused.stop()
     bus, federation = federated("a")
     bus.subscribe("a.b")
+    settle(redis_cli)
     bus.emit("a.b", 1)
-    with pytest.raises(greenbus.RequestTimeout):
+    # No node wants svc.nobody (the federation knows): nobody can reply.
+    with pytest.raises(greenbus.NoResponders):
         bus.request("svc.nobody", timeout=0.05)
-    wait_published(federation, 2)
+    bus.emit("_INBOX.x.1", "a reply always goes")
+    wait_published(federation, 1)
+    assert federation.stats().unwanted == 2
 
     federation.stop()
     federation.stop()
@@ -1005,7 +1063,7 @@ def test_stop_is_idempotent_closes_its_connections_and_leaves_no_greenlet_runnin
     late = bus.subscribe("late.x", maxsize=None)
     assert bus.emit("late.x", 2) == 1 and late.get_nowait().data == 2
     assert channels(redis_cli) == set()
-    assert federation.stats().published == 2
+    assert federation.stats().published == 1
 
 
 def test_stop_during_an_outage_counts_the_messages_it_could_not_publish_as_dropped(
@@ -1058,7 +1116,8 @@ def test_a_node_whose_bus_closed_leaves_redis_by_itself_after_publishing_what_it
     a_bus, a = federated("a", url=named_url(redis_server, "node-a"))
     subscribed(a_bus, redis_cli, "t.x")
     assert subscribers(redis_cli, f"_node.{a.node}") == 1  # a's reader, on its own channel
-    assert len(connections_named(redis_cli, "node-a")) == 1
+    # a's reader, and the connection of its interest registry's heartbeats.
+    assert len(connections_named(redis_cli, "node-a")) == 2
 
     with caplog.at_level(logging.INFO, logger="greenbus.federation"):
         a_bus.emit("t.last", "last words")  # accepted by the bus, queued for Redis

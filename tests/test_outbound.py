@@ -17,6 +17,7 @@ import redis
 from greenbus.federation import outbound
 from greenbus.federation.envelope import parse_envelope
 from greenbus.federation.history import RedisHistory
+from greenbus.federation.interest import InterestView
 from greenbus.federation.outbound import Durable, Job, Packer
 
 PREFIX = "app"
@@ -129,16 +130,18 @@ def test_with_history_each_message_is_the_scripts_evalsha_numbered_in_a_publishe
     sessions = []
     for job in jobs:
         args = unpack(job)
-        assert args[:7] == [
+        assert args[:8] == [
             b"EVALSHA",
             RedisHistory.publish_sha.encode(),
-            b"4",
+            b"5",
             f"{PREFIX}:history".encode(),
             f"{PREFIX}:stream:{job.topic}".encode(),
             f"{PREFIX}:topics".encode(),
             args[6],
+            f"{{{PREFIX}}}:registry".encode(),
         ]
-        topic, payload, number, channel = args[7], args[8], args[13], args[14]
+        topic, payload, number, channel = args[8], args[9], args[14], args[15]
+        assert args[18:] == [b"1", b"0"]  # no view: fanned out, whatever the version
         assert (topic.decode(), channel.decode()) == (job.topic, f"{PREFIX}:{job.topic}")
         fields = parse_envelope(payload)
         sessions.append((args[6].decode(), int(number), fields[1], fields[4]))
@@ -163,3 +166,31 @@ def test_two_packers_of_one_node_have_different_sessions() -> None:
     # A restarted node must not have its first messages taken for repeats
     # of the last run's by the script.
     assert Packer("n1", PREFIX, None).session != Packer("n1", PREFIX, None).session
+
+
+def test_with_history_the_view_decides_each_messages_fanout_under_its_version() -> None:
+    view = InterestView("n1", count_own=True)
+    packer = Packer("n1", PREFIX, history(), view)
+    view.load([7, b"n2", 1, b"wanted.*"])
+    view.live = True
+    view.hold("mine.x")  # this node's own peers want it (history: counted)
+    jobs = packer.pack(
+        [emit("wanted.a"), emit("quiet.a"), emit("mine.x"), emit("_INBOX.abc.1"), emit("quiet.b")]
+    )
+    assert [(job.topic, unpack(job)[18:]) for job in jobs] == [
+        ("wanted.a", [b"1", b"7"]),
+        ("quiet.a", [b"0", b"7"]),
+        ("mine.x", [b"1", b"7"]),
+        ("_INBOX.abc.1", [b"1", b"7"]),  # a reply always goes
+        ("quiet.b", [b"0", b"7"]),
+    ]
+    assert packer.unwanted == 2
+
+
+def test_a_view_that_is_not_live_fans_everything_out() -> None:
+    view = InterestView("n1", count_own=True)
+    view.load([7])
+    packer = Packer("n1", PREFIX, history(), view)
+    [job] = packer.pack([emit("quiet.a")])
+    assert unpack(job)[18:] == [b"1", b"7"]
+    assert packer.unwanted == 0

@@ -44,19 +44,24 @@ from ..history import Position, is_kept
 from ..topics import is_wildcard, pattern_matches
 from ._redis import pack_command
 from .envelope import decode_envelope
+from .interest import registry_key
 
 __all__ = ["PUBLISH_SCRIPT", "SNAPSHOT_SCRIPT", "RedisHistory"]
 
-#: KEYS: history hash, topic stream, topics zset, session key.
-#: ARGV: topic, envelope (JSON, starting with "{"), epoch candidate, ttl ms,
-#: size, max topics, number ("" for none), channel, keep ("1"/"0"),
-#: stream key prefix.  Returns {0} for a message applied already, {1} for
-#: one published without a position (keep "0"), {1, pos} otherwise.
+#: KEYS: history hash, topic stream, topics zset, session key, the interest
+#: registry's hash.  ARGV: topic, envelope (JSON, starting with "{"), epoch
+#: candidate, ttl ms, size, max topics, number ("" for none), channel, keep
+#: ("1"/"0"), stream key prefix, fan-out ("1": some node wants it; "0": none
+#: did as of the registry version that follows), registry version.  Returns
+#: {0} for a message applied already, {1} for one handled without a position
+#: (keep "0"), {1, pos} otherwise.  The message is published only if some
+#: node wants it, or if the registry changed since the publisher decided.
 PUBLISH_SCRIPT = """
 local h, stream, topics, session = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local topic, env, candidate = ARGV[1], ARGV[2], ARGV[3]
 local ttl, size, max_topics = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local number, channel, keep, stream_prefix = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local fanout = ARGV[11] == '1' or (redis.call('HGET', KEYS[5], 'v') or '0') ~= ARGV[12]
 if number ~= '' then
   local last = tonumber(redis.call('GET', session) or '0')
   if tonumber(number) <= last then
@@ -66,7 +71,7 @@ if number ~= '' then
   redis.call('SET', session, number, 'PX', ttl)
 end
 if keep ~= '1' then
-  redis.call('PUBLISH', channel, env)
+  if fanout then redis.call('PUBLISH', channel, env) end
   return {1}
 end
 local epoch = redis.call('HGET', h, 'epoch')
@@ -93,7 +98,7 @@ if redis.call('ZCARD', topics) > max_topics then
   if tonumber(gone[2]) > horizon then redis.call('HSET', h, 'horizon', gone[2]) end
   redis.call('DEL', stream_prefix .. gone[1])
 end
-redis.call('PUBLISH', channel, out)
+if fanout then redis.call('PUBLISH', channel, out) end
 return {1, pos}
 """
 
@@ -136,6 +141,7 @@ class RedisHistory:
         self.hash_key = f"{prefix}:history"
         self.topics_key = f"{prefix}:topics"
         self.stream_prefix = f"{prefix}:stream:"
+        self.registry_key = registry_key(prefix)
         self._client = client
         self._snapshot = client.register_script(SNAPSHOT_SCRIPT)
         self._candidate = secrets.token_hex(8)
@@ -155,21 +161,27 @@ class RedisHistory:
         channel: str,
         session: str,
         number: int,
+        fanout: bool = True,
+        version: int = 0,
     ) -> bytes:
         """The packed ``EVALSHA`` of the publish script for one message.
 
-        Its reply: ``[0]`` (applied already), ``[1]`` or ``[1, pos]``
-        (published), or a ``NOSCRIPT`` error if Redis lost the script (send
+        ``fanout`` False: no node wanted ``topic`` as of the interest
+        registry's ``version``; the message is then kept but published only
+        if the registry changed since.  Its reply: ``[0]`` (applied
+        already), ``[1]`` or ``[1, pos]`` (kept, and published if wanted),
+        or a ``NOSCRIPT`` error if Redis lost the script (send
         :meth:`load_command`, then this again: the script did not run).
         """
         return pack_command(
             "EVALSHA",
             self.publish_sha,
-            4,
+            5,
             self.hash_key,
             self.stream_prefix + topic,
             self.topics_key,
             f"{self.prefix}:session:{session}",
+            self.registry_key,
             topic,
             envelope,
             self._candidate,
@@ -180,6 +192,8 @@ class RedisHistory:
             channel,
             "1" if is_kept(topic) else "0",
             self.stream_prefix,
+            "1" if fanout else "0",
+            version,
         )
 
     def snapshot(

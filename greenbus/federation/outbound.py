@@ -25,11 +25,13 @@ import secrets
 import time
 from typing import Any, NamedTuple
 
+from ..acl import INBOX_PREFIX
 from ..exceptions import LocalProtocolError
 from ._redis import pack_publish
 from .arrivals import MAX_TRACKED
 from .envelope import pack_envelope
 from .history import Done, RedisHistory
+from .interest import InterestView
 
 __all__ = ["Durable", "Job", "Packer"]
 
@@ -77,12 +79,25 @@ class Packer:
         "prefix",
         "session",
         "unencodable",
+        "unwanted",
+        "view",
     )
 
-    def __init__(self, node: str, prefix: str, history: RedisHistory | None) -> None:
+    def __init__(
+        self,
+        node: str,
+        prefix: str,
+        history: RedisHistory | None,
+        view: InterestView | None = None,
+    ) -> None:
         self.node = node
         self.prefix = prefix
         self.history = history
+        #: Who wants what (with history: decides each message's fan-out).
+        self.view = view
+        #: With history: messages packed to be kept but not published (no
+        #: node wanted them when packed).
+        self.unwanted = 0
         #: This node's own publisher session (history only).
         self.session = f"{node}-{secrets.token_hex(4)}"
         #: Messages that JSON cannot carry: logged, counted and skipped.
@@ -103,6 +118,8 @@ class Packer:
             self._epoch += 1
         origin = f"{self.node}/{self._epoch}"
         history = self.history
+        view = self.view
+        version = view.version if view is not None else 0
         now = time.time()
         jobs = []
         for entry in batch:
@@ -134,14 +151,19 @@ class Packer:
             channel = f"{self.prefix}:{topic}"
             if history is None:
                 command = pack_publish(channel, payload)
-            elif durable is not None and durable.number is not None:
-                assert durable.session is not None
-                command = history.publish_command(
-                    topic, payload, channel, durable.session, durable.number
-                )
             else:
+                # Request replies always go: the requester's inbox may be
+                # too new to have reached this node's view.
+                fanout = view is None or view.wants(topic) or topic.startswith(INBOX_PREFIX)
+                if not fanout:
+                    self.unwanted += 1
+                if durable is not None and durable.number is not None:
+                    assert durable.session is not None
+                    session, number = durable.session, durable.number
+                else:
+                    session, number = self.session, next(self._numbers)
                 command = history.publish_command(
-                    topic, payload, channel, self.session, next(self._numbers)
+                    topic, payload, channel, session, number, fanout, version
                 )
             jobs.append(Job(topic, command, durable.done if durable is not None else None))
         return jobs

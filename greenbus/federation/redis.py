@@ -62,6 +62,7 @@ import gevent
 import gevent.event
 from greenlet import getcurrent
 
+from ..acl import INBOX_PREFIX
 from ..bus import Bus
 from ..channel import Channel, Overflow
 from ..exceptions import (
@@ -83,8 +84,10 @@ from ._redis import (
 from .arrivals import Arrivals
 from .envelope import parse_envelope
 from .history import Done, RedisHistory
+from .interest import InterestView
 from .outbound import Durable, Packer
 from .publisher import Publisher
+from .registry import Registry
 
 try:
     import redis
@@ -125,6 +128,14 @@ class FederationStatistics:
     #: Publish-to-receive delay of the last message received, and the largest seen (ms).
     lag_ms: float
     max_lag_ms: float
+    #: Local emits not published because no other node wanted their topic
+    #: (with history: kept, not published); see docs/scaling.md.
+    unwanted: int
+    #: Other nodes heard of in the interest registry, the patterns they
+    #: want, and the registry version this node's view reflects.
+    remote_nodes: int
+    remote_patterns: int
+    interest_version: int
 
 
 class Federation:
@@ -147,6 +158,8 @@ class Federation:
             accepted is never dropped.
         history_ttl: seconds a kept message, and a publisher session, lasts.
         history_topics: topics the history remembers at most.
+        interest_ttl: seconds after its last heartbeat that a node's
+            interest stops counting (it heartbeats every third of it).
     """
 
     def __init__(
@@ -163,6 +176,7 @@ class Federation:
         history: int = 0,
         history_ttl: float = 120.0,
         history_topics: int = 100_000,
+        interest_ttl: float = 6.0,
     ) -> None:
         if redis is None:
             raise ImportError("federation needs redis-py: pip install 'greenbus[redis]'")
@@ -184,9 +198,17 @@ class Federation:
         if history:
             self.history = RedisHistory(self._client, prefix, history, history_ttl, history_topics)
             self._overflow = Overflow.DROP_NEWEST.value
+        # Who wants what: this node's interest in Redis, everybody's in the view.
+        # With history, this node's own interest counts too (its peers get
+        # their messages back from Redis).
+        self._view = InterestView(self.node, count_own=self.history is not None)
+        self._registry = Registry(
+            self._client, prefix, self.node, self._view, ttl=interest_ttl, max_backoff=max_backoff
+        )
+        self._unwanted = 0
         # The writer's side: its connection, numbering and counters.
         self._publisher = Publisher(
-            self._pool, Packer(self.node, prefix, self.history), batch, max_backoff
+            self._pool, Packer(self.node, prefix, self.history, self._view), batch, max_backoff
         )
         # What arrived already: repeats are dropped, gaps counted.
         self._arrivals = Arrivals(self.node)
@@ -232,7 +254,8 @@ class Federation:
         self.bus.add_interest_listener(self._on_interest)
         self.bus.add_close_listener(self._on_bus_closed)
         for pattern in self.bus.interest():
-            self._want(pattern)
+            self._on_interest(pattern, True)
+        self._registry.start()
         self._writer = gevent.spawn(self._write_loop)
         self._reader = gevent.spawn(self._read_loop)
         return self
@@ -269,6 +292,8 @@ class Federation:
         if self._reader is not None:
             # Its finally clause closes its subscribed connection.
             self._reader.kill(block=True, timeout=timeout)
+        # The other nodes stop counting this one at once.
+        self._registry.stop(timeout)
         # In case their greenlets did not get to (killed too late):
         self._publisher.close()
         if self._subscriber is not None:
@@ -295,6 +320,7 @@ class Federation:
             # closes the subscribed connection.  (If the bus was closed from the
             # reader itself, it sees _stopping when _deliver returns.)
             reader.kill(block=False)
+        self._registry.stop_soon()
         logger.info(
             "federation %s: stopped because its bus %r closed; leaving Redis "
             "(%d queued message(s) still to publish)",
@@ -329,7 +355,30 @@ class Federation:
             script_errors=self._publisher.script_errors,
             lag_ms=self._lag * 1000,
             max_lag_ms=self._max_lag * 1000,
+            unwanted=self._unwanted + self._publisher.packer.unwanted,
+            remote_nodes=len(self._view.nodes()),
+            remote_patterns=sum(len(p) for p in self._view.nodes().values()),
+            interest_version=self._view.version,
         )
+
+    def wants(self, topic: str) -> bool:
+        """True if this node would publish ``topic`` now: some other node wants
+        it (with history, this one too), or this node cannot tell yet."""
+        return self._view.wants(topic) or topic.startswith(INBOX_PREFIX)
+
+    def remote_interest(self) -> dict[str, list[str]]:
+        """Each other node's patterns, as this node last heard them."""
+        return self._view.nodes()
+
+    def interest_settled(self) -> bool:
+        """True if Redis has all this node's interest and its view of the other
+        nodes' is loaded and up to date with what it heard."""
+        return self._view.live and self._registry.settled()
+
+    def wait_registered(self, pattern: str, timeout: float | None = None) -> bool:
+        """Wait until Redis has this node's interest in ``pattern`` (every
+        node publishing after that sends it matching messages); True if so."""
+        return self._registry.wait_registered(pattern, timeout)
 
     # -- out: local emits to Redis --------------------------------------------
 
@@ -337,9 +386,18 @@ class Federation:
         # The forward's sink, inside bus.emit, with the emit's own tuple.
         # What the reader emits came from Redis: never send it back (no
         # echo, no loops).
-        if getcurrent() is self._reader or msg[0].startswith("$"):
+        topic = msg[0]
+        if getcurrent() is self._reader or topic.startswith("$"):
             # From Redis already (no echo), or a node-local system topic
             # such as a hub's $greenbus.stats (each hub has its own).
+            return False
+        view = self._view
+        if self.history is None and not view.wants(topic) and not topic.startswith(INBOX_PREFIX):
+            # No other node wants it: not published (with history it is,
+            # to be kept; the packer then decides the fan-out).  Request
+            # replies always go: the requester's inbox may be too new to
+            # have reached this node's view.
+            self._unwanted += 1
             return False
         assert self._out is not None
         try:
@@ -405,8 +463,16 @@ class Federation:
         """
         history = self.history
         assert history is not None, "snapshot() needs a federation with history"
-        if not pattern.startswith("$") and not self.wait_subscribed(pattern, timeout):
-            raise TimeoutError(f"Redis did not confirm a subscription to {pattern!r} in time")
+        if not pattern.startswith("$"):
+            deadline = time.monotonic() + timeout
+            if not self.wait_subscribed(pattern, timeout):
+                raise TimeoutError(f"Redis did not confirm a subscription to {pattern!r} in time")
+            # Every node decides a message's fan-out under the registry's
+            # version: once this node's interest is in, every message kept
+            # after the head is published to it.
+            left = max(0.0, deadline - time.monotonic())
+            if not self._registry.wait_registered(pattern, left):
+                raise TimeoutError(f"Redis did not register the interest in {pattern!r} in time")
         return history.snapshot(pattern, since)
 
     def _confirm(self, key: tuple[str, bool]) -> None:
@@ -440,9 +506,13 @@ class Federation:
     # -- in: Redis to local subscribers -------------------------------------------
 
     def _on_interest(self, pattern: str, present: bool) -> None:
+        if pattern.startswith("$"):
+            return  # node-local system topics are never federated
         if present:
+            self._registry.hold(pattern)
             self._want(pattern)
         else:
+            self._registry.release(pattern)
             self._unwant(pattern)
 
     def _want(self, pattern: str) -> None:
@@ -505,7 +575,12 @@ class Federation:
                 # comes after is sent by _command.
                 channels = [name for (name, pat) in self._globs if not pat]
                 patterns = [name for (name, pat) in self._globs if pat]
-                command = pack_command("SUBSCRIBE", f"{self.prefix}:_node.{self.node}", *channels)
+                command = pack_command(
+                    "SUBSCRIBE",
+                    f"{self.prefix}:_node.{self.node}",
+                    self._registry.channel,
+                    *channels,
+                )
                 if patterns:
                     command += pack_command("PSUBSCRIBE", *patterns)
                 link.send(command)
@@ -525,6 +600,7 @@ class Federation:
                 self._receive(link)  # returns once the federation is stopping
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._connected.clear()
+                self._registry.reader_lost()
                 broken, self._subscriber = self._subscriber, None
                 if broken is not None:
                     broken.close()
@@ -542,15 +618,24 @@ class Federation:
         # order; the subscribers' greenlets run when the reader waits for
         # more.  Returns once the federation is stopping.
         deliver, confirm = self._deliver, self._confirm
+        registry = self._registry
+        registry_channel = registry.channel_bytes
         while True:
             for reply in link.replies():
                 kind = reply[0] if isinstance(reply, list) and reply else None
                 if kind == b"message":
-                    deliver(reply[2])
+                    if reply[1] == registry_channel:
+                        registry.notify(reply[2])
+                    else:
+                        deliver(reply[2])
                 elif kind == b"pmessage":
-                    deliver(reply[3])
+                    if reply[2] != registry_channel:  # a glob such as "P:*" matches it too
+                        deliver(reply[3])
                 elif kind == b"subscribe" or kind == b"psubscribe":
-                    confirm((text(reply[1]), kind == b"psubscribe"))
+                    if reply[1] == registry_channel:
+                        registry.reader_subscribed()
+                    else:
+                        confirm((text(reply[1]), kind == b"psubscribe"))
                 elif isinstance(reply, ReplyError):
                     logger.error(
                         "federation %s: Redis refused a subscription: %s", self.node, reply
@@ -602,7 +687,7 @@ def federate(bus: Bus, url: str, *, prefix: str = "greenbus", **options: Any) ->
 
     ``options`` are those of :class:`Federation` (``max_pending``,
     ``overflow``, ``batch``, ``max_backoff``, ``node``, ``history``,
-    ``history_ttl``, ``history_topics``).  With ``history``, give the
+    ``history_ttl``, ``history_topics``, ``interest_ttl``).  With ``history``, give the
     federation to the hub: ``greenbus.serve(bus, remote=federation)``.
     """
     return Federation(bus, url, prefix=prefix, **options).start()
