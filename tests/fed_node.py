@@ -1,6 +1,6 @@
 """A federated bus in its own process, driven by the tests in test_federation.py.
 
-Run as ``python tests/fed_node.py REDIS_URL NAME``.  It makes a
+Run as ``python tests/fed_node.py REDIS_URL NAME [INTEREST_TTL]``.  It makes a
 :class:`greenbus.Bus`, federates it, waits until the federation is
 connected and prints ``{"ev": "ready", "node": ...}``.  Then it reads one
 JSON command per line on stdin and prints JSON lines on stdout:
@@ -40,7 +40,7 @@ from gevent.fileobject import FileObjectPosix
 import greenbus
 
 
-def main(url: str, name: str) -> int:
+def main(url: str, name: str, interest_ttl: str = "6") -> int:
     out = sys.stdout
 
     def say(**line: Any) -> None:
@@ -48,7 +48,7 @@ def main(url: str, name: str) -> int:
         out.flush()
 
     bus = greenbus.Bus(name)
-    federation = greenbus.federate(bus, url)
+    federation = greenbus.federate(bus, url, interest_ttl=float(interest_ttl))
     if not federation.wait_connected(10):
         say(ev="error", error="not connected to Redis within 10 s")
         return 1

@@ -282,12 +282,12 @@ class NodeProcess:
     in :attr:`got`, answers by command id in :attr:`answers`.
     """
 
-    def __init__(self, name: str, url: str, log_path: Path) -> None:
+    def __init__(self, name: str, url: str, log_path: Path, *options: str) -> None:
         self.name = name
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(NODE_SCRIPT), url, name],
+                [sys.executable, str(NODE_SCRIPT), url, name, *options],
                 cwd=ROOT,
                 env=child_env(),
                 stdin=subprocess.PIPE,
