@@ -225,6 +225,11 @@ class InterestView:
             return True  # the last load covered it
         node = change.get("n")
         for dead in change.get("x") or ():
+            logger.warning(
+                "federation %s: node %s missed its heartbeats; its interest no longer counts",
+                self.node,
+                dead,
+            )
             self._drop(dead)
         if node != self.node:
             if change.get("r"):

@@ -7,7 +7,8 @@ packed commands and parses the replies itself, with no redis-py machinery
 per message:
 
 * **out**: every message emitted on this node (by local code or its remote
-  peers; never one that came from Redis) is queued by a forward on ``>``
+  peers; never one that came from Redis) that some other node wants (see
+  :mod:`greenbus.federation.registry`) is queued by a forward on ``>``
   into a bounded outbound channel, from which a writer greenlet publishes
   what has accumulated, one round trip per batch (see
   :mod:`greenbus.federation.publisher`; a message emitted while the writer
