@@ -19,7 +19,16 @@ if TYPE_CHECKING:
     from ..history import HistoryStatistics
     from .peer import PeerStatistics
 
-__all__ = ["TIMEOUT_KINDS", "HubCounters", "prometheus_text", "resident_bytes"]
+__all__ = [
+    "PER_PEER_LABEL",
+    "TIMEOUT_KINDS",
+    "Family",
+    "HubCounters",
+    "metric_families",
+    "prometheus_text",
+    "render_families",
+    "resident_bytes",
+]
 
 #: The kinds of timeout counted in ``greenbus_timeouts_total``.
 TIMEOUT_KINDS = ("handshake", "hello", "keepalive", "close")
@@ -156,7 +165,12 @@ PER_PEER = (
     ),
 )
 
+#: A sample: its labels as written (``""``, or ``'{code="limit"}'``) and its value.
 Samples = list[tuple[str, float]]
+#: One metric family: (name without ``greenbus_``, ``"counter"``/``"gauge"``, help, samples).
+Family = tuple[str, str, str, Samples]
+#: The label of the per-peer families (:data:`PER_PEER`): one series per connection.
+PER_PEER_LABEL = "peer"
 
 
 def prometheus_text(
@@ -169,6 +183,29 @@ def prometheus_text(
 ) -> str:
     """The ``/metrics`` document, Prometheus exposition format 0.0.4.
 
+    :func:`render_families` of :func:`metric_families` (same arguments).
+    """
+    return render_families(
+        metric_families(
+            c,
+            peers,
+            local_subscriptions=local_subscriptions,
+            history=history,
+            duplicate_pubs=duplicate_pubs,
+        )
+    )
+
+
+def metric_families(
+    c: HubCounters,
+    peers: Sequence[PeerStatistics],
+    *,
+    local_subscriptions: int,
+    history: HistoryStatistics | None = None,
+    duplicate_pubs: int = 0,
+) -> list[Family]:
+    """Every metric family of one hub, in the order ``/metrics`` lists them.
+
     Args:
         c: the hub's counters.
         peers: a snapshot of each connected peer.
@@ -177,7 +214,7 @@ def prometheus_text(
         duplicate_pubs: pubs sent again after a cut and dropped (the hub's
             :class:`~greenbus.history.Publishers`).
     """
-    families: list[tuple[str, str, str, Samples]] = [
+    families: list[Family] = [
         ("connections", "gauge", "Open WebSocket connections.", [("", len(peers))]),
         *((name, "counter", text, [("", getattr(c, field))]) for name, field, text in COUNTERS),
         (
@@ -218,7 +255,12 @@ def prometheus_text(
             _labelled("code", sorted(c.closes.items())),
         ),
         *(
-            (name, kind, text, _labelled("peer", [(p.id, getattr(p, field)) for p in peers]))
+            (
+                name,
+                kind,
+                text,
+                _labelled(PER_PEER_LABEL, [(p.id, getattr(p, field)) for p in peers]),
+            )
             for name, kind, field, text in PER_PEER
         ),
     ]
@@ -247,6 +289,11 @@ def prometheus_text(
             [("", sys.getallocatedblocks())],
         )
     )
+    return families
+
+
+def render_families(families: Sequence[Family]) -> str:
+    """``families`` as Prometheus text (exposition format 0.0.4), names prefixed ``greenbus_``."""
     lines: list[str] = []
     for name, kind, text, samples in families:
         lines.append(f"# HELP greenbus_{name} {text}")

@@ -45,8 +45,9 @@ from ..session import SessionLimits
 from .connection import Connection, wire_logger
 from .feed import Feed, RemoteLog
 from .http import NOT_FOUND, http_answer
-from .metrics import HubCounters, prometheus_text
+from .metrics import Family, HubCounters, metric_families, render_families
 from .peer import Peer, PeerLimits
+from .siblings import Siblings
 
 __all__ = ["HubConfig", "HubServer", "serve"]
 
@@ -99,6 +100,9 @@ class HubConfig:
     history: int = DEFAULT_HISTORY
     history_ttl: float = DEFAULT_HISTORY_TTL
     history_topics: int = DEFAULT_MAX_TOPICS
+    #: Bind with SO_REUSEPORT: several processes listen on one port and the
+    #: kernel spreads the connections (``greenbus serve --workers``).
+    reuse_port: bool = False
     peer: PeerLimits = field(default_factory=PeerLimits)
 
     def __post_init__(self) -> None:
@@ -176,8 +180,13 @@ class HubServer:
         )
         if remote is not None:
             remote.add_lost_listener(self._feed_lost)
+        #: The other workers of ``greenbus serve --workers N``: set, the
+        #: stats, ``/metrics`` and ``/health`` show them all (None: alone).
+        self.siblings: Siblings | None = None
         self._server: StreamServer | None = None
         self._stats_greenlet: gevent.Greenlet | None = None
+        self._topic_counts: dict[str, int] = {}
+        self._topic_rates: dict[str, float] = {}
         self._stopped = gevent.event.Event()
         self._started_at = time.monotonic()
         # Tokens are compared in constant time and never logged (acl.py).
@@ -221,7 +230,10 @@ class HubServer:
             ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
             tls = {"ssl_context": ctx, "do_handshake_on_connect": False}
-        self._server = StreamServer((self.config.host, self.config.port), self._handle, **tls)
+        listener: Any = (self.config.host, self.config.port)
+        if self.config.reuse_port:
+            listener = reuse_port_listener(self.config.host, self.config.port)
+        self._server = StreamServer(listener, self._handle, **tls)
         self._server.start()
         self._started_at = time.monotonic()
         self.start_feeds()
@@ -257,8 +269,8 @@ class HubServer:
         """
         if self.config.stats_interval is None or self._stats_greenlet is not None:
             return
-        self._topic_counts: dict[str, int] = {}
-        self._topic_rates: dict[str, float] = {}
+        self._topic_counts = {}
+        self._topic_rates = {}
         self._stats_forward = self.bus.forward(">", self._count_topic, interest=False, raw=True)
         self._stats_greenlet = gevent.spawn(self._stats_loop)
 
@@ -288,7 +300,12 @@ class HubServer:
             last = now
             self._topic_rates = {t: round(n / elapsed, 1) for t, n in counts.items()}
             try:
-                self.bus.emit(STATS_TOPIC, self.stats_document())
+                document = self.stats_document()
+                if self.siblings is not None:
+                    document = self.siblings.merge_stats(
+                        document, MAX_STATS_PEERS, MAX_STATS_TOPICS
+                    )
+                self.bus.emit(STATS_TOPIC, document)
             except BusClosed:
                 return
             except Exception:
@@ -578,8 +595,8 @@ class HubServer:
         return answer.response()
 
     def health(self) -> dict[str, Any]:
-        """The ``/health`` document."""
-        return {
+        """The ``/health`` document (with siblings, their connections too)."""
+        document = {
             "status": "ok",
             "server": self.config.name,
             "version": __version__,
@@ -587,10 +604,21 @@ class HubServer:
             "connections": len(self.peers),
             "bus": self.bus.name,
         }
+        return document if self.siblings is None else self.siblings.merge_health(document)
 
     def metrics(self) -> str:
-        """The ``/metrics`` text, Prometheus exposition format 0.0.4."""
-        return prometheus_text(
+        """The ``/metrics`` text, Prometheus exposition format 0.0.4.
+
+        With :attr:`siblings`, every worker's sum and each worker's own series.
+        """
+        families = self.metric_families()
+        if self.siblings is not None:
+            families = self.siblings.merge_metrics(families)
+        return render_families(families)
+
+    def metric_families(self) -> list[Family]:
+        """This hub's own metric families (see :func:`~greenbus.bridge.metrics.metric_families`)."""
+        return metric_families(
             self.counters,
             [p.statistics() for p in self.peers.values()],
             local_subscriptions=len(self.bus.subscriptions()),
@@ -600,6 +628,33 @@ class HubServer:
 
 
 _WIRE_LOGGER = wire_logger("websockets.server")
+
+
+def reuse_port_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A listening gevent socket on ``host:port`` with SO_REUSEADDR and SO_REUSEPORT.
+
+    Every process that binds the port so shares it; the kernel spreads new
+    connections over those listening.
+
+    Raises:
+        OSError: the address cannot be bound (in use without SO_REUSEPORT,
+            not this machine's, a host that does not resolve).
+    """
+    from gevent import socket as gsocket
+
+    family, kind, proto, _, address = gsocket.getaddrinfo(
+        host, port, 0, gsocket.SOCK_STREAM, 0, gsocket.AI_PASSIVE
+    )[0]
+    sock: socket.socket = gsocket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def serve(

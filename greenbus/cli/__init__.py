@@ -119,4 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # perf parses its own options (they are listed by `greenbus bench --help`).
         return demo.bench_command(argv[1:])
     args = build_parser().parse_args(argv)
+    # As typed: greenbus serve --workers N starts its workers with it.
+    args.argv = argv
     return COMMANDS[args.command](args)

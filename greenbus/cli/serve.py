@@ -120,6 +120,14 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--redis-prefix", default="greenbus", help="Redis channel namespace")
     serve.add_argument(
+        "--workers",
+        type=argtypes.at_least(1),
+        default=1,
+        metavar="N",
+        help="hub processes sharing the port (SO_REUSEPORT), federated through --redis "
+        "(default 1: this process alone)",
+    )
+    serve.add_argument(
         "--transport",
         choices=("websockets", "wsgi"),
         default="websockets",
@@ -137,6 +145,12 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             "(TLS and Origin checks in front of it); use the default transport to have "
             "the hub do them"
         )
+    if args.workers > 1 and not args.redis:
+        parser.error(
+            f"--workers {args.workers} needs --redis URL: the workers are one bus through Redis"
+        )
+    if args.workers > 1 and args.transport == "wsgi":
+        parser.error("--workers needs the default transport (--transport wsgi binds alone)")
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -153,15 +167,21 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from ..bridge.server import serve
     from ..bus import Bus
+    from . import workers
 
+    worker = workers.worker_identity()
+    # A worker's lines say which worker wrote them (they share the supervisor's stderr).
+    tag = f"[worker {worker.index}] " if worker is not None else ""
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
     )
     token = args.token or os.environ.get("GREENBUS_TOKEN") or None
     acl = _load_acl(args.acl) if args.acl else None
     if args.certfile:
         _check_tls(args.certfile, args.keyfile)
+    if args.workers > 1 and worker is None:
+        return workers.supervise(args)
     bus = Bus("hub")
     federation = None
     if args.redis:
@@ -176,6 +196,7 @@ def serve_command(args: argparse.Namespace) -> int:
                 history=history,
                 history_ttl=args.history_ttl or 120.0,
                 history_topics=args.history_topics,
+                node=worker.node if worker is not None else None,
             )
         except ImportError as exc:  # redis-py is an extra: greenbus[redis]
             raise SystemExit(f"greenbus serve: --redis: {exc}") from None
@@ -204,11 +225,14 @@ def serve_command(args: argparse.Namespace) -> int:
         history_ttl=args.history_ttl,
         history_topics=args.history_topics,
         stats_interval=None if args.stats_interval <= 0 else args.stats_interval,
+        reuse_port=worker is not None,
     )
     if args.transport == "wsgi":
         return _serve_wsgi(args, bus, hub.config, federation, remote)
     _listen(hub.start, args.host, args.port)
-    # Scripts (and the tests) read this line to learn the port when --port 0.
+    siblings = _join_siblings(args, hub, worker) if worker is not None else None
+    # Scripts (and the tests) read this line to learn the port when --port 0
+    # (a worker's supervisor reads it, and prints its own once all listen).
     print(f"greenbus hub listening on {hub.url}", flush=True)
     _log_federation(args, federation)
     if args.host not in LOOPBACK:
@@ -219,6 +243,8 @@ def serve_command(args: argparse.Namespace) -> int:
         )
 
     def stop() -> None:
+        if siblings is not None:
+            siblings.stop()
         hub.stop()
         if federation is not None:
             federation.stop()
@@ -226,6 +252,23 @@ def serve_command(args: argparse.Namespace) -> int:
 
     _run_until_signalled(stop)
     return 0
+
+
+def _join_siblings(args: argparse.Namespace, hub: Any, worker: Any) -> Any:
+    """In a worker of ``--workers N``: share the hub's statistics with the other
+    workers through Redis, and stop if the supervisor goes; the :class:`Siblings`."""
+    import gevent
+
+    from ..bridge.siblings import Siblings, workers_key
+    from .workers import watch_supervisor
+
+    interval = args.stats_interval if args.stats_interval > 0 else 1.0
+    siblings = Siblings(
+        args.redis, workers_key(args.redis_prefix, worker.group), worker.node, interval
+    )
+    hub.siblings = siblings.start(hub)
+    gevent.spawn(watch_supervisor)
+    return siblings
 
 
 def _one_line(text: str) -> str:
@@ -318,10 +361,14 @@ def _run_until_signalled(stop: Callable[[], None]) -> None:
     import gevent.event
 
     done = gevent.event.Event()
+    stopping: list[bool] = []
 
     def on_signal() -> None:
-        if done.is_set():
+        # One stop, whatever comes next (Ctrl-C reaches a supervisor's
+        # workers directly, and the supervisor sends SIGTERM too).
+        if stopping:
             return
+        stopping.append(True)
         try:
             stop()
         finally:

@@ -149,9 +149,11 @@ function renderStats(stats) {
   lastStatsAt = performance.now();
   $("stats-note").hidden = true;
   document.body.classList.remove("stale");
-  $("hub-info").textContent = `hub ${stats.server} · v${stats.version} · up ${formatUptime(stats.uptime_s)}`;
+  // greenbus serve --workers N: the figures are every worker's (this page is on stats.worker).
+  const workers = stats.workers > 1 ? ` · ${stats.workers} workers` : "";
+  $("hub-info").textContent = `hub ${stats.server} · v${stats.version} · up ${formatUptime(stats.uptime_s)}${workers}`;
   renderTotals(stats);
-  renderPeers(stats.peers);
+  renderPeers(stats.peers, stats.worker);
   renderTopics(stats.topics);
   previous = stats;
 }
@@ -194,10 +196,11 @@ function subscriptionsCell(subscriptions) {
   return cell;
 }
 
-function renderPeers(peers) {
+function renderPeers(peers, worker) {
   $("peer-count").textContent = numberFormat.format(peers.length);
   const rows = peers.slice(0, MAX_PEER_ROWS).map((p) => {
-    const self = client !== null && p.id === client.peer;
+    // Peer ids are per worker: this page's is the one on its own worker.
+    const self = client !== null && p.id === client.peer && p.worker === worker;
     const idCell = el("td", { className: "peer-id" }, el("code", {}, p.id));
     if (self) idCell.append(el("span", { className: "badge" }, "this page"));
     const num = (value, alert = false) =>
