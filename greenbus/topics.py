@@ -221,6 +221,10 @@ class TopicIndex(Generic[T]):
         """Each pattern in the index, with how many values are under it."""
         return dict(self._count)
 
+    def count(self, pattern: str) -> int:
+        """How many values are under ``pattern`` (0: none)."""
+        return self._count.get(pattern, 0)
+
     def add(self, pattern: str, value: T) -> None:
         """Add ``value`` under ``pattern``.
 

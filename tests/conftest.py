@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -15,12 +17,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 import greenbus
 from greenbus import HubServer, RemoteBus, _codec, protocol
@@ -342,10 +345,17 @@ class RedisServer:
     port: int
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: More ``redis-server`` options, after the defaults (a cluster node's, say).
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the last ``start()``; None before any."""
+        return None if self.proc is None else self.proc.pid
 
     @property
     def running(self) -> bool:
@@ -367,6 +377,7 @@ class RedisServer:
             "--appendonly", "no",
             "--dir", str(self.log_path.parent),
             "--logfile", "",
+            *self.args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -449,6 +460,283 @@ def redis_pools(redis_server: RedisServer) -> Iterator[Callable[..., redis.Conne
     yield make
     for pool in pools:
         pool.disconnect()
+
+
+# -- Redis Cluster (issue 16: sharded pub/sub; test_redis_cluster_fixture) ----------
+
+#: redis-cli, which builds the cluster (``--cluster create``); Debian's
+#: redis-server package depends on redis-tools, which ships it.
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+#: Sharded pub/sub (SSUBSCRIBE, SPUBLISH) arrived in Redis 7.0.
+CLUSTER_MIN_VERSION = (7, 0)
+
+#: Hash slots of a Redis Cluster (the cluster specification, "Key distribution model").
+CLUSTER_SLOTS = 16384
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@functools.cache
+def redis_server_version() -> tuple[int, int, int]:
+    """The version of :data:`REDIS_SERVER`, from ``redis-server --version``.
+
+    Raises:
+        AssertionError: it did not print a ``v=X.Y.Z``.
+    """
+    out = subprocess.run(
+        [REDIS_SERVER, "--version"], capture_output=True, timeout=10, check=False
+    ).stdout
+    match = re.search(rb"\bv=(\d+)\.(\d+)\.(\d+)", out)
+    assert match, f"{REDIS_SERVER} --version: {out!r}"
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
+def redis_client(port: int) -> redis.Redis:
+    """A plain redis-py client of 127.0.0.1:``port`` (one node of a cluster, say):
+    strings decoded, 5 s socket timeout.  Close it (it is a context manager)."""
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of ``size`` masters and no replicas, each a ``redis-server
+    --cluster-enabled yes`` child process on 127.0.0.1, built by ``redis-cli
+    --cluster create``: no persistence, files in ``directory``.
+
+    Each node takes two free ports: its client port and its cluster bus port
+    (``--cluster-port``; the default, port + 10000, may be taken or past 65535).
+    ``nodes`` are :class:`RedisServer` handles: a test may ``kill()`` one, and
+    ``start()`` it again on the same port, where it rejoins the cluster from its
+    ``nodes-<port>.conf`` (empty, as a restart without persistence is).
+    Waiting is polled with a plain ``time.sleep``, as :class:`RedisServer` does.
+    """
+
+    directory: Path
+    size: int = 3
+    node_timeout_ms: int = 2000
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def ports(self) -> list[int]:
+        """The nodes' client ports, in creation order."""
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...``: every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    @property
+    def create_log_path(self) -> Path:
+        return self.directory / "cluster-create.log"
+
+    def start(self, timeout: float = 30.0) -> RedisCluster:
+        """Start the nodes on free ports, create the cluster, and wait until every
+        node reports it ``ok`` with all slots served and every node known.
+
+        Raises:
+            AssertionError: a node did not start (its port was taken, say),
+                ``redis-cli --cluster create`` failed, or the cluster was not
+                ``ok`` within ``timeout`` s; the logs are in the message.
+                Whatever was started is stopped.
+        """
+        assert not self.nodes, f"cluster in {self.directory} already started"
+        deadline = time.monotonic() + timeout
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(2 * self.size)
+        for port, bus_port in zip(ports[::2], ports[1::2], strict=True):
+            options = (
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.directory / f"nodes-{port}.conf"),
+                "--cluster-port", str(bus_port),
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+            )  # fmt: skip
+            self.nodes.append(RedisServer(port, self.directory / f"redis-{port}.log", args=options))
+        try:
+            for node in self.nodes:
+                node.start()
+            self._create(deadline)
+            self.wait_ok(deadline - time.monotonic())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _create(self, deadline: float) -> None:
+        """Run ``redis-cli --cluster create`` on the nodes; its output to the log."""
+        cmd = [
+            REDIS_CLI, "--cluster", "create",
+            *(f"127.0.0.1:{port}" for port in self.ports),
+            "--cluster-replicas", "0",
+            "--cluster-yes",
+        ]  # fmt: skip
+        with self.create_log_path.open("wb") as log:
+            try:
+                code = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=max(deadline - time.monotonic(), 1.0),
+                    check=False,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                code = None
+        if code != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed (exit {code}):\n{self.log()}")
+
+    def cluster_info(self, port: int) -> dict[str, str]:
+        """``CLUSTER INFO`` of the node on ``port``, as redis-py parses it."""
+        with redis_client(port) as client:
+            return client.execute_command("CLUSTER INFO")  # type: ignore[no-any-return]
+
+    def wait_ok(self, timeout: float = 10.0) -> None:
+        """Wait until every node reports ``cluster_state:ok``, all
+        :data:`CLUSTER_SLOTS` slots ok and every node known.
+
+        Raises:
+            AssertionError: a node exited, or not within ``timeout`` s; the last
+                answers and the logs are in the message.
+        """
+        deadline = time.monotonic() + timeout
+        wanted = {
+            "cluster_state": "ok",
+            "cluster_slots_ok": str(CLUSTER_SLOTS),
+            "cluster_known_nodes": str(self.size),
+        }
+        while True:
+            answers: dict[int, object] = {}
+            for node in self.nodes:
+                try:
+                    info = self.cluster_info(node.port)
+                    answers[node.port] = {key: info.get(key) for key in wanted}
+                except redis.RedisError as exc:
+                    answers[node.port] = exc
+            if all(answer == wanted for answer in answers.values()):
+                return
+            exited = [node.port for node in self.nodes if not node.running]
+            if exited or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"Redis Cluster {self.url} not ok within {timeout:.1f} s "
+                    f"(exited: {exited}); CLUSTER INFO: {answers}\n{self.log()}"
+                )
+            time.sleep(0.05)
+
+    def master_of(self, key_or_channel: str) -> int:
+        """The port of the master that serves the hash slot of ``key_or_channel``
+        (hash tags count: ``{user1}.a`` goes where ``user1`` goes), as ``CLUSTER
+        SLOTS`` of the first running node tells it.
+
+        Raises:
+            AssertionError: no running node, or no master serves the slot.
+        """
+        slot = redis.cluster.key_slot(key_or_channel.encode())
+        running = [node for node in self.nodes if node.running]
+        assert running, f"no node of {self.url} is running"
+        with redis_client(running[0].port) as client:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        for first, last, master, *_replicas in ranges:
+            if first <= slot <= last:
+                return int(master[1])
+        raise AssertionError(f"no master serves slot {slot} of {key_or_channel!r}: {ranges}")
+
+    def commandstats(self, name: str) -> int:
+        """Calls of command ``name`` (``spublish``, ``cluster|info``) since the nodes
+        started: ``INFO commandstats`` ``cmdstat_<name>`` summed over the running
+        nodes (those of a node that is down are lost, as a restart loses them).
+        Redis counts the calls made by scripts too."""
+        total = 0
+        for node in self.nodes:
+            if node.running:
+                with redis_client(node.port) as client:
+                    stats = client.info("commandstats")
+                total += int(stats.get(f"cmdstat_{name.lower()}", {}).get("calls", 0))
+        return total
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, wait, SIGKILL if needed); idempotent."""
+        for node in self.nodes:
+            node.stop()
+
+    def log(self) -> str:
+        """``redis-cli --cluster create``'s output, then each node's log."""
+        parts = []
+        if self.create_log_path.exists():
+            text = self.create_log_path.read_text(encoding="utf-8", errors="replace")
+            parts.append("--- redis-cli --cluster create:\n" + _ANSI.sub("", text))
+        for node in self.nodes:
+            if node.log_path.exists():
+                parts.append(
+                    f"--- redis-server 127.0.0.1:{node.port} (pid {node.pid}):\n{node.log()}"
+                )
+        return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def running_redis_cluster(directory: Path, size: int = 3) -> Iterator[RedisCluster]:
+    """A started :class:`RedisCluster` (in ``directory``), stopped when the block
+    ends, whichever way; what the ``redis_cluster`` fixture yields.
+
+    Fails the test (no traceback) when redis-server or redis-cli is missing or
+    redis-server is older than :data:`CLUSTER_MIN_VERSION`.  Free ports that raced
+    away are retried with new ones, up to three attempts.
+    """
+    for program, package in ((REDIS_SERVER, "redis-server"), (REDIS_CLI, "redis-tools")):
+        if not os.access(program, os.X_OK):
+            pytest.fail(
+                f"{program} not found: the Redis Cluster tests need a real cluster; "
+                f"install it with `apt-get install -y {package}`",
+                pytrace=False,
+            )
+    version = redis_server_version()
+    if version[:2] < CLUSTER_MIN_VERSION:
+        pytest.fail(
+            f"{REDIS_SERVER} is {'.'.join(map(str, version))}: the Redis Cluster tests "
+            f"need sharded pub/sub, Redis >= {'.'.join(map(str, CLUSTER_MIN_VERSION))}",
+            pytrace=False,
+        )
+    for attempt in range(3):
+        cluster = RedisCluster(directory / f"cluster{attempt}", size=size)
+        try:
+            cluster.start()
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise  # free ports raced away three times: something is wrong
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A fresh, empty three-master Redis Cluster on free ports of 127.0.0.1
+    (``redis_cluster.url`` is the ``redis+cluster://`` URL); stopped afterwards."""
+    with running_redis_cluster(tmp_path) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_cli(redis_cluster: RedisCluster) -> Iterator[redis.cluster.RedisCluster]:
+    """A redis-py cluster client of the test's cluster (seeded by its first node);
+    closed afterwards."""
+    client = redis.cluster.RedisCluster(
+        host="127.0.0.1", port=redis_cluster.ports[0], decode_responses=True
+    )
+    yield client
+    client.close()
 
 
 # -- subscriptions, as the bus tests read them (test_bus, test_subscription, test_message) --

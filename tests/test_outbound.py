@@ -141,7 +141,7 @@ def test_with_history_each_message_is_the_scripts_evalsha_numbered_in_a_publishe
             f"{{{PREFIX}}}:registry".encode(),
         ]
         topic, payload, number, channel = args[8], args[9], args[14], args[15]
-        assert args[18:] == [b"1", b"0"]  # no view: fanned out, whatever the version
+        assert args[18:] == [b"1", b"0", b"PUBLISH"]  # no view: fanned out, whatever the version
         assert (topic.decode(), channel.decode()) == (job.topic, f"{PREFIX}:{job.topic}")
         fields = parse_envelope(payload)
         sessions.append((args[6].decode(), int(number), fields[1], fields[4]))
@@ -177,7 +177,7 @@ def test_with_history_the_view_decides_each_messages_fanout_under_its_version() 
     jobs = packer.pack(
         [emit("wanted.a"), emit("quiet.a"), emit("mine.x"), emit("_INBOX.abc.1"), emit("quiet.b")]
     )
-    assert [(job.topic, unpack(job)[18:]) for job in jobs] == [
+    assert [(job.topic, unpack(job)[18:20]) for job in jobs] == [
         ("wanted.a", [b"1", b"7"]),
         ("quiet.a", [b"0", b"7"]),
         ("mine.x", [b"1", b"7"]),
@@ -192,5 +192,5 @@ def test_a_view_that_is_not_live_fans_everything_out() -> None:
     view.load([7])
     packer = Packer("n1", PREFIX, history(), view)
     [job] = packer.pack([emit("quiet.a")])
-    assert unpack(job)[18:] == [b"1", b"7"]
+    assert unpack(job)[18:20] == [b"1", b"7"]
     assert packer.unwanted == 0

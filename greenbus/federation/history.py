@@ -43,6 +43,7 @@ from typing import Any
 from ..history import Position, is_kept
 from ..topics import is_wildcard, pattern_matches
 from ._redis import pack_command
+from .cluster import root_channel, root_of
 from .envelope import decode_envelope
 from .interest import registry_key
 
@@ -52,7 +53,8 @@ __all__ = ["PUBLISH_SCRIPT", "SNAPSHOT_SCRIPT", "RedisHistory"]
 #: registry's hash.  ARGV: topic, envelope (JSON, starting with "{"), epoch
 #: candidate, ttl ms, size, max topics, number ("" for none), channel, keep
 #: ("1"/"0"), stream key prefix, fan-out ("1": some node wants it; "0": none
-#: did as of the registry version that follows), registry version.  Returns
+#: did as of the registry version that follows), registry version, the
+#: publishing command ("PUBLISH", or "SPUBLISH" on a cluster).  Returns
 #: {0} for a message applied already, {1} for one handled without a position
 #: (keep "0"), {1, pos} otherwise.  The message is published only if some
 #: node wants it, or if the registry changed since the publisher decided.
@@ -71,7 +73,7 @@ if number ~= '' then
   redis.call('SET', session, number, 'PX', ttl)
 end
 if keep ~= '1' then
-  if fanout then redis.call('PUBLISH', channel, env) end
+  if fanout then redis.call(ARGV[13], channel, env) end
   return {1}
 end
 local epoch = redis.call('HGET', h, 'epoch')
@@ -98,7 +100,7 @@ if redis.call('ZCARD', topics) > max_topics then
   if tonumber(gone[2]) > horizon then redis.call('HSET', h, 'horizon', gone[2]) end
   redis.call('DEL', stream_prefix .. gone[1])
 end
-if fanout then redis.call('PUBLISH', channel, out) end
+if fanout then redis.call(ARGV[13], channel, out) end
 return {1, pos}
 """
 
@@ -133,18 +135,41 @@ class RedisHistory:
         max_topics: topics remembered at most.
     """
 
-    def __init__(self, client: Any, prefix: str, size: int, ttl: float, max_topics: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        size: int,
+        ttl: float,
+        max_topics: int,
+        *,
+        cluster: bool = False,
+    ) -> None:
         self.prefix = prefix
         self.size = size
         self.ttl = ttl
         self.max_topics = max_topics
-        self.hash_key = f"{prefix}:history"
-        self.topics_key = f"{prefix}:topics"
-        self.stream_prefix = f"{prefix}:stream:"
-        self.registry_key = registry_key(prefix)
+        #: Over a Redis Cluster: one history per topic root, on its shard.
+        self.cluster = cluster
         self._client = client
         self._snapshot = client.register_script(SNAPSHOT_SCRIPT)
         self._candidate = secrets.token_hex(8)
+
+    def space(self, name: str) -> str:
+        """The key prefix of the history ``name`` (a topic or pattern) is in:
+        the federation's prefix, or over a cluster its root's (``P:{root}``).
+
+        Raises:
+            ValueError: over a cluster, ``name``'s first token is a wildcard.
+        """
+        if not self.cluster:
+            return self.prefix
+        root = root_of(name)
+        if root is None:
+            raise ValueError(
+                f"{name!r} has no history over a Redis Cluster: its first token is a wildcard"
+            )
+        return root_channel(self.prefix, root)
 
     #: The SHA1 of :data:`PUBLISH_SCRIPT`, for EVALSHA.
     publish_sha = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
@@ -173,15 +198,19 @@ class RedisHistory:
         or a ``NOSCRIPT`` error if Redis lost the script (send
         :meth:`load_command`, then this again: the script did not run).
         """
+        space = self.space(topic)
+        stream_prefix = f"{space}:stream:"
         return pack_command(
             "EVALSHA",
             self.publish_sha,
             5,
-            self.hash_key,
-            self.stream_prefix + topic,
-            self.topics_key,
-            f"{self.prefix}:session:{session}",
-            self.registry_key,
+            f"{space}:history",
+            stream_prefix + topic,
+            f"{space}:topics",
+            f"{space}:session:{session}",
+            # Over a cluster the registry is on another shard: the caller
+            # always fans out, and this key (in the root's slot) is never set.
+            f"{space}:registry" if self.cluster else registry_key(self.prefix),
             topic,
             envelope,
             self._candidate,
@@ -191,9 +220,10 @@ class RedisHistory:
             number,
             channel,
             "1" if is_kept(topic) else "0",
-            self.stream_prefix,
+            stream_prefix,
             "1" if fanout else "0",
             version,
+            "SPUBLISH" if self.cluster else "PUBLISH",
         )
 
     def snapshot(
@@ -208,9 +238,12 @@ class RedisHistory:
 
         Raises:
             redis.exceptions.RedisError, OSError: Redis cannot be reached.
+            ValueError: over a cluster, ``pattern``'s first token is a wildcard.
         """
+        space = self.space(pattern)
+        stream_prefix = f"{space}:stream:"
         reply = self._snapshot(
-            keys=[self.hash_key, self.topics_key],
+            keys=[f"{space}:history", f"{space}:topics"],
             args=[self._candidate, "" if since is None else since.seq],
         )
         epoch, seq, ms, horizon = (_text(v) for v in reply[:4])
@@ -236,7 +269,7 @@ class RedisHistory:
         pipe = self._client.pipeline(transaction=False)
         for topic, _ in topics:
             pipe.xrange(
-                self.stream_prefix + topic,
+                stream_prefix + topic,
                 f"({since.ms}-{since.seq}",
                 f"{head.ms}-{head.seq}",
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..topics import TopicIndex
@@ -101,6 +102,9 @@ return out
 """
 
 
+#: The pattern :attr:`InterestView.listener` hears of while the view is not live.
+ALL = ">"
+
 #: Notifications kept while a load is on its way, at most (past it, the
 #: ones after are dropped: the version jump they leave asks for a new load).
 MAX_PENDING = 10_000
@@ -131,11 +135,12 @@ class InterestView:
 
     __slots__ = (
         "_index",
+        "_live",
         "_nodes",
         "_own",
         "_pending",
         "count_own",
-        "live",
+        "listener",
         "loaded",
         "node",
         "version",
@@ -146,9 +151,14 @@ class InterestView:
         self.count_own = count_own
         #: The registry version this view reflects (0: never loaded).
         self.version = 0
-        #: Loaded since the reader last (re)subscribed; and the reader is there.
+        #: Loaded since the reader last (re)subscribed.
         self.loaded = False
-        self.live = False
+        self._live = False
+        #: Told ``listener(pattern, True)`` when a pattern gains its first
+        #: node and ``(pattern, False)`` when it loses its last, and
+        #: ``listener(">", ...)`` too when the view stops or starts being
+        #: :attr:`live` (not live, it wants everything).
+        self.listener: Callable[[str, bool], object] | None = None
         self._nodes: dict[str, set[str]] = {}
         self._own: set[str] = set()
         # Notifications heard while a load is on its way: applied after it.
@@ -158,6 +168,22 @@ class InterestView:
     def __repr__(self) -> str:
         state = "live" if self.live else "not live"
         return f"<InterestView v{self.version} nodes={len(self._nodes)} {state}>"
+
+    @property
+    def live(self) -> bool:
+        """The view is loaded and kept up (False: it cannot tell, it wants all)."""
+        return self._live
+
+    @live.setter
+    def live(self, live: bool) -> None:
+        if live != self._live:
+            self._live = live
+            if self.listener is not None:
+                self.listener(ALL, not live)
+
+    def patterns(self) -> list[str]:
+        """Every pattern some node wants (this one too, with ``count_own``)."""
+        return list(self._index.patterns())
 
     def wants(self, topic: str) -> bool:
         """True if some node (this one too, with ``count_own``) wants ``topic``,
@@ -178,14 +204,14 @@ class InterestView:
         if pattern not in self._own:
             self._own.add(pattern)
             if self.count_own:
-                self._index.add(pattern, self.node)
+                self._hold(pattern, self.node)
 
     def release(self, pattern: str) -> None:
         """This node no longer wants ``pattern``."""
         if pattern in self._own:
             self._own.discard(pattern)
             if self.count_own:
-                self._index.remove(pattern, self.node)
+                self._release(pattern, self.node)
 
     def load(self, reply: list[Any]) -> None:
         """Replace the other nodes' patterns with :data:`LOAD_SCRIPT`'s ``reply``."""
@@ -239,7 +265,7 @@ class InterestView:
             for pattern in change.get("d") or ():
                 if held is not None and pattern in held:
                     held.discard(pattern)
-                    self._index.remove(pattern, sys.intern(node))
+                    self._release(pattern, sys.intern(node))
         missed = version != self.version + 1
         self.version = version
         return not missed
@@ -253,7 +279,7 @@ class InterestView:
         for pattern in patterns:
             if pattern not in held:
                 try:
-                    self._index.add(pattern, node)
+                    self._hold(pattern, node)
                 except ValueError:  # InvalidTopic: not from a greenbus node
                     continue
                 held.add(pattern)
@@ -261,4 +287,15 @@ class InterestView:
     def _drop(self, node: str) -> None:
         node = sys.intern(node)
         for pattern in self._nodes.pop(node, ()):
-            self._index.remove(pattern, node)
+            self._release(pattern, node)
+
+    def _hold(self, pattern: str, node: str) -> None:
+        first = not self._index.count(pattern)
+        self._index.add(pattern, node)
+        if first and self.listener is not None:
+            self.listener(pattern, True)
+
+    def _release(self, pattern: str, node: str) -> None:
+        self._index.remove(pattern, node)
+        if self.listener is not None and not self._index.count(pattern):
+            self.listener(pattern, False)

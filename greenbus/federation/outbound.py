@@ -27,8 +27,9 @@ from typing import Any, NamedTuple
 
 from ..acl import INBOX_PREFIX
 from ..exceptions import LocalProtocolError
-from ._redis import pack_publish
+from ._redis import pack_command, pack_publish
 from .arrivals import MAX_TRACKED
+from .cluster import root_channel, root_of
 from .envelope import pack_envelope
 from .history import Done, RedisHistory
 from .interest import InterestView
@@ -59,6 +60,8 @@ class Job(NamedTuple):
     command: bytes
     #: A durable pub's ``done`` (None for a local emit).
     done: Done | None
+    #: The channel it publishes to (over a cluster, its slot picks the master).
+    channel: str = ""
 
 
 class Packer:
@@ -74,6 +77,7 @@ class Packer:
         "_epoch",
         "_numbers",
         "_seqs",
+        "cluster",
         "history",
         "node",
         "prefix",
@@ -89,8 +93,12 @@ class Packer:
         prefix: str,
         history: RedisHistory | None,
         view: InterestView | None = None,
+        *,
+        cluster: bool = False,
     ) -> None:
         self.node = node
+        #: Over a Redis Cluster: SPUBLISH to the topic root's channel.
+        self.cluster = cluster
         self.prefix = prefix
         self.history = history
         #: Who wants what (with history: decides each message's fan-out).
@@ -148,13 +156,27 @@ class Packer:
                     durable.done(str(exc))
                 continue
             seqs[topic] = seq
-            channel = f"{self.prefix}:{topic}"
+            if self.cluster:
+                root = root_of(topic)
+                assert root is not None  # a topic's first token is never a wildcard
+                channel = root_channel(self.prefix, root)
+            else:
+                channel = f"{self.prefix}:{topic}"
             if history is None:
-                command = pack_publish(channel, payload)
+                if self.cluster:
+                    command = pack_command("SPUBLISH", channel, payload)
+                else:
+                    command = pack_publish(channel, payload)
             else:
                 # Request replies always go: the requester's inbox may be
-                # too new to have reached this node's view.
-                fanout = view is None or view.wants(topic) or topic.startswith(INBOX_PREFIX)
+                # too new to have reached this node's view.  Over a cluster
+                # the registry's version is on another shard: always.
+                fanout = (
+                    self.cluster
+                    or view is None
+                    or view.wants(topic)
+                    or topic.startswith(INBOX_PREFIX)
+                )
                 if not fanout:
                     self.unwanted += 1
                 if durable is not None and durable.number is not None:
@@ -165,5 +187,5 @@ class Packer:
                 command = history.publish_command(
                     topic, payload, channel, session, number, fanout, version
                 )
-            jobs.append(Job(topic, command, durable.done if durable is not None else None))
+            jobs.append(Job(topic, command, durable.done if durable is not None else None, channel))
         return jobs

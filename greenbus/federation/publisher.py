@@ -27,6 +27,7 @@ import gevent
 from ..channel import Channel
 from ..exceptions import EndOfChannel
 from ._redis import Link, ReplyError
+from .cluster import Topology
 from .outbound import Job, Packer
 
 try:
@@ -36,6 +37,9 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     RedisConnectionError = RedisTimeoutError = OSError  # type: ignore[assignment,misc]
 
 __all__ = ["Publisher"]
+
+#: A cluster's answers for a slot that is elsewhere, or moving: ask again.
+_MOVING = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
 logger = logging.getLogger("greenbus.federation")
 
@@ -50,13 +54,26 @@ class Publisher:
         max_backoff: reconnect delay cap, seconds.
     """
 
-    def __init__(self, pool: Any, packer: Packer, batch: int, max_backoff: float) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        packer: Packer,
+        batch: int,
+        max_backoff: float,
+        *,
+        topology: Topology | None = None,
+    ) -> None:
         self.packer = packer
         self.node = packer.node
         self._pool = pool
         self._batch = batch
         self._max_backoff = max_backoff
         self._link: Link | None = None
+        #: Over a Redis Cluster: a connection per master, each job sent to the
+        #: master of its channel's slot (one root, one master, one order).
+        self._topology = topology
+        self._links: dict[tuple[str, int], Link] = {}
+        self._refresh = False
         #: Messages Redis answered for; given up (stopped during an outage);
         #: refused by Redis; found applied already by the script; reconnects.
         self.published = 0
@@ -101,9 +118,12 @@ class Publisher:
             self.close()
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connections (idempotent)."""
         link, self._link = self._link, None
         if link is not None:
+            link.close()
+        links, self._links = self._links, {}
+        for link in links.values():
             link.close()
 
     def _send_now(self, msg: tuple[Any, ...]) -> None:
@@ -116,7 +136,7 @@ class Publisher:
         # re-sends it with them.  os.write never waits, so neither does the
         # emitter; nothing else is written meanwhile, so the order holds.
         link = self._link
-        if link is None:
+        if link is None or self._topology is not None:
             return
         jobs = self.packer.pack([msg])
         self._sent_now = (msg, jobs)
@@ -132,6 +152,34 @@ class Publisher:
         if self.packer.history is not None:
             self._load_script(link)
         return link
+
+    def _round_trip_cluster(self, jobs: list[Job], load: bool) -> list[Any]:
+        # Each master gets its jobs in one write, in order; then each one's
+        # replies are read, and put back in the jobs' order.
+        topology = self._topology
+        assert topology is not None
+        if self._refresh:
+            topology.refresh()
+            self._refresh = False
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(topology.master_of(job.channel), []).append(i)
+        links = []
+        for address, indexes in groups.items():
+            link = self._links.get(address)
+            if link is None:
+                link = self._links[address] = Link(topology.pool(address), subscriber=False)
+                link.open()
+                load = load or self.packer.history is not None
+            if load and self.packer.history is not None:
+                self._load_script(link)
+            link.send(b"".join([jobs[i].command for i in indexes]))
+            links.append((link, indexes))
+        results: list[Any] = [None] * len(jobs)
+        for link, indexes in links:
+            for i, result in zip(indexes, link.read(len(indexes)), strict=True):
+                results[i] = result
+        return results
 
     def _load_script(self, link: Link) -> None:
         assert self.packer.history is not None
@@ -164,24 +212,27 @@ class Publisher:
             load, retry = False, True
             while jobs:
                 try:
-                    link = self._link or self._open()
-                    if load:
-                        self._load_script(link)
+                    if self._topology is not None:
+                        results = self._round_trip_cluster(jobs, load)
                         load = False
-                    if unsent is None:
-                        unsent = b"".join([job.command for job in jobs])
-                    if unsent:
-                        link.send(unsent)
-                    unsent = None
-                    results = link.read(len(jobs))
+                    else:
+                        link = self._link or self._open()
+                        if load:
+                            self._load_script(link)
+                            load = False
+                        if unsent is None:
+                            unsent = b"".join([job.command for job in jobs])
+                        if unsent:
+                            link.send(unsent)
+                        unsent = None
+                        results = link.read(len(jobs))
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     # Re-send the whole batch after reconnecting: receivers
                     # drop what they already had by sequence number, and the
                     # history's script drops what it applied already.
                     unsent = None
-                    broken, self._link = self._link, None
-                    if broken is not None:
-                        broken.close()
+                    self.close()
+                    self._refresh = self._topology is not None
                     self.reconnects += 1
                     logger.warning(
                         "federation %s: publishing failed (%s); retrying in %.2f s",
@@ -199,7 +250,11 @@ class Publisher:
                 backoff = 0.05
                 jobs = self._applied(jobs, results, retry)
                 self.in_hand = len(jobs)
-                if jobs:
+                if jobs and self._refresh:
+                    # A cluster's slot moved (MOVED, ASK, TRYAGAIN,
+                    # CLUSTERDOWN): ask where it went, and send those again.
+                    gevent.sleep(backoff)
+                elif jobs:
                     load, retry = True, False
 
     def _take_sent_now(self, batch: list[Any]) -> tuple[list[Job], bytes]:
@@ -226,6 +281,10 @@ class Publisher:
         for job, result in zip(jobs, results, strict=True):
             error: str | None = None
             if retry and isinstance(result, ReplyError) and str(result).startswith("NOSCRIPT"):
+                again.append(job)
+                continue
+            if isinstance(result, ReplyError) and str(result).startswith(_MOVING):
+                self._refresh = True
                 again.append(job)
                 continue
             self.published += 1

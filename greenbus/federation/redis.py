@@ -74,26 +74,19 @@ from ..exceptions import (
 )
 from ..history import Position
 from ..subscription import Forward
-from ._redis import (
-    GeventConnection,
-    Link,
-    ReplyError,
-    pack_command,
-    redis_glob,
-    text,
-)
+from ._redis import GeventConnection, redis_glob
 from .arrivals import Arrivals
+from .cluster import Topology, is_cluster_url, parse_cluster_url, root_channel, root_of
 from .envelope import parse_envelope
 from .history import Done, RedisHistory
 from .interest import InterestView
 from .outbound import Durable, Packer
 from .publisher import Publisher
+from .reader import Key, Reader
 from .registry import Registry
 
 try:
     import redis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:  # pragma: no cover - exercised only without the extra
     redis = None  # type: ignore[assignment]
 
@@ -129,9 +122,11 @@ class FederationStatistics:
     #: Publish-to-receive delay of the last message received, and the largest seen (ms).
     lag_ms: float
     max_lag_ms: float
-    #: Local emits not published because no other node wanted their topic
-    #: (with history: kept, not published); see docs/scaling.md.
+    #: With history: local emits kept but not published, no node wanting
+    #: their topic (without history they never reach the federation).
     unwanted: int
+    #: Patterns with a wildcard first token, not federated over a cluster.
+    unshardable: int
     #: Other nodes heard of in the interest registry, the patterns they
     #: want, and the registry version this node's view reflects.
     remote_nodes: int
@@ -190,14 +185,29 @@ class Federation:
         self._max_backoff = max_backoff
         self._max_pending = max_pending
         self._overflow = overflow
-        self._pool = redis.ConnectionPool.from_url(
-            url, connection_class=GeventConnection, socket_connect_timeout=5
-        )
-        self._client = redis.Redis(connection_pool=self._pool)
+        #: A Redis Cluster (``redis+cluster://``): which master holds what.
+        self.cluster: Topology | None = None
+        if is_cluster_url(url):
+            self.cluster = Topology(*parse_cluster_url(url))
+            self.cluster.refresh()
+            self._pool: Any = None
+            self._client: Any = self.cluster.client()
+        else:
+            self._pool = redis.ConnectionPool.from_url(
+                url, connection_class=GeventConnection, socket_connect_timeout=5
+            )
+            self._client = redis.Redis(connection_pool=self._pool)
         #: The history in Redis (None: no history; plain pub/sub).
         self.history: RedisHistory | None = None
         if history:
-            self.history = RedisHistory(self._client, prefix, history, history_ttl, history_topics)
+            self.history = RedisHistory(
+                self._client,
+                prefix,
+                history,
+                history_ttl,
+                history_topics,
+                cluster=self.cluster is not None,
+            )
             self._overflow = Overflow.DROP_NEWEST.value
         # Who wants what: this node's interest in Redis, everybody's in the view.
         # With history, this node's own interest counts too (its peers get
@@ -206,26 +216,58 @@ class Federation:
         self._registry = Registry(
             self._client, prefix, self.node, self._view, ttl=interest_ttl, max_backoff=max_backoff
         )
-        self._unwanted = 0
         # The writer's side: its connection, numbering and counters.
         self._publisher = Publisher(
-            self._pool, Packer(self.node, prefix, self.history, self._view), batch, max_backoff
+            self._pool,
+            Packer(self.node, prefix, self.history, self._view, cluster=self.cluster is not None),
+            batch,
+            max_backoff,
+            topology=self.cluster,
         )
         # What arrived already: repeats are dropped, gaps counted.
         self._arrivals = Arrivals(self.node)
-        # Redis (p)subscriptions the reader has seen confirmed, and waiters.
-        self._confirmed: set[tuple[str, bool]] = set()
-        self._confirm_waiters: dict[tuple[str, bool], gevent.event.Event] = {}
+        # The subscribed connections: one, or one per cluster master (the
+        # first also gets the node's classic channels); what each holds.
+        classic = [f"{prefix}:_node.{self.node}", self._registry.channel]
+        if self.cluster is None:
+            self._readers = [
+                Reader(
+                    self._pool,
+                    self,
+                    self.node,
+                    classic=classic,
+                    registry_channel=self._registry.channel,
+                    max_backoff=max_backoff,
+                )
+            ]
+        else:
+            self._readers = [
+                Reader(
+                    self.cluster.pool(address),
+                    self,
+                    self.node,
+                    classic=classic if i == 0 else [],
+                    registry_channel=self._registry.channel if i == 0 else None,
+                    sharded=True,
+                    max_backoff=max_backoff,
+                )
+                for i, address in enumerate(self.cluster.masters())
+            ]
+        self._reader = self._readers[0]
+        self._reader_greenlets: set[gevent.Greenlet] = set()
+        #: Patterns over a cluster that name no root (never federated).
+        self._unshardable = 0
         self._feed_listeners: list[Callable[[tuple[Any, ...], str | None], object]] = []
         self._lost_listeners: list[Callable[[], object]] = []
         self._out: Channel[tuple[Any, ...] | Durable] | None = None
-        self._forward: Forward | None = None
+        # The bus forwards to _on_local what some node wants: with history
+        # everything (one forward on ">"); without, one forward per pattern
+        # some other node wants, plus ">" while the view cannot tell, plus
+        # inboxes (replies always go).  One emit may match several: the
+        # message is queued once (_last).
+        self._forwards: dict[str, Forward] = {}
+        self._last: object = None
         self._writer: gevent.Greenlet | None = None
-        self._reader: gevent.Greenlet | None = None
-        # The reader's subscribed connection.
-        self._subscriber: Link | None = None
-        self._globs: dict[tuple[str, bool], int] = {}
-        self._connected = gevent.event.Event()
         # _stopping: the loops should end (stop() called, or the bus closed);
         # _bus_closed: the bus's close listener ran (the federation stops by itself);
         # _stopped: stop() has run (it must still run after the bus closed).
@@ -235,13 +277,15 @@ class Federation:
         self._dropped = 0
         self._received = 0
         self._bad = 0
-        self._reconnects = 0
         self._lag = 0.0
         self._max_lag = 0.0
 
     def __repr__(self) -> str:
-        state = "connected" if self._connected.is_set() else "connecting"
+        state = "connected" if self._is_connected() else "connecting"
         return f"<Federation node={self.node} {self.url} {state}>"
+
+    def _is_connected(self) -> bool:
+        return all(reader.connected.is_set() for reader in self._readers)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -250,20 +294,56 @@ class Federation:
         if self._writer is not None:
             return self
         self._out = Channel(self._max_pending, self._overflow, on_overflow=self._on_overflow)
-        # interest=False: our own catch-all must not ask Redis for everything.
-        self._forward = self.bus.forward(">", self._on_local, interest=False, raw=True)
+        if self.history is not None:
+            self._route(">", True)  # every message is kept
+        else:
+            self._route(INBOX_PREFIX + ">", True)
+            self._route(">", True)  # until the view is live
+            self._view.listener = self._on_remote_interest
         self.bus.add_interest_listener(self._on_interest)
         self.bus.add_close_listener(self._on_bus_closed)
         for pattern in self.bus.interest():
             self._on_interest(pattern, True)
         self._registry.start()
         self._writer = gevent.spawn(self._write_loop)
-        self._reader = gevent.spawn(self._read_loop)
+        for reader in self._readers:
+            reader.start()
+            assert reader.greenlet is not None
+            self._reader_greenlets.add(reader.greenlet)
         return self
 
+    def _route(self, pattern: str, present: bool) -> None:
+        # Forward what matches ``pattern`` to _on_local, or stop.  interest=False:
+        # what others want must not make this node ask Redis for it.
+        if present:
+            if pattern not in self._forwards:
+                self._forwards[pattern] = self.bus.forward(
+                    pattern, self._on_local, interest=False, raw=True
+                )
+            return
+        forward = self._forwards.pop(pattern, None)
+        if forward is not None:
+            forward.close()
+
+    def _on_remote_interest(self, pattern: str, present: bool) -> None:
+        # The view: some other node now wants ``pattern`` (or none does); ">"
+        # when the view stops (starts) being able to tell.
+        if self._stopping:
+            return
+        try:
+            self._route(pattern, present)
+        except BusClosed:
+            pass
+
     def wait_connected(self, timeout: float | None = None) -> bool:
-        """Wait until the reader is subscribed; True if it is."""
-        return bool(self._connected.wait(timeout))
+        """Wait until the readers are subscribed (every master's, on a
+        cluster); True if they are."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for reader in self._readers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not reader.connected.wait(left):
+                return False
+        return True
 
     def stop(self, timeout: float = 5.0) -> None:
         """Detach; publish what is queued (for up to ``timeout``); close.  Idempotent."""
@@ -273,11 +353,13 @@ class Federation:
         self._stopping = True
         self.bus.remove_interest_listener(self._on_interest)
         self.bus.remove_close_listener(self._on_bus_closed)
-        if self._forward is not None:
+        self._view.listener = None
+        for forward in self._forwards.values():
             try:
-                self._forward.close()
+                forward.close()
             except BusClosed:
                 pass
+        self._forwards.clear()
         assert self._out is not None
         self._out.close()
         self._writer.join(timeout)
@@ -290,18 +372,18 @@ class Federation:
                 logger.warning(
                     "federation %s: stopped with %d unpublished message(s)", self.node, lost
                 )
-        if self._reader is not None:
+        for reader in self._readers:
             # Its finally clause closes its subscribed connection.
-            self._reader.kill(block=True, timeout=timeout)
+            reader.kill(block=True, timeout=timeout)
         # The other nodes stop counting this one at once.
         self._registry.stop(timeout)
         # In case their greenlets did not get to (killed too late):
         self._publisher.close()
-        if self._subscriber is not None:
-            self._subscriber.close()
-            self._subscriber = None
-        self._pool.disconnect()
-        self._connected.clear()
+        if self._pool is not None:
+            self._pool.disconnect()
+        if self.cluster is not None:
+            self.cluster.disconnect()
+            self._client.close()
 
     def _on_bus_closed(self) -> None:
         # The bus's close listener, at the end of bus.close(), in its
@@ -315,11 +397,10 @@ class Federation:
         # The writer publishes what the bus had accepted before it closed,
         # then sees the end of the channel and ends.
         self._out.close()
-        reader = self._reader
-        if reader is not None and reader is not getcurrent():
+        for reader in self._readers:
             # Throws GreenletExit into its wait on Redis; its finally clause
-            # closes the subscribed connection.  (If the bus was closed from the
-            # reader itself, it sees _stopping when _deliver returns.)
+            # closes the subscribed connection.  (If the bus was closed from a
+            # reader itself, it sees _stopping when deliver() returns.)
             reader.kill(block=False)
         self._registry.stop_soon()
         logger.info(
@@ -339,7 +420,7 @@ class Federation:
     def stats(self) -> FederationStatistics:
         return FederationStatistics(
             node=self.node,
-            connected=self._connected.is_set(),
+            connected=self._is_connected(),
             published=self._publisher.published,
             outbound_pending=len(self._out) if self._out is not None else 0,
             dropped=self._dropped
@@ -350,13 +431,14 @@ class Federation:
             duplicates=self._arrivals.duplicates,
             gaps=self._arrivals.gaps,
             bad_envelopes=self._bad,
-            reconnects=self._reconnects + self._publisher.reconnects,
-            subscriptions=len(self._globs),
+            reconnects=sum(r.reconnects for r in self._readers) + self._publisher.reconnects,
+            subscriptions=sum(len(r.keys) for r in self._readers),
             duplicates_dropped=self._publisher.duplicates_dropped,
             script_errors=self._publisher.script_errors,
             lag_ms=self._lag * 1000,
             max_lag_ms=self._max_lag * 1000,
-            unwanted=self._unwanted + self._publisher.packer.unwanted,
+            unwanted=self._publisher.packer.unwanted,
+            unshardable=self._unshardable,
             remote_nodes=len(self._view.nodes()),
             remote_patterns=sum(len(p) for p in self._view.nodes().values()),
             interest_version=self._view.version,
@@ -387,18 +469,12 @@ class Federation:
         # The forward's sink, inside bus.emit, with the emit's own tuple.
         # What the reader emits came from Redis: never send it back (no
         # echo, no loops).
-        topic = msg[0]
-        if getcurrent() is self._reader or topic.startswith("$"):
+        if msg is self._last:
+            return False  # the same emit through a second matching forward
+        self._last = msg
+        if getcurrent() in self._reader_greenlets or msg[0].startswith("$"):
             # From Redis already (no echo), or a node-local system topic
             # such as a hub's $greenbus.stats (each hub has its own).
-            return False
-        view = self._view
-        if self.history is None and not view.wants(topic) and not topic.startswith(INBOX_PREFIX):
-            # No other node wants it: not published (with history it is,
-            # to be kept; the packer then decides the fan-out).  Request
-            # replies always go: the requester's inbox may be too new to
-            # have reached this node's view.
-            self._unwanted += 1
             return False
         assert self._out is not None
         try:
@@ -422,7 +498,7 @@ class Federation:
         try:
             self._publisher.run(self._out, self._is_stopping)
         finally:
-            if self._bus_closed:
+            if self._bus_closed and self._pool is not None:
                 # Nothing more to publish, and stop() may never come: close
                 # the pool's idle connections (a history's snapshots).
                 self._pool.disconnect(inuse_connections=False)
@@ -476,23 +552,13 @@ class Federation:
                 raise TimeoutError(f"Redis did not register the interest in {pattern!r} in time")
         return history.snapshot(pattern, since)
 
-    def _confirm(self, key: tuple[str, bool]) -> None:
-        # The reader saw Redis confirm a (p)subscription: what is published
-        # from now on reaches it.
-        self._confirmed.add(key)
-        waiter = self._confirm_waiters.pop(key, None)
-        if waiter is not None:
-            waiter.set()
-
     def wait_subscribed(self, pattern: str, timeout: float | None = None) -> bool:
-        """Wait until the reader's Redis subscription covering ``pattern`` is confirmed."""
-        key = redis_glob(self.prefix, pattern)
-        if key in self._confirmed:
-            return True
-        event = self._confirm_waiters.get(key)
-        if event is None:
-            event = self._confirm_waiters[key] = gevent.event.Event()
-        return bool(event.wait(timeout))
+        """Wait until the Redis subscription covering ``pattern`` is confirmed."""
+        placed = self._key(pattern)
+        if placed is None:
+            return False
+        reader, key = placed
+        return reader.wait_confirmed(key, timeout)
 
     def add_feed_listener(self, deliver: Callable[[tuple[Any, ...], str | None], object]) -> None:
         """Call ``deliver(item, pos)`` for every message received (history only),
@@ -509,144 +575,68 @@ class Federation:
     def _on_interest(self, pattern: str, present: bool) -> None:
         if pattern.startswith("$"):
             return  # node-local system topics are never federated
+        placed = self._key(pattern)
+        if placed is None:
+            if present:
+                self._unshardable += 1
+                logger.warning(
+                    "federation %s: %r is not federated: over a Redis Cluster a "
+                    "pattern needs a literal first token (docs/scaling.md)",
+                    self.node,
+                    pattern,
+                )
+            return
+        reader, key = placed
         if present:
             self._registry.hold(pattern)
-            self._want(pattern)
+            reader.want(key)
         else:
             self._registry.release(pattern)
-            self._unwant(pattern)
+            reader.unwant(key)
 
-    def _want(self, pattern: str) -> None:
-        if pattern.startswith("$"):
-            return  # node-local system topics are never federated
-        key = redis_glob(self.prefix, pattern)
-        count = self._globs.get(key, 0)
-        self._globs[key] = count + 1
-        if count == 0:
-            self._command(key, subscribe=True)
+    def _key(self, pattern: str) -> tuple[Reader, Key] | None:
+        # Where the Redis subscription for ``pattern`` goes: the channel (or
+        # glob) and its reader; None over a cluster for a pattern no root holds.
+        if self.cluster is None:
+            return self._reader, redis_glob(self.prefix, pattern)
+        root = root_of(pattern)
+        if root is None:
+            return None
+        channel = root_channel(self.prefix, root)
+        address = self.cluster.master_of(channel)
+        index = self.cluster.masters().index(address)
+        return self._readers[index], (channel, False)
 
-    def _unwant(self, pattern: str) -> None:
-        if pattern.startswith("$"):
-            return
-        key = redis_glob(self.prefix, pattern)
-        count = self._globs.get(key, 0) - 1
-        if count > 0:
-            self._globs[key] = count
-            return
-        self._globs.pop(key, None)
-        self._confirmed.discard(key)
-        self._command(key, subscribe=False)
+    # -- the readers' handler (each in its reader's greenlet) -----------------------
 
-    def _command(self, key: tuple[str, bool], subscribe: bool) -> None:
-        link = self._subscriber
-        if link is None or not self._connected.is_set():
-            return  # the reader subscribes to everything wanted when it connects
-        name, is_pattern = key
-        verb = "SUBSCRIBE" if subscribe else "UNSUBSCRIBE"
-        try:
-            link.send(pack_command(f"P{verb}" if is_pattern else verb, name))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            logger.info("federation %s: (un)subscribe %s deferred: %s", self.node, name, exc)
+    def notify(self, raw: bytes) -> None:
+        """A notification arrived on the interest registry's channel."""
+        self._registry.notify(raw)
 
-    def _read_loop(self) -> None:
-        # However the reader ends (the bus closed, stop() killed it), it
-        # leaves Redis: the subscribed connection is not kept a moment longer.
-        try:
-            self._read_until_stopping()
-        finally:
-            self._connected.clear()
-            link, self._subscriber = self._subscriber, None
-            if link is not None:
-                link.close()
+    def registry_subscribed(self) -> None:
+        """The subscription to the registry's channel is confirmed."""
+        self._registry.reader_subscribed()
 
-    def _read_until_stopping(self) -> None:
-        backoff = 0.05
-        outage: float | None = None
-        while not self._stopping:
-            try:
-                # Held in self._subscriber from the start, so that it is
-                # closed even if the reader is killed while connecting.
-                # _command uses it only once _connected is set.
-                link = self._subscriber = Link(self._pool, subscriber=True)
-                link.open()
-                self._confirmed.clear()
-                # A private channel keeps the connection subscribed when
-                # nobody here wants anything yet.  Sent in one write, with no
-                # wait between reading _globs and _connected: a want that
-                # comes after is sent by _command.
-                channels = [name for (name, pat) in self._globs if not pat]
-                patterns = [name for (name, pat) in self._globs if pat]
-                command = pack_command(
-                    "SUBSCRIBE",
-                    f"{self.prefix}:_node.{self.node}",
-                    self._registry.channel,
-                    *channels,
-                )
-                if patterns:
-                    command += pack_command("PSUBSCRIBE", *patterns)
-                link.send(command)
-                self._connected.set()
-                if outage is not None:
-                    logger.warning(
-                        "federation %s: reconnected after %.2f s; messages published "
-                        "meanwhile are lost (counted as gaps when later ones arrive)%s",
-                        self.node,
-                        time.monotonic() - outage,
-                        "; the feed listeners are told" if self._lost_listeners else "",
-                    )
-                    outage = None
-                    for lost in list(self._lost_listeners):
-                        lost()
-                backoff = 0.05
-                self._receive(link)  # returns once the federation is stopping
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self._connected.clear()
-                self._registry.reader_lost()
-                broken, self._subscriber = self._subscriber, None
-                if broken is not None:
-                    broken.close()
-                if self._stopping:
-                    return
-                if outage is None:
-                    outage = time.monotonic()
-                    logger.warning("federation %s: lost Redis (%s); reconnecting", self.node, exc)
-                self._reconnects += 1
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
+    def is_stopping(self) -> bool:
+        """True once the readers should leave Redis."""
+        return self._stopping
 
-    def _receive(self, link: Link) -> None:
-        # Everything Redis sent so far, parsed at once and delivered in
-        # order; the subscribers' greenlets run when the reader waits for
-        # more.  Returns once the federation is stopping.
-        deliver, confirm = self._deliver, self._confirm
-        registry = self._registry
-        registry_channel = registry.channel_bytes
-        while True:
-            for reply in link.replies():
-                kind = reply[0] if isinstance(reply, list) and reply else None
-                if kind == b"message":
-                    if reply[1] == registry_channel:
-                        registry.notify(reply[2])
-                    else:
-                        deliver(reply[2])
-                elif kind == b"pmessage":
-                    if reply[2] != registry_channel:  # a glob such as "P:*" matches it too
-                        deliver(reply[3])
-                elif kind == b"subscribe" or kind == b"psubscribe":
-                    if reply[1] == registry_channel:
-                        registry.reader_subscribed()
-                    else:
-                        confirm((text(reply[1]), kind == b"psubscribe"))
-                elif isinstance(reply, ReplyError):
-                    logger.error(
-                        "federation %s: Redis refused a subscription: %s", self.node, reply
-                    )
-                if self._stopping:
-                    # The bus is closing (the emit raised BusClosed):
-                    # nobody here can receive; leave Redis now.
-                    return
+    def lost(self, seconds: float) -> None:
+        """A reader is back after ``seconds`` away: what was published
+        meanwhile never reached this node."""
+        logger.warning(
+            "federation %s: reconnected after %.2f s; messages published "
+            "meanwhile are lost (counted as gaps when later ones arrive)%s",
+            self.node,
+            seconds,
+            "; the feed listeners are told" if self._lost_listeners else "",
+        )
+        for lost in list(self._lost_listeners):
+            lost()
 
-    def _deliver(self, raw: bytes) -> None:
+    def deliver(self, raw: bytes) -> None:
+        """One envelope from Redis: checked, counted, handed to the feed
+        listeners and emitted into the bus (the readers' handler)."""
         # Per message: the envelope's fields as a tuple (no Envelope made).
         try:
             origin, seq, ts, topic, data, headers, reply_to, local, pos, prev = parse_envelope(raw)
