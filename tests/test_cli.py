@@ -101,6 +101,9 @@ SERVE_USAGE_ERRORS = {
     "redis-not-a-url": (["--redis", "notaurl"], "--redis"),
     "redis-http-url": (["--redis", "http://127.0.0.1:6379/"], "--redis"),
     "redis-port-too-big": (["--redis", "redis://127.0.0.1:99999/0"], "--redis"),
+    "redis-cluster-without-port": (["--redis", "redis+cluster://127.0.0.1"], "--redis"),
+    "redis-cluster-no-node": (["--redis", "redis+cluster://"], "--redis"),
+    "redis-cluster-database": (["--redis", "redis+cluster://127.0.0.1:7000/2"], "--redis"),
     "certfile-without-keyfile": (["--certfile", "cert.pem"], "--keyfile"),
     "keyfile-without-certfile": (["--keyfile", "key.pem"], "--certfile"),
     "wsgi-with-certfile": (

@@ -27,12 +27,22 @@ from greenbus.history import Position
 pytestmark = pytest.mark.parametrize("hub_transport", ["websockets"], indirect=True)
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def federation_url(request: pytest.FixtureRequest) -> str:
+    """What the hubs federate through: one redis-server, or a Redis Cluster of
+    three masters (``redis+cluster://``: each topic root's history and
+    channel on its shard)."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
+
+
 @pytest.fixture
 def two_hubs(
-    hub_factory: Callable[..., HubProcess], redis_server: RedisServer
+    hub_factory: Callable[..., HubProcess], federation_url: str
 ) -> tuple[HubProcess, HubProcess]:
-    """Two hubs federated through one Redis, with history (the default 100 per topic)."""
-    return hub_factory("--redis", redis_server.url), hub_factory("--redis", redis_server.url)
+    """Two hubs federated through Redis, with history (the default 100 per topic)."""
+    return hub_factory("--redis", federation_url), hub_factory("--redis", federation_url)
 
 
 def test_a_position_from_one_hub_replays_on_the_other(

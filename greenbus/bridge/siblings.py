@@ -287,11 +287,15 @@ def _shareable(families: list[Family]) -> list[Family]:
 
 
 def _gevent_client(url: str) -> Any:
-    """A redis-py client of ``url`` on gevent sockets (the federation's connection class)."""
+    """A redis-py client of ``url`` on gevent sockets (the federation's connection
+    class): a ``RedisCluster`` for a ``redis+cluster://`` URL."""
     import redis
 
     from ..federation._redis import GeventConnection
+    from ..federation.cluster import Topology, is_cluster_url, parse_cluster_url
 
+    if is_cluster_url(url):
+        return Topology(*parse_cluster_url(url)).client()
     pool = redis.ConnectionPool.from_url(
         url, connection_class=GeventConnection, socket_connect_timeout=5
     )

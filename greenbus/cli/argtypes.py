@@ -37,6 +37,8 @@ __all__ = [
 
 #: The URL schemes redis-py connects to (``redis.connection.parse_url``).
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: A Redis Cluster's (``greenbus.federation.cluster``).
+CLUSTER_SCHEMES = ("redis+cluster",)
 
 
 def port_number(text: str) -> int:
@@ -199,7 +201,8 @@ def hub_url(text: str) -> str:
 
 
 def redis_url(text: str) -> str:
-    """A Redis URL, ``redis://``, ``rediss://`` or ``unix://``.
+    """A Redis URL, ``redis://``, ``rediss://`` or ``unix://``, or a Redis
+    Cluster's ``redis+cluster://host:port,host:port,...``.
 
     Checked by redis-py's own parser too, when it is installed (without it,
     ``federate`` says redis-py is missing).
@@ -209,9 +212,17 @@ def redis_url(text: str) -> str:
             (a port out of range, a bad query value).
     """
     scheme, sep, _ = text.partition("://")
+    if sep and scheme.lower() in CLUSTER_SCHEMES:
+        from ..federation.cluster import parse_cluster_url
+
+        try:
+            parse_cluster_url(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+        return text
     if not sep or scheme.lower() not in REDIS_SCHEMES:
         raise argparse.ArgumentTypeError(
-            f"must be a redis://, rediss:// or unix:// URL, not {text!r}"
+            f"must be a redis://, rediss://, unix:// or redis+cluster:// URL, not {text!r}"
         )
     try:
         from redis.connection import parse_url

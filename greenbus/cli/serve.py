@@ -200,6 +200,12 @@ def serve_command(args: argparse.Namespace) -> int:
             )
         except ImportError as exc:  # redis-py is an extra: greenbus[redis]
             raise SystemExit(f"greenbus serve: --redis: {exc}") from None
+        except (_redis_error(), OSError) as exc:
+            # A cluster's shape is read at start (one Redis is retried in the
+            # background instead): no node answered.
+            raise SystemExit(
+                f"greenbus serve: cannot reach the Redis Cluster {args.redis}: {exc}"
+            ) from None
     # With a history in Redis, the hub takes its positions from the federation.
     remote = federation if federation is not None and federation.history else None
     hub = serve(
@@ -269,6 +275,15 @@ def _join_siblings(args: argparse.Namespace, hub: Any, worker: Any) -> Any:
     hub.siblings = siblings.start(hub)
     gevent.spawn(watch_supervisor)
     return siblings
+
+
+def _redis_error() -> type[Exception]:
+    """redis-py's base error (the ``[redis]`` extra; OSError without it)."""
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:
+        return OSError
+    return RedisError
 
 
 def _one_line(text: str) -> str:

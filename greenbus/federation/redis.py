@@ -214,7 +214,13 @@ class Federation:
         # their messages back from Redis).
         self._view = InterestView(self.node, count_own=self.history is not None)
         self._registry = Registry(
-            self._client, prefix, self.node, self._view, ttl=interest_ttl, max_backoff=max_backoff
+            self._client,
+            prefix,
+            self.node,
+            self._view,
+            ttl=interest_ttl,
+            max_backoff=max_backoff,
+            on_left=self._close_idle,
         )
         # The writer's side: its connection, numbering and counters.
         self._publisher = Publisher(
@@ -283,6 +289,13 @@ class Federation:
     def __repr__(self) -> str:
         state = "connected" if self._is_connected() else "connecting"
         return f"<Federation node={self.node} {self.url} {state}>"
+
+    def _close_idle(self) -> None:
+        # Stopping: no more registry calls, nor history snapshots.
+        if self._pool is not None:
+            self._pool.disconnect(inuse_connections=False)
+        else:
+            self._client.close()
 
     def _is_connected(self) -> bool:
         return all(reader.connected.is_set() for reader in self._readers)

@@ -36,6 +36,7 @@ every message published after it reaches that node's Redis subscription.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -69,6 +70,8 @@ class Registry:
         view: the view to keep up to date.
         ttl: seconds after its last heartbeat that a node stops counting.
         max_backoff: reconnect delay cap, seconds.
+        on_left: called once this node left the registry (stopping: the
+            federation closes its idle connections).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Registry:
         *,
         ttl: float,
         max_backoff: float,
+        on_left: Callable[[], object] | None = None,
     ) -> None:
         self.node = node
         self.view = view
@@ -92,6 +96,7 @@ class Registry:
         self._register = client.register_script(REGISTER_SCRIPT)
         self._load = client.register_script(LOAD_SCRIPT)
         self._max_backoff = max_backoff
+        self._on_left = on_left
         #: What this node wants, and what Redis has of it.
         self._wanted: set[str] = set()
         self._registered: set[str] = set()
@@ -192,8 +197,8 @@ class Registry:
         except (RedisError, OSError) as exc:
             # Redis gone: the others drop this node after ttl.
             logger.info("federation %s: could not leave the interest registry: %s", self.node, exc)
-        # Stopping: no more registry calls, nor history snapshots.
-        self._client.connection_pool.disconnect(inuse_connections=False)
+        if self._on_left is not None:
+            self._on_left()
 
     def _call(self, script: Any, args: list[Any]) -> Any:
         if script is self._load:
