@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
-from conftest import RedisCluster, free_port, run_child
+from conftest import HubProcess, RedisCluster, free_port, run_child
+from hubclient import ask, client, recv
+from hubclient import hello_v2 as hello
 from waiting import wait_until
 
 from greenbus import Bus, Federation
@@ -206,3 +208,24 @@ def test_serve_on_a_cluster_nobody_answers_says_so_in_one_line() -> None:
         f"greenbus serve: cannot reach the Redis Cluster redis+cluster://127.0.0.1:{port}: "
         f"Error 111 connecting to 127.0.0.1:{port}. Connection refused."
     ]
+
+
+@pytest.mark.parametrize("hub_transport", ["websockets"], indirect=True)
+def test_a_hub_with_its_history_on_a_cluster_refuses_a_pattern_no_root_holds_and_goes_on(
+    hub_factory: Callable[..., HubProcess], redis_cluster: RedisCluster
+) -> None:
+    hub = hub_factory("--redis", redis_cluster.url)
+    with client(hub.url) as ws:
+        hello(ws)
+        refused = ask(ws, op="sub", sid=1, topic="*.temp", id=1)
+        assert refused == {
+            "op": "error",
+            "code": "bad_topic",
+            "reason": "over a Redis Cluster a pattern needs a literal first token",
+            "id": 1,
+        }
+        ack = ask(ws, op="sub", sid=2, topic="room.*", id=2)
+        assert ack["op"] == "ack" and ack["id"] == 2  # the connection goes on
+        frames = [ask(ws, op="pub", topic="room.1", data="hi", id=3), recv(ws)]
+        assert sorted(f["op"] for f in frames) == ["ack", "msg"]
+        assert [f["data"] for f in frames if f["op"] == "msg"] == ["hi"]

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from .._logging import LogLimiter
 from ..acl import INBOX_PREFIX
 from ..bus import Bus
-from ..exceptions import BusClosed, LocalProtocolError
+from ..exceptions import BusClosed, InvalidTopic, LocalProtocolError
 from ..history import History, Position, is_kept
 from ..protocol import encode_msg_body_utf8, msg_with_pos
 from ..subscription import Forward
@@ -229,6 +229,8 @@ class Feed:
         Raises:
             InvalidTopic: malformed pattern.
             FeedUnavailable: the remote log did not answer in time.
+            InvalidTopic: the remote log cannot serve ``pattern`` (over a
+                Redis Cluster, a pattern whose first token is a wildcard).
         """
         # The route holds its live messages from the start: holding the bus's
         # interest may switch greenlets (a federation subscribing), and so
@@ -254,6 +256,9 @@ class Feed:
         if remote is not None and is_kept(pattern):
             try:
                 head, got = remote.snapshot(pattern, since, timeout)
+            except InvalidTopic:
+                route.close()
+                raise  # a pattern the remote log cannot serve (over a cluster)
             except Exception as exc:
                 route.close()
                 raise FeedUnavailable(f"no snapshot of {pattern!r} from Redis: {exc}") from exc

@@ -31,7 +31,7 @@ from .._logging import LogLimiter
 from .._options import check_int, check_seconds
 from ..acl import InboxOwners
 from ..bus import Bus
-from ..exceptions import BusClosed, ChannelFull, InvalidOption
+from ..exceptions import BusClosed, ChannelFull, InvalidOption, InvalidTopic
 from ..history import Position, Publishers
 from ..protocol import (
     MSG_SLACK,
@@ -354,6 +354,12 @@ class Peer:
         except FeedUnavailable as exc:
             self.subs.pop(event.sid, None)
             self._unavailable(str(exc))
+            return
+        except InvalidTopic as exc:
+            # A pattern the history in Redis cannot serve (over a cluster).
+            self.subs.pop(event.sid, None)
+            self.session.error(ErrorCode.BAD_TOPIC, exc.problem, event.id)
+            self.on_text_done()
             return
         if sub.closed:  # the peer left while Redis answered
             opened.route.close()

@@ -70,6 +70,7 @@ from ..exceptions import (
     BusClosed,
     ChannelClosed,
     ChannelFull,
+    InvalidTopic,
     RemoteProtocolError,
 )
 from ..history import Position
@@ -548,11 +549,16 @@ class Federation:
         :meth:`RedisHistory.snapshot`.
 
         Raises:
+            InvalidTopic: over a cluster, ``pattern``'s first token is a wildcard.
             TimeoutError: Redis did not confirm the subscription in time.
             redis.exceptions.RedisError, OSError: Redis cannot be reached.
         """
         history = self.history
         assert history is not None, "snapshot() needs a federation with history"
+        if self.cluster is not None and root_of(pattern) is None:
+            raise InvalidTopic(
+                pattern, "over a Redis Cluster a pattern needs a literal first token"
+            )
         if not pattern.startswith("$"):
             deadline = time.monotonic() + timeout
             if not self.wait_subscribed(pattern, timeout):
