@@ -7,6 +7,7 @@ the clock, and assert no durations.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import subprocess
@@ -258,7 +259,7 @@ def test_each_request_gets_an_unguessable_inbox_one_token_under_the_prefix(bus):
         msg.reply()
 
     bus.on("q", responder)
-    for _ in range(3):
+    for _ in range(32):
         bus.request("q", timeout=5)
 
     prefixes = {r.rpartition(".")[0] for r in reply_tos}
@@ -267,7 +268,11 @@ def test_each_request_gets_an_unguessable_inbox_one_token_under_the_prefix(bus):
     # One token after the prefix (what the bus's single ``{prefix}.*`` forward
     # serves), random: knowing one request's reply_to does not give the next.
     assert all(re.fullmatch(r"[0-9a-f]{16,}", t) for t in tokens), tokens
-    assert len(set(tokens)) == 3
+    assert len(set(tokens)) == 32
+    # Not a counter in disguise: consecutive tokens are not in order, and
+    # differ in more than their last digits.
+    assert tokens != sorted(tokens)
+    assert all(a[:8] != b[:8] for a, b in itertools.pairwise(tokens))
     # Every request is served by one wildcard forward, which topics() leaves out.
     assert [f.pattern for f in bus.forwards()] == [f"{bus.inbox_prefix}.*"]
     assert bus.topics() == ["q"]

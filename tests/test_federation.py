@@ -202,7 +202,9 @@ def wait_only_the_tests_connection(r: redis.Redis) -> None:
 
 
 def live_greenlets() -> set[gevent.Greenlet]:
-    return {g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead}
+    # issubclass(type(...)): isinstance() looks through a weakref.proxy, and a
+    # dead one raises ReferenceError.
+    return {g for g in gc.get_objects() if issubclass(type(g), gevent.Greenlet) and not g.dead}
 
 
 def named_url(server: RedisServer, name: str) -> str:
