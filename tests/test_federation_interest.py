@@ -118,3 +118,15 @@ def test_an_unreadable_notification_asks_for_a_new_load(raw: bytes) -> None:
 def test_a_pattern_that_is_not_a_greenbus_pattern_is_skipped() -> None:
     view = live(reply=[1, b"n2", 2, b"bad..pattern", b"ok.x"])
     assert view.nodes() == {"n2": ["ok.x"]}
+
+
+def test_the_listener_hears_first_and_last_holders_and_liveness() -> None:
+    heard: list[tuple[str | None, bool]] = []
+    view = InterestView("me")
+    view.listener = lambda pattern, present: heard.append((pattern, present))
+    view.load([1, b"n2", 1, b"a.*", b"n3", 1, b"a.*"])
+    view.live = True
+    view.apply(note(2, "n2", d=["a.*"]))  # n3 still wants it
+    view.apply(note(3, "n3", r=True))  # n3 left: nobody wants a.*
+    view.live = False
+    assert heard == [("a.*", True), (None, False), ("a.*", False), (None, True)]

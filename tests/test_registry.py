@@ -255,3 +255,30 @@ def test_nodes_in_processes_see_one_bus(fed_node: StartNodes, redis_cli: redis.R
     assert b.data("s") == list(range(200))
     stats: dict[str, Any] = a.stats()
     assert stats["published"] == 200 and stats["remote_patterns"] == 1
+
+
+def test_a_node_that_wants_everything_gets_everything_once_the_view_is_live(
+    federated: Federated, redis_cli: redis.Redis
+) -> None:
+    b_bus, b = federated("b")
+    got = collect(b_bus, ">")  # the pattern a forwards everything on until its view is live
+    settle(redis_cli)
+    a_bus, a = federated("a")  # its view loads b's ">", then goes live
+    settle(redis_cli)
+    assert a.remote_interest() == {b.node: [">"]}
+    emit_all(a_bus, "any.topic", range(3))
+    wait_until(lambda: got == [0, 1, 2], 5, "everything")
+
+
+def test_another_node_leaving_the_inbox_pattern_leaves_this_nodes_replies_going(
+    federated: Federated, redis_cli: redis.Redis
+) -> None:
+    a_bus, a = federated("a")
+    b_bus, _ = federated("b")
+    sub = b_bus.subscribe("_INBOX.>")  # the pattern of a's own forward for replies
+    settle(redis_cli)
+    sub.close()
+    settle(redis_cli)
+    assert a.remote_interest() == {}
+    assert a_bus.emit("_INBOX.q.1", "a reply") == 1
+    wait_published(a, 1)

@@ -102,9 +102,6 @@ return out
 """
 
 
-#: The pattern :attr:`InterestView.listener` hears of while the view is not live.
-ALL = ">"
-
 #: Notifications kept while a load is on its way, at most (past it, the
 #: ones after are dropped: the version jump they leave asks for a new load).
 MAX_PENDING = 10_000
@@ -156,9 +153,9 @@ class InterestView:
         self._live = False
         #: Told ``listener(pattern, True)`` when a pattern gains its first
         #: node and ``(pattern, False)`` when it loses its last, and
-        #: ``listener(">", ...)`` too when the view stops or starts being
-        #: :attr:`live` (not live, it wants everything).
-        self.listener: Callable[[str, bool], object] | None = None
+        #: ``listener(None, True)`` when the view stops being :attr:`live`
+        #: (it wants everything), ``(None, False)`` when it is again.
+        self.listener: Callable[[str | None, bool], object] | None = None
         self._nodes: dict[str, set[str]] = {}
         self._own: set[str] = set()
         # Notifications heard while a load is on its way: applied after it.
@@ -179,7 +176,7 @@ class InterestView:
         if live != self._live:
             self._live = live
             if self.listener is not None:
-                self.listener(ALL, not live)
+                self.listener(None, not live)
 
     def patterns(self) -> list[str]:
         """Every pattern some node wants (this one too, with ``count_own``)."""
@@ -266,6 +263,8 @@ class InterestView:
                 if held is not None and pattern in held:
                     held.discard(pattern)
                     self._release(pattern, sys.intern(node))
+            if held is not None and not held:
+                del self._nodes[node]
         missed = version != self.version + 1
         self.version = version
         return not missed

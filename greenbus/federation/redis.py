@@ -272,7 +272,7 @@ class Federation:
         # some other node wants, plus ">" while the view cannot tell, plus
         # inboxes (replies always go).  One emit may match several: the
         # message is queued once (_last).
-        self._forwards: dict[str, Forward] = {}
+        self._forwards: dict[tuple[str, str], Forward] = {}
         self._last: object = None
         self._writer: gevent.Greenlet | None = None
         # _stopping: the loops should end (stop() called, or the bus closed);
@@ -309,10 +309,10 @@ class Federation:
             return self
         self._out = Channel(self._max_pending, self._overflow, on_overflow=self._on_overflow)
         if self.history is not None:
-            self._route(">", True)  # every message is kept
+            self._route("kept", ">", True)  # every message is kept
         else:
-            self._route(INBOX_PREFIX + ">", True)
-            self._route(">", True)  # until the view is live
+            self._route("inboxes", INBOX_PREFIX + ">", True)
+            self._route("unsure", ">", True)  # until the view is live
             self._view.listener = self._on_remote_interest
         self.bus.add_interest_listener(self._on_interest)
         self.bus.add_close_listener(self._on_bus_closed)
@@ -326,26 +326,31 @@ class Federation:
             self._reader_greenlets.add(reader.greenlet)
         return self
 
-    def _route(self, pattern: str, present: bool) -> None:
-        # Forward what matches ``pattern`` to _on_local, or stop.  interest=False:
-        # what others want must not make this node ask Redis for it.
+    def _route(self, why: str, pattern: str, present: bool) -> None:
+        # Forward what matches ``pattern`` to _on_local (for a reason: several
+        # may hold the same pattern), or stop.  interest=False: what others
+        # want must not make this node ask Redis for it.
+        key = (why, pattern)
         if present:
-            if pattern not in self._forwards:
-                self._forwards[pattern] = self.bus.forward(
+            if key not in self._forwards:
+                self._forwards[key] = self.bus.forward(
                     pattern, self._on_local, interest=False, raw=True
                 )
             return
-        forward = self._forwards.pop(pattern, None)
+        forward = self._forwards.pop(key, None)
         if forward is not None:
             forward.close()
 
-    def _on_remote_interest(self, pattern: str, present: bool) -> None:
-        # The view: some other node now wants ``pattern`` (or none does); ">"
-        # when the view stops (starts) being able to tell.
+    def _on_remote_interest(self, pattern: str | None, present: bool) -> None:
+        # The view: some other node now wants ``pattern`` (or none does);
+        # None when the view stops (starts) being able to tell.
         if self._stopping:
             return
         try:
-            self._route(pattern, present)
+            if pattern is None:
+                self._route("unsure", ">", present)
+            else:
+                self._route("remote", pattern, present)
         except BusClosed:
             pass
 
