@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gevent
 import pytest
+from gevent import pool
 from gevent import socket as gsocket
 from waiting import call_in_thread, wait_until
 from websockets.http11 import Request
@@ -434,6 +435,103 @@ def test_close_from_another_thread_raises_wrong_thread_and_leaves_the_client_wor
     assert remote.connected
     remote.close(timeout=5)
     wait_until(lambda: not hub.peers and hub.bus.interest() == [], 5, "the hub to forget it")
+
+
+# -- any other refusal retrying cannot fix ends the client too (item 5) -----------------
+
+
+class RefusingHub:
+    """Answers every WebSocket upgrade on 127.0.0.1 with a refusal, counting the attempts.
+
+    With ``code``, it accepts the upgrade and closes with that code as the
+    client's hello arrives (no ``welcome``); with ``status``, it answers the
+    upgrade with that HTTP status instead.
+    """
+
+    def __init__(self, *, code: int | None = None, status: int | None = None) -> None:
+        self.code, self.status = code, status
+        self.attempts = 0
+        self.listener = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.url = f"ws://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self._group = pool.Group()
+        self._group.spawn(self._accept)
+
+    def _accept(self) -> None:
+        while True:
+            sock, _ = self.listener.accept()
+            self.attempts += 1
+            self._group.spawn(self._refuse, sock)
+
+    def _refuse(self, sock: gsocket.socket) -> None:
+        with sock, gevent.Timeout(10, False):
+            protocol = ServerProtocol()
+            request = None
+            while request is None:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                protocol.receive_data(data)
+                request = next(
+                    (e for e in protocol.events_received() if isinstance(e, Request)), None
+                )
+            if self.status is not None:
+                protocol.send_response(protocol.reject(self.status, "refused by the test\n"))
+            else:
+                assert self.code is not None
+                protocol.send_response(protocol.accept(request))
+                sock.sendall(b"".join(protocol.data_to_send()))
+                # Close once the client's first frame (its hello) came: it
+                # has read the 101 by then, so the close comes in a read of
+                # its own.
+                if not sock.recv(65536):
+                    return
+                protocol.send_close(self.code, "refused by the test")
+            sock.sendall(b"".join(protocol.data_to_send()))
+            # Until the client answers the close (then the server closes
+            # the TCP connection first: RFC 6455 section 7.1.1), or closes.
+            while protocol.close_rcvd is None:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                protocol.receive_data(data)
+
+    def stop(self) -> None:
+        self._group.kill()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("code", [1002, 1003, 1007])
+def test_a_close_retrying_cannot_fix_ends_the_client_with_client_closed(code: int) -> None:
+    # Issue 12: a refused token, a failed TLS verification "and any other
+    # close that retrying cannot fix must surface as a typed greenbus error".
+    hub = RefusingHub(code=code)
+    errors: list[BaseException] = []
+    try:
+        with pytest.raises(greenbus.ClientClosed) as caught:
+            greenbus.connect(
+                hub.url, timeout=5, max_backoff=0.05, on_error=lambda e, s, m: errors.append(e)
+            )
+        cause = caught.value.cause
+        assert isinstance(cause, greenbus.HubClosed)
+        assert (cause.code, cause.fatal) == (code, True)
+        assert hub.attempts == 1  # given up at once, never retried
+        assert any(isinstance(e, greenbus.ClientClosed) for e in errors)
+    finally:
+        hub.stop()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_4xx_answer_to_the_upgrade_ends_the_client_with_client_closed(status: int) -> None:
+    hub = RefusingHub(status=status)
+    try:
+        with pytest.raises(greenbus.ClientClosed) as caught:
+            greenbus.connect(hub.url, timeout=5, max_backoff=0.05)
+        assert str(status) in str(caught.value)
+        assert hub.attempts == 1
+    finally:
+        hub.stop()
 
 
 # -- the codec: C or pure, the same messages -------------------------------------------------
