@@ -17,6 +17,7 @@ from typing import Any
 import gevent
 import redis
 from conftest import RedisServer
+from relay import Relay
 from test_federation import (
     NODES,
     PREFIX,
@@ -282,3 +283,22 @@ def test_another_node_leaving_the_inbox_pattern_leaves_this_nodes_replies_going(
     assert a.remote_interest() == {}
     assert a_bus.emit("_INBOX.q.1", "a reply") == 1
     wait_published(a, 1)
+
+
+def test_a_node_cut_off_from_redis_cannot_tell_who_wants_what_so_it_queues_everything(
+    federated: Federated, redis_server: RedisServer, redis_cli: redis.Redis
+) -> None:
+    relay = Relay(redis_server.port).start()
+    try:
+        a_bus, a = federated("a", url=f"redis://127.0.0.1:{relay.port}/0")
+        settle(redis_cli)
+        assert a_bus.emit("nobody.x", 1) == 0  # live view: nobody wants it
+        relay.go_down()  # every connection reset, new ones refused
+        wait_until(lambda: not a.stats().connected, 5, "a noticing")
+        # Notifications may be missed now: a wants everything, queued for later.
+        assert a_bus.emit("nobody.x", 2) == 1
+        relay.come_back()
+        wait_until(a.interest_settled, 10, "a's view loaded again")
+        assert a_bus.emit("nobody.x", 3) == 0
+    finally:
+        relay.stop()

@@ -51,6 +51,10 @@ class ReaderHandler(Protocol):
     def registry_subscribed(self) -> None:
         """The subscription to the registry's channel is confirmed."""
 
+    def registry_lost(self) -> None:
+        """The reader of the registry's channel lost Redis: notifications
+        may be missed until it is back."""
+
     def lost(self, seconds: float) -> None:
         """The reader is back after ``seconds`` without Redis."""
 
@@ -229,6 +233,8 @@ class Reader:
                 self._receive(link)  # returns once the federation is stopping
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.close()
+                if self._registry_channel is not None:
+                    handler.registry_lost()
                 if handler.is_stopping():
                     return
                 if outage is None:

@@ -641,6 +641,11 @@ class Federation:
         """The subscription to the registry's channel is confirmed."""
         self._registry.reader_subscribed()
 
+    def registry_lost(self) -> None:
+        """The registry's reader lost Redis: until it is back (and the view
+        loaded again), the view cannot tell, and this node publishes all."""
+        self._registry.reader_lost()
+
     def is_stopping(self) -> bool:
         """True once the readers should leave Redis."""
         return self._stopping
