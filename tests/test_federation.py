@@ -780,12 +780,19 @@ def test_a_request_from_another_process_is_answered_by_a_local_responder(
     assert (answer["ev"], answer.get("data")) == ("reply", 6)
 
 
-def test_a_request_nobody_answers_times_out_instead_of_raising_no_responders(
-    federated: Federated,
+def test_a_request_another_node_wants_but_nobody_answers_times_out(
+    federated: Federated, redis_cli: redis.Redis
 ) -> None:
     bus, _ = federated("requester")
+    silent_bus, _ = federated("silent")
+    silent_bus.subscribe("svc.silent", maxsize=None)  # wants it, never replies
+    settle(redis_cli)
 
+    # The federation counts as a receiver: no NoResponders, a timeout.
     with pytest.raises(greenbus.RequestTimeout):
+        bus.request("svc.silent", 1, timeout=0.3)
+    # Nobody anywhere wants this one: the requester's node knows.
+    with pytest.raises(greenbus.NoResponders):
         bus.request("svc.nobody", 1, timeout=0.3)
 
 
