@@ -87,14 +87,17 @@ class InvalidOption(GreenbusError, ValueError):
 
     Attributes:
         name: the argument's name.
-        value: the rejected value.
+        value: the rejected value (a ``secret`` one is kept, never shown).
+        expected: what it must be.
     """
 
-    def __init__(self, name: str, value: object, expected: str) -> None:
+    def __init__(self, name: str, value: object, expected: str, *, secret: bool = False) -> None:
         self.name = name
         self.value = value
         self.expected = expected
-        super().__init__(f"invalid {name}={value!r}: expected {expected}")
+        # A secret (a token) is never shown: the message may reach a log.
+        shown = f"{name} (value not shown)" if secret else f"{name}={value!r}"
+        super().__init__(f"invalid {shown}: expected {expected}")
 
 
 class AclError(GreenbusError, ValueError):
@@ -110,13 +113,24 @@ class NoReplyTo(GreenbusError, ValueError):
 
 
 class WrongThread(GreenbusError, RuntimeError):
-    """A call that must run on the bus's own OS thread was made from another one."""
+    """A call that must run on the owner's OS thread was made from another one.
 
-    def __init__(self, what: str) -> None:
+    Attributes:
+        what: the call made, as ``"request()"``.
+        owner: what owns the thread: ``"bus"`` (a Bus) or ``"client"`` (a RemoteBus).
+        allowed: the calls that may be made from other threads (``"emit() and
+            request()"`` for a Bus, ``"statistics()"`` for a RemoteBus).
+    """
+
+    def __init__(
+        self, what: str, owner: str = "bus", allowed: str = "emit() and request()"
+    ) -> None:
         self.what = what
+        self.owner = owner
+        self.allowed = allowed
         super().__init__(
-            f"{what} must be called from the OS thread that owns the bus "
-            "(only emit() and request() may be called from other threads)"
+            f"{what} must be called from the OS thread that owns the {owner} "
+            f"(only {allowed} may be called from other threads)"
         )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gevent
 import pytest
+from conftest import HubProcess
 from gevent import pool
 from gevent import socket as gsocket
 from waiting import call_in_thread, wait_until
@@ -437,6 +438,23 @@ def test_close_from_another_thread_raises_wrong_thread_and_leaves_the_client_wor
     wait_until(lambda: not hub.peers and hub.bus.interest() == [], 5, "the hub to forget it")
 
 
+@pytest.mark.parametrize("call", ["emit", "publish", "request", "subscribe"])
+def test_a_call_from_another_thread_raises_wrong_thread_naming_that_call_truthfully(
+    hub: greenbus.HubServer, clients: Callable[..., RemoteBus], call: str
+) -> None:
+    # Issue 12: publish() and request() raised WrongThread("emit()"), whose
+    # message said emit() and request() may be called from other threads:
+    # not so for a RemoteBus.
+    remote = clients(hub.url)
+    with pytest.raises(greenbus.WrongThread) as caught:
+        call_in_thread(getattr(remote, call), "a.b")
+    assert caught.value.what == f"{call}()"
+    message = str(caught.value)
+    assert message.startswith(f"{call}() must be called from the OS thread that owns the client")
+    assert "(only statistics() may be called from other threads)" in message
+    assert call_in_thread(remote.statistics).sent == 0  # nothing was sent
+
+
 # -- any other refusal retrying cannot fix ends the client too (item 5) -----------------
 
 
@@ -444,13 +462,17 @@ class RefusingHub:
     """Answers every WebSocket upgrade on 127.0.0.1 with a refusal, counting the attempts.
 
     With ``code``, it accepts the upgrade and closes with that code as the
-    client's hello arrives (no ``welcome``); with ``status``, it answers the
-    upgrade with that HTTP status instead.
+    client's hello arrives (no ``welcome``), or, ``at_once``, in the same
+    write as the 101; with ``status``, it answers the upgrade with that HTTP
+    status instead.  ``replies`` are the codes of the clients' close replies.
     """
 
-    def __init__(self, *, code: int | None = None, status: int | None = None) -> None:
-        self.code, self.status = code, status
+    def __init__(
+        self, *, code: int | None = None, status: int | None = None, at_once: bool = False
+    ) -> None:
+        self.code, self.status, self.at_once = code, status, at_once
         self.attempts = 0
+        self.replies: list[int] = []
         self.listener = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_STREAM)
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
@@ -481,12 +503,13 @@ class RefusingHub:
             else:
                 assert self.code is not None
                 protocol.send_response(protocol.accept(request))
-                sock.sendall(b"".join(protocol.data_to_send()))
-                # Close once the client's first frame (its hello) came: it
-                # has read the 101 by then, so the close comes in a read of
-                # its own.
-                if not sock.recv(65536):
-                    return
+                if not self.at_once:
+                    sock.sendall(b"".join(protocol.data_to_send()))
+                    # Close once the client's first frame (its hello) came: it
+                    # has read the 101 by then, so the close comes in a read of
+                    # its own.
+                    if not sock.recv(65536):
+                        return
                 protocol.send_close(self.code, "refused by the test")
             sock.sendall(b"".join(protocol.data_to_send()))
             # Until the client answers the close (then the server closes
@@ -496,6 +519,7 @@ class RefusingHub:
                 if not data:
                     return
                 protocol.receive_data(data)
+            self.replies.append(protocol.close_rcvd.code)
 
     def stop(self) -> None:
         self._group.kill()
@@ -574,3 +598,100 @@ def test_every_shape_of_message_goes_through_the_hub_alike_with_either_codec(
                 reply_to,
             )
     assert remote.statistics().unconfirmed == 0
+
+
+# -- a close in the same read as the 101 (issue 12, audit D5) -------------------------
+
+
+def test_a_refusal_in_the_same_read_as_the_101_ends_the_client_with_client_closed() -> None:
+    # The close frame reached Connection as an event parsed with the 101: its
+    # reply was never flushed and the client sat in CONNECTING until keepalive.
+    hub = RefusingHub(code=1008, at_once=True)
+    try:
+        with pytest.raises(greenbus.ClientClosed) as caught:
+            greenbus.connect(hub.url, timeout=5, max_backoff=0.05)
+        cause = caught.value.cause
+        assert isinstance(cause, greenbus.HubClosed)
+        assert cause.code == 1008
+        wait_until(lambda: hub.replies == [1008], 5, "the client's close reply")
+        assert hub.attempts == 1
+    finally:
+        hub.stop()
+
+
+def test_a_try_again_later_in_the_same_read_as_the_101_is_answered_and_retried() -> None:
+    hub = RefusingHub(code=1013, at_once=True)
+    remote = greenbus.connect(hub.url, timeout=None, max_backoff=0.05)
+    try:
+        wait_until(lambda: len(hub.replies) >= 3, 5, "three close replies")
+        assert set(hub.replies) == {1013}
+        assert remote.state is not greenbus.bridge.client.ClientState.CLOSED
+        assert remote.error is None
+    finally:
+        remote.close(timeout=2)
+        hub.stop()
+
+
+# -- a hub whose max_message_size is below the client's (issue 12, audit D3) -----------
+
+
+def test_a_pub_over_the_hubs_lower_limit_is_refused_once_and_the_rest_go_on(
+    local_hub: Callable[..., greenbus.HubServer], clients: Callable[..., RemoteBus]
+) -> None:
+    # The hub closed with 1009, the client reconnected at once and resent the
+    # same pub, forever: later emits never arrived, publish() timed out.
+    hub = local_hub(max_message_size=1000)
+    got = hub.bus.subscribe("a.>", maxsize=None)
+    errors: list[BaseException] = []
+    remote = clients(hub.url, timeout=5, on_error=lambda e, s, m: errors.append(e))
+    with pytest.raises(greenbus.MessageTooBig) as caught:
+        remote.publish("a.big", "x" * 5000, timeout=5)
+    assert caught.value.limit == 1000
+    assert caught.value.size > 5000
+    remote.emit("a.after", "fits")
+    assert got.get(timeout=5).data == "fits"
+    with pytest.raises(greenbus.MessageTooBig):  # the hub's limit is known now: at once
+        remote.emit("a.big", "x" * 5000)
+    wait_until(lambda: remote.statistics().unconfirmed == 0, 5, "the ack of the next one")
+    stats = remote.statistics()
+    assert (stats.too_big, stats.reconnects) == (1, 1)
+    assert [type(e) for e in errors] == [greenbus.MessageTooBig]
+    assert hub.counters.closes == {1009: 1}
+    assert got.pending == 0
+
+
+def test_a_hub_whose_limit_is_below_the_hello_ends_the_client_with_client_closed(
+    local_hub: Callable[..., greenbus.HubServer],
+) -> None:
+    hub = local_hub(max_message_size=64)
+    with pytest.raises(greenbus.ClientClosed) as caught:
+        greenbus.connect(hub.url, timeout=5)
+    cause = caught.value.cause
+    assert isinstance(cause, greenbus.MessageTooBig)
+    assert cause.limit == 64
+    assert "hello" in str(caught.value)
+    wait_until(lambda: hub.counters.closes == {1009: 1}, 5, "the hub's count of the one close")
+
+
+# -- a hub that closes every connection at once (issue 12, audit D4) --------------------
+
+
+@pytest.mark.parametrize("hub_transport", ["websockets", "wsgi"], indirect=True)
+def test_a_hub_at_max_connections_sees_the_documented_backoff(
+    hub_factory: Callable[..., HubProcess], clients: Callable[..., RemoteBus]
+) -> None:
+    # The wsgi transport accepts the upgrade, then closes with 1013: the
+    # client reconnected without waiting, ~500 times a second.
+    hub = hub_factory("--max-connections", "1", "--stats-interval", "0")
+    first = clients(hub.url, timeout=5)
+    assert first.connected
+    second = clients(hub.url, timeout=None)
+
+    def refusals() -> int:
+        return hub.log().count("(max_connections)")
+
+    wait_until(lambda: refusals() >= 1, 5, "a refusal")
+    gevent.sleep(2.0)  # a window to count in: 50 ms doubling allows ~6 attempts
+    assert refusals() <= 10
+    assert not second.connected
+    assert second.error is None  # still trying

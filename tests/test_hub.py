@@ -1371,6 +1371,69 @@ def test_past_max_connections_the_wsgi_adapter_closes_the_upgraded_socket_with_1
     assert hub_process.metrics()["greenbus_connections_refused_total"] == 1
 
 
+#: A TLS 1.2 ClientHello's first bytes: what a wss:// client sends to a ws:// port.
+CLIENT_HELLO = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(40)
+
+
+@pytest.mark.parametrize("hub_transport", ["websockets"], indirect=True)
+@pytest.mark.parametrize(
+    ("data", "half_close", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", False, 400),
+        (CLIENT_HELLO, False, None),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", True, 400),
+        (b"GET /\xff HTTP/1.1\r\n\r\n", False, 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", False, 414),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", False, 431),
+    ],
+    ids=[
+        "garbage",
+        "tls-client-hello",
+        "cut-short",
+        "not-ascii",
+        "line-too-long",
+        "header-too-long",
+    ],
+)
+def test_bytes_that_are_no_http_request_are_answered_or_closed_without_a_traceback(
+    hub_process: HubProcess, data: bytes, half_close: bool, status: int | None
+) -> None:
+    # Issue 12: websockets had sent EOF after its parse error, so the hub's
+    # own 400 hit an AssertionError (a traceback, and no answer); a TLS
+    # ClientHello waited the whole handshake_timeout (10 s).
+    with socket.create_connection((hub_process.host, hub_process.port), timeout=5) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):  # until the hub closes
+            answer += chunk
+    if status is None:
+        assert answer == b""
+    else:
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+    metric_eventually(hub_process, "greenbus_bad_requests_total", lambda v: v == 1)
+    with client(hub_process.url) as ws:  # the hub still serves
+        assert ask(ws, op="ping", id=1) == {"op": "pong", "id": 1}
+    log = hub_process.log()
+    assert log.count("not a valid HTTP request") == 1, log
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("hub_transport", ["websockets"], indirect=True)
+def test_an_http_1_0_request_is_answered_and_is_no_bad_request(hub_process: HubProcess) -> None:
+    # websockets takes HTTP/1.0 (some proxies send it): answered, then closed.
+    with socket.create_connection((hub_process.host, hub_process.port), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
+    assert b'"status": "ok"' in answer
+    assert hub_process.metrics()["greenbus_bad_requests_total"] == 0
+    assert "Traceback" not in hub_process.log()
+
+
 # -- 10. the command line -----------------------------------------------------------------
 
 

@@ -35,6 +35,12 @@ from greenbus.bridge.server import HubConfig, HubServer
         ({"max_subscriptions": 0}, "max_subscriptions"),
         ({"max_errors": -1}, "max_errors"),
         ({"max_depth": 0}, "max_depth"),
+        ({"token": 5}, "token"),
+        ({"token": ""}, "token"),
+        ({"acl": "users.toml"}, "acl"),
+        ({"certfile": 5, "keyfile": 5}, "certfile"),
+        ({"allow_origins": "https://example.com"}, "allow_origins"),
+        ({"reuse_port": "yes"}, "reuse_port"),
     ],
 )
 def test_bad_serve_options_raise_invalid_option_naming_the_option(
@@ -47,6 +53,36 @@ def test_bad_serve_options_raise_invalid_option_naming_the_option(
             greenbus.serve(bus, **options)
         assert caught.value.name == name
         assert isinstance(caught.value, ValueError)
+    finally:
+        bus.close()
+
+
+def test_a_token_that_is_no_text_is_refused_without_showing_it() -> None:
+    # Issue 12: serve(bus, token=...) failed later, in the ACL, naming no option.
+    secret = "s3cret\ud800"  # a lone surrogate: not text UTF-8 can carry
+    with pytest.raises(greenbus.InvalidOption) as caught:
+        HubConfig(token=secret)
+    assert caught.value.name == "token"
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda bus: HubConfig(peer=5), "peer"),
+        (lambda bus: HubServer("bus"), "bus"),
+        (lambda bus: HubServer(bus, {"port": 1}), "config"),
+    ],
+    ids=["peer", "bus", "config"],
+)
+def test_bad_hub_arguments_raise_invalid_option_naming_them(
+    make: Callable[[greenbus.Bus], object], name: str
+) -> None:
+    bus = greenbus.Bus("config")
+    try:
+        with pytest.raises(greenbus.InvalidOption) as caught:
+            make(bus)
+        assert caught.value.name == name
     finally:
         bus.close()
 

@@ -41,6 +41,7 @@ from ..exceptions import (
     ChannelClosed,
     ChannelFull,
     ClientClosed,
+    GreenbusError,
     InvalidOption,
     LocalProtocolError,
     MessageTooBig,
@@ -103,6 +104,9 @@ class ClientStatistics:
     dropped_while_disconnected: int
     #: Emits still unconfirmed when the client closed (or was refused).
     dropped_at_close: int
+    #: Emits the hub refused as over its ``max_message_size`` (it closed
+    #: with 1009): dropped, never sent again, each reported as MessageTooBig.
+    too_big: int
     #: Requests (and publishes) that ended unanswered while their pub was
     #: still unsent: taken back, never sent (the caller got its timeout).
     withdrawn: int
@@ -186,7 +190,11 @@ class RemoteBus(Reconnecting):
         #: each new connection).
         self._unconfirmed = Unconfirmed(max_buffer, self.name)
         #: publish() calls waiting for their ack (or error), by the pub's number.
-        self._confirms: dict[int, Channel[RemoteError | None]] = {}
+        self._confirms: dict[int, Channel[Exception | None]] = {}
+        #: The largest pub sent: ``max_message_size``, or the hub's if lower
+        #: (learned from its 1009 close); and the size of the last hello.
+        self._send_limit = max_message_size
+        self._hello_size = 0
         self._sent = 0
         self._resent = 0
         self._received = 0
@@ -216,6 +224,7 @@ class RemoteBus(Reconnecting):
             resent=self._resent,
             dropped_while_disconnected=self._unconfirmed.dropped,
             dropped_at_close=self._dropped_close,
+            too_big=self._unconfirmed.too_big,
             withdrawn=self._withdrawn + self._unconfirmed.withdrawn,
             dropped_on_receive=self._dropped_receive,
             hub_errors=self._hub_errors,
@@ -235,7 +244,7 @@ class RemoteBus(Reconnecting):
 
     def _check_open(self, what: str) -> None:
         if get_ident() != self._thread:
-            raise WrongThread(what)
+            raise WrongThread(what, "client", "statistics()")
         if self._state is ClientState.CLOSED:
             raise self._fatal or ClientClosed(self.name)
 
@@ -262,7 +271,8 @@ class RemoteBus(Reconnecting):
             InvalidOption: headers that are not a mapping.
             LocalProtocolError: data or headers are not JSON (NaN, a lone
                 surrogate, an object JSON cannot hold).
-            MessageTooBig: the frame is over ``max_message_size``.
+            MessageTooBig: the frame is over ``max_message_size`` (or the
+                hub's, once it refused a larger one).
             ClientClosed: the client is closed (the cause, if it was refused).
             WrongThread: called from another OS thread.
         """
@@ -282,6 +292,7 @@ class RemoteBus(Reconnecting):
 
         Raises:
             RemoteError: the hub refused it (``forbidden``, say).
+            MessageTooBig: the hub refused it as over its own ``max_message_size``.
             ReceiveTimeout: no answer within ``timeout``: the message is
                 not sent again, but may still reach subscribers if it was
                 written before.
@@ -289,9 +300,10 @@ class RemoteBus(Reconnecting):
             InvalidTopic, InvalidOption, LocalProtocolError, MessageTooBig,
             WrongThread: as :meth:`emit`, before anything is sent.
         """
+        self._check_open("publish()")
         check_timeout(timeout, optional=False)
         number, frame = self._encode_pub(topic, data, headers, reply_to)
-        answer: Channel[RemoteError | None] = Channel(1)
+        answer: Channel[Exception | None] = Channel(1)
         self._confirms[number] = answer
         try:
             self._send_pub(number, frame)
@@ -331,8 +343,8 @@ class RemoteBus(Reconnecting):
                     f"cannot encode pub on {topic!r}: a lone surrogate "
                     f"{exc.object[exc.start : exc.end]!r} is not text UTF-8 can carry"
                 ) from None
-        if len(frame) > self._max_message_size:
-            raise MessageTooBig(len(frame), self._max_message_size)
+        if len(frame) > self._send_limit:
+            raise MessageTooBig(len(frame), self._send_limit)
         return number, frame
 
     def _send_pub(self, number: int, frame: bytes) -> None:
@@ -441,6 +453,7 @@ class RemoteBus(Reconnecting):
             InvalidTopic, InvalidOption, LocalProtocolError, MessageTooBig,
             WrongThread: as :meth:`emit`, before anything is sent.
         """
+        self._check_open("request()")
         check_timeout(timeout, optional=False)
         # A fresh random name per request: a responder that saw one reply_to
         # cannot guess the next, and the hub gives it to this client only.
@@ -463,7 +476,7 @@ class RemoteBus(Reconnecting):
             WrongThread: called from another OS thread.
         """
         if get_ident() != self._thread:
-            raise WrongThread("Subscription.close()")
+            raise WrongThread("Subscription.close()", "client", "statistics()")
         sid = self._sid_of.pop(sub, None)
         if sid is None:
             return
@@ -478,8 +491,9 @@ class RemoteBus(Reconnecting):
     def _connected(self, conn: Connection) -> None:
         # hello, every subscription (resuming from its position), and every
         # pub the hub has not acknowledged, again, in order.
-        hello = Hello(token=self._token, name=self.name, id="hello", session=self.session)
-        conn.send(encode(hello))
+        hello = encode(Hello(token=self._token, name=self.name, id="hello", session=self.session))
+        self._hello_size = len(hello.encode())
+        conn.send(hello)
         self._unconfirmed_subs.clear()
         for sid, sub in self._subs.items():
             self._send_sub(conn, sid, sub.pattern)
@@ -500,6 +514,35 @@ class RemoteBus(Reconnecting):
             # A message too big for this client: resuming from before it
             # would bring it back.  Start afresh; each resume reports it.
             self._positions.lose("a message was over this client's max_message_size")
+
+    def _refused_as_too_big(self, limit: int) -> bool:
+        # The hub closed with 1009 (docs/transports.md, "Sizes"): the first
+        # frame over ``limit`` it read was ours.  A hello over it can never
+        # connect; pubs over it are refused, never sent again (the next
+        # connection would only be closed for them again).
+        if self._hello_size > limit:
+            self._refusal = refusal = MessageTooBig(self._hello_size, limit)
+            refusal.args = (
+                f"the hub's max_message_size ({limit} bytes) is below the hello "
+                f"({refusal.size} bytes): no connection can open",
+            )
+            return True
+        refused = self._unconfirmed.over(limit)
+        self._send_limit = min(self._send_limit, limit)
+        if not refused:
+            return False
+        logger.error(
+            "%s: the hub refused %d message(s) over its max_message_size (%d bytes) and "
+            "closed with 1009: dropped; larger emits now raise MessageTooBig",
+            self.name,
+            len(refused),
+            limit,
+        )
+        for number, size in refused:
+            too_big = MessageTooBig(size, limit)
+            self._refused(number, too_big)  # a publish() waiting for it raises it
+            self._call_hook(too_big, None, None)
+        return True
 
     def _on_text(self, text: str) -> None:
         # The reader greenlet: route each msg to its subscription's channel.
@@ -567,7 +610,7 @@ class RemoteBus(Reconnecting):
             logger.warning("%s: %s", self.name, outcome.failure)
             self._call_hook(outcome.failure, sub, None)
 
-    def _refused(self, id_: Any, refusal: RemoteError) -> Subscription | None:
+    def _refused(self, id_: Any, refusal: GreenbusError) -> Subscription | None:
         # The hub refused a frame of ours with an id: a pub (never sent
         # again; a publish() waiting for it raises), or a sub (it ends).
         if type(id_) is int:
@@ -593,7 +636,7 @@ class RemoteBus(Reconnecting):
         for sub in list(self._subs.values()):
             sub.fail(error)
         for confirm in self._confirms.values():
-            confirm.put_nowait(error)  # type: ignore[arg-type]
+            confirm.put_nowait(error)
         left = self._unconfirmed.take_all()
         if left:
             self._dropped_close += len(left)
@@ -621,7 +664,7 @@ class RemoteBus(Reconnecting):
             InvalidOption: a bad ``timeout`` (nothing is closed then).
         """
         if get_ident() != self._thread:
-            raise WrongThread("close()")
+            raise WrongThread("close()", "client", "statistics()")
         check_timeout(timeout)
         if self._state is ClientState.CLOSED:
             if self._runner is not None and not self._runner.dead:

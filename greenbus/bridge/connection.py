@@ -495,7 +495,9 @@ class Connection:
         try:
             for event in initial_events:
                 self._handle(event)
-            while True:
+            if protocol.writes:  # a close that came with the 101: reply as to any
+                self._protocol_frames_pending()
+            while not protocol.close_expected():
                 data = self._recv()
                 if data:
                     self.bytes_in += len(data)
@@ -504,10 +506,6 @@ class Connection:
                     self._protocol_frames_pending()
                 if not data or protocol.state is State.CLOSED:
                     break
-                if protocol.close_expected():
-                    self._unschedule()  # _wait_for_eof bounds the rest
-                    self._wait_for_eof()
-                    break
                 # A publisher that keeps the socket full never makes recv()
                 # block, so after a big read yield once: the writers of the
                 # peers we just routed to must get to run, or their queues
@@ -515,6 +513,9 @@ class Connection:
                 # anyway; skipping the yield keeps the round trip short.)
                 if len(data) >= YIELD_AFTER:
                     gevent.sleep(0)
+            else:
+                self._unschedule()  # _wait_for_eof bounds the rest
+                self._wait_for_eof()
         except Exception:
             logger.exception("%s: reader failed", self.name)
         finally:

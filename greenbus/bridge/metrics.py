@@ -57,6 +57,9 @@ class HubCounters:
     internal_errors: int = 0
     #: Plain HTTP requests (``/health``, ``/metrics``, the dashboard).
     http_requests: int = 0
+    #: Connections whose bytes were no valid HTTP request (not HTTP, malformed,
+    #: too large, TLS on a plain port): answered 400/414/431, or closed.
+    bad_requests: int = 0
     #: Subs with ``since`` whose gap the history covered, and those it could
     #: not (answered ``recovered: false``); messages replayed for them.
     recoveries: int = 0
@@ -86,6 +89,12 @@ class HubCounters:
 COUNTERS = (
     ("connections_total", "connections_total", "WebSocket connections accepted."),
     ("connections_refused_total", "connections_refused", "Connections refused by max_connections."),
+    (
+        "bad_requests_total",
+        "bad_requests",
+        "Connections that sent no valid HTTP request (not HTTP, malformed, too large, TLS on "
+        "a plain port): answered 400, 414 or 431, or closed.",
+    ),
     ("messages_in_total", "messages_in", "pub messages received from peers."),
     ("messages_out_total", "messages_out", "msg messages written to peers."),
     (

@@ -5,12 +5,16 @@ It owns the connection's life (:class:`ClientState`): one runner greenlet
 dials (:func:`~greenbus.bridge.dial.dial`), hands each new connection to the
 subclass to send its first frames (``hello``, its subscriptions, what it
 must send again), waits for the connection's end, and reconnects with capped
-exponential backoff.  What retrying cannot fix ends the client for good: a
-refused token, a close for a policy violation (1008) or for a frame the hub
-could not read (1002, 1003, 1007), a TLS certificate that does not verify,
-an HTTP refusal of the upgrade (4xx), a hub that does not speak the
-client's protocol.  The cause is logged and goes to ``on_error``, and
-:attr:`Reconnecting.error` keeps it.
+exponential backoff; the backoff starts again only after a connection that
+proved itself (welcomed, then up for :data:`PROVEN_AFTER` seconds or given a
+frame), so a hub that closes every connection at once (1013 at its
+``max_connections``) sees attempts 50 ms, 100 ms, ... 5 s apart.  What
+retrying cannot fix ends the client for good: a refused token, a close for
+a policy violation (1008) or for a frame the hub could not read (1002,
+1003, 1007), a TLS certificate that does not verify, an HTTP refusal of the
+upgrade (4xx), a hub that does not speak the client's protocol, a hub whose
+``max_message_size`` is below the client's ``hello``.  The cause is logged
+and goes to ``on_error``, and :attr:`Reconnecting.error` keeps it.
 
 The subclass says what a connection carries: :meth:`~Reconnecting._connected`
 (a new connection, before the runner waits on it), :meth:`~Reconnecting._on_text`
@@ -23,6 +27,8 @@ from __future__ import annotations
 import abc
 import enum
 import logging
+import re
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -40,12 +46,18 @@ from ..subscription import HandlerMixin
 from .connection import Connection
 from .dial import HandshakeFailed, Refused, check_url, dial
 
-__all__ = ["FIRST_BACKOFF", "ClientState", "Reconnecting"]
+__all__ = ["FIRST_BACKOFF", "PROVEN_AFTER", "ClientState", "Reconnecting"]
 
 logger = logging.getLogger("greenbus.bridge.client")
 
 #: Reconnect backoff: first delay (seconds).
 FIRST_BACKOFF = 0.05
+#: A welcomed connection that stayed up this long (seconds), or got a frame
+#: after its welcome, proved itself: the backoff starts again after it.
+PROVEN_AFTER = 1.0
+
+# websockets' reason for a 1009 (docs/protocol.md, close codes).
+_TOO_BIG = re.compile(r"frame with (\d+) bytes exceeds limit of (\d+) bytes")
 
 
 class ClientState(enum.IntEnum):
@@ -136,6 +148,9 @@ class Reconnecting(HandlerMixin, abc.ABC):
         #: A refusal seen on the current connection: give up when it ends.
         self._refusal: BaseException | None = None
         self._reconnects = 0
+        # When the current connection was welcomed, and its frame count then.
+        self._welcome_at: float | None = None
+        self._welcome_frames = 0
         self._runner: gevent.Greenlet | None = None
 
     state = readonly[ClientState]("_state")
@@ -164,6 +179,9 @@ class Reconnecting(HandlerMixin, abc.ABC):
     def _welcomed(self, peer: str) -> None:
         """The hub's ``welcome`` arrived: the client is OPEN."""
         if self._state is ClientState.CONNECTING:
+            self._welcome_at = time.monotonic()
+            conn = self._conn
+            self._welcome_frames = conn.received if conn is not None else 1
             self._state = ClientState.OPEN
             self._open_event.set()
             logger.info("%s: connected to %s as %s", self.name, self.url, peer)
@@ -174,6 +192,11 @@ class Reconnecting(HandlerMixin, abc.ABC):
         self._refusal = refusal
         if self._conn is not None:
             self._conn.close(1000, "refused")
+
+    def _refused_as_too_big(self, limit: int) -> bool:
+        """The hub closed with 1009, its ``max_message_size`` being ``limit``:
+        report what it refused; False if nothing sent explains it."""
+        return False
 
     @abc.abstractmethod
     def _connected(self, conn: Connection) -> None:
@@ -219,7 +242,7 @@ class Reconnecting(HandlerMixin, abc.ABC):
                 backoff = min(backoff * 2, self._max_backoff)
                 self._state = ClientState.CONNECTING
                 continue
-            backoff = FIRST_BACKOFF
+            self._welcome_at = None
             self._connected(conn)
             self._conn = conn
             conn.wait()
@@ -234,8 +257,31 @@ class Reconnecting(HandlerMixin, abc.ABC):
                 return
             self._state = ClientState.RECONNECTING
             self._reconnects += 1
-            logger.info("%s: disconnected (code %s); reconnecting", self.name, conn.close_code)
+            if self._proven(conn):
+                backoff = FIRST_BACKOFF  # a connection that worked: reconnect at once
+                logger.info("%s: disconnected (code %s); reconnecting", self.name, conn.close_code)
+            else:
+                # Closed before it proved itself (refused at the hub's
+                # max_connections, say): back off, or it is a tight loop.
+                logger.info(
+                    "%s: disconnected (code %s); reconnecting in %.2f s",
+                    self.name,
+                    conn.close_code,
+                    backoff,
+                )
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
             self._state = ClientState.CONNECTING
+
+    def _proven(self, conn: Connection) -> bool:
+        # Welcomed, then up for a while or given a frame; never one the hub
+        # closed for a frame too big (resending would only repeat it).
+        welcome_at = self._welcome_at
+        if welcome_at is None or (conn.closed_by_peer and conn.close_code == 1009):
+            return False
+        return conn.received > self._welcome_frames or (
+            time.monotonic() - welcome_at >= PROVEN_AFTER
+        )
 
     def _open(self) -> Connection:
         uri = self._uris[self._next_uri]
@@ -257,6 +303,9 @@ class Reconnecting(HandlerMixin, abc.ABC):
         closed: BaseException | None = None
         if conn.closed_by_peer and code in (1002, 1003, 1007, 1008, 1009):
             reason = conn.protocol.close_rcvd.reason if conn.protocol.close_rcvd else ""
+            sizes = _TOO_BIG.fullmatch(reason) if code == 1009 else None
+            if sizes is not None and self._refused_as_too_big(int(sizes[2])):
+                return  # reported as what the hub refused
             closed = HubClosed(code, reason)
             if closed.fatal and self._refusal is None:
                 self._refusal = closed

@@ -43,7 +43,17 @@ class Unconfirmed:
         name: the client's name, for the log.
     """
 
-    __slots__ = ("_frames", "_handed", "_limit", "_log", "_next", "dropped", "name", "withdrawn")
+    __slots__ = (
+        "_frames",
+        "_handed",
+        "_limit",
+        "_log",
+        "_next",
+        "dropped",
+        "name",
+        "too_big",
+        "withdrawn",
+    )
 
     def __init__(self, limit: int, name: str) -> None:
         self._frames: OrderedDict[int, bytes] = OrderedDict()
@@ -57,6 +67,8 @@ class Unconfirmed:
         self.dropped = 0
         #: Pubs taken back by a sender that gave up on them (a request's).
         self.withdrawn = 0
+        #: Pubs the hub refused as over its ``max_message_size``.
+        self.too_big = 0
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -89,6 +101,15 @@ class Unconfirmed:
     def refuse(self, number: int) -> bool:
         """The hub refused pub ``number`` (an ``error``): never send it again."""
         return self._frames.pop(number, None) is not None
+
+    def over(self, limit: int) -> list[tuple[int, int]]:
+        """The hub refuses frames over ``limit`` bytes: drop every such pub (never
+        sent again); their numbers and sizes, oldest first."""
+        refused = [(number, len(f)) for number, f in self._frames.items() if len(f) > limit]
+        for number, _ in refused:
+            del self._frames[number]
+        self.too_big += len(refused)
+        return refused
 
     def withdraw(self, frame: bytes) -> bool:
         """Take ``frame`` back by identity (its sender gave up); True if it was here."""

@@ -12,6 +12,7 @@ the same port serves ``GET /health`` (JSON) and ``GET /metrics``
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from ..protocol import CloseCode
 from ..session import SessionLimits
 from .connection import Connection, wire_logger
 from .feed import Feed, RemoteLog
-from .http import NOT_FOUND, http_answer
+from .http import NOT_FOUND, http_answer, receive_request
 from .metrics import Family, HubCounters, metric_families, render_families
 from .peer import Peer, PeerLimits
 from .siblings import Siblings
@@ -125,12 +126,34 @@ class HubConfig:
         check_int("history_topics", self.history_topics)
         for name in ("stats_interval", "ping_interval", "ping_timeout"):
             check_seconds(name, getattr(self, name), optional=True)
+        _check_token(self.token)
+        check_type("acl", self.acl, (Acl, type(None)), "an Acl, or None")
+        for name in ("certfile", "keyfile"):
+            check_type(name, getattr(self, name), (str, os.PathLike, type(None)), "a path, or None")
         if (self.certfile is None) != (self.keyfile is None):
             raise InvalidOption("certfile", self.certfile, "given with keyfile, or neither")
-        if self.allow_origins is not None and not all(
-            isinstance(o, str) for o in self.allow_origins
+        if self.allow_origins is not None and (
+            not isinstance(self.allow_origins, (tuple, list))
+            or not all(isinstance(o, str) for o in self.allow_origins)
         ):
-            raise InvalidOption("allow_origins", self.allow_origins, "a tuple of origins")
+            raise InvalidOption("allow_origins", self.allow_origins, "a tuple of origins, or None")
+        check_type("reuse_port", self.reuse_port, bool, "True or False")
+        check_type("peer", self.peer, PeerLimits, "a PeerLimits")
+
+
+def _check_token(token: object) -> None:
+    # Checked here, so that a bad one fails before anything binds (the ACL
+    # would fail later, naming no option); never shown, as it may be real.
+    if token is None:
+        return
+    if not isinstance(token, str):
+        raise InvalidOption("token", token, "a string, or None")
+    try:
+        text = bool(token.encode())  # False: empty
+    except UnicodeEncodeError:  # a lone surrogate: no client could send it
+        text = False
+    if not text:
+        raise InvalidOption("token", token, "a non-empty string of text, or None", secret=True)
 
 
 class HubServer:
@@ -153,7 +176,9 @@ class HubServer:
         remote: RemoteLog | None = None,
         **overrides: Any,
     ) -> None:
-        base = config or HubConfig()
+        check_type("bus", bus, Bus, "a greenbus.Bus")
+        base = check_type("config", config, (HubConfig, type(None)), "a HubConfig, or None")
+        base = base or HubConfig()
         if overrides:
             base = HubConfig(**{**base.__dict__, **overrides})
         self.config = base
@@ -172,8 +197,10 @@ class HubServer:
         self.publishers = (
             Publishers(base.history_ttl) if remote is None and base.history_ttl else None
         )
-        # One rate-limited log for every peer's refusals and failures.
+        # One rate-limited log for every peer's refusals and failures, and
+        # one for connections refused before they are peers.
         self._peer_log = LogLimiter(logging.getLogger("greenbus.bridge.peer"))
+        self._refusals = LogLimiter(logger)
         #: Every message to the peers, encoded, positioned and routed once.
         self.feed = Feed(
             bus, history=self.history, remote=remote, counters=self.counters, log=self._peer_log
@@ -435,7 +462,9 @@ class HubServer:
             except (Timeout, OSError) as exc:
                 if isinstance(exc, Timeout):
                     self.counters.timed_out("handshake")
-                logger.info("%s: TLS handshake failed or timed out: %s", where, exc)
+                self._refusals.log(
+                    logging.INFO, "%s: TLS handshake failed or timed out: %s", where, exc
+                )
                 sock.close()
                 return None
         origins: list[Origin | None] | None = None
@@ -452,9 +481,10 @@ class HubServer:
         protocol = ServerProtocol(
             max_size=cfg.max_message_size, origins=origins, logger=_WIRE_LOGGER
         )
-        read = self._read_request(sock, protocol, where)
+        read = receive_request(
+            sock, protocol, where, cfg.handshake_timeout, self.counters, self._refusals
+        )
         if read is None:
-            sock.close()
             return None
         request, extra = read
         if request.headers.get("Upgrade", "").lower() != "websocket":
@@ -545,36 +575,6 @@ class HubServer:
 
     def _forget(self, peer: Peer) -> None:
         self.peers.pop(peer.id, None)
-
-    def _read_request(
-        self, sock: socket.socket, protocol: ServerProtocol, where: str
-    ) -> tuple[Request, int] | None:
-        # The request, and how many bytes came after it (a client must wait
-        # for the 101 before it sends a frame: RFC 6455 section 4.1).
-        received = b""
-        with Timeout(self.config.handshake_timeout, False):
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    return None
-                if not data:
-                    return None
-                received += data
-                protocol.receive_data(data)
-                for event in protocol.events_received():
-                    if isinstance(event, Request):
-                        # websockets ends the request at its first empty line (CRLF only).
-                        return event, len(received) - received.find(b"\r\n\r\n") - 4
-                if protocol.handshake_exc is not None:
-                    logger.info("%s: bad HTTP request: %s", where, protocol.handshake_exc)
-                    self._send(sock, protocol, protocol.reject(400, "bad request\n"))
-                    return None
-        self.counters.timed_out("handshake")
-        logger.info(
-            "%s: no complete HTTP request within %s s", where, self.config.handshake_timeout
-        )
-        return None
 
     def _send(self, sock: socket.socket, protocol: ServerProtocol, response: Response) -> None:
         protocol.send_response(response)

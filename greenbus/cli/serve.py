@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import AclError
+from ..exceptions import AclError, InvalidOption
 from ..history import DEFAULT_HISTORY, DEFAULT_HISTORY_TTL, DEFAULT_MAX_TOPICS
 from . import argtypes
 
@@ -165,7 +165,6 @@ def serve_command(args: argparse.Namespace) -> int:
             the port is in use or the address cannot be bound, redis-py is missing.
     """
 
-    from ..bridge.server import serve
     from ..bus import Bus
     from . import workers
 
@@ -208,31 +207,10 @@ def serve_command(args: argparse.Namespace) -> int:
             ) from None
     # With a history in Redis, the hub takes its positions from the federation.
     remote = federation if federation is not None and federation.history else None
-    hub = serve(
-        bus,
-        args.host,
-        args.port,
-        # Under --transport wsgi this hub only carries the config: hub_app
-        # makes the one that serves.
-        remote=remote if args.transport != "wsgi" else None,
-        token=token,
-        acl=acl,
-        allow_origins=tuple(args.allow_origin) if args.allow_origin else None,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
-        max_message_size=args.max_message_size,
-        max_connections=args.max_connections,
-        max_pending=args.max_pending,
-        max_pending_bytes=args.max_pending_bytes,
-        slow_policy=args.slow_policy,
-        max_subscriptions=args.max_subscriptions,
-        close_timeout=args.close_timeout,
-        history=args.history,
-        history_ttl=args.history_ttl,
-        history_topics=args.history_topics,
-        stats_interval=None if args.stats_interval <= 0 else args.stats_interval,
-        reuse_port=worker is not None,
-    )
+    try:
+        hub = _make_hub(args, bus, remote, token, acl, worker is not None)
+    except InvalidOption as exc:  # a value the parser cannot check (a token's text)
+        raise SystemExit(f"greenbus serve: {exc}") from None
     if args.transport == "wsgi":
         return _serve_wsgi(args, bus, hub.config, federation, remote)
     _listen(hub.start, args.host, args.port)
@@ -275,6 +253,43 @@ def _join_siblings(args: argparse.Namespace, hub: Any, worker: Any) -> Any:
     hub.siblings = siblings.start(hub)
     gevent.spawn(watch_supervisor)
     return siblings
+
+
+def _make_hub(
+    args: argparse.Namespace, bus: Any, remote: Any, token: str | None, acl: Any, worker: bool
+) -> Any:
+    """The hub ``serve`` makes from the options (not started).
+
+    Raises:
+        InvalidOption: a value the parser could not check.
+    """
+    from ..bridge.server import serve
+
+    return serve(
+        bus,
+        args.host,
+        args.port,
+        # Under --transport wsgi this hub only carries the config: hub_app
+        # makes the one that serves.
+        remote=remote if args.transport != "wsgi" else None,
+        token=token,
+        acl=acl,
+        allow_origins=tuple(args.allow_origin) if args.allow_origin else None,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        max_message_size=args.max_message_size,
+        max_connections=args.max_connections,
+        max_pending=args.max_pending,
+        max_pending_bytes=args.max_pending_bytes,
+        slow_policy=args.slow_policy,
+        max_subscriptions=args.max_subscriptions,
+        close_timeout=args.close_timeout,
+        history=args.history,
+        history_ttl=args.history_ttl,
+        history_topics=args.history_topics,
+        stats_interval=None if args.stats_interval <= 0 else args.stats_interval,
+        reuse_port=worker,
+    )
 
 
 def _redis_error() -> type[Exception]:
