@@ -211,8 +211,9 @@ class ClientClosed(BusClosed):
     Attributes:
         name: the client's name.
         cause: why it closed by itself (a :class:`RemoteError` with code
-            ``unauthorized``, a :class:`HubClosed`, or a failed TLS
-            verification), or None after :meth:`close`.
+            ``unauthorized``, a :class:`HubClosed`, a :class:`MessageTooBig`
+            when the hub's ``max_message_size`` is below the hello, or a
+            failed TLS verification), or None after :meth:`close`.
     """
 
     def __init__(self, name: str, cause: BaseException | None = None) -> None:
