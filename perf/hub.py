@@ -540,17 +540,43 @@ def hub_send(url: str, topic: str, messages: int, topics: int) -> None:
         say(result=True)
 
 
-@contextmanager
-def _node(port: int, name: str, warm: bool = False) -> Iterator[tuple[Bus, Federation]]:
-    """A bus federated through Redis at ``port`` until SIGTERM or the end of the block.
+def heard(federation: Federation, pattern: str) -> None:
+    """Wait until ``federation``'s view of the other nodes' interest is live and
+    settled and has some node's ``pattern``: from then on it publishes what matches
+    (a node publishes a topic only while another node wants it).
 
-    With ``warm``, its publishing connection is open before the block starts.
+    Raises:
+        Idle: not within ``IDLE_TIMEOUT``.
     """
-    url, bus = f"redis://{HOST}:{port}/0", greenbus.Bus(name)
-    federation = greenbus.federate(bus, url)
+    deadline = clock() + IDLE_TIMEOUT
+    while not (
+        federation.interest_settled()
+        and any(pattern in patterns for patterns in federation.remote_interest().values())
+    ):
+        if clock() > deadline:
+            raise Idle(f"{federation.node} did not hear of {pattern!r} in {IDLE_TIMEOUT} s")
+        gevent.sleep(DRAIN_POLL)
+
+
+@contextmanager
+def _node(
+    port: int | str, name: str, warm: bool = False, hear: tuple[str, ...] = (), **options: Any
+) -> Iterator[tuple[Bus, Federation]]:
+    """A bus federated through Redis at ``port`` (or the URL ``port``, a cluster's;
+    ``options``: greenbus.federate's) until SIGTERM or the end of the block.
+
+    With ``warm``, its publishing connection is open before the block starts
+    (another node must want :data:`WARM_TOPIC`); it has :func:`heard` every
+    pattern of ``hear``, and :data:`WARM_TOPIC` if ``warm``.
+    """
+    url = port if isinstance(port, str) else f"redis://{HOST}:{port}/0"
+    bus = greenbus.Bus(name)
+    federation = greenbus.federate(bus, url, **options)
     try:
         if not federation.wait_connected(IDLE_TIMEOUT):
             raise MeasurementError(f"not connected to Redis at {url} within {IDLE_TIMEOUT} s")
+        for pattern in (*hear, WARM_TOPIC) if warm else hear:
+            heard(federation, pattern)
         if warm:
             bus.emit(WARM_TOPIC)
             _published(federation, 1)
@@ -595,6 +621,7 @@ def fed_sub(port: int, topic: str, messages: int, stamped: bool = False) -> None
                 done.set()
 
         bus.subscribe(topic, handler)
+        bus.subscribe(WARM_TOPIC, lambda msg: None)  # so that the sender can warm up
         # The federation sends SUBSCRIBE without waiting for its confirmation: once Redis
         # counts a subscriber (PUBSUB NUMSUB), whatever is published reaches the node.
         channel = redis_glob(federation.prefix, topic)[0]
@@ -619,7 +646,7 @@ def fed_sub(port: int, topic: str, messages: int, stamped: bool = False) -> None
 
 def fed_probe(port: int, topic: str, messages: int, gap: float) -> None:
     """A federated node: emit ``messages`` stamped payloads on ``topic``, ``gap`` s apart."""
-    with _node(port, "perf-fed-probe", warm=True) as (bus, federation):
+    with _node(port, "perf-fed-probe", warm=True, hear=(topic,)) as (bus, federation):
         emit, sleep = bus.emit, gevent.sleep
         for i in range(messages):
             emit(topic, [i, clock_ns()])
@@ -631,7 +658,7 @@ def fed_probe(port: int, topic: str, messages: int, gap: float) -> None:
 def fed_send(port: int, topic: str, messages: int, yield_every: int) -> None:
     """A federated node: emit ``0 .. messages-1``, ``gevent.sleep(0)`` every ``yield_every``;
     from its connection open until the federation has published them all."""
-    with _node(port, "perf-fed-send", warm=True) as (bus, federation):
+    with _node(port, "perf-fed-send", warm=True, hear=(topic,)) as (bus, federation):
         emit, pause = bus.emit, gevent.sleep
         start = clock()
         for first in range(0, messages, yield_every):

@@ -24,10 +24,12 @@ from typing import Any, Literal
 from greenbus.history import DEFAULT_HISTORY
 from greenbus.protocol import encode_msg_body
 
-from . import SUITE
+from . import SUITE, cluster, interest
 from .hub import NETWORK
 from .procs import MeasurementError
 from .systems import IN_PROCESS, Fanout, System
+from .workers import SUBSCRIBERS, WORKER_SYSTEMS
+from .workers import measure as measure_workers
 
 __all__ = ["DEFAULT", "METRICS", "QUICK", "SYSTEMS", "TARGETS", "TINY", "Case", "Metric", "Sizes"]
 
@@ -57,9 +59,18 @@ FIELDS = {
     "replay_topics": REPLAY_TOPICS,
     "history": DEFAULT_HISTORY,
     "overflow": OVERFLOW,
+    "subscribers": SUBSCRIBERS,
+    "roots": ", ".join(cluster.ROOTS),
+    "masters": cluster.MASTERS,
 }
 #: Every system: in-process ones (systems.py), then those across processes (hub.py).
-SYSTEMS: dict[str, System] = {**IN_PROCESS, **NETWORK}
+SYSTEMS: dict[str, System] = {
+    **IN_PROCESS,
+    **NETWORK,
+    **WORKER_SYSTEMS,
+    **interest.SYSTEMS,
+    **cluster.SYSTEMS,
+}
 
 #: How much work each metric does: suite.toml's ``[profiles]`` fields, and ``profile``.
 Sizes = SimpleNamespace
@@ -326,6 +337,10 @@ def measure_hub_memory(system: System, case: Case, sizes: Sizes) -> list[float]:
     return [system.connections(case.params["connections"])]
 
 
+def measure_interest(system: System, case: Case, sizes: Sizes) -> list[float]:
+    return interest.measure(system.name, case.label, dict(case.params))
+
+
 def measure_dropin(system: System, case: Case, sizes: Sizes) -> list[float]:
     from .dropin import measure  # its samples come from a fresh, monkey-patched process
 
@@ -389,6 +404,37 @@ def hub_memory_cases(sizes: Sizes) -> tuple[Case, ...]:
     )
 
 
+def workers_cases(sizes: Sizes) -> tuple[Case, ...]:
+    ingest = {"shape": "ingest", "publishers": sizes.workers_publishers}
+    return tuple(
+        Case(f"{label}, history {h}", "msgs/s", {**params, "history": h, "messages": n})
+        for label, params, n in (
+            ("ingest", ingest, sizes.hub_ingest_messages),
+            (f"fan-out 1→{SUBSCRIBERS}", {"shape": "fanout"}, sizes.hub_fanout_messages),
+        )
+        for h in (0, DEFAULT_HISTORY)
+    )
+
+
+def cluster_cases(sizes: Sizes) -> tuple[Case, ...]:
+    roots = len(cluster.ROOTS)
+    return tuple(
+        Case(
+            f"{label}, {roots} topic roots",
+            "msgs/s",
+            {"senders": senders, "messages": sizes.federation_flood},
+        )
+        for senders, label in ((1, "node A → node B"), (2, "nodes A1, A2 → node B"))
+    )
+
+
+def interest_cases(sizes: Sizes) -> tuple[Case, ...]:
+    return tuple(
+        Case(label, unit, params)
+        for label, unit, params in interest.cases(sizes.interest_messages, sizes.interest_batch)
+    )
+
+
 def dropin_cases(sizes: Sizes) -> tuple[Case, ...]:
     return (
         Case("emit, 1 no-op listener", "µs", {"shape": "emit", "n": sizes.dropin_emits}),
@@ -438,10 +484,13 @@ MEASURES: dict[str, tuple[Callable[[Sizes], tuple[Case, ...]], Callable[..., lis
         _one("node A → node B", "µs", messages="federation_messages"),
         measure_one_way,
     ),
+    "workers": (workers_cases, measure_workers),
     "federation_throughput": (
         _one("node A → node B, flood", "msgs/s", messages="federation_flood"),
         measure_relay,
     ),
+    "federation_interest": (interest_cases, measure_interest),
+    "federation_cluster": (cluster_cases, cluster.measure),
 }
 
 METRICS: dict[str, Metric] = {

@@ -287,6 +287,73 @@ class Processes(contextlib.ExitStack):
                         raise
                     time.sleep(0.01)
 
+    def redis_cluster(self, system: str, timeout: float, masters: int = 3) -> list[int]:
+        """A fresh Redis Cluster of ``masters`` masters and no replicas: each a
+        ``redis-server --cluster-enabled yes`` (as :meth:`redis`, its files in
+        the logs directory), joined by ``redis-cli --cluster create``; their
+        client ports, once every node says the cluster is ok (every slot
+        served, every node known).
+
+        Raises:
+            MeasurementError: redis-server or redis-cli is not installed
+                (``system`` is unavailable), the cluster could not be
+                created, or it was not ok within ``timeout``.
+        """
+        import redis
+
+        path, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if path is None or cli is None:
+            missing = "redis-server" if path is None else "redis-cli"
+            raise MeasurementError(f"{system} unavailable: {missing} is not installed")
+        deadline = time.monotonic() + timeout
+        # Two free ports per node: its clients' and its cluster bus's (the
+        # default, port + 10000, may be taken or past 65535).
+        with contextlib.ExitStack() as held:
+            socks = [held.enter_context(socket.socket()) for _ in range(2 * masters)]
+            for sock in socks:
+                sock.bind((HOST, 0))
+            ports: list[int] = [sock.getsockname()[1] for sock in socks]
+        nodes = list(zip(ports[::2], ports[1::2], strict=True))
+        options = ["--save", "", "--appendonly", "no", "--client-output-buffer-limit"]
+        for port, bus in nodes:
+            cluster = ["--cluster-enabled", "yes", "--cluster-port", bus]
+            cluster += ["--cluster-config-file", self.logs / f"nodes-{port}.conf"]
+            argv = [path, "--port", port, "--bind", HOST, *options, "pubsub 0 0 0", *cluster]
+            self.start(f"redis-server {port}", argv, lines=False)
+        addresses = [f"{HOST}:{port}" for port, _ in nodes]
+        for port, _ in nodes:
+            with contextlib.closing(redis.Redis(host=HOST, port=port)) as probe:
+                while True:
+                    try:
+                        probe.ping()
+                        break
+                    except redis.ConnectionError:
+                        if time.monotonic() > deadline:
+                            raise MeasurementError(f"redis-server {port} did not start") from None
+                        time.sleep(0.01)
+        create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0"]
+        done = subprocess.run(
+            [*create, "--cluster-yes"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=max(deadline - time.monotonic(), 1.0),
+            check=False,
+        )
+        if done.returncode != 0:
+            out = (done.stdout + done.stderr).decode(errors="replace").strip().splitlines()
+            raise MeasurementError(f"{' '.join(create)} failed:\n" + "\n".join(out[-10:]))
+        wanted = {"cluster_state": "ok", "cluster_slots_ok": 16384, "cluster_known_nodes": masters}
+        for port, _ in nodes:
+            with contextlib.closing(redis.Redis(host=HOST, port=port)) as probe:
+                while True:
+                    info = probe.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+                    if all(str(info.get(key)) == str(value) for key, value in wanted.items()):
+                        break
+                    if time.monotonic() > deadline:
+                        raise MeasurementError(f"cluster not ok within {timeout:.0f} s: {info}")
+                    time.sleep(0.05)
+        return [port for port, _ in nodes]
+
 
 # -- the child's end ------------------------------------------------------------------
 

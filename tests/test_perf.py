@@ -54,6 +54,9 @@ EXPECTED: dict[str, set[str]] = {
     "hub_memory": {"greenbus-hub"},
     "federation_latency": {"redis-pubsub", "greenbus-federation"},
     "federation_throughput": {"redis-pubsub", "greenbus-federation"},
+    "workers": {"greenbus-serve", "greenbus-serve-redis", "greenbus-serve-workers2"},
+    "federation_interest": {"greenbus", "greenbus-federation", "greenbus-federation-history"},
+    "federation_cluster": {"greenbus-federation", "greenbus-federation-cluster"},
 }
 
 CHARTS = (
@@ -67,7 +70,17 @@ CHARTS = (
 
 #: Whether redis-server can run here; without it, these systems' samples are errors.
 REDIS = shutil.which("redis-server") is not None
-NEEDS_REDIS = {"redis-pubsub", "greenbus-federation", "greenbus-hub-redis"}
+NEEDS_REDIS = {
+    "redis-pubsub",
+    "greenbus-federation",
+    "greenbus-federation-history",
+    "greenbus-federation-cluster",
+    "greenbus-hub-redis",
+    "greenbus-serve-redis",
+    "greenbus-serve-workers2",
+}
+#: Metrics whose every system needs redis-server (the unfederated Bus beside the federated one).
+ALL_NEED_REDIS = {"federation_interest"}
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -103,7 +116,7 @@ def test_every_metric_and_system_has_numeric_samples_and_no_errors(
             assert set(case["results"]) == systems, (metric, label)
             for system, result in case["results"].items():
                 where = (metric, label, system)
-                if system in NEEDS_REDIS and not REDIS:
+                if (system in NEEDS_REDIS or metric in ALL_NEED_REDIS) and not REDIS:
                     assert result["errors"], where
                     assert all("unavailable" in error for error in result["errors"]), where
                     continue
@@ -257,3 +270,13 @@ def _alive(pid: int, marker: str) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_cluster_metric_puts_two_topic_roots_on_each_master() -> None:
+    from redis.crc import key_slot
+
+    from perf.cluster import MASTERS, PER_MASTER, ROOTS, SLOTS
+
+    assert len(set(ROOTS)) == len(ROOTS) == MASTERS * PER_MASTER
+    thirds = [key_slot(root.encode()) * MASTERS // SLOTS for root in ROOTS]
+    assert sorted(thirds) == sorted(list(range(MASTERS)) * PER_MASTER)
