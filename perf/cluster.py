@@ -36,7 +36,15 @@ import gevent.event
 import gevent.socket
 from redis.crc import key_slot
 
-from .hub import IDLE_TIMEOUT, READY_TIMEOUT, RESULT_TIMEOUT, _node, _published, heard
+from .hub import (
+    READY_TIMEOUT,
+    RESULT_TIMEOUT,
+    _node,
+    _published,
+    drained,
+    heard,
+    registered,
+)
 from .procs import (
     HOST,
     Child,
@@ -157,19 +165,9 @@ def cluster_sub(url: str, per_topic: int, senders: int) -> None:
         for pattern in patterns:
             bus.subscribe(pattern, handler)
         for pattern in patterns:
-            for wait in (federation.wait_subscribed, federation.wait_registered):
-                if not wait(pattern, IDLE_TIMEOUT):
-                    raise MeasurementError(f"{wait.__name__}({pattern!r}) timed out")
+            registered(federation, pattern)
         say(ready=True)
-        seen = -1
-        while not done.wait(IDLE_TIMEOUT) and count[0] != seen:
-            seen = count[0]
-        stats = federation.stats()
-        if stats.duplicates or stats.gaps or stats.bad_envelopes:
-            raise MeasurementError(
-                f"node B saw {stats.duplicates} duplicates, {stats.gaps} missing "
-                f"and {stats.bad_envelopes} bad envelopes"
-            )
+        drained(federation, done, lambda: count[0])
         say(result={topic: tally.result() for topic, tally in tallies.items()})
 
 

@@ -558,6 +558,37 @@ def heard(federation: Federation, pattern: str) -> None:
         gevent.sleep(DRAIN_POLL)
 
 
+def registered(federation: Federation, pattern: str) -> None:
+    """Wait until Redis confirmed ``federation``'s subscription covering ``pattern``
+    and holds its interest in it: every node publishing after that sends it
+    matching messages.
+
+    Raises:
+        MeasurementError: not within ``IDLE_TIMEOUT``.
+    """
+    for wait in (federation.wait_subscribed, federation.wait_registered):
+        if not wait(pattern, IDLE_TIMEOUT):
+            raise MeasurementError(f"{wait.__name__}({pattern!r}) timed out")
+
+
+def drained(federation: Federation, done: gevent.event.Event, arrived: Callable[[], int]) -> None:
+    """Wait until ``done`` is set, or ``arrived()`` stops growing for ``IDLE_TIMEOUT``;
+    then check that the receiving ``federation`` saw no repeat, gap or bad envelope.
+
+    Raises:
+        MeasurementError: it did.
+    """
+    seen = -1
+    while not done.wait(IDLE_TIMEOUT) and arrived() != seen:
+        seen = arrived()
+    stats = federation.stats()
+    if stats.duplicates or stats.gaps or stats.bad_envelopes:
+        raise MeasurementError(
+            f"the receiving node saw {stats.duplicates} duplicates, {stats.gaps} missing "
+            f"and {stats.bad_envelopes} bad envelopes"
+        )
+
+
 @contextmanager
 def _node(
     port: int | str, name: str, warm: bool = False, hear: tuple[str, ...] = (), **options: Any
@@ -632,15 +663,7 @@ def fed_sub(port: int, topic: str, messages: int, stamped: bool = False) -> None
                     raise Idle(f"Redis counts no subscriber of {channel} after {IDLE_TIMEOUT} s")
                 gevent.sleep(DRAIN_POLL)  # the node's reader reads the confirmation meanwhile
         say(ready=True)
-        seen = -1
-        while not done.wait(IDLE_TIMEOUT) and tally.count != seen:
-            seen = tally.count
-        stats = federation.stats()
-        if stats.duplicates or stats.gaps or stats.bad_envelopes:
-            raise MeasurementError(
-                f"the federation saw {stats.duplicates} duplicates, {stats.gaps} missing "
-                f"and {stats.bad_envelopes} bad envelopes"
-            )
+        drained(federation, done, lambda: tally.count)
         say(result={**tally.result(), "latencies_us": latencies})
 
 

@@ -41,7 +41,17 @@ import redis
 import greenbus
 from greenbus import Bus, Federation
 
-from .hub import IDLE_TIMEOUT, READY_TIMEOUT, RESULT_TIMEOUT, Idle, _node, _redis_server, heard
+from .hub import (
+    IDLE_TIMEOUT,
+    READY_TIMEOUT,
+    RESULT_TIMEOUT,
+    Idle,
+    _node,
+    _redis_server,
+    drained,
+    heard,
+    registered,
+)
 from .procs import HOST, Child, MeasurementError, Processes, Tally, check_stream, run_worker, say
 from .systems import System
 
@@ -149,21 +159,11 @@ def interest_node(port: int, history: int, topic: str, messages: int) -> None:
                 done.set()
 
         bus.subscribe(topic, handler)
-        for wait in (federation.wait_subscribed, federation.wait_registered):
-            if not wait(topic, IDLE_TIMEOUT):
-                raise MeasurementError(f"{wait.__name__}({topic!r}) timed out")
+        registered(federation, topic)
         say(ready=True)
         if not messages:
             gevent.event.Event().wait()
-        seen = -1
-        while not done.wait(IDLE_TIMEOUT) and tally.count != seen:
-            seen = tally.count
-        stats = federation.stats()
-        if stats.duplicates or stats.gaps or stats.bad_envelopes:
-            raise MeasurementError(
-                f"node B saw {stats.duplicates} duplicates, {stats.gaps} missing "
-                f"and {stats.bad_envelopes} bad envelopes"
-            )
+        drained(federation, done, lambda: tally.count)
         say(result=tally.result())
 
 

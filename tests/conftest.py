@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -331,6 +331,28 @@ def redis_pid(port: int) -> int | None:
     return int(match.group(1)) if match else None
 
 
+Startable = TypeVar("Startable", "RedisServer", "RedisCluster")
+
+
+def started(make: Callable[[int], Startable]) -> Startable:
+    """``make(attempt).start()``, with new free ports up to three attempts (free
+    ports can race away to another process between the probe and the bind).
+
+    Raises:
+        AssertionError: the third attempt failed too (its log in the message).
+    """
+    for attempt in range(2):
+        made = make(attempt)
+        try:
+            made.start()
+            return made
+        except AssertionError:
+            continue  # its free ports raced away: new ones
+    made = make(2)
+    made.start()  # three times: something is wrong, and it says what
+    return made
+
+
 @dataclass
 class RedisServer:
     """A ``redis-server`` child process on 127.0.0.1:``port``: no persistence.
@@ -419,14 +441,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
             "install it with `apt-get install -y redis-server`",
             pytrace=False,
         )
-    for attempt in range(3):
-        server = RedisServer(free_port(), tmp_path / f"redis{attempt}.log")
-        try:
-            server.start()
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise  # free ports raced away three times: something is wrong
+    server = started(lambda attempt: RedisServer(free_port(), tmp_path / f"redis{attempt}.log"))
     try:
         yield server
     finally:
@@ -706,14 +721,7 @@ def running_redis_cluster(directory: Path, size: int = 3) -> Iterator[RedisClust
             f"need sharded pub/sub, Redis >= {'.'.join(map(str, CLUSTER_MIN_VERSION))}",
             pytrace=False,
         )
-    for attempt in range(3):
-        cluster = RedisCluster(directory / f"cluster{attempt}", size=size)
-        try:
-            cluster.start()
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise  # free ports raced away three times: something is wrong
+    cluster = started(lambda attempt: RedisCluster(directory / f"cluster{attempt}", size=size))
     try:
         yield cluster
     finally:

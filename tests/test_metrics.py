@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from greenbus.bridge.metrics import COUNTERS, TIMEOUT_KINDS, HubCounters, prometheus_text
+from greenbus.bridge.metrics import (
+    COUNTERS,
+    TIMEOUT_KINDS,
+    HubCounters,
+    metric_families,
+    render_families,
+)
 from greenbus.bridge.peer import PeerStatistics
+
+
+def prometheus_text(*args: Any, **options: Any) -> str:
+    """The ``/metrics`` text of one hub, as ``HubServer.metrics`` renders it alone."""
+    return render_families(metric_families(*args, **options))
+
 
 SAMPLE = re.compile(r"^greenbus_[a-z_]+(\{[a-z]+=\"[^\"]*\"\})? -?[0-9.e+]+$")
 

@@ -274,7 +274,7 @@ class _FakeRedis:
 
 def _siblings(others: dict[str, dict[str, Any]]) -> Siblings:
     s = Siblings("redis://x", "k", "w1-a", 1.0, connect=lambda url: _FakeRedis())
-    s._others = others
+    s.others = others
     return s
 
 

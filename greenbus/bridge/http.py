@@ -3,7 +3,7 @@
 A request without ``Upgrade: websocket`` on the hub's port gets:
 
 * ``GET /health``: the hub's health, JSON;
-* ``GET /metrics``: Prometheus text (:func:`~greenbus.bridge.metrics.prometheus_text`);
+* ``GET /metrics``: Prometheus text (:func:`~greenbus.bridge.metrics.render_families`);
 * the dashboard, under a prefix: ``<prefix>`` (and ``<prefix>index.html``),
   ``<prefix>greenbus.js``, ``<prefix>dashboard.js``, ``<prefix>dashboard.css``;
   and, when the prefix is not ``/``, ``<prefix>health`` and

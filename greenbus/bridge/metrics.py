@@ -3,8 +3,9 @@
 :class:`HubCounters` is one typed object, shared by the hub's listener, peers
 and outboxes: every limit, drop and disconnect is counted there.  Plain
 integer fields, so the hot paths add to them with one attribute store; the
-labelled families are dicts keyed by their label.  :func:`prometheus_text`
-renders them (see ``docs/protocol.md`` for each metric).
+labelled families are dicts keyed by their label.  :func:`metric_families`
+lists them and :func:`render_families` writes them out (see
+``docs/protocol.md`` for each metric).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ __all__ = [
     "Family",
     "HubCounters",
     "metric_families",
-    "prometheus_text",
     "render_families",
     "resident_bytes",
 ]
@@ -180,29 +180,6 @@ Samples = list[tuple[str, float]]
 Family = tuple[str, str, str, Samples]
 #: The label of the per-peer families (:data:`PER_PEER`): one series per connection.
 PER_PEER_LABEL = "peer"
-
-
-def prometheus_text(
-    c: HubCounters,
-    peers: Sequence[PeerStatistics],
-    *,
-    local_subscriptions: int,
-    history: HistoryStatistics | None = None,
-    duplicate_pubs: int = 0,
-) -> str:
-    """The ``/metrics`` document, Prometheus exposition format 0.0.4.
-
-    :func:`render_families` of :func:`metric_families` (same arguments).
-    """
-    return render_families(
-        metric_families(
-            c,
-            peers,
-            local_subscriptions=local_subscriptions,
-            history=history,
-            duplicate_pubs=duplicate_pubs,
-        )
-    )
 
 
 def metric_families(

@@ -92,8 +92,8 @@ class Siblings:
         self._client = (connect or _gevent_client)(url)
         self._worker: Worker | None = None
         self._greenlet: gevent.Greenlet | None = None
-        #: The other live workers' last snapshots, by node.
-        self._others: dict[str, dict[str, Any]] = {}
+        #: The other live workers' last snapshots, by node (what the merges add).
+        self.others: dict[str, dict[str, Any]] = {}
         self._failing = False
 
     def __repr__(self) -> str:
@@ -154,7 +154,7 @@ class Siblings:
                 gone.append(name)
         if gone:
             self._client.hdel(self.key, *gone)
-        self._others = others
+        self.others = others
 
     def _loop(self) -> None:
         while True:
@@ -174,7 +174,7 @@ class Siblings:
                     )
                 self._failing = True
                 now = time.time()
-                self._others = {n: o for n, o in self._others.items() if now - o["at"] <= self.ttl}
+                self.others = {n: o for n, o in self.others.items() if now - o["at"] <= self.ttl}
             gevent.sleep(self.interval)
 
     # -- the whole ----------------------------------------------------------------
@@ -182,7 +182,7 @@ class Siblings:
     @property
     def live(self) -> int:
         """Workers counted: this one and every other whose snapshot is fresh."""
-        return 1 + len(self._others)
+        return 1 + len(self.others)
 
     def merge_metrics(self, own: list[Family]) -> list[Family]:
         """``own`` families summed with the other workers', and each worker's series.
@@ -193,7 +193,7 @@ class Siblings:
         peers are listed with their worker.  A ``workers`` gauge comes first.
         """
         workers = [(self.node, own)] + [
-            (node, [tuple(f) for f in other["metrics"]]) for node, other in self._others.items()
+            (node, [tuple(f) for f in other["metrics"]]) for node, other in self.others.items()
         ]
         order: list[str] = []
         meta: dict[str, tuple[str, str]] = {}
@@ -232,7 +232,7 @@ class Siblings:
         rate a worker saw, the ``max_topics`` busiest; ``workers`` (how many)
         and ``worker`` (this one) added.
         """
-        docs = [(self.node, own)] + [(n, o["stats"]) for n, o in self._others.items()]
+        docs = [(self.node, own)] + [(n, o["stats"]) for n, o in self.others.items()]
         totals: dict[str, float] = {}
         topics: dict[str, float] = {}
         peers: list[dict[str, Any]] = []
@@ -259,7 +259,7 @@ class Siblings:
         """``own`` ``/health`` document with the live workers' ``connections`` summed,
         and ``workers`` (how many) and ``worker`` (this one) added."""
         connections = own["connections"] + sum(
-            o["stats"]["totals"]["connections"] for o in self._others.values()
+            o["stats"]["totals"]["connections"] for o in self.others.values()
         )
         return {**own, "connections": connections, "workers": self.live, "worker": self.node}
 
